@@ -1,0 +1,30 @@
+"""Comparison helpers shared by the test files."""
+
+import jax
+import numpy as np
+
+
+def relative_errors(actual, expected) -> list[float]:
+    """‖actual − expected‖ / ‖expected‖ for each array of two matching pytrees.
+
+    Where the reference array is exactly zero (a dead ReLU layer), the absolute
+    norm of the difference is used instead.
+    """
+    a_leaves, a_tree = jax.tree_util.tree_flatten(actual)
+    e_leaves, e_tree = jax.tree_util.tree_flatten(expected)
+    assert a_tree == e_tree, f"structures differ: {a_tree} vs {e_tree}"
+    errors = []
+    for a, e in zip(a_leaves, e_leaves):
+        a, e = np.asarray(a), np.asarray(e)
+        assert a.shape == e.shape, f"shapes differ: {a.shape} vs {e.shape}"
+        assert np.all(np.isfinite(a)), "non-finite values in the result"
+        ref = np.linalg.norm(e)
+        diff = np.linalg.norm(a - e)
+        errors.append(float(diff / ref) if ref > 0 else float(diff))
+    return errors
+
+
+def assert_tree_close(actual, expected, rtol: float) -> None:
+    """Per-array relative error of two pytrees at most ``rtol``."""
+    errors = relative_errors(actual, expected)
+    assert max(errors) <= rtol, f"per-array relative errors {errors} exceed {rtol}"

@@ -1,0 +1,89 @@
+"""Array data sets: the embedded default (scikit-learn's digits) and MNIST from an .npz file.
+
+Nothing here downloads anything: ``load_digits`` ships inside scikit-learn, and
+MNIST is read from a file the user already has.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+
+class ArraySplit(NamedTuple):
+    """Images as float32 rows (n, n_features) in [0, 1) and integer labels (n,)."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+
+class ArrayData(NamedTuple):
+    """Train / validation / test parts of an array data set."""
+
+    train: ArraySplit
+    valid: ArraySplit | None
+    test: ArraySplit
+    image_shape: tuple[int, int]
+    n_classes: int
+    name: str
+
+
+def load_digits_data(*, test_fraction: float = 0.2, seed: int = 0) -> ArrayData:
+    """scikit-learn's 8×8 digits (1,797 images), pixels / 16, stratified split.
+
+    The split is ``sklearn.model_selection.train_test_split`` with
+    ``stratify=labels`` and ``random_state=seed``.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = (digits.images.reshape(len(digits.images), -1) / 16.0).astype(np.float32)
+    y = digits.target.astype(np.int32)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=test_fraction, stratify=y, random_state=seed
+    )
+    return ArrayData(
+        ArraySplit(x_train, y_train), None, ArraySplit(x_test, y_test), (8, 8), 10, "sklearn-digits"
+    )
+
+
+MNIST_KEYS = ("x_train", "y_train", "x_valid", "y_valid", "x_test", "y_test")
+
+
+def load_mnist_npz(path: str | Path) -> ArrayData:
+    """MNIST from an .npz with uint8 ``x_{train,valid,test}`` (n, 28, 28) and ``y_*`` (n,).
+
+    Pixels become float32 ``x / 256`` (Nielsen's values exactly); images are
+    flattened to 784 columns. Missing keys or wrong shapes raise ``ValueError``
+    naming the file and the array.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"MNIST file not found: {path}")
+    try:
+        data = np.load(path)
+    except Exception as exc:  # numpy raises several types for a bad file
+        raise ValueError(f"{path}: not a readable .npz file ({exc})") from exc
+    with data:
+        missing = [k for k in MNIST_KEYS if k not in data.files]
+        if missing:
+            raise ValueError(f"{path}: missing arrays {missing}; expected {list(MNIST_KEYS)}")
+        parts = {}
+        for part in ("train", "valid", "test"):
+            x, y = data[f"x_{part}"], data[f"y_{part}"]
+            if x.ndim != 3 or x.shape[1:] != (28, 28) or y.shape != (x.shape[0],):
+                raise ValueError(
+                    f"{path}: x_{part} must be (n, 28, 28) with y_{part} (n,), "
+                    f"got {x.shape} and {y.shape}"
+                )
+            if x.dtype != np.uint8:
+                raise ValueError(f"{path}: x_{part} must be uint8 pixels, got {x.dtype}")
+            if y.size and (y.min() < 0 or y.max() > 9):
+                raise ValueError(f"{path}: y_{part} holds labels outside 0..9")
+            parts[part] = ArraySplit(
+                x.reshape(x.shape[0], 784).astype(np.float32) / 256.0, y.astype(np.int32)
+            )
+    return ArrayData(parts["train"], parts["valid"], parts["test"], (28, 28), 10, f"mnist:{path.name}")
