@@ -29,9 +29,8 @@ class Activation(NamedTuple):
 
 
 def _sigmoid(z: Array) -> Array:
-    """σ(z) = 1 / (1 + e^{-z}), computed without overflow for large |z|."""
-    e = jnp.exp(-jnp.abs(z))
-    return jnp.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    """σ(z) = 1 / (1 + e^{-z}), evaluated by XLA's one ``logistic`` op (stable for large |z|)."""
+    return jax.lax.logistic(z)
 
 
 def _sigmoid_prime(z: Array) -> Array:

@@ -244,15 +244,15 @@ def value_and_gradients(
     sigma_prime = get_activation(activation).sigma_prime
     c = get_cost(cost)
     zs, activations = forward(params, X, activation=activation, cost=cost)
-    m = X.shape[0]
+    costs = c.value(zs[-1], activations[-1], Y)
+    delta = c.delta(zs[-1], activations[-1], Y, sigma_prime)  # rows: δ^L
     if weights is None:
-        scale = jnp.full((m,), 1.0 / m, X.dtype)
+        value, delta = jnp.mean(costs), delta * (1.0 / X.shape[0])  # rows: δ^L / m
     else:
         scale = weights.astype(X.dtype) / jnp.sum(weights.astype(X.dtype))
-    value = jnp.sum(c.value(zs[-1], activations[-1], Y) * scale)
+        value, delta = jnp.sum(costs * scale), delta * scale[:, None]
     L = len(params)
     nabla: list = [None] * L
-    delta = c.delta(zs[-1], activations[-1], Y, sigma_prime) * scale[:, None]  # rows: δ^L / m
     nabla[L - 1] = (delta.T @ activations[L - 1], jnp.sum(delta, axis=0))
     for l in range(L - 1, 0, -1):
         delta = (delta @ params[l][0]) * sigma_prime(zs[l - 1])  # rows: δ^l / m
@@ -265,27 +265,30 @@ def naive_gradients(
 ) -> Params:
     """Each layer's gradient as the full chain-rule product, recomputed per layer.
 
-    For layer l this evaluates, from the output down and with no δ kept between
-    layers, ``∂C/∂W^l = ∂C/∂a^L · ∂a^L/∂z^L · ∂z^L/∂a^{L-1} ⋯ ∂a^l/∂z^l · ∂z^l/∂W^l``:
-    L − l matrix-vector products for layer l, O(L²) in all. Backprop computes the
-    same numbers in O(L) by reusing δ^{l+1} ("cache lookup"). Each layer's chain
-    starts from its own ``optimization_barrier`` copy of the forward cache so that
-    the compiler cannot merge the chains back into backprop.
+    For layer l this evaluates, with no δ kept between layers,
+
+        ∂C/∂z^l = ∂C/∂z^L · ∂z^L/∂z^{L-1} ⋯ ∂z^{l+1}/∂z^l,   ∂z^k/∂z^{k-1} = W^k diag(σ'(z^{k-1})),
+
+    then ``∂C/∂W^l = (∂C/∂z^l)ᵀ (a^{l-1})ᵀ``. The Jacobian matrices are multiplied
+    from layer l up to the output (so no two layers share a partial product that
+    a compiler could merge), then applied to ``∂C/∂z^L = ∂C/∂a^L ⊙ σ'(z^L)``:
+    L − l matrix products for layer l, O(L²) in all. Backprop computes the same
+    numbers in O(L) by reusing δ^{l+1} ("cache lookup").
     """
     _check_example(params, x, y)
     sigma_prime = get_activation(activation).sigma_prime
-    c = get_cost(cost)
     zs, activations = forward(params, x, activation=activation, cost=cost)
     L = len(params)
+    dC_dzL = get_cost(cost).delta(zs[-1], activations[-1], y, sigma_prime)
+    # ∂z^k/∂z^{k-1} for k = 2 … L: W^k with column j scaled by σ'(z^{k-1}_j)
+    jacobian = {k: params[k - 1][0] * sigma_prime(zs[k - 2])[None, :] for k in range(2, L + 1)}
     nabla = []
     for l in range(1, L + 1):
-        Ws, zs_l, acts_l, y_l = jax.lax.optimization_barrier(
-            ([W for W, _ in params], zs, activations, y)
-        )
-        chain = c.delta(zs_l[-1], acts_l[-1], y_l, sigma_prime)  # ∂C/∂a^L ⊙ σ'(z^L)
-        for k in range(L, l, -1):  # · ∂z^k/∂a^{k-1} · ∂a^{k-1}/∂z^{k-1}
-            chain = (Ws[k - 1].T @ chain) * sigma_prime(zs_l[k - 2])
-        nabla.append((jnp.outer(chain, acts_l[l - 1]), chain))
+        dzL_dzl = None  # ∂z^L/∂z^l, accumulated upwards from layer l
+        for k in range(l + 1, L + 1):
+            dzL_dzl = jacobian[k] if dzL_dzl is None else jacobian[k] @ dzL_dzl
+        dC_dzl = dC_dzL if dzL_dzl is None else dC_dzL @ dzL_dzl
+        nabla.append((jnp.outer(dC_dzl, activations[l - 1]), dC_dzl))
     return nabla
 
 

@@ -1,0 +1,147 @@
+"""Manual backprop vs jax.grad: relative error in float32/float64 and jitted timings.
+
+    python -m experiments.compare_gradients [--out runs/compare_gradients] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import manual_backprop as mb
+from experiments.common import device_description, output_dir, pyplot, time_call, write_table
+
+ARCHITECTURES = {
+    "3-2-3-5": [3, 2, 3, 5],
+    "1-1-1-1": [1, 1, 1, 1],
+    "784-30-10": [784, 30, 10],
+    "8x10": [8] * 10,
+    "784-100-10": [784, 100, 10],
+}
+TIMED = {"784-30-10": [784, 30, 10], "784-100-10": [784, 100, 10], "8x10": [8] * 10, "wide 784-512-512-10": [
+    784, 512, 512, 10]}
+
+
+def problem(sizes, dtype, batch, cost, seed=0):
+    key_p, key_x, key_y = jax.random.split(jax.random.PRNGKey(seed), 3)
+    params = mb.init_mlp(key_p, sizes, weight_scale="fan_in", dtype=dtype)
+    X = jax.random.uniform(key_x, (batch, sizes[0]), dtype)
+    Y = jax.random.uniform(key_y, (batch, sizes[-1]), dtype, 0.05, 0.95)
+    if cost == "softmax_cross_entropy":
+        Y = Y / jnp.sum(Y, axis=1, keepdims=True)
+    return params, X, Y
+
+
+def max_relative_error(actual, expected) -> float:
+    """Largest per-array ‖Δ‖/‖ref‖ (‖Δ‖ where the reference array is zero)."""
+    errors = []
+    for a, e in zip(jax.tree_util.tree_leaves(actual), jax.tree_util.tree_leaves(expected)):
+        ref = float(jnp.linalg.norm(e))
+        diff = float(jnp.linalg.norm(a - e))
+        errors.append(diff / ref if ref > 0 else diff)
+    return max(errors)
+
+
+def error_rows(batch: int = 16) -> list[dict]:
+    rows = []
+    for arch, sizes in ARCHITECTURES.items():
+        for activation in sorted(mb.ACTIVATIONS):
+            for cost in sorted(mb.COSTS):
+                row = {"architecture": arch, "activation": activation, "cost": cost}
+                for dtype in (jnp.float32, jnp.float64):
+                    params, X, Y = problem(sizes, dtype, batch, cost)
+                    kw = dict(activation=activation, cost=cost)
+                    manual = mb.batch_gradients(params, X, Y, **kw)
+                    auto = jax.grad(partial(mb.batch_cost, **kw))(params, X, Y)
+                    row[f"max_rel_err_{jnp.dtype(dtype).name}"] = max_relative_error(manual, auto)
+                rows.append(row)
+    return rows
+
+
+def timing_rows(batch: int = 64, repeats: int = 20) -> list[dict]:
+    rows = []
+    kw = dict(activation="sigmoid", cost="half_sse")
+    for arch, sizes in TIMED.items():
+        params, X, Y = problem(sizes, jnp.float32, batch, "half_sse")
+        fns = {
+            "manual (matrix)": jax.jit(partial(mb.batch_gradients_matrix, **kw)),
+            "manual (vmap)": jax.jit(partial(mb.batch_gradients, **kw)),
+            "jax.grad": jax.jit(jax.grad(partial(mb.batch_cost, **kw))),
+            "naive chain (vmap)": jax.jit(
+                lambda p, X, Y: jax.tree_util.tree_map(
+                    lambda g: jnp.mean(g, 0), jax.vmap(partial(mb.naive_gradients, p, **kw))(X, Y)
+                )
+            ),
+        }
+        times = {name: time_call(lambda f=f: f(params, X, Y), repeats=repeats) for name, f in fns.items()}
+        for name, seconds in times.items():
+            rows.append({
+                "architecture": arch, "batch": batch, "method": name, "ms": seconds * 1e3,
+                "ratio_vs_jax_grad": seconds / times["jax.grad"],
+            })
+    return rows
+
+
+def plot(errors: list[dict], timings: list[dict], path) -> None:
+    plt = pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
+    labels = [f"{r['architecture']}\n{r['activation']}/{r['cost']}" for r in errors]
+    x = np.arange(len(errors))
+    for key, marker in [("max_rel_err_float32", "o"), ("max_rel_err_float64", "s")]:
+        vals = np.array([max(r[key], 1e-18) for r in errors])
+        ax1.semilogy(x, vals, marker, label=key.removeprefix("max_rel_err_"), markersize=3)
+    ax1.set_xticks([])
+    ax1.set_xlabel(f"{len(labels)} architecture × activation × cost cases")
+    ax1.set_ylabel("max per-array relative error vs jax.grad")
+    ax1.axhline(1e-12, color="grey", lw=0.8, ls="--")
+    ax1.legend()
+    archs = list(dict.fromkeys(r["architecture"] for r in timings))
+    methods = list(dict.fromkeys(r["method"] for r in timings))
+    width = 0.8 / len(methods)
+    for i, m in enumerate(methods):
+        vals = [next(r["ms"] for r in timings if r["architecture"] == a and r["method"] == m) for a in archs]
+        ax2.bar(np.arange(len(archs)) + i * width, vals, width, label=m)
+    ax2.set_xticks(np.arange(len(archs)) + 0.4 - width / 2, archs, fontsize=8)
+    ax2.set_yscale("log")
+    ax2.set_ylabel("ms per minibatch gradient (jitted)")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(out: str, quick: bool = False) -> dict:
+    jax.config.update("jax_enable_x64", True)  # float64 arrays where asked; float32 stays float32
+    out_path = output_dir(out)
+    errors = error_rows()
+    timings = timing_rows(repeats=5 if quick else 20)
+    worst64 = max(r["max_rel_err_float64"] for r in errors)
+    worst32 = max(r["max_rel_err_float32"] for r in errors)
+    write_table(
+        errors, out_path, "gradient_errors", title="Manual backprop vs jax.grad: max per-array relative error",
+        notes=f"Worst case: float64 {worst64:.2e}, float32 {worst32:.2e}. Device: {device_description()}.\n",
+    )
+    write_table(
+        timings, out_path, "gradient_timings", title="Jitted minibatch gradient timings (float32, sigmoid, ½‖a−y‖²)",
+        notes=f"Median of repeated calls after compilation. Device: {device_description()}.\n",
+    )
+    plot(errors, timings, out_path / "gradient_comparison.png")
+    print(f"max relative error vs jax.grad: float64 {worst64:.2e}, float32 {worst32:.2e}")
+    print(f"wrote {out_path}/gradient_errors.md, gradient_timings.md, gradient_comparison.png")
+    return {"worst_float64": worst64, "worst_float32": worst32}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/compare_gradients", help="output folder")
+    parser.add_argument("--quick", action="store_true", help="fewer timing repeats")
+    args = parser.parse_args(argv)
+    run(args.out, quick=args.quick)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""The command-line experiments run end to end and write their tables and plots."""
+
+import csv
+
+import numpy as np
+import pytest
+
+from experiments import backprop_depth, compare_gradients, train_mlp
+from experiments.common import markdown_table
+from tests.conftest import shared_path
+from training.datasets import load_mnist_npz
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_markdown_table_formats_rows():
+    text = markdown_table([{"a": 1, "b": 0.5}, {"a": 2, "b": 1e-9}])
+    assert text.splitlines() == ["| a | b |", "|---|---|", "| 1 | 0.5 |", "| 2 | 1.000e-09 |"]
+
+
+def test_train_mlp_on_digits_writes_report(tmp_path):
+    summary = train_mlp.run(train_mlp.parser().parse_args(
+        ["--epochs", "3", "--out", str(tmp_path), "--no-progress"]))
+    for name in ("history.md", "history.csv", "summary.md", "summary.csv", "learning_curve.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    history = read_csv(tmp_path / "history.csv")
+    assert [int(r["epoch"]) for r in history] == [1, 2, 3]
+    assert 0.5 < summary["final_test_accuracy"] <= 1.0
+
+
+def test_backprop_depth_slopes(tmp_path):
+    """The naive chain's time grows faster with depth than cached backprop's."""
+    result = backprop_depth.run(str(tmp_path), depths=(4, 8, 16, 32), width=32, batch=16, repeats=3)
+    assert (tmp_path / "depth_timings.png").exists() and (tmp_path / "depth_timings.csv").exists()
+    rows = result["rows"]
+    assert rows[-1]["naive / cached"] > rows[0]["naive / cached"]
+    assert result["deep_slopes"]["naive chain"] > result["deep_slopes"]["cached backprop"] + 0.5
+
+
+def test_compare_gradients_errors_are_tiny_in_float64(tmp_path, monkeypatch):
+    monkeypatch.setattr(compare_gradients, "ARCHITECTURES", {"3-2-3-5": [3, 2, 3, 5]})
+    monkeypatch.setattr(compare_gradients, "TIMED", {"3-2-3-5": [3, 2, 3, 5]})
+    result = compare_gradients.run(str(tmp_path), quick=True)
+    assert result["worst_float64"] <= 1e-12
+    assert result["worst_float32"] <= 1e-4
+    rows = read_csv(tmp_path / "gradient_errors.csv")
+    assert len(rows) == 16  # 4 activations × 4 costs
+    assert (tmp_path / "gradient_comparison.png").stat().st_size > 0
+
+
+def test_mnist_loader_reads_the_shared_file():
+    data = load_mnist_npz(shared_path("mnist.npz"))
+    assert data.train.x.shape == (50_000, 784) and data.test.x.shape == (10_000, 784)
+    assert data.train.x.dtype == np.float32 and data.train.x.max() == np.float32(255 / 256)
+    assert set(np.unique(data.test.y)) == set(range(10))
+
+
+def test_mnist_loader_names_the_bad_file(tmp_path):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x_train=np.zeros((2, 28, 28), np.uint8))
+    with pytest.raises(ValueError, match=r"bad\.npz: missing arrays \['y_train'"):
+        load_mnist_npz(bad)
+    wrong = tmp_path / "wrong.npz"
+    arrays = {f"{k}_{p}": np.zeros((2, 28, 28) if k == "x" else (2,), np.uint8)
+              for p in ("train", "valid", "test") for k in ("x", "y")}
+    arrays["x_test"] = np.zeros((2, 27, 28), np.uint8)
+    np.savez(wrong, **arrays)
+    with pytest.raises(ValueError, match=r"wrong\.npz: x_test must be \(n, 28, 28\)"):
+        load_mnist_npz(wrong)
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="garbage.npz: not a readable .npz"):
+        load_mnist_npz(garbage)
