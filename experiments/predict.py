@@ -1,0 +1,70 @@
+"""Predict with a trained run on new photos: one CSV row per image.
+
+    python -m experiments.predict --checkpoint runs/NAME --images DIR --out predictions.csv
+
+Columns: path, predicted label, then one probability column per class (p_<class>).
+Every file in DIR (recursively, hidden files and .md/.txt/.csv/.json aside) is read;
+an unreadable one stops the run naming it, or with --skip-bad is listed on stderr and counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+from training.images import ImageCache, Preprocess, load_images
+from training.train import load_trained, make_eval_step, predict_proba
+
+NOT_IMAGES = {".md", ".txt", ".csv", ".json", ".toml"}
+
+
+def image_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
+                   and p.suffix.lower() not in NOT_IMAGES)
+    if not files:
+        raise ValueError(f"{folder}: no image files found")
+    return files
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    model, params, config, class_names = load_trained(args.checkpoint)
+    pre = Preprocess(config.image_size, config.crop, config.rgb)
+    files = image_files(Path(args.images))
+    cache = ImageCache(Path(args.cache_dir)) if args.cache_dir else ImageCache(ImageCache.default_root())
+    # every file is its own item: duplicates are predicted once each, so label them apart
+    images = load_images([(f, str(f)) for f in files], pre, skip_bad=args.skip_bad, cache=cache)
+    probs = predict_proba(make_eval_step(model), params, images.x, batch_size=config.batch_size)
+    rows = []
+    for path, p in zip(images.paths, probs):
+        row = {"path": path, "predicted": class_names[int(p.argmax())]}
+        row.update({f"p_{name}": float(p[i]) for i, name in enumerate(class_names)})
+        rows.append(row)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", "predicted", *[f"p_{n}" for n in class_names]])
+        writer.writeheader()
+        writer.writerows(rows)
+    for path, reason in images.report.skipped:
+        print(f"skipped: {reason}", file=sys.stderr)
+    print(f"{len(rows)} predictions written to {out}"
+          + (f"; {len(images.report.skipped)} bad files skipped" if images.report.skipped else ""))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a run folder written by experiments.train")
+    p.add_argument("--images", required=True, help="folder of photos")
+    p.add_argument("--out", default="predictions.csv")
+    p.add_argument("--skip-bad", action="store_true")
+    p.add_argument("--cache-dir")
+    run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

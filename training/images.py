@@ -1,0 +1,350 @@
+"""Reading labelled photos: discovery, integrity checks, preprocessing and an on-disk cache.
+
+Inputs are a folder with one subfolder per label, or a CSV manifest with columns
+``path,label`` (paths relative to the CSV). Any format Pillow opens is read whatever
+the extension says; HEIC/HEIF through the optional ``pillow-heif`` (``pip install
+'.[heic]'``). EXIF orientation is applied, transparency is composited on white,
+16-bit images are scaled to 8 bits, CMYK is converted to RGB.
+
+Preprocessing (the lab's): square crop ``center`` (the largest centred square) or
+``squash`` (the whole image), bicubic resize to ``image_size``, grayscale (ITU-R 601
+luma, Pillow's ``L``) or RGB, float32 in [0, 1]. Large JPEGs are decoded with
+Pillow's draft mode (DCT scaling by 1/2, 1/4 or 1/8) to no less than twice the target
+size before the bicubic resize. Results are cached on disk under the SHA-256 of the
+file's bytes and the preprocessing settings, so a second run decodes nothing.
+
+Integrity: byte-identical files under one label are reported and kept once; under two
+labels they raise ``ValueError`` naming both. A zero-byte, truncated, corrupt or
+unreadable file raises :class:`BadImageError` naming it, or with ``skip_bad=True`` is
+skipped and listed in the :class:`LoadReport`. Pillow's decompression-bomb limit stays on.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+CACHE_VERSION = "v1"
+
+
+class BadImageError(ValueError):
+    """An image file that cannot be used; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a photo becomes an array: ``(image_size, image_size, 1 or 3)`` float32 in [0, 1]."""
+
+    image_size: int = 108
+    crop: str = "center"
+    rgb: bool = False
+
+    def __post_init__(self):
+        if self.crop not in ("center", "squash"):
+            raise ValueError(f"unknown crop {self.crop!r}; expected 'center' or 'squash'")
+        if self.image_size < 8:
+            raise ValueError(f"image_size must be at least 8, got {self.image_size}")
+
+    @property
+    def channels(self) -> int:
+        return 3 if self.rgb else 1
+
+    def cache_key(self) -> str:
+        return f"{CACHE_VERSION}-{self.image_size}-{self.crop}-{'rgb' if self.rgb else 'gray'}"
+
+
+def _register_heif() -> bool:
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return False
+    register_heif_opener()
+    return True
+
+
+HEIF_AVAILABLE = _register_heif()
+HEIF_SUFFIXES = {".heic", ".heif", ".hif"}
+
+
+def sha256_of(path: Path) -> str:
+    """SHA-256 of the file's bytes, hex."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _to_rgb_or_l(im: Image.Image, rgb: bool) -> Image.Image:
+    """Any Pillow mode → ``RGB`` or ``L``; transparency composited on white."""
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        im = Image.fromarray(np.clip(np.round(arr / top * 255.0), 0, 255).astype(np.uint8), "L")
+    elif im.mode == "F":
+        arr = np.asarray(im, dtype=np.float64)
+        im = Image.fromarray(np.clip(np.round(arr * 255.0), 0, 255).astype(np.uint8), "L")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "RGBa", "La", "PA"):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, im)
+    return im.convert("RGB" if rgb else "L")
+
+
+def load_image(path: str | Path, pre: Preprocess) -> np.ndarray:
+    """Read and preprocess one photo; ``BadImageError`` naming the file if it cannot be used."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise BadImageError(f"{path}: cannot read file ({exc})") from exc
+    if size == 0:
+        raise BadImageError(f"{path}: empty file (0 bytes)")
+    if path.suffix.lower() in HEIF_SUFFIXES and not HEIF_AVAILABLE:
+        raise BadImageError(
+            f"{path}: HEIC/HEIF needs the optional pillow-heif package: pip install -e '.[heic]'"
+        )
+    try:
+        with Image.open(path) as im:
+            if im.format == "JPEG":
+                # DCT-domain downscaling; keeps at least 2× the target on the short side
+                im.draft("RGB" if pre.rgb else "L", (2 * pre.image_size, 2 * pre.image_size))
+            im = ImageOps.exif_transpose(im)
+            im = _to_rgb_or_l(im, pre.rgb)
+            w, h = im.size
+            if pre.crop == "center":
+                side = min(w, h)
+                left, top = (w - side) / 2, (h - side) / 2
+                box = (left, top, left + side, top + side)
+            else:
+                box = (0, 0, w, h)
+            im = im.resize((pre.image_size, pre.image_size), Image.Resampling.BICUBIC, box=box)
+            arr = np.asarray(im, dtype=np.float32) / 255.0
+    except Image.DecompressionBombError as exc:
+        raise BadImageError(f"{path}: refused by Pillow's decompression-bomb limit ({exc})") from exc
+    except UnidentifiedImageError as exc:
+        raise BadImageError(f"{path}: not an image Pillow can read ({exc})") from exc
+    except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
+        raise BadImageError(f"{path}: corrupt or truncated image ({exc})") from exc
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return arr
+
+
+@dataclass
+class ImageCache:
+    """Preprocessed arrays on disk: ``root/<settings>/<sha256>.npy``, written atomically."""
+
+    root: Path
+
+    @staticmethod
+    def default_root() -> Path:
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(base) / "tree-risk-jax" / "images"
+
+    def path(self, digest: str, pre: Preprocess) -> Path:
+        return self.root / pre.cache_key() / f"{digest}.npy"
+
+    def get(self, digest: str, pre: Preprocess) -> np.ndarray | None:
+        p = self.path(digest, pre)
+        if not p.exists():
+            return None
+        try:
+            arr = np.load(p)
+        except (OSError, ValueError):
+            return None  # a damaged cache entry is recomputed and rewritten
+        expected = (pre.image_size, pre.image_size, pre.channels)
+        return arr if arr.shape == expected and arr.dtype == np.float32 else None
+
+    def put(self, digest: str, pre: Preprocess, arr: np.ndarray) -> None:
+        p = self.path(digest, pre)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=p.parent, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, arr)
+            os.replace(tmp, p)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+@dataclass
+class LoadReport:
+    """What happened to every file found: nothing is dropped without a line here."""
+
+    found: int = 0
+    loaded: int = 0
+    cache_hits: int = 0
+    duplicates: list[tuple[str, str]] = field(default_factory=list)  # (kept, duplicate)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    excluded: dict[str, int] = field(default_factory=dict)  # label -> count left out by the grouping
+
+    def summary(self) -> str:
+        parts = [f"{self.found} files found", f"{self.loaded} images loaded ({self.cache_hits} from cache)"]
+        if self.duplicates:
+            parts.append(f"{len(self.duplicates)} exact duplicates kept once")
+        if self.skipped:
+            parts.append(f"{len(self.skipped)} bad files skipped")
+        if self.excluded:
+            parts.append("excluded by grouping: " + ", ".join(f"{k} {v}" for k, v in sorted(self.excluded.items())))
+        return "; ".join(parts)
+
+    def as_dict(self) -> dict:
+        return {
+            "found": self.found, "loaded": self.loaded, "cache_hits": self.cache_hits,
+            "duplicates": [list(d) for d in self.duplicates], "skipped": [list(s) for s in self.skipped],
+            "excluded": dict(self.excluded),
+        }
+
+
+def discover(source: str | Path) -> list[tuple[Path, str]]:
+    """``(path, label)`` for every file under a label-per-subfolder folder or in a CSV manifest."""
+    source = Path(source)
+    if not source.exists():
+        raise FileNotFoundError(f"data not found: {source}")
+    if source.is_file():
+        return _read_manifest(source)
+    items = []
+    class_dirs = sorted(d for d in source.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not class_dirs:
+        raise ValueError(f"{source}: no class subfolders (expected one folder per label, e.g. Probable/)")
+    for d in class_dirs:
+        files = sorted(f for f in d.iterdir() if f.is_file() and not f.name.startswith(".")
+                       and f.suffix.lower() not in (".md", ".txt", ".csv", ".json", ".toml"))
+        if not files:
+            raise ValueError(f"class folder {d} is empty: add photos or remove the folder")
+        items.extend((f, d.name) for f in files)
+    return items
+
+
+def _read_manifest(path: Path) -> list[tuple[Path, str]]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
+            raise ValueError(f"{path}: a manifest needs the columns 'path,label', got {reader.fieldnames}")
+        items = []
+        for line, row in enumerate(reader, start=2):
+            if not row["path"] or not row["label"]:
+                raise ValueError(f"{path}, line {line}: empty path or label")
+            p = Path(row["path"])
+            p = p if p.is_absolute() else path.parent / p
+            if not p.is_file():
+                raise FileNotFoundError(f"{path}, line {line}: file not found: {p}")
+            items.append((p, row["label"].strip()))
+    if not items:
+        raise ValueError(f"{path}: the manifest lists no images")
+    return items
+
+
+def deduplicate(
+    items: Sequence[tuple[Path, str]], digests: Sequence[str], report: LoadReport
+) -> list[int]:
+    """Indices of the unique images; duplicates are reported; one image under two labels raises."""
+    first: dict[str, int] = {}
+    keep = []
+    for i, (digest, (path, label)) in enumerate(zip(digests, items)):
+        if digest in first:
+            j = first[digest]
+            other_path, other_label = items[j]
+            if other_label != label:
+                raise ValueError(
+                    f"the same image is labelled twice: {other_path} ({other_label}) and {path} ({label})"
+                )
+            report.duplicates.append((str(other_path), str(path)))
+            continue
+        first[digest] = i
+        keep.append(i)
+    return keep
+
+
+@dataclass
+class ImageSet:
+    """Preprocessed photos with their labels, paths and content hashes."""
+
+    x: np.ndarray  # (n, s, s, c) float32 in [0, 1]
+    labels: list[str]
+    paths: list[str]
+    digests: list[str]
+    report: LoadReport
+
+
+def load_images(
+    items: Iterable[tuple[Path, str]],
+    pre: Preprocess,
+    *,
+    skip_bad: bool = False,
+    cache: ImageCache | None = None,
+    workers: int | None = None,
+    progress: bool = False,
+) -> ImageSet:
+    """Hash, de-duplicate, then load (from cache or by decoding, in parallel threads)."""
+    from tqdm.auto import tqdm
+
+    items = list(items)
+    report = LoadReport(found=len(items))
+    workers = workers or os.cpu_count() or 1
+    with ThreadPoolExecutor(workers) as pool:
+        digests = list(pool.map(lambda it: _digest_or_error(it[0]), items))
+        bad = [(str(items[i][0]), d[1]) for i, d in enumerate(digests) if isinstance(d, tuple)]
+        if bad and not skip_bad:
+            raise BadImageError(bad[0][1])
+        report.skipped.extend(bad)
+        ok = [i for i, d in enumerate(digests) if not isinstance(d, tuple)]
+        items = [items[i] for i in ok]
+        digests = [digests[i] for i in ok]
+        keep = deduplicate(items, digests, report)
+        items = [items[i] for i in keep]
+        digests = [digests[i] for i in keep]
+
+        def work(i):
+            if cache is not None:
+                arr = cache.get(digests[i], pre)
+                if arr is not None:
+                    return arr, True
+            try:
+                arr = load_image(items[i][0], pre)
+            except BadImageError as exc:
+                if not skip_bad:
+                    raise
+                return str(exc), False
+            if cache is not None:
+                cache.put(digests[i], pre, arr)
+            return arr, False
+
+        results = list(tqdm(pool.map(work, range(len(items))), total=len(items), desc="images",
+                            disable=not progress))
+    arrays, labels, paths, kept_digests = [], [], [], []
+    for (path, label), digest, (arr, hit) in zip(items, digests, results):
+        if isinstance(arr, str):
+            report.skipped.append((str(path), arr))
+            continue
+        arrays.append(arr)
+        labels.append(label)
+        paths.append(str(path))
+        kept_digests.append(digest)
+        report.cache_hits += int(hit)
+    report.loaded = len(arrays)
+    shape = (0, pre.image_size, pre.image_size, pre.channels)
+    x = np.stack(arrays) if arrays else np.zeros(shape, np.float32)
+    return ImageSet(x, labels, paths, kept_digests, report)
+
+
+def _digest_or_error(path: Path):
+    try:
+        if path.stat().st_size == 0:
+            return ("", f"{path}: empty file (0 bytes)")
+        return sha256_of(path)
+    except OSError as exc:
+        return ("", f"{path}: cannot read file ({exc})")

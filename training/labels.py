@@ -1,0 +1,151 @@
+"""Label groupings (the lab's scenarios and user files) and leak-free stratified splits.
+
+A :class:`Grouping` maps each class the model learns to the source labels it
+gathers, and lists source labels deliberately left out. ``"*"`` in a class's list
+means every source label not named anywhere else. A source label that the grouping
+neither maps nor excludes raises ``ValueError`` naming it, so nothing is dropped
+silently; excluded images are counted in the load report.
+
+Splits are made on unique images (by content hash, after de-duplication) and before
+any augmentation, stratified by class and seeded.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """``classes``: model class → source labels (``"*"`` = all others); ``exclude``: labels left out."""
+
+    name: str
+    classes: dict[str, tuple[str, ...]]
+    exclude: tuple[str, ...] = field(default=())
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.classes)
+
+    def resolve(self, labels: Sequence[str]) -> tuple[np.ndarray, dict[str, int]]:
+        """Class index per label (−1 for excluded) and the count excluded per source label."""
+        named = {lab for labs in self.classes.values() for lab in labs if lab != "*"} | set(self.exclude)
+        wildcard = [c for c, labs in self.classes.items() if "*" in labs]
+        if len(wildcard) > 1:
+            raise ValueError(f"grouping {self.name!r}: '*' may appear in one class only, got {wildcard}")
+        mapping = {lab: i for i, labs in enumerate(self.classes.values()) for lab in labs if lab != "*"}
+        present = set(labels)
+        unknown = sorted(present - named)
+        if unknown and not wildcard:
+            raise ValueError(
+                f"label(s) {unknown} are not in grouping {self.name!r} (classes {self.class_names}, "
+                f"excluded {list(self.exclude)}): map or exclude them"
+            )
+        empty = [c for c, labs in self.classes.items() if "*" not in labs and not present & set(labs)]
+        if empty:
+            raise ValueError(
+                f"grouping {self.name!r}: class(es) {empty} have no images (labels "
+                f"{[list(self.classes[c]) for c in empty]} not found in the data; found {sorted(present)})"
+            )
+        for lab in unknown:
+            mapping[lab] = self.class_names.index(wildcard[0])
+        index = np.array([mapping.get(lab, -1) for lab in labels], dtype=np.int32)
+        excluded = Counter(lab for lab in labels if lab in self.exclude)
+        return index, dict(excluded)
+
+
+SCENARIOS: dict[str, Grouping] = {
+    "Pr_Im": Grouping("Pr_Im", {"Probable": ("Probable",), "Improbable": ("Improbable",)}, ("Possible",)),
+    "PrPo_Im": Grouping("PrPo_Im", {"Probable+Possible": ("Probable", "Possible"), "Improbable": ("Improbable",)}),
+    "Pr_PoIm": Grouping("Pr_PoIm", {"Probable": ("Probable",), "Possible+Improbable": ("Possible", "Improbable")}),
+    "Pr_Po_Im": Grouping(
+        "Pr_Po_Im", {"Probable": ("Probable",), "Possible": ("Possible",), "Improbable": ("Improbable",)}
+    ),
+}
+
+
+def identity_grouping(labels: Sequence[str]) -> Grouping:
+    """Every source label is its own class (sorted)."""
+    return Grouping("labels", {lab: (lab,) for lab in sorted(set(labels))})
+
+
+def load_grouping(path: str | Path) -> Grouping:
+    """A grouping from JSON or TOML::
+
+        name = "tree_vs_not"
+        exclude = []
+        [classes]
+        tree = ["*"]
+        not_a_tree = ["not_a_tree"]
+    """
+    path = Path(path)
+    text = path.read_text()
+    try:
+        raw = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot parse grouping ({exc})") from exc
+    classes = raw.get("classes")
+    if not isinstance(classes, dict) or len(classes) < 2:
+        raise ValueError(f"{path}: 'classes' must map at least two class names to lists of labels")
+    for name, labs in classes.items():
+        if not isinstance(labs, list) or not labs or not all(isinstance(s, str) for s in labs):
+            raise ValueError(f"{path}: class {name!r} must list one or more labels, got {labs!r}")
+    return Grouping(
+        str(raw.get("name", path.stem)),
+        {k: tuple(v) for k, v in classes.items()},
+        tuple(raw.get("exclude", ())),
+    )
+
+
+def get_grouping(scenario: str | None, grouping_file: str | Path | None, labels: Sequence[str]) -> Grouping:
+    """The grouping a run asks for: a file, a named scenario, or the labels as they are."""
+    if grouping_file is not None and scenario is not None:
+        raise ValueError("give either a scenario or a grouping file, not both")
+    if grouping_file is not None:
+        return load_grouping(grouping_file)
+    if scenario is not None:
+        try:
+            return SCENARIOS[scenario]
+        except KeyError:
+            raise ValueError(f"unknown scenario {scenario!r}; expected one of {sorted(SCENARIOS)}") from None
+    return identity_grouping(labels)
+
+
+def _check_stratifiable(y: np.ndarray, n_parts: int, class_names: Sequence[str] | None) -> None:
+    counts = Counter(y.tolist())
+    small = {(class_names[c] if class_names else c): n for c, n in counts.items() if n < n_parts}
+    if small:
+        raise ValueError(f"too few images to stratify into {n_parts} parts: {small} (need ≥ {n_parts} per class)")
+
+
+def stratified_split(
+    y: np.ndarray, *, val_fraction: float = 0.2, seed: int = 0, class_names: Sequence[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train and validation indices, stratified by class, reproducible from ``seed``."""
+    from sklearn.model_selection import train_test_split
+
+    y = np.asarray(y)
+    _check_stratifiable(y, 2, class_names)
+    idx = np.arange(len(y))
+    n_val = max(int(round(val_fraction * len(y))), len(set(y.tolist())))
+    train, val = train_test_split(idx, test_size=n_val, stratify=y, random_state=seed)
+    return np.sort(train), np.sort(val)
+
+
+def stratified_folds(
+    y: np.ndarray, k: int, *, seed: int = 0, class_names: Sequence[str] | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``k`` (train, validation) index pairs of a seeded stratified k-fold."""
+    from sklearn.model_selection import StratifiedKFold
+
+    y = np.asarray(y)
+    _check_stratifiable(y, k, class_names)
+    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [(np.sort(tr), np.sort(va)) for tr, va in folds.split(np.zeros(len(y)), y)]

@@ -1,0 +1,63 @@
+"""Classification metrics via scikit-learn, always with the majority-class baseline beside them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn import metrics as skm
+
+
+def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> dict:
+    """Accuracy, balanced accuracy, per-class and macro precision/recall/F1, confusion matrix, ROC-AUC.
+
+    ``probs`` is (n, n_classes); the prediction is its arg-max. ROC-AUC is given for two
+    classes (score of class 1) when both occur in ``y_true``, else ``None``.
+    """
+    y_true = np.asarray(y_true)
+    probs = np.asarray(probs)
+    if probs.ndim != 2 or probs.shape != (len(y_true), len(class_names)):
+        raise ValueError(f"probs must be (n, {len(class_names)}) for n={len(y_true)}, got {probs.shape}")
+    y_pred = probs.argmax(axis=1)
+    labels = list(range(len(class_names)))
+    p, r, f, s = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    result = {
+        "n": int(len(y_true)),
+        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": float(_balanced_accuracy(y_true, y_pred, labels)),
+        "macro_precision": float(np.mean(p)),
+        "macro_recall": float(np.mean(r)),
+        "macro_f1": float(np.mean(f)),
+        "per_class": {
+            name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+            for i, name in enumerate(class_names)
+        },
+        "confusion_matrix": skm.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "roc_auc": None,
+    }
+    if len(class_names) == 2 and len(set(y_true.tolist())) == 2:
+        result["roc_auc"] = float(skm.roc_auc_score(y_true, probs[:, 1]))
+    return result
+
+
+def _balanced_accuracy(y_true, y_pred, labels) -> float:
+    """Mean recall over the classes present in y_true (sklearn's definition, without its warning)."""
+    recalls = [np.mean(y_pred[y_true == c] == c) for c in labels if np.any(y_true == c)]
+    return float(np.mean(recalls)) if recalls else 0.0
+
+
+def majority_baseline(y_train: np.ndarray, y_val: np.ndarray, class_names: Sequence[str]) -> dict:
+    """The metrics of always answering the training set's most frequent class."""
+    majority = int(np.bincount(np.asarray(y_train), minlength=len(class_names)).argmax())
+    probs = np.zeros((len(y_val), len(class_names)), np.float32)
+    probs[:, majority] = 1.0
+    result = classification_metrics(y_val, probs, class_names)
+    result["majority_class"] = class_names[majority]
+    result["roc_auc"] = 0.5 if result["roc_auc"] is not None else None
+    return result
+
+
+def beats_baseline(result: dict, baseline: dict) -> bool:
+    """Better than the majority answer on balanced accuracy and macro-F1 (accuracy alone can flatter)."""
+    return (result["balanced_accuracy"] > baseline["balanced_accuracy"]
+            and result["macro_f1"] > baseline["macro_f1"])

@@ -1,0 +1,70 @@
+"""A run's report: metrics beside the majority baseline (Markdown, CSV, JSON) and PNG plots."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from experiments.common import pyplot, write_table
+from training.metrics import beats_baseline
+
+HEADLINE = ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "roc_auc")
+
+
+def metric_rows(result: dict, baseline: dict) -> list[dict]:
+    """One row per metric: model, majority baseline."""
+    rows = [{"metric": k, "model": result[k], "majority_baseline": baseline[k]} for k in HEADLINE
+            if result.get(k) is not None]
+    for name, m in result["per_class"].items():
+        b = baseline["per_class"][name]
+        for k in ("precision", "recall", "f1"):
+            rows.append({"metric": f"{k} [{name}]", "model": m[k], "majority_baseline": b[k]})
+    return rows
+
+
+def plot_history(history: Sequence[dict], path: Path) -> None:
+    plt = pyplot()
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
+    ax1.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation loss")
+    ax1.set_xlabel("epoch")
+    ax1.legend()
+    for key in ("val_accuracy", "val_balanced_accuracy", "val_macro_f1"):
+        ax2.plot(epochs, [h[key] for h in history], "o-", label=key.removeprefix("val_"))
+    ax2.set_xlabel("epoch")
+    ax2.set_ylim(0, 1)
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_confusion(matrix, class_names: Sequence[str], path: Path, title: str = "") -> None:
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(1.2 * len(class_names) + 3, 1.2 * len(class_names) + 2.5))
+    ConfusionMatrixDisplay(np.asarray(matrix), display_labels=list(class_names)).plot(ax=ax, colorbar=False)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_run_report(out: Path, result: dict, class_names: Sequence[str], header: str) -> str:
+    """``metrics.{md,csv}``, ``learning_curves.png``, ``confusion_matrix.png``; returns the verdict line."""
+    metrics, baseline = result["metrics"], result["baseline"]
+    verdict = ("beats the majority baseline on balanced accuracy and macro-F1"
+               if beats_baseline(metrics, baseline) else
+               "does NOT beat the majority baseline on balanced accuracy and macro-F1")
+    notes = (f"{header}\n\nBest epoch (validation macro-F1): {result['best_epoch']}. Majority class: "
+             f"{baseline['majority_class']}. The model {verdict}.\n\nConfusion matrix (rows true, columns "
+             f"predicted; {', '.join(class_names)}): {metrics['confusion_matrix']}\n")
+    write_table(metric_rows(metrics, baseline), out, "metrics", title="Validation metrics", notes=notes)
+    plot_history(result["history"], out / "learning_curves.png")
+    plot_confusion(metrics["confusion_matrix"], class_names, out / "confusion_matrix.png",
+                   f"validation, best epoch {result['best_epoch']}")
+    return verdict

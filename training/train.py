@@ -1,0 +1,267 @@
+"""Training Model 1 with Optax Adam: config, train/eval steps, the epoch loop, checkpoints.
+
+The loss is written for one image, ``ℓ = w_y (logsumexp(z) − z_y)`` with ``z`` the
+logits and ``w_y`` the (optional, balanced) class weight, ``jax.vmap``-ped over the
+minibatch; the minibatch loss is ``Σ_i m_i ℓ_i / Σ_i m_i`` where ``m_i`` masks the
+padding rows of a short last batch. One jitted train step, one jitted eval step.
+Every random choice comes from ``jax.random`` keys derived from ``config.seed``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
+
+from models.model1 import Model1
+from training.checkpoints import Checkpoints, write_json_atomic
+from training.devices import DataParallel
+from training.metrics import classification_metrics, majority_baseline
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run needs; the defaults are the lab's Dec 2020 setup."""
+
+    image_size: int = 108
+    rgb: bool = False
+    crop: str = "center"
+    epochs: int = 4
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    class_weights: str | None = None  # None or "balanced"
+    val_fraction: float = 0.2
+    folds: int = 1
+    seed: int = 0
+    first_kernel: int = 7
+    head_units: tuple[int, ...] = (128, 64)
+    dropout_rate: float = 0.5
+    activation: str = "relu"
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> TrainConfig:
+        data = dict(data)
+        data["head_units"] = tuple(data.get("head_units", (128, 64)))
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def get_config(**overrides: Any) -> TrainConfig:
+    """The default config with ``overrides`` (tests shrink it this way)."""
+    return dataclasses.replace(TrainConfig(), **overrides)
+
+
+class TrainState(train_state.TrainState):
+    """Flax's TrainState (step, params, Adam state)."""
+
+
+def create_model(config: TrainConfig, n_classes: int) -> Model1:
+    return Model1(n_classes=n_classes, first_kernel=config.first_kernel, head_units=tuple(config.head_units),
+                  dropout_rate=config.dropout_rate, activation=config.activation)
+
+
+def create_state(model: Model1, config: TrainConfig, image_shape: tuple[int, int, int], *, key: jax.Array
+                 ) -> TrainState:
+    params = model.init({"params": key}, jnp.zeros(image_shape, jnp.float32))["params"]
+    state = TrainState.create(apply_fn=model.apply, params=params, tx=optax.adam(config.learning_rate))
+    # a typed step counter: a weakly typed Python 0 would make the second step compile again
+    return state.replace(step=jnp.zeros((), jnp.int32))
+
+
+def example_loss(model: Model1, params, x: jax.Array, label: jax.Array, weight: jax.Array, *,
+                 key: jax.Array | None, train: bool) -> tuple[jax.Array, jax.Array]:
+    """``(w_y (logsumexp(z) − z_y), z)`` for one image."""
+    rngs = {"dropout": key} if train else None
+    logits = model.apply({"params": params}, x, train=train, rngs=rngs)
+    return weight * (jax.nn.logsumexp(logits) - logits[label]), logits
+
+
+def make_train_step(model: Model1):
+    """``train_step(state, batch, key) -> (state, {"loss"})``, jitted; batch = dict(x, y, w, mask)."""
+
+    def batch_loss(params, batch, key):
+        keys = jax.random.split(key, batch["x"].shape[0])
+        losses, _ = jax.vmap(
+            lambda x, y, w, k: example_loss(model, params, x, y, w, key=k, train=True)
+        )(batch["x"], batch["y"], batch["w"], keys)
+        return jnp.sum(losses * batch["mask"]) / jnp.maximum(jnp.sum(batch["mask"]), 1.0)
+
+    @jax.jit
+    def train_step(state: TrainState, batch: dict, key: jax.Array):
+        loss, grads = jax.value_and_grad(batch_loss)(state.params, batch, key)
+        return state.apply_gradients(grads=grads), {"loss": loss}
+
+    return train_step
+
+
+def make_eval_step(model: Model1):
+    """``eval_step(params, x) -> softmax probabilities`` (no dropout), jitted."""
+
+    @jax.jit
+    def eval_step(params, x):
+        logits = jax.vmap(lambda xi: model.apply({"params": params}, xi, train=False))(x)
+        return jax.nn.softmax(logits, axis=-1)
+
+    return eval_step
+
+
+def class_weight_vector(y: np.ndarray, n_classes: int, mode: str | None) -> np.ndarray:
+    """Ones, or scikit-learn's ``balanced`` weights n / (k · count_c)."""
+    if mode is None:
+        return np.ones(n_classes, np.float32)
+    if mode != "balanced":
+        raise ValueError(f"unknown class_weights {mode!r}; expected None or 'balanced'")
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = np.unique(y)
+    weights = np.ones(n_classes, np.float32)
+    weights[present] = compute_class_weight("balanced", classes=present, y=y)
+    return weights
+
+
+def batches(n: int, batch_size: int, *, key: jax.Array | None):
+    """Index arrays of consecutive minibatches of a permutation (``key``) or in order (``None``)."""
+    order = np.arange(n) if key is None else np.asarray(jax.random.permutation(key, n))
+    for start in range(0, n, batch_size):
+        yield order[start:start + batch_size]
+
+
+def make_batch(x: np.ndarray, y: np.ndarray, idx: np.ndarray, size: int, weights: np.ndarray) -> dict:
+    """Rows ``idx`` padded to ``size`` with masked zero rows (fixed shapes: no recompilation)."""
+    pad = size - len(idx)
+    xb = np.concatenate([x[idx], np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x[idx]
+    yb = np.concatenate([y[idx], np.zeros(pad, y.dtype)]) if pad else y[idx]
+    mask = np.concatenate([np.ones(len(idx), np.float32), np.zeros(pad, np.float32)])
+    return {"x": xb, "y": yb.astype(np.int32), "w": weights[yb].astype(np.float32), "mask": mask}
+
+
+def predict_proba(eval_step, params, x: np.ndarray, *, batch_size: int = 64, dp: DataParallel | None = None
+                  ) -> np.ndarray:
+    """Class probabilities for every row of ``x``."""
+    dp = dp or DataParallel()
+    size = dp.padded_batch_size(batch_size)
+    out = []
+    ones = np.ones(1, np.float32)
+    for idx in batches(len(x), size, key=None):
+        batch = make_batch(x, np.zeros(len(x), np.int32), idx, size, ones)
+        out.append(np.asarray(eval_step(params, dp.put_batch(batch["x"])))[: len(idx)])
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def _write_history(out: Path, history: list[dict]) -> None:
+    from experiments.common import write_table
+
+    write_json_atomic(out / "history.json", history)
+    write_table(history, out, "history", title="Training history")
+
+
+def fit(
+    config: TrainConfig,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    class_names: list[str],
+    out: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    dp: DataParallel | None = None,
+) -> dict:
+    """Train, evaluate each epoch, keep ``best`` (validation macro-F1) and ``last`` checkpoints.
+
+    Returns ``{"history", "metrics" (best epoch), "baseline", "best_epoch"}``. A
+    non-finite training loss raises ``FloatingPointError``; the checkpoints on disk
+    are then those of the last good epoch.
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dp = dp or DataParallel()
+    n_classes = len(class_names)
+    model = create_model(config, n_classes)
+    key_init, key_shuffle, key_dropout = jax.random.split(jax.random.PRNGKey(config.seed), 3)
+    state = create_state(model, config, x_train.shape[1:], key=key_init)
+    ckpt = Checkpoints(out / "checkpoints")
+    write_json_atomic(out / "checkpoints" / "config.json", {"config": config.to_json(), "class_names": class_names})
+    history: list[dict] = []
+    best_f1, start_epoch = -1.0, 1
+    if resume and ckpt.latest_step("last") is not None:
+        state, meta = ckpt.restore("last", state)
+        history, best_f1, start_epoch = meta["history"], meta["best_macro_f1"], meta["epoch"] + 1
+        print(f"resuming after epoch {meta['epoch']} from {ckpt.directory / 'last'}")
+    state = dp.put_replicated(state)
+    weights = class_weight_vector(y_train, n_classes, config.class_weights)
+    train_step, eval_step = make_train_step(model), make_eval_step(model)
+    size = dp.padded_batch_size(config.batch_size)
+    baseline = majority_baseline(y_train, y_val, class_names)
+    for epoch in range(start_epoch, config.epochs + 1):
+        start = time.perf_counter()
+        losses = []
+        steps = list(batches(len(x_train), config.batch_size, key=jax.random.fold_in(key_shuffle, epoch)))
+        bar = tqdm(steps, desc=f"epoch {epoch}/{config.epochs}", disable=not progress, leave=False)
+        for step, idx in enumerate(bar):
+            batch = dp.put_batch(make_batch(x_train, y_train, idx, size, weights))
+            key = jax.random.fold_in(jax.random.fold_in(key_dropout, epoch), step)
+            state, m = train_step(state, batch, key)
+            losses.append((m["loss"], len(idx)))
+        train_loss = float(sum(float(l) * n for l, n in losses) / max(sum(n for _, n in losses), 1))
+        if not np.isfinite(train_loss):
+            raise FloatingPointError(
+                f"training loss became {train_loss} in epoch {epoch}; stopped. The last good checkpoint "
+                f"(epoch {epoch - 1}) is kept in {ckpt.directory}. Try a lower learning rate "
+                f"(now {config.learning_rate})."
+            )
+        probs = predict_proba(eval_step, state.params, x_val, batch_size=config.batch_size, dp=dp)
+        metrics = classification_metrics(y_val, probs, class_names)
+        val_loss = float(np.mean(-np.log(np.clip(probs[np.arange(len(y_val)), y_val], 1e-12, 1.0))))
+        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+               "val_accuracy": metrics["accuracy"], "val_balanced_accuracy": metrics["balanced_accuracy"],
+               "val_macro_f1": metrics["macro_f1"], "seconds": time.perf_counter() - start}
+        history.append(row)
+        improved = metrics["macro_f1"] > best_f1
+        best_f1 = max(best_f1, metrics["macro_f1"])
+        meta = {"epoch": epoch, "history": history, "best_macro_f1": best_f1, "metrics": metrics}
+        if improved:
+            ckpt.save("best", epoch, state, meta)
+        ckpt.save("last", epoch, state, meta)
+        _write_history(out, history)
+        print(f"epoch {epoch}: loss {train_loss:.4f}, val acc {metrics['accuracy']:.3f}, "
+              f"balanced {metrics['balanced_accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f} "
+              f"(majority baseline: acc {baseline['accuracy']:.3f}, balanced {baseline['balanced_accuracy']:.3f}, "
+              f"macro-F1 {baseline['macro_f1']:.3f})")
+    ckpt.close()
+    _, best_meta = Checkpoints(out / "checkpoints").restore("best", jax.device_get(state))
+    return {"history": history, "metrics": best_meta["metrics"], "best_epoch": best_meta["epoch"],
+            "baseline": baseline}
+
+
+def load_trained(run_dir: str | Path, which: str = "best"):
+    """``(model, params, config, class_names)`` of a finished run."""
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints" if (run_dir / "checkpoints").is_dir() else run_dir
+    config_path = ckpt_dir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"no checkpoint config at {config_path}: is {run_dir} a training run folder?")
+    saved = json.loads(config_path.read_text())
+    config, class_names = TrainConfig.from_json(saved["config"]), saved["class_names"]
+    model = create_model(config, len(class_names))
+    shape = (config.image_size, config.image_size, 3 if config.rgb else 1)
+    template = create_state(model, config, shape, key=jax.random.PRNGKey(0))
+    ckpt = Checkpoints(ckpt_dir)
+    state, _ = ckpt.restore(which, template)
+    ckpt.close()
+    return model, state.params, config, class_names
