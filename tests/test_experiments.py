@@ -74,3 +74,30 @@ def test_mnist_loader_names_the_bad_file(tmp_path):
     garbage.write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="garbage.npz: not a readable .npz"):
         load_mnist_npz(garbage)
+
+
+def test_train_and_predict_on_real_tree_photos(tmp_path):
+    """End to end on ../shared/data/trees (406 real photos, mixed formats): tree vs not_a_tree."""
+    import json
+
+    from experiments import predict, train
+
+    trees = shared_path("trees")
+    repo = __import__("pathlib").Path(__file__).resolve().parents[1]
+    out = tmp_path / "run"
+    result = train.run(train.parser().parse_args([
+        "--data", str(trees), "--grouping", str(repo / "examples" / "tree_vs_not.toml"), "--image-size", "32",
+        "--epochs", "2", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]))
+    report = json.loads((out / "data_report.json").read_text())
+    assert report["found"] == 406 and report["loaded"] == 406 and not report["skipped"]  # nothing dropped
+    assert report["class_counts"] == {"tree": 315, "not_a_tree": 91}
+    for name in ("metrics.md", "metrics.csv", "history.csv", "learning_curves.png", "confusion_matrix.png"):
+        assert (out / name).stat().st_size > 0, name
+    metrics = result["results"][0]["metrics"]
+    assert 0.0 <= metrics["balanced_accuracy"] <= 1.0 and metrics["n"] == 81
+    rows = predict.run(__import__("argparse").Namespace(
+        checkpoint=str(out), images=str(shared_path("tree-risk-examples")), out=str(tmp_path / "p.csv"),
+        skip_bad=False, cache_dir=str(tmp_path / "cache")))
+    assert len(rows) == 4 and {r["predicted"] for r in rows} <= {"tree", "not_a_tree"}
+    for r in rows:
+        assert abs(r["p_tree"] + r["p_not_a_tree"] - 1.0) < 1e-5
