@@ -62,7 +62,8 @@ def run(out: str, depths=(2, 4, 8, 16, 32, 64), width: int = 32, batch: int = 64
         print(f"L={L:3d}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k.endswith("ms")))
     slopes = {m: fitted_slope(depths, [r[f"{m} ms"] for r in rows]) for m in METHODS}
     # the asymptotic slope: fitted on the deeper half, where per-call overhead no longer dominates
-    deep = [d for d in depths if d >= 8] or list(depths)
+    deep = [d for d in depths if d >= 8]
+    deep = deep if len(deep) >= 2 else list(depths)
     deep_slopes = {m: fitted_slope(deep, [r[f"{m} ms"] for r in rows if r["depth_L"] in deep]) for m in METHODS}
     notes = (
         "Fitted slope of log(time) vs log(L), all depths: "
