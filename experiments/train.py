@@ -39,6 +39,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--class-weights", choices=["balanced"], help="weight the loss by inverse class frequency")
+    p.add_argument("--standardize", action="store_true",
+                   help="scale inputs by the training split's per-channel mean and std (saved with the model)")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--folds", type=int, default=1, help="K > 1: stratified K-fold cross-validation")
     p.add_argument("--seed", type=int, default=0)
@@ -56,6 +58,7 @@ def run(args: argparse.Namespace) -> dict:
     image_size = args.image_size or (108 if args.data else 32)
     config = get_config(image_size=image_size, rgb=args.rgb, crop=args.crop, epochs=args.epochs,
                         batch_size=args.batch_size, learning_rate=args.lr, class_weights=args.class_weights,
+                        standardize=args.standardize,
                         val_fraction=args.val_fraction, folds=args.folds, seed=args.seed)
     data = load_dataset(args.data, Preprocess(image_size, args.crop, args.rgb), scenario=args.scenario,
                         grouping_file=args.grouping, skip_bad=args.skip_bad, cache_dir=args.cache_dir,

@@ -28,6 +28,8 @@ class Model1(nn.Module):
     head_units: Sequence[int] = (128, 64)
     dropout_rate: float = 0.5
     activation: str = "relu"
+    input_mean: Sequence[float] | None = None  # per channel; with input_std: x ← (x − mean) / std
+    input_std: Sequence[float] | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -36,6 +38,9 @@ class Model1(nn.Module):
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {self.activation!r}; expected one of {sorted(ACTIVATIONS)}")
         act = ACTIVATIONS[self.activation]
+        if self.input_mean is not None:
+            mean = jnp.asarray(self.input_mean, x.dtype).reshape(1, 1, -1)
+            x = (x - mean) / jnp.asarray(self.input_std, x.dtype).reshape(1, 1, -1)
         k = self.first_kernel
         x = act(nn.Conv(self.first_features, (k, k), strides=(2, 2), padding="SAME", name="conv1")(x))
         x = nn.max_pool(x, (2, 2), strides=(2, 2))

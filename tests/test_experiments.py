@@ -107,14 +107,18 @@ def test_train_and_predict_on_real_tree_photos(tmp_path):
     out = tmp_path / "run"
     result = train.run(train.parser().parse_args([
         "--data", str(trees), "--grouping", str(repo / "examples" / "tree_vs_not.toml"), "--image-size", "32",
-        "--epochs", "2", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]))
+        "--rgb", "--standardize", "--lr", "1e-4", "--class-weights", "balanced", "--epochs", "12",
+        "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]))
     report = json.loads((out / "data_report.json").read_text())
     assert report["found"] == 406 and report["loaded"] == 406 and not report["skipped"]  # nothing dropped
     assert report["class_counts"] == {"tree": 315, "not_a_tree": 91}
     for name in ("metrics.md", "metrics.csv", "history.csv", "learning_curves.png", "confusion_matrix.png"):
         assert (out / name).stat().st_size > 0, name
-    metrics = result["results"][0]["metrics"]
-    assert 0.0 <= metrics["balanced_accuracy"] <= 1.0 and metrics["n"] == 81
+    run = result["results"][0]
+    metrics, history = run["metrics"], run["history"]
+    assert metrics["n"] == 81 and run["baseline"]["balanced_accuracy"] == 0.5
+    assert history[-1]["train_loss"] < history[0]["train_loss"]  # it learns
+    assert metrics["balanced_accuracy"] > 0.5  # better than the majority answer on validation
     rows = predict.run(__import__("argparse").Namespace(
         checkpoint=str(out), images=str(shared_path("tree-risk-examples")), out=str(tmp_path / "p.csv"),
         skip_bad=False, cache_dir=str(tmp_path / "cache")))

@@ -39,6 +39,7 @@ class TrainConfig:
     batch_size: int = 32
     learning_rate: float = 1e-3
     class_weights: str | None = None  # None or "balanced"
+    standardize: bool = False  # inputs ← (x − mean) / std per channel, from the training split
     val_fraction: float = 0.2
     folds: int = 1
     seed: int = 0
@@ -67,9 +68,21 @@ class TrainState(train_state.TrainState):
     """Flax's TrainState (step, params, Adam state)."""
 
 
-def create_model(config: TrainConfig, n_classes: int) -> Model1:
+def create_model(config: TrainConfig, n_classes: int, normalization: dict | None = None) -> Model1:
+    """Model 1 from the config; ``normalization`` = {"mean": [...], "std": [...]} per channel, or None."""
+    norm = normalization or {}
     return Model1(n_classes=n_classes, first_kernel=config.first_kernel, head_units=tuple(config.head_units),
-                  dropout_rate=config.dropout_rate, activation=config.activation)
+                  dropout_rate=config.dropout_rate, activation=config.activation,
+                  input_mean=tuple(norm["mean"]) if norm else None, input_std=tuple(norm["std"]) if norm else None)
+
+
+def input_normalization(config: TrainConfig, x_train: np.ndarray) -> dict | None:
+    """Per-channel mean and std of the training images when ``config.standardize``, else None."""
+    if not config.standardize:
+        return None
+    mean = x_train.mean(axis=(0, 1, 2), dtype=np.float64)
+    std = np.maximum(x_train.std(axis=(0, 1, 2), dtype=np.float64), 1e-6)
+    return {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
 
 
 def create_state(model: Model1, config: TrainConfig, image_shape: tuple[int, int, int], *, key: jax.Array
@@ -192,11 +205,13 @@ def fit(
     out.mkdir(parents=True, exist_ok=True)
     dp = dp or DataParallel()
     n_classes = len(class_names)
-    model = create_model(config, n_classes)
+    normalization = input_normalization(config, x_train)
+    model = create_model(config, n_classes, normalization)
     key_init, key_shuffle, key_dropout = jax.random.split(jax.random.PRNGKey(config.seed), 3)
     state = create_state(model, config, x_train.shape[1:], key=key_init)
     ckpt = Checkpoints(out / "checkpoints")
-    write_json_atomic(out / "checkpoints" / "config.json", {"config": config.to_json(), "class_names": class_names})
+    write_json_atomic(out / "checkpoints" / "config.json", {"config": config.to_json(), "class_names": class_names,
+                                                           "normalization": normalization})
     history: list[dict] = []
     best_f1, start_epoch = -1.0, 1
     if resume and ckpt.latest_step("last") is not None:
@@ -258,7 +273,7 @@ def load_trained(run_dir: str | Path, which: str = "best"):
         raise FileNotFoundError(f"no checkpoint config at {config_path}: is {run_dir} a training run folder?")
     saved = json.loads(config_path.read_text())
     config, class_names = TrainConfig.from_json(saved["config"]), saved["class_names"]
-    model = create_model(config, len(class_names))
+    model = create_model(config, len(class_names), saved.get("normalization"))
     shape = (config.image_size, config.image_size, 3 if config.rgb else 1)
     template = create_state(model, config, shape, key=jax.random.PRNGKey(0))
     ckpt = Checkpoints(ckpt_dir)
