@@ -392,3 +392,17 @@ def test_one_step_on_four_devices_equals_one_device():
     assert np.isfinite(result["loss1"])
     assert abs(result["loss4"] - result["loss1"]) <= 1e-5 * abs(result["loss1"])
     assert result["worst_param_rel"] <= 1e-4
+
+
+@pytest.mark.parametrize("shape", [(8, 8, 3), (27, 27, 5), (13, 9, 2)], ids=["even", "odd", "mixed"])
+def test_reshape_max_pool_equals_flax_max_pool(shape):
+    import flax.linen as nn
+
+    from models.model1 import max_pool_2x2
+
+    x = jax.random.normal(jax.random.PRNGKey(0), shape)
+    expected = nn.max_pool(x[None], (2, 2), strides=(2, 2))[0]
+    np.testing.assert_array_equal(max_pool_2x2(x), expected)
+    g = jax.grad(lambda x: jnp.sum(max_pool_2x2(x) ** 2))(x)
+    g_ref = jax.grad(lambda x: jnp.sum(nn.max_pool(x[None], (2, 2), strides=(2, 2))[0] ** 2))(x)
+    np.testing.assert_allclose(g, g_ref, rtol=1e-12)  # no ties in random data: identical gradients
