@@ -27,7 +27,6 @@ from training.train import create_model, create_state, get_config, make_batch, m
 
 
 def torch_model1(channels: int, n_classes: int, image_size: int):
-    import torch
     import torch.nn.functional as F
     from torch import nn
 

@@ -32,7 +32,10 @@ class Model1(nn.Module):
     input_std: Sequence[float] | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool = False, key: jax.Array | None = None) -> jax.Array:
+        """Logits for one image. With ``train=True`` dropout is on; its masks come from ``key``
+        (dropout layer i uses ``jax.random.fold_in(key, i)``) or, without a key, from the
+        ``"dropout"`` RNG collection."""
         if x.ndim != 3:
             raise ValueError(f"Model1 takes one image (H, W, C); got shape {tuple(x.shape)} (vmap over batches)")
         if self.activation not in ACTIVATIONS:
@@ -53,7 +56,8 @@ class Model1(nn.Module):
         x = x.reshape(-1)
         for i, units in enumerate(self.head_units, start=1):
             x = act(nn.Dense(units, name=f"dense{i}")(x))
-            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+            rng = jax.random.fold_in(key, i) if (train and key is not None) else None
+            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x, rng=rng)
         return nn.Dense(self.n_classes, name="logits")(x)
 
 
@@ -115,7 +119,10 @@ def model1_layer_shapes(image_size: int, channels: int, *, first_kernel: int = 7
 
 def model1_forward_flops(image_size: int, channels: int, n_classes: int, *, first_kernel: int = 7,
                          head_units: Sequence[int] = (128, 64)) -> int:
-    """Multiply-add FLOPs (2 per MAC) of one image's forward pass: 2·k²·C_in·C_out·H·W per conv, 2·n_in·n_out per dense."""
+    """FLOPs (2 per multiply-add) of one image's forward pass.
+
+    2·k²·C_in·C_out·H_out·W_out per convolution and 2·n_in·n_out per dense layer.
+    """
     total = 0
     for layer in model1_layer_shapes(image_size, channels, first_kernel=first_kernel):
         h, w, c_out = layer["out"]

@@ -65,6 +65,7 @@ FORMATS = {
     "cmyk_jpeg": lambda p: save(p, gradient_image().convert("CMYK"), "JPEG"),
     "palette_gif": lambda p: save(p, gradient_image().convert("P"), "GIF"),
     "grayscale_tiff": lambda p: save(p, gradient_image().convert("L"), "TIFF"),
+    "mpo": lambda p: save(p, gradient_image(), "MPO", save_all=True, append_images=[gradient_image(seed=1)]),
 }
 
 

@@ -117,7 +117,7 @@ def load_image(path: str | Path, pre: Preprocess) -> np.ndarray:
         )
     try:
         with Image.open(path) as im:
-            if im.format == "JPEG":
+            if im.format in ("JPEG", "MPO"):
                 # DCT-domain downscaling; keeps at least 2× the target on the short side
                 im.draft("RGB" if pre.rgb else "L", (2 * pre.image_size, 2 * pre.image_size))
             im = ImageOps.exif_transpose(im)

@@ -96,8 +96,7 @@ def create_state(model: Model1, config: TrainConfig, image_shape: tuple[int, int
 def example_loss(model: Model1, params, x: jax.Array, label: jax.Array, weight: jax.Array, *,
                  key: jax.Array | None, train: bool) -> tuple[jax.Array, jax.Array]:
     """``(w_y (logsumexp(z) − z_y), z)`` for one image."""
-    rngs = {"dropout": key} if train else None
-    logits = model.apply({"params": params}, x, train=train, rngs=rngs)
+    logits = model.apply({"params": params}, x, train=train, key=key if train else None)
     return weight * (jax.nn.logsumexp(logits) - logits[label]), logits
 
 

@@ -1,0 +1,177 @@
+"""Layer pairs for a CNN, each ``forward(params, x) -> (out, cache)`` and ``backward(dout, cache) -> (dx, grads)``.
+
+Everything is for one image in NHWC without the N (``(H, W, C)``) and is ``jax.vmap``-able;
+``dout`` is ∂C/∂out and ``dx`` is ∂C/∂x. Parameters use Flax's own layout so the same
+tree serves both: convolution ``kernel`` (k_h, k_w, C_in, C_out) and ``bias`` (C_out,);
+dense ``kernel`` (n_in, n_out) — i.e. Wᵀ in the MLP convention — and ``bias`` (n_out,).
+
+The delta rule in convolutional form (stride s, input padded to x̃):
+
+    z[y, x, o]        = Σ_{i,j,c} x̃[s·y + i, s·x + j, c] K[i, j, c, o] + b[o]
+    ∂C/∂K[i, j, c, o] = Σ_{y,x} x̃[s·y + i, s·x + j, c] δ[y, x, o]      (correlation of the input with δ)
+    ∂C/∂x̃[r, q, c]    = Σ_{i,j,o} δ̂[r − i, q − j, o] K[i, j, c, o]      (full correlation of δ̂, the δ
+                                                                        dilated by s, with the flipped kernel)
+
+and δ^{l−1} = ∂C/∂x ⊙ σ'(z^{l−1}) once the activation's backward is applied. No ``jax.grad``
+or ``jax.vjp`` here: the convolutions below are forward convolutions used as such.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Cache = Any
+
+
+def _same_padding(size: int, k: int, s: int) -> tuple[int, int, int]:
+    """(out, pad_lo, pad_hi) of TensorFlow/Flax SAME padding."""
+    out = -(-size // s)
+    total = max((out - 1) * s + k - size, 0)
+    return out, total // 2, total - total // 2
+
+
+def _padding(size: int, k: int, s: int, padding: str) -> tuple[int, int, int]:
+    if padding == "SAME":
+        return _same_padding(size, k, s)
+    if padding == "VALID":
+        if size < k:
+            raise ValueError(f"VALID convolution needs input ≥ kernel, got {size} < {k}")
+        return (size - k) // s + 1, 0, 0
+    raise ValueError(f"unknown padding {padding!r}; expected 'SAME' or 'VALID'")
+
+
+def _conv(lhs: Array, rhs: Array, **kw) -> Array:
+    """A forward correlation of (N, H, W, C) with (kh, kw, C, O)."""
+    return jax.lax.conv_general_dilated(lhs, rhs, dimension_numbers=("NHWC", "HWIO", "NHWC"), **kw)
+
+
+def conv2d_forward(params: dict, x: Array, *, stride: int = 1, padding: str = "SAME") -> tuple[Array, Cache]:
+    """``z = x ⋆ K + b`` (correlation, as Flax's Conv); cache = (x, K, stride, padding info)."""
+    K, b = params["kernel"], params["bias"]
+    if x.ndim != 3 or x.shape[-1] != K.shape[2]:
+        raise ValueError(f"conv2d takes one (H, W, {K.shape[2]}) image, got {tuple(x.shape)}")
+    k_h, k_w = K.shape[:2]
+    oh, pt, pb = _padding(x.shape[0], k_h, stride, padding)
+    ow, pl, pr = _padding(x.shape[1], k_w, stride, padding)
+    z = _conv(x[None], K, window_strides=(stride, stride), padding=((pt, pb), (pl, pr)))[0]
+    z = z + b.reshape(1, 1, -1)
+    return z, (x, K, stride, (pt, pb, pl, pr))
+
+
+def conv2d_backward(dout: Array, cache: Cache, *, input_grad: bool = True) -> tuple[Array | None, dict]:
+    """(∂C/∂x, {"kernel": ∂C/∂K, "bias": ∂C/∂b}) by the convolutional delta rule above.
+
+    ``input_grad=False`` skips ∂C/∂x (the first layer's input is the image).
+    """
+    x, K, s, (pt, pb, pl, pr) = cache
+    k_h, k_w, c_in, _ = K.shape
+    H, W = x.shape[:2]
+    oh, ow = dout.shape[:2]
+    x_pad = jnp.pad(x, ((pt, pb), (pl, pr), (0, 0)))
+    # ∂C/∂K: correlate x̃ (channels as the batch) with δ (dilated by s; images as the contracted feature)
+    dK = _conv(jnp.transpose(x_pad, (2, 0, 1))[..., None], dout[:, :, None, :],
+               window_strides=(1, 1), padding="VALID", rhs_dilation=(s, s))  # (C_in, ≥k_h, ≥k_w, C_out)
+    dK = jnp.transpose(dK[:, :k_h, :k_w, :], (1, 2, 0, 3))
+    db = jnp.sum(dout, axis=(0, 1))
+    if not input_grad:
+        return None, {"kernel": dK, "bias": db}
+    # ∂C/∂x̃: full correlation of δ dilated by s with the kernel flipped and C_in/C_out swapped
+    K_flip = jnp.transpose(K[::-1, ::-1], (0, 1, 3, 2))
+    extra_h = x_pad.shape[0] - ((oh - 1) * s + k_h)  # rows the windows never reached get no gradient
+    extra_w = x_pad.shape[1] - ((ow - 1) * s + k_w)
+    dx_pad = _conv(dout[None], K_flip, window_strides=(1, 1),
+                   padding=((k_h - 1, k_h - 1 + extra_h), (k_w - 1, k_w - 1 + extra_w)), lhs_dilation=(s, s))[0]
+    dx = dx_pad[pt:pt + H, pl:pl + W]
+    return dx, {"kernel": dK, "bias": db}
+
+
+def relu_forward(z: Array) -> tuple[Array, Cache]:
+    """a = max(z, 0); cache z."""
+    return jnp.maximum(z, 0), z
+
+
+def relu_backward(dout: Array, z: Cache) -> tuple[Array, dict]:
+    """∂C/∂z = ∂C/∂a ⊙ σ'(z), σ'(z) = 1 if z > 0 else 0."""
+    return jnp.where(z > 0, dout, jnp.zeros_like(dout)), {}
+
+
+def max_pool_forward(x: Array) -> tuple[Array, Cache]:
+    """2×2 max-pool, stride 2, VALID; cache the arg-max mask.
+
+    Tie rule: the gradient goes to the first maximum of each window in row-major order
+    (top-left, top-right, bottom-left, bottom-right), as TensorFlow and PyTorch do; an
+    odd last row/column is dropped and gets zero gradient.
+    """
+    H, W, C = x.shape
+    h, w = H // 2, W // 2
+    windows = jnp.transpose(x[: 2 * h, : 2 * w].reshape(h, 2, w, 2, C), (0, 2, 4, 1, 3)).reshape(h, w, C, 4)
+    first = jnp.argmax(windows, axis=-1)  # argmax returns the first maximum
+    mask = (jnp.arange(4).reshape(1, 1, 1, 4) == first[..., None]).astype(x.dtype)
+    return jnp.max(windows, axis=-1), (mask, x.shape)
+
+
+def max_pool_backward(dout: Array, cache: Cache) -> tuple[Array, dict]:
+    """Each window's ∂C/∂out goes to its (first) arg-max; everything else gets 0."""
+    mask, (H, W, C) = cache
+    h, w = dout.shape[:2]
+    d = (mask * dout[..., None]).reshape(h, w, C, 2, 2)
+    d = jnp.transpose(d, (0, 3, 1, 4, 2)).reshape(2 * h, 2 * w, C)
+    return jnp.pad(d, ((0, H - 2 * h), (0, W - 2 * w), (0, 0))), {}
+
+
+def flatten_forward(x: Array) -> tuple[Array, Cache]:
+    return x.reshape(-1), x.shape
+
+
+def flatten_backward(dout: Array, shape: Cache) -> tuple[Array, dict]:
+    return dout.reshape(shape), {}
+
+
+def dense_forward(params: dict, x: Array) -> tuple[Array, Cache]:
+    """z = x K + b with Flax's kernel K (n_in, n_out) = Wᵀ."""
+    K, b = params["kernel"], params["bias"]
+    if x.shape != (K.shape[0],):
+        raise ValueError(f"dense takes ({K.shape[0]},) inputs, got {tuple(x.shape)}")
+    return x @ K + b, (x, K)
+
+
+def dense_backward(dout: Array, cache: Cache) -> tuple[Array, dict]:
+    """∂C/∂x = K δ, ∂C/∂K = x δᵀ (= (δ xᵀ)ᵀ, the MLP rule in Flax's layout), ∂C/∂b = δ."""
+    x, K = cache
+    return K @ dout, {"kernel": jnp.outer(x, dout), "bias": dout}
+
+
+def dropout_forward(x: Array, *, rate: float, key: Array | None) -> tuple[Array, Cache]:
+    """Inverted dropout: keep each unit with p = 1 − rate and scale by 1/p; the mask is the cache.
+
+    The mask is ``jax.random.bernoulli(key, 1 − rate, x.shape)`` — the same draw as
+    Flax's ``nn.Dropout(rate)(x, rng=key)``. ``key=None`` means evaluation: identity.
+    """
+    if key is None or rate == 0.0:
+        return x, jnp.ones_like(x)
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(key, keep, x.shape).astype(x.dtype) / keep
+    return x * mask, mask
+
+
+def dropout_backward(dout: Array, mask: Cache) -> tuple[Array, dict]:
+    return dout * mask, {}
+
+
+def softmax_cross_entropy_forward(z: Array, label: Array) -> tuple[Array, Cache]:
+    """C = logsumexp(z) − z_label; cache (softmax(z), one-hot label)."""
+    m = jnp.max(z)
+    e = jnp.exp(z - m)
+    p = e / jnp.sum(e)
+    y = (jnp.arange(z.shape[0]) == jnp.asarray(label).reshape(1)).astype(z.dtype)
+    return m + jnp.log(jnp.sum(e)) - jnp.sum(y * z), (p, y)
+
+
+def softmax_cross_entropy_backward(dout: Array, cache: Cache) -> tuple[Array, dict]:
+    """δ^L = ∂C/∂z = softmax(z) − y (times the incoming scalar ∂/∂C)."""
+    p, y = cache
+    return dout * (p - y), {}
