@@ -125,3 +125,13 @@ def test_train_and_predict_on_real_tree_photos(tmp_path):
     assert len(rows) == 4 and {r["predicted"] for r in rows} <= {"tree", "not_a_tree"}
     for r in rows:
         assert abs(r["p_tree"] + r["p_not_a_tree"] - 1.0) < 1e-5
+
+
+def test_compare_gradients_cnn_writes_per_layer_tables(tmp_path):
+    result = compare_gradients.run_cnn(str(tmp_path), image_size=20, batch=2, quick=True)
+    assert result["worst_float64"] <= 1e-10
+    errors = read_csv(tmp_path / "cnn_gradient_errors.csv")
+    assert [r["parameter"] for r in errors][:2] == ["conv1/kernel", "conv1/bias"] and len(errors) == 16
+    timings = read_csv(tmp_path / "cnn_backward_timings.csv")
+    assert [r["layer"] for r in timings][:5] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
+    assert all(float(r["manual ms"]) > 0 and float(r["autodiff ms"]) > 0 for r in timings)
