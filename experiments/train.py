@@ -41,6 +41,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--class-weights", choices=["balanced"], help="weight the loss by inverse class frequency")
     p.add_argument("--standardize", action="store_true",
                    help="scale inputs by the training split's per-channel mean and std (saved with the model)")
+    p.add_argument("--model", choices=["model1", "resnet50", "googlenet"], default="model1")
+    p.add_argument("--augment", action="store_true", help="random crop/flip/rotation/brightness on training images")
+    p.add_argument("--lr-schedule", choices=["cosine"], help="decay the learning rate to 0 over the run")
+    p.add_argument("--patience", type=int, help="early stopping: epochs without a better validation macro-F1")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--folds", type=int, default=1, help="K > 1: stratified K-fold cross-validation")
     p.add_argument("--seed", type=int, default=0)
@@ -58,7 +62,8 @@ def run(args: argparse.Namespace) -> dict:
     image_size = args.image_size or (108 if args.data else 32)
     config = get_config(image_size=image_size, rgb=args.rgb, crop=args.crop, epochs=args.epochs,
                         batch_size=args.batch_size, learning_rate=args.lr, class_weights=args.class_weights,
-                        standardize=args.standardize,
+                        standardize=args.standardize, model=args.model, augment=args.augment,
+                        lr_schedule=args.lr_schedule, patience=args.patience,
                         val_fraction=args.val_fraction, folds=args.folds, seed=args.seed)
     data = load_dataset(args.data, Preprocess(image_size, args.crop, args.rgb), scenario=args.scenario,
                         grouping_file=args.grouping, skip_bad=args.skip_bad, cache_dir=args.cache_dir,
@@ -79,7 +84,8 @@ def run(args: argparse.Namespace) -> dict:
                                                     "validation": [data.paths[i] for i in va]})
         result = fit(config, data.x[tr], data.y[tr], data.x[va], data.y[va], data.class_names, fold_out,
                      resume=args.resume, progress=not args.no_progress)
-        header = (f"Data: {data.source} ({data.grouping.name}; {len(tr)} train / {len(va)} validation"
+        header = (f"Model: {config.model}. Data: {data.source} ({data.grouping.name}; "
+                  f"{len(tr)} train / {len(va)} validation"
                   f"{'' if len(splits) == 1 else f', fold {k} of {len(splits)}'}). Image {image_size} px "
                   f"{'RGB' if config.rgb else 'grayscale'}, {config.epochs} epochs, batch {config.batch_size}, "
                   f"Adam {config.learning_rate}. Device: {device_description()}.")

@@ -52,6 +52,7 @@ class Model1(nn.Module):
         x = max_pool_2x2(x)
         x = act(nn.Conv(256, (3, 3), padding="SAME", name="conv4")(x))
         x = act(nn.Conv(256, (3, 3), padding="SAME", name="conv5")(x))
+        x = mark_cam_features(self, x)
         x = max_pool_2x2(x)
         x = x.reshape(-1)
         for i, units in enumerate(self.head_units, start=1):
@@ -59,6 +60,16 @@ class Model1(nn.Module):
             rng = jax.random.fold_in(key, i) if (train and key is not None) else None
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x, rng=rng)
         return nn.Dense(self.n_classes, name="logits")(x)
+
+
+def mark_cam_features(module: nn.Module, x: jax.Array) -> jax.Array:
+    """Expose the last convolutional feature maps for Grad-CAM (``training.explain``).
+
+    ``sow`` records them in the ``intermediates`` collection and ``perturb`` adds a zero
+    that ``jax.grad`` can differentiate; both are no-ops unless those collections are asked for.
+    """
+    module.sow("intermediates", "cam_features", x)
+    return module.perturb("cam_features", x)
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:

@@ -1,6 +1,7 @@
 """The command-line experiments run end to end and write their tables and plots."""
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,3 +136,54 @@ def test_compare_gradients_cnn_writes_per_layer_tables(tmp_path):
     timings = read_csv(tmp_path / "cnn_backward_timings.csv")
     assert [r["layer"] for r in timings][:5] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
     assert all(float(r["manual ms"]) > 0 and float(r["autodiff ms"]) > 0 for r in timings)
+
+
+def test_agreement_kappas_and_confusion(tmp_path):
+    import argparse
+
+    from experiments import agreement as agreement_cli
+    from training.agreement import agreement
+
+    perfect = agreement(["Probable", "Possible", "Improbable"], ["Probable", "Possible", "Improbable"])
+    assert perfect["cohen_kappa"] == 1.0 and perfect["quadratic_weighted_kappa"] == 1.0
+    rated = ["Probable", "Possible", "Improbable"]
+    near = agreement(rated, ["Possible", "Probable", "Improbable"])  # two one-step swaps
+    far = agreement(rated, ["Improbable", "Possible", "Probable"])  # two two-step swaps, same marginals
+    assert near["cohen_kappa"] == far["cohen_kappa"] == 0.0  # unweighted: both at chance
+    assert near["quadratic_weighted_kappa"] > far["quadratic_weighted_kappa"]  # weights see the distance
+    with pytest.raises(ValueError, match=r"unknown label\(s\) \['Dead'\]"):
+        agreement(["Dead"], ["Probable"])
+
+    (tmp_path / "p.csv").write_text("path,predicted,p_a\nx/a.jpg,Probable,1\nx/b.jpg,Improbable,1\n"
+                                    "x/c.jpg,Possible,1\n")
+    (tmp_path / "r.csv").write_text("path,rater1,rater2\na.jpg,Probable,Possible\nb.jpg,Improbable,Improbable\n"
+                                    "c.jpg,Possible,Possible\n")
+    rows = agreement_cli.run(argparse.Namespace(predictions=str(tmp_path / "p.csv"), ratings=str(tmp_path / "r.csv"),
+                                                order=None, map=None, out=str(tmp_path / "out")))
+    assert [r["pair"] for r in rows] == ["model vs rater1", "model vs rater2", "rater1 vs rater2"]
+    assert rows[0]["cohen_kappa"] == 1.0 and rows[1]["agreement"] == pytest.approx(2 / 3)
+    assert (tmp_path / "out" / "confusion_model_vs_rater2.md").exists()
+
+
+def test_explain_cli_writes_heat_map_pngs(tmp_path):
+    import argparse
+
+    from experiments import explain
+    from training.train import fit, get_config
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (12, 24, 24, 1)).astype(np.float32)
+    y = (np.arange(12) % 2).astype(np.int32)
+    fit(get_config(image_size=24, epochs=1, batch_size=4, head_units=(8, 4)), x[:8], y[:8], x[8:], y[8:],
+        ["a", "b"], tmp_path / "run", progress=False)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    from PIL import Image
+
+    for i in range(2):
+        Image.fromarray((rng.uniform(0, 255, (30, 40, 3))).astype(np.uint8)).save(photos / f"p{i}.png")
+    rows = explain.run(argparse.Namespace(checkpoint=str(tmp_path / "run"), images=str(photos),
+                                          out=str(tmp_path / "explain"), skip_bad=False,
+                                          cache_dir=str(tmp_path / "cache")))
+    assert len(rows) == 2 and all(Path(r["png"]).stat().st_size > 0 for r in rows)
+    assert all(r["predicted"] in ("a", "b") and 0.5 <= r["probability"] <= 1.0 for r in rows)

@@ -23,6 +23,7 @@ import optax
 from flax.training import train_state
 
 from models.model1 import Model1
+from training.augment import Augment, augment_batch
 from training.checkpoints import Checkpoints, write_json_atomic
 from training.devices import DataParallel
 from training.metrics import classification_metrics, majority_baseline
@@ -47,6 +48,10 @@ class TrainConfig:
     head_units: tuple[int, ...] = (128, 64)
     dropout_rate: float = 0.5
     activation: str = "relu"
+    model: str = "model1"  # "model1", "resnet50" or "googlenet"
+    augment: bool = False  # random crop, flip, rotation, brightness/contrast (training images only)
+    lr_schedule: str | None = None  # None (constant) or "cosine" (decay to 0 over all steps)
+    patience: int | None = None  # stop after this many epochs without a better validation macro-F1
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -68,9 +73,24 @@ class TrainState(train_state.TrainState):
     """Flax's TrainState (step, params, Adam state)."""
 
 
-def create_model(config: TrainConfig, n_classes: int, normalization: dict | None = None) -> Model1:
-    """Model 1 from the config; ``normalization`` = {"mean": [...], "std": [...]} per channel, or None."""
+MODELS = ("model1", "resnet50", "googlenet")
+
+
+def create_model(config: TrainConfig, n_classes: int, normalization: dict | None = None):
+    """The config's model; ``normalization`` = {"mean": [...], "std": [...]} per channel, or None."""
     norm = normalization or {}
+    mean = tuple(norm["mean"]) if norm else None
+    std = tuple(norm["std"]) if norm else None
+    if config.model == "resnet50":
+        from models.resnet import ResNet50
+
+        return ResNet50(n_classes=n_classes, input_mean=mean, input_std=std)
+    if config.model == "googlenet":
+        from models.googlenet import GoogLeNet
+
+        return GoogLeNet(n_classes=n_classes, input_mean=mean, input_std=std)
+    if config.model != "model1":
+        raise ValueError(f"unknown model {config.model!r}; expected one of {list(MODELS)}")
     return Model1(n_classes=n_classes, first_kernel=config.first_kernel, head_units=tuple(config.head_units),
                   dropout_rate=config.dropout_rate, activation=config.activation,
                   input_mean=tuple(norm["mean"]) if norm else None, input_std=tuple(norm["std"]) if norm else None)
@@ -85,10 +105,20 @@ def input_normalization(config: TrainConfig, x_train: np.ndarray) -> dict | None
     return {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
 
 
-def create_state(model: Model1, config: TrainConfig, image_shape: tuple[int, int, int], *, key: jax.Array
-                 ) -> TrainState:
+def make_optimizer(config: TrainConfig, steps_per_epoch: int = 1) -> optax.GradientTransformation:
+    """Adam at ``learning_rate``, constant or cosine-decayed to 0 over ``epochs × steps_per_epoch`` steps."""
+    if config.lr_schedule is None:
+        return optax.adam(config.learning_rate)
+    if config.lr_schedule != "cosine":
+        raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; expected None or 'cosine'")
+    total = max(config.epochs * steps_per_epoch, 1)
+    return optax.adam(optax.cosine_decay_schedule(config.learning_rate, decay_steps=total))
+
+
+def create_state(model, config: TrainConfig, image_shape: tuple[int, int, int], *, key: jax.Array,
+                 steps_per_epoch: int = 1) -> TrainState:
     params = model.init({"params": key}, jnp.zeros(image_shape, jnp.float32))["params"]
-    state = TrainState.create(apply_fn=model.apply, params=params, tx=optax.adam(config.learning_rate))
+    state = TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config, steps_per_epoch))
     # a typed step counter: a weakly typed Python 0 would make the second step compile again
     return state.replace(step=jnp.zeros((), jnp.int32))
 
@@ -100,14 +130,19 @@ def example_loss(model: Model1, params, x: jax.Array, label: jax.Array, weight: 
     return weight * (jax.nn.logsumexp(logits) - logits[label]), logits
 
 
-def make_train_step(model: Model1):
-    """``train_step(state, batch, key) -> (state, {"loss"})``, jitted; batch = dict(x, y, w, mask)."""
+def make_train_step(model, augment: Augment | None = None):
+    """``train_step(state, batch, key) -> (state, {"loss"})``, jitted; batch = dict(x, y, w, mask).
+
+    With ``augment``, each training image is randomly transformed on device first.
+    """
 
     def batch_loss(params, batch, key):
-        keys = jax.random.split(key, batch["x"].shape[0])
+        key_aug, key_drop = jax.random.split(key)
+        x = batch["x"] if augment is None else augment_batch(batch["x"], key=key_aug, aug=augment)
+        keys = jax.random.split(key_drop, x.shape[0])
         losses, _ = jax.vmap(
             lambda x, y, w, k: example_loss(model, params, x, y, w, key=k, train=True)
-        )(batch["x"], batch["y"], batch["w"], keys)
+        )(x, batch["y"], batch["w"], keys)
         return jnp.sum(losses * batch["mask"]) / jnp.maximum(jnp.sum(batch["mask"]), 1.0)
 
     @jax.jit
@@ -207,19 +242,22 @@ def fit(
     normalization = input_normalization(config, x_train)
     model = create_model(config, n_classes, normalization)
     key_init, key_shuffle, key_dropout = jax.random.split(jax.random.PRNGKey(config.seed), 3)
-    state = create_state(model, config, x_train.shape[1:], key=key_init)
+    steps_per_epoch = -(-len(x_train) // config.batch_size)
+    state = create_state(model, config, x_train.shape[1:], key=key_init, steps_per_epoch=steps_per_epoch)
     ckpt = Checkpoints(out / "checkpoints")
     write_json_atomic(out / "checkpoints" / "config.json", {"config": config.to_json(), "class_names": class_names,
                                                            "normalization": normalization})
     history: list[dict] = []
-    best_f1, start_epoch = -1.0, 1
+    best_f1, best_epoch, start_epoch = -1.0, 0, 1
     if resume and ckpt.latest_step("last") is not None:
         state, meta = ckpt.restore("last", state)
         history, best_f1, start_epoch = meta["history"], meta["best_macro_f1"], meta["epoch"] + 1
+        best_epoch = max(history, key=lambda h: h["val_macro_f1"])["epoch"] if history else 0
         print(f"resuming after epoch {meta['epoch']} from {ckpt.directory / 'last'}")
     state = dp.put_replicated(state)
     weights = class_weight_vector(y_train, n_classes, config.class_weights)
-    train_step, eval_step = make_train_step(model), make_eval_step(model)
+    train_step = make_train_step(model, Augment() if config.augment else None)
+    eval_step = make_eval_step(model)
     size = dp.padded_batch_size(config.batch_size)
     baseline = majority_baseline(y_train, y_val, class_names)
     for epoch in range(start_epoch, config.epochs + 1):
@@ -248,6 +286,7 @@ def fit(
         history.append(row)
         improved = metrics["macro_f1"] > best_f1
         best_f1 = max(best_f1, metrics["macro_f1"])
+        best_epoch = epoch if improved else best_epoch
         meta = {"epoch": epoch, "history": history, "best_macro_f1": best_f1, "metrics": metrics}
         if improved:
             ckpt.save("best", epoch, state, meta)
@@ -257,6 +296,9 @@ def fit(
               f"balanced {metrics['balanced_accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f} "
               f"(majority baseline: acc {baseline['accuracy']:.3f}, balanced {baseline['balanced_accuracy']:.3f}, "
               f"macro-F1 {baseline['macro_f1']:.3f})")
+        if config.patience is not None and epoch - best_epoch >= config.patience:
+            print(f"early stop after epoch {epoch}: no better validation macro-F1 for {config.patience} epochs")
+            break
     ckpt.close()
     _, best_meta = Checkpoints(out / "checkpoints").restore("best", jax.device_get(state))
     return {"history": history, "metrics": best_meta["metrics"], "best_epoch": best_meta["epoch"],

@@ -1,0 +1,74 @@
+"""Heat maps of what a trained model looks at: saliency, Grad-CAM, Grad-CAM++ over each photo.
+
+    python -m experiments.explain --checkpoint runs/NAME --images DIR --out DIR
+
+Writes one PNG per photo (the preprocessed photo, then each map overlaid on it, titled with
+the predicted class and its probability) and ``explanations.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from experiments.common import output_dir, pyplot
+from experiments.predict import image_files
+from training.explain import METHODS
+from training.images import ImageCache, Preprocess, load_images
+from training.train import load_trained
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    model, params, config, class_names = load_trained(args.checkpoint)
+    pre = Preprocess(config.image_size, config.crop, config.rgb)
+    cache = ImageCache(Path(args.cache_dir)) if args.cache_dir else ImageCache(ImageCache.default_root())
+    images = load_images([(f, str(f)) for f in image_files(Path(args.images))], pre, skip_bad=args.skip_bad,
+                         cache=cache)
+    out = output_dir(args.out)
+    probs_fn = jax.jit(lambda x: jax.nn.softmax(model.apply({"params": params}, x)))
+    maps = {name: jax.jit(lambda x, c, f=f: f(model, params, x, c), static_argnums=1) for name, f in METHODS.items()}
+    plt = pyplot()
+    rows = []
+    for path, x in zip(images.paths, images.x):
+        probs = np.asarray(probs_fn(x))
+        cls = int(probs.argmax())
+        fig, axes = plt.subplots(1, 1 + len(maps), figsize=(3.2 * (1 + len(maps)), 3.6))
+        shown = x[:, :, 0] if x.shape[-1] == 1 else x
+        axes[0].imshow(shown, cmap="gray" if x.shape[-1] == 1 else None)
+        axes[0].set_title(f"{class_names[cls]} {probs[cls]:.2f}", fontsize=9)
+        for ax, (name, f) in zip(axes[1:], maps.items()):
+            ax.imshow(shown, cmap="gray" if x.shape[-1] == 1 else None)
+            ax.imshow(np.asarray(f(x, cls)), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            ax.set_title(name, fontsize=9)
+        for ax in axes:
+            ax.axis("off")
+        fig.suptitle(Path(path).name, fontsize=9)
+        fig.tight_layout()
+        png = out / f"{Path(path).stem}_explained.png"
+        fig.savefig(png, dpi=100)
+        plt.close(fig)
+        rows.append({"path": path, "predicted": class_names[cls], "probability": float(probs[cls]), "png": str(png)})
+    with (out / "explanations.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", "predicted", "probability", "png"])
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"{len(rows)} explained photos written to {out}")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--images", required=True)
+    p.add_argument("--out", default="reports/explain")
+    p.add_argument("--skip-bad", action="store_true")
+    p.add_argument("--cache-dir")
+    run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

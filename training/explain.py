@@ -1,0 +1,59 @@
+"""What the network looks at: vanilla-gradient saliency, Grad-CAM and Grad-CAM++, as pure JAX functions.
+
+For one image x (H, W, C), class c with score y_c (the logit) and last convolutional feature
+maps A (h, w, K) exposed by the model (``models.model1.mark_cam_features``):
+
+- saliency:  S = max_channels |∂y_c/∂x|                                (Simonyan et al. 2014)
+- Grad-CAM:  α_k = mean_ij ∂y_c/∂A_ijk,  L = ReLU(Σ_k α_k A_k)         (Selvaraju et al. 2017)
+- Grad-CAM++: with g = ∂y_c/∂A, a_ijk = g² / (2g² + Σ_ab A_abk g³),
+              w_k = Σ_ij a_ijk ReLU(g_ijk),  L = ReLU(Σ_k w_k A_k)     (Chattopadhay et al. 2018)
+
+Maps are bilinearly resized to (H, W) and scaled to [0, 1] (all-zero maps stay zero).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def _features_and_gradient(model, params, x: jax.Array, cls: int) -> tuple[jax.Array, jax.Array]:
+    """(A, ∂y_c/∂A) at the model's ``cam_features``."""
+    _, state = model.apply({"params": params}, x, mutable=["intermediates", "perturbations"])
+    features = state["intermediates"]["cam_features"][0]
+
+    def score(perturbations):
+        return model.apply({"params": params, "perturbations": perturbations}, x)[cls]
+
+    grads = jax.grad(score)(state["perturbations"])["cam_features"]
+    return features, grads
+
+
+def _to_image(cam: jax.Array, shape: tuple[int, int]) -> jax.Array:
+    cam = jax.image.resize(cam, shape, method="bilinear")
+    top = jnp.max(cam)
+    return jnp.where(top > 0, cam / jnp.where(top > 0, top, 1.0), jnp.zeros_like(cam))
+
+
+def saliency(model, params, x: jax.Array, cls: int) -> jax.Array:
+    """max over channels of |∂y_c/∂x|, scaled to [0, 1]."""
+    g = jax.grad(lambda x: model.apply({"params": params}, x)[cls])(x)
+    return _to_image(jnp.max(jnp.abs(g), axis=-1), x.shape[:2])
+
+
+def grad_cam(model, params, x: jax.Array, cls: int) -> jax.Array:
+    A, g = _features_and_gradient(model, params, x, cls)
+    alpha = jnp.mean(g, axis=(0, 1))
+    return _to_image(jax.nn.relu(jnp.sum(A * alpha.reshape(1, 1, -1), axis=-1)), x.shape[:2])
+
+
+def grad_cam_plus_plus(model, params, x: jax.Array, cls: int) -> jax.Array:
+    A, g = _features_and_gradient(model, params, x, cls)
+    g2, g3 = g**2, g**3
+    denom = 2 * g2 + jnp.sum(A, axis=(0, 1), keepdims=True) * g3
+    a = g2 / jnp.where(denom != 0, denom, 1.0)
+    w = jnp.sum(a * jax.nn.relu(g), axis=(0, 1))
+    return _to_image(jax.nn.relu(jnp.sum(A * w.reshape(1, 1, -1), axis=-1)), x.shape[:2])
+
+
+METHODS = {"saliency": saliency, "grad_cam": grad_cam, "grad_cam_plus_plus": grad_cam_plus_plus}
