@@ -18,13 +18,14 @@ import json
 
 import numpy as np
 
-from experiments.common import device_description, output_dir, write_table
+from experiments.common import output_dir, write_table
 from training.checkpoints import write_json_atomic
 from training.data import load_dataset
 from training.images import Preprocess
-from training.labels import SCENARIOS, stratified_folds, stratified_split
-from training.report import HEADLINE, write_run_report
-from training.train import fit, get_config
+from training.labels import SCENARIOS
+from training.report import HEADLINE
+from training.runner import run_folds
+from training.train import get_config
 
 
 def parser() -> argparse.ArgumentParser:
@@ -72,29 +73,12 @@ def run(args: argparse.Namespace) -> dict:
     print(f"{data.source}: {data.report.summary()}; classes {counts}")
     write_json_atomic(out / "data_report.json", {"source": data.source, "grouping": data.grouping.name,
                                                  "class_counts": counts, **data.report.as_dict()})
-    if config.folds > 1:
-        splits = stratified_folds(data.y, config.folds, seed=config.seed, class_names=data.class_names)
-    else:
-        splits = [stratified_split(data.y, val_fraction=config.val_fraction, seed=config.seed,
-                                   class_names=data.class_names)]
-    results = []
-    for k, (tr, va) in enumerate(splits, start=1):
-        fold_out = out if len(splits) == 1 else output_dir(out / f"fold_{k}")
-        write_json_atomic(fold_out / "split.json", {"train": [data.paths[i] for i in tr],
-                                                    "validation": [data.paths[i] for i in va]})
-        result = fit(config, data.x[tr], data.y[tr], data.x[va], data.y[va], data.class_names, fold_out,
-                     resume=args.resume, progress=not args.no_progress)
-        header = (f"Model: {config.model}. Data: {data.source} ({data.grouping.name}; "
-                  f"{len(tr)} train / {len(va)} validation"
-                  f"{'' if len(splits) == 1 else f', fold {k} of {len(splits)}'}). Image {image_size} px "
-                  f"{'RGB' if config.rgb else 'grayscale'}, {config.epochs} epochs, batch {config.batch_size}, "
-                  f"Adam {config.learning_rate}. Device: {device_description()}.")
-        verdict = write_run_report(fold_out, result, data.class_names, header)
-        print(f"validation: accuracy {result['metrics']['accuracy']:.3f}, balanced accuracy "
-              f"{result['metrics']['balanced_accuracy']:.3f}, macro-F1 {result['metrics']['macro_f1']:.3f} "
-              f"(majority baseline {result['baseline']['accuracy']:.3f} / "
-              f"{result['baseline']['balanced_accuracy']:.3f} / {result['baseline']['macro_f1']:.3f}): {verdict}")
-        results.append(result)
+    results = run_folds(data, config, out, resume=args.resume, progress=not args.no_progress)
+    for r in results:
+        print(f"validation: accuracy {r['metrics']['accuracy']:.3f}, balanced accuracy "
+              f"{r['metrics']['balanced_accuracy']:.3f}, macro-F1 {r['metrics']['macro_f1']:.3f} "
+              f"(majority baseline {r['baseline']['accuracy']:.3f} / "
+              f"{r['baseline']['balanced_accuracy']:.3f} / {r['baseline']['macro_f1']:.3f}): {r['verdict']}")
     if len(results) > 1:
         rows = []
         for key in HEADLINE:

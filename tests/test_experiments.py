@@ -187,3 +187,58 @@ def test_explain_cli_writes_heat_map_pngs(tmp_path):
                                           cache_dir=str(tmp_path / "cache")))
     assert len(rows) == 2 and all(Path(r["png"]).stat().st_size > 0 for r in rows)
     assert all(r["predicted"] in ("a", "b") and 0.5 <= r["probability"] <= 1.0 for r in rows)
+
+
+@pytest.fixture
+def small_photo_folder(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "photos"
+    for label, shade in [("Probable", 40), ("Possible", 120), ("Improbable", 200)]:
+        (root / label).mkdir(parents=True)
+        for i in range(6):
+            arr = np.clip(rng.normal(shade, 30, (30, 30, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(root / label / f"{label}{i}.png")
+    return root
+
+
+def test_results_table_grid_is_honest_and_resumable(small_photo_folder, tmp_path):
+    from experiments import results_table
+
+    out = tmp_path / "table"
+    argv = ["--data", str(small_photo_folder), "--scenarios", "Pr_Im", "Pr_Po_Im", "--sizes", "16",
+            "--max-epochs", "1", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    rows = results_table.run(results_table.parser().parse_args(argv))
+    assert [(r["classes"], r["config"]) for r in rows] == [
+        ("Probable vs Improbable", "lab-2020"), ("Probable vs Improbable", "improved"),
+        ("Probable vs Possible vs Improbable", "lab-2020"), ("Probable vs Possible vs Improbable", "improved")]
+    improved = rows[1]
+    assert improved["folds"] == 5 and "±" in improved["Acc."] and improved["beats majority?"] in ("yes", "NO")
+    assert rows[0]["positive class"] == "Probable" and rows[2]["ROC-AUC"] == "–"  # ROC-AUC for two classes only
+    for name in ("results.md", "results.csv", "confusion_Pr_Im-16-lab-2020.png"):
+        assert (out / name).stat().st_size > 0
+    stamp = (out / "rows" / "Pr_Im-16-improved.json").stat().st_mtime_ns
+    again = results_table.run(results_table.parser().parse_args(argv))
+    assert (out / "rows" / "Pr_Im-16-improved.json").stat().st_mtime_ns == stamp  # finished rows are skipped
+    assert [r["Acc."] for r in again] == [r["Acc."] for r in rows]
+
+
+def test_results_table_reports_rows_too_small_to_split(tmp_path):
+    from experiments import results_table
+
+    rows = results_table.run(results_table.parser().parse_args([
+        "--data", str(shared_path("tree-risk-examples")), "--scenarios", "Pr_Im", "--sizes", "16",
+        "--configs", "lab-2020", "--out", str(tmp_path / "t"), "--cache-dir", str(tmp_path / "c"), "--no-progress"]))
+    assert rows[0]["beats majority?"].startswith("not run: too few images to stratify")
+    assert rows[0]["n images"] == 2  # the Possible photos are excluded in Pr_Im
+
+
+def test_architectures_compares_models_on_the_same_folds(small_photo_folder, tmp_path):
+    from experiments import architectures
+
+    rows = architectures.run(architectures.parser().parse_args([
+        "--data", str(small_photo_folder), "--scenario", "Pr_Im", "--size", "16", "--folds", "2", "--epochs", "1",
+        "--models", "model1", "--out", str(tmp_path / "a"), "--cache-dir", str(tmp_path / "c"), "--no-progress"]))
+    assert [r["model"] for r in rows] == ["model1"] and rows[0]["folds"] == 2
+    assert (tmp_path / "a" / "architectures.md").exists()

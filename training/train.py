@@ -50,6 +50,11 @@ class TrainConfig:
     activation: str = "relu"
     model: str = "model1"  # "model1", "resnet50" or "googlenet"
     augment: bool = False  # random crop, flip, rotation, brightness/contrast (training images only)
+    augment_crop_pad: int = 8
+    augment_flip: bool = True
+    augment_degrees: float = 10.0
+    augment_brightness: float = 0.1
+    augment_contrast: float = 0.1
     lr_schedule: str | None = None  # None (constant) or "cosine" (decay to 0 over all steps)
     patience: int | None = None  # stop after this many epochs without a better validation macro-F1
 
@@ -103,6 +108,14 @@ def input_normalization(config: TrainConfig, x_train: np.ndarray) -> dict | None
     mean = x_train.mean(axis=(0, 1, 2), dtype=np.float64)
     std = np.maximum(x_train.std(axis=(0, 1, 2), dtype=np.float64), 1e-6)
     return {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+
+
+def augmentation(config: TrainConfig) -> Augment | None:
+    """The config's augmentation, or None when it is off."""
+    if not config.augment:
+        return None
+    return Augment(config.augment_crop_pad, config.augment_flip, config.augment_degrees, config.augment_brightness,
+                   config.augment_contrast)
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int = 1) -> optax.GradientTransformation:
@@ -256,7 +269,7 @@ def fit(
         print(f"resuming after epoch {meta['epoch']} from {ckpt.directory / 'last'}")
     state = dp.put_replicated(state)
     weights = class_weight_vector(y_train, n_classes, config.class_weights)
-    train_step = make_train_step(model, Augment() if config.augment else None)
+    train_step = make_train_step(model, augmentation(config))
     eval_step = make_eval_step(model)
     size = dp.padded_batch_size(config.batch_size)
     baseline = majority_baseline(y_train, y_val, class_names)

@@ -1,0 +1,65 @@
+"""A Model-1-style CNN on MNIST: train on the 50k, choose the epoch on the 10k validation, report the 10k test.
+
+    python -m experiments.mnist_cnn --data ../shared/data/mnist.npz [--epochs 12] [--out runs/mnist_cnn]
+
+Model 1 with a 5×5 first kernel on 28×28 digits, standardized inputs, light augmentation (±2 px
+crops, ±8° rotation, no flips: digits are not mirror-symmetric), Adam 1e-3 with cosine decay,
+batch 128. LeNet-5 reached 99.05 %; the target here is ≥ 99.2 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+
+from experiments.common import device_description, output_dir, write_table
+from training.datasets import load_mnist_npz
+from training.metrics import classification_metrics
+from training.train import fit, get_config, load_trained, make_eval_step, predict_proba
+
+
+def run(args: argparse.Namespace) -> dict:
+    out = output_dir(args.out)
+    data = load_mnist_npz(args.data)
+    shape = (-1, 28, 28, 1)
+    x_train, x_valid, x_test = (data.train.x.reshape(shape), data.valid.x.reshape(shape), data.test.x.reshape(shape))
+    if args.limit:
+        x_train, data = x_train[: args.limit], data._replace(train=data.train._replace(y=data.train.y[: args.limit]))
+    config = get_config(image_size=28, first_kernel=5, epochs=args.epochs, batch_size=128, learning_rate=1e-3,
+                        lr_schedule="cosine", standardize=True, augment=True, augment_crop_pad=2,
+                        augment_flip=False, augment_degrees=8.0, augment_brightness=0.0, augment_contrast=0.0,
+                        seed=args.seed)
+    names = [str(i) for i in range(10)]
+    start = time.perf_counter()
+    result = fit(config, x_train, data.train.y, x_valid, data.valid.y, names, out, progress=not args.no_progress)
+    seconds = time.perf_counter() - start
+    model, params, _, _ = load_trained(out)
+    probs = predict_proba(make_eval_step(model), params, x_test, batch_size=256)
+    test = classification_metrics(data.test.y, probs, names)
+    summary = {"test_accuracy": test["accuracy"], "valid_accuracy_best_epoch": result["metrics"]["accuracy"],
+               "best_epoch": result["best_epoch"], "epochs": config.epochs, "train_images": len(x_train),
+               "train_seconds": seconds}
+    write_table([summary], out, "mnist_test", title="Model-1-style CNN on MNIST",
+                notes=f"Target ≥ 0.992 test accuracy (LeNet-5: 0.9905). Device: {device_description()}. "
+                      f"Backend devices: {jax.device_count()}.\n")
+    print(f"MNIST test accuracy {100 * test['accuracy']:.2f}% (best epoch {result['best_epoch']} on validation), "
+          f"{seconds:.0f} s")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True)
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--limit", type=int, help="use only the first N training images (smoke tests)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/mnist_cnn")
+    p.add_argument("--no-progress", action="store_true")
+    main_args = p.parse_args(argv)
+    run(main_args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""The lab's results table, honestly: configurations, and one row from the folds of one run.
+
+Configurations (``CONFIGS``):
+- ``lab-2020``: the Dec 2020 deck — grayscale, no augmentation, Model 1, Adam 1e-3, 4 epochs,
+  batch 32, one seeded stratified 80:20 split.
+- ``improved``: stratified 5-fold cross-validation, augmentation, balanced class weights,
+  inputs standardized by the training fold's statistics, Adam 1e-4 with cosine decay, up to
+  30 epochs with early stopping on validation macro-F1 (patience 6); RGB with ``rgb=True``.
+
+Prec. and Recall are those of the positive class (the first, at-risk class of the grouping:
+Probable, Probable+Possible, …); the table names it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from training.train import TrainConfig, get_config
+
+CONFIGS = {
+    "lab-2020": dict(rgb=False, augment=False, epochs=4, batch_size=32, learning_rate=1e-3, folds=1),
+    "improved": dict(augment=True, class_weights="balanced", standardize=True, learning_rate=1e-4,
+                     lr_schedule="cosine", epochs=30, patience=6, folds=5, batch_size=32),
+}
+
+
+def config_for(name: str, image_size: int, *, rgb: bool = False, seed: int = 0, **overrides) -> TrainConfig:
+    """The named configuration at ``image_size`` (``rgb`` applies to ``improved`` only)."""
+    if name not in CONFIGS:
+        raise ValueError(f"unknown configuration {name!r}; expected one of {sorted(CONFIGS)}")
+    settings = dict(CONFIGS[name], image_size=image_size, seed=seed)
+    if name == "improved":
+        settings["rgb"] = rgb
+    settings.update(overrides)
+    return get_config(**settings)
+
+
+def _mean_std(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return float(np.mean(values)), float(np.std(values))
+
+
+def fmt(mean, std, folds: int) -> str:
+    if mean is None:
+        return "–"
+    return f"{100 * mean:.1f}" if folds == 1 else f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def table_row(results: list[dict], class_names: list[str], *, positive: int = 0) -> dict:
+    """Mean (± std over folds) of each metric, the majority baseline beside it, and a verdict."""
+    name = class_names[positive]
+    folds = len(results)
+    m = {
+        "precision": [r["metrics"]["per_class"][name]["precision"] for r in results],
+        "recall": [r["metrics"]["per_class"][name]["recall"] for r in results],
+        "accuracy": [r["metrics"]["accuracy"] for r in results],
+        "balanced_accuracy": [r["metrics"]["balanced_accuracy"] for r in results],
+        "macro_f1": [r["metrics"]["macro_f1"] for r in results],
+        "roc_auc": [r["metrics"]["roc_auc"] for r in results],
+        "baseline_accuracy": [r["baseline"]["accuracy"] for r in results],
+        "baseline_balanced_accuracy": [r["baseline"]["balanced_accuracy"] for r in results],
+        "baseline_macro_f1": [r["baseline"]["macro_f1"] for r in results],
+    }
+    stats = {k: _mean_std(v) for k, v in m.items()}
+    beats = (stats["balanced_accuracy"][0] > stats["baseline_balanced_accuracy"][0]
+             and stats["macro_f1"][0] > stats["baseline_macro_f1"][0])
+    row = {"positive class": name, "folds": folds}
+    labels = {"precision": "Prec.", "recall": "Recall", "accuracy": "Acc.", "balanced_accuracy": "Bal. acc.",
+              "macro_f1": "Macro-F1", "roc_auc": "ROC-AUC", "baseline_accuracy": "Majority acc.",
+              "baseline_balanced_accuracy": "Majority bal. acc.", "baseline_macro_f1": "Majority macro-F1"}
+    for key, label in labels.items():
+        row[label] = fmt(*stats[key], folds)
+    row["beats majority?"] = "yes" if beats else "NO"
+    row["train s"] = round(sum(r.get("seconds", 0.0) for r in results), 1)
+    row["confusion (summed over folds)"] = np.sum([r["metrics"]["confusion_matrix"] for r in results],
+                                                  axis=0).tolist()
+    row["_stats"] = {k: v for k, v in stats.items()}
+    return row
+
+
+def describe(config: TrainConfig) -> dict:
+    return {k: v for k, v in dataclasses.asdict(config).items()
+            if k in ("image_size", "rgb", "augment", "class_weights", "standardize", "learning_rate",
+                     "lr_schedule", "epochs", "patience", "folds", "model")}
