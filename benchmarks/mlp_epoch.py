@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import manual_backprop as mb
-from experiments.common import device_description, output_dir, time_call, time_interleaved, write_table
+from training.tables import device_description, output_dir, time_call, time_interleaved, write_table
 
 SIZES = [784, 30, 10]
 ETA, BATCH = 3.0, 10

@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.mlp_epoch import matmul_ceiling_gflops
-from experiments.common import device_description, output_dir, time_interleaved, write_table
 from models.model1 import model1_forward_flops, model1_layer_shapes
+from training.tables import device_description, output_dir, time_interleaved, write_table
 from training.train import create_model, create_state, get_config, make_batch, make_train_step
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from experiments.common import output_dir, write_table
 from training.images import ImageCache, Preprocess, discover, load_images
+from training.tables import output_dir, write_table
 
 
 def plain(path: Path, size: int) -> None:

@@ -15,8 +15,8 @@ import argparse
 import csv
 from pathlib import Path
 
-from experiments.common import output_dir, write_table
 from training.agreement import ORDER, agreement
+from training.tables import output_dir, write_table
 
 
 def read_rows(path: str) -> list[dict]:

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 
-from experiments.common import device_description, output_dir, write_table
 from training.data import load_dataset
 from training.images import Preprocess
 from training.labels import SCENARIOS
 from training.results import config_for, table_row
 from training.runner import run_folds
+from training.tables import device_description, output_dir, write_table
 
 MODELS = ("model1", "resnet50", "googlenet")
 

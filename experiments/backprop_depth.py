@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import manual_backprop as mb
-from experiments.common import device_description, output_dir, pyplot, time_call, write_table
+from training.tables import device_description, output_dir, pyplot, time_call, write_table
 
 METHODS = ("naive chain", "cached backprop", "jax.grad")
 

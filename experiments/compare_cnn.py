@@ -10,11 +10,11 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from experiments.common import time_interleaved
 from manual_backprop import layers
 from manual_backprop.cnn import model1_batch_grads
 from models import Model1
 from models.model1 import model1_layer_shapes
+from training.tables import time_interleaved
 
 
 def flax_loss(model, params, X, y, keys):

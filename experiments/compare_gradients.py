@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import manual_backprop as mb
-from experiments.common import device_description, output_dir, pyplot, time_call, write_table
+from training.tables import device_description, output_dir, pyplot, time_call, write_table
 
 ARCHITECTURES = {
     "3-2-3-5": [3, 2, 3, 5],

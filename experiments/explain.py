@@ -15,10 +15,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from experiments.common import output_dir, pyplot
 from experiments.predict import image_files
 from training.explain import METHODS
 from training.images import ImageCache, Preprocess, load_images
+from training.tables import output_dir, pyplot
 from training.train import load_trained
 
 

@@ -14,9 +14,9 @@ import time
 
 import jax
 
-from experiments.common import device_description, output_dir, write_table
 from training.datasets import load_mnist_npz
 from training.metrics import classification_metrics
+from training.tables import device_description, output_dir, write_table
 from training.train import fit, get_config, load_trained, make_eval_step, predict_proba
 
 

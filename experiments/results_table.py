@@ -18,7 +18,6 @@ import argparse
 import json
 from pathlib import Path
 
-from experiments.common import device_description, output_dir, write_table
 from training.checkpoints import write_json_atomic
 from training.data import load_dataset
 from training.images import Preprocess
@@ -26,6 +25,7 @@ from training.labels import SCENARIOS
 from training.report import plot_confusion
 from training.results import CONFIGS, config_for, describe, table_row
 from training.runner import run_folds
+from training.tables import device_description, output_dir, write_table
 
 COLUMNS = ["classes", "size", "config", "positive class", "Prec.", "Recall", "Acc.", "Bal. acc.", "Macro-F1",
            "ROC-AUC", "Majority acc.", "Majority bal. acc.", "Majority macro-F1", "beats majority?", "folds",

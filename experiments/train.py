@@ -18,13 +18,13 @@ import json
 
 import numpy as np
 
-from experiments.common import output_dir, write_table
 from training.checkpoints import write_json_atomic
 from training.data import load_dataset
 from training.images import Preprocess
 from training.labels import SCENARIOS
 from training.report import HEADLINE
 from training.runner import run_folds
+from training.tables import output_dir, write_table
 from training.train import get_config
 
 

@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 
 import manual_backprop as mb
-from experiments.common import device_description, output_dir, pyplot, write_table
 from training.datasets import ArrayData, load_digits_data, load_mnist_npz
+from training.tables import device_description, output_dir, pyplot, write_table
 
 PRESETS = {
     "network": dict(hidden=[30], activation="sigmoid", cost="half_sse", eta=3.0, lmbda=0.0,

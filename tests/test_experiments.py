@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from experiments import backprop_depth, compare_gradients, train_mlp
-from experiments.common import markdown_table
 from tests.conftest import shared_path
 from training.datasets import load_mnist_npz
+from training.tables import markdown_table
 
 
 def read_csv(path):

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common import device_description, output_dir
 from training.checkpoints import write_json_atomic
 from training.data import Dataset
 from training.labels import stratified_folds, stratified_split
 from training.report import write_run_report
+from training.tables import device_description, output_dir
 from training.train import TrainConfig, fit
 
 

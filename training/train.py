@@ -221,7 +221,7 @@ def predict_proba(eval_step, params, x: np.ndarray, *, batch_size: int = 64, dp:
 
 
 def _write_history(out: Path, history: list[dict]) -> None:
-    from experiments.common import write_table
+    from training.tables import write_table
 
     write_json_atomic(out / "history.json", history)
     write_table(history, out, "history", title="Training history")

@@ -1,4 +1,4 @@
-"""What every experiment and benchmark shares: output folders, tables, timing."""
+"""Output folders, Markdown/CSV tables, plots and timing helpers shared by runs, experiments and benchmarks."""
 
 from __future__ import annotations
 
