@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from manual_backprop import layers
+from models.common import prepare_image
 
 Array = jax.Array
 
@@ -37,9 +38,7 @@ def model1_forward(params: dict, x: Array, model, *, train: bool = False, key: A
                    ) -> tuple[Array, list]:
     """Logits for one image (H, W, C) and the caches, layer by layer."""
     _check_model(model)
-    if model.input_mean is not None:
-        mean = jnp.asarray(model.input_mean, x.dtype).reshape(1, 1, -1)
-        x = (x - mean) / jnp.asarray(model.input_std, x.dtype).reshape(1, 1, -1)
+    x = prepare_image(x, "Model1", model.input_mean, model.input_std)  # no parameters: nothing to differentiate
     caches: list[tuple[str, str, Any]] = []
     a = x
     for name in CONVS:

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models.model1 import mark_cam_features
+from models.common import mark_cam_features, prepare_image
 
 # (1×1, 3×3 reduce, 3×3, 5×5 reduce, 5×5, pool projection) for 3a … 5b
 INCEPTION = {
@@ -62,11 +62,7 @@ class GoogLeNet(nn.Module):
 
     def features(self, x: jax.Array) -> jax.Array:
         """Inception 5b's feature maps (for Grad-CAM)."""
-        if x.ndim != 3:
-            raise ValueError(f"GoogLeNet takes one image (H, W, C); got shape {tuple(x.shape)}")
-        if self.input_mean is not None:
-            x = (x - jnp.asarray(self.input_mean, x.dtype).reshape(1, 1, -1)) / jnp.asarray(
-                self.input_std, x.dtype).reshape(1, 1, -1)
+        x = prepare_image(x, "GoogLeNet", self.input_mean, self.input_std)
         x = _pool(_conv(x, 64, 7, "conv1", stride=2))
         x = _pool(_conv(_conv(x, 64, 1, "conv2_reduce"), 192, 3, "conv2"))
         for name in ("3a", "3b"):

@@ -16,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from models.common import mark_cam_features, prepare_image
+
 ACTIVATIONS = {"relu": nn.relu, "elu": nn.elu, "gelu": nn.gelu, "tanh": jnp.tanh, "silu": nn.silu}
 
 
@@ -36,14 +38,10 @@ class Model1(nn.Module):
         """Logits for one image. With ``train=True`` dropout is on; its masks come from ``key``
         (dropout layer i uses ``jax.random.fold_in(key, i)``) or, without a key, from the
         ``"dropout"`` RNG collection."""
-        if x.ndim != 3:
-            raise ValueError(f"Model1 takes one image (H, W, C); got shape {tuple(x.shape)} (vmap over batches)")
+        x = prepare_image(x, "Model1", self.input_mean, self.input_std)
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {self.activation!r}; expected one of {sorted(ACTIVATIONS)}")
         act = ACTIVATIONS[self.activation]
-        if self.input_mean is not None:
-            mean = jnp.asarray(self.input_mean, x.dtype).reshape(1, 1, -1)
-            x = (x - mean) / jnp.asarray(self.input_std, x.dtype).reshape(1, 1, -1)
         k = self.first_kernel
         x = act(nn.Conv(self.first_features, (k, k), strides=(2, 2), padding="SAME", name="conv1")(x))
         x = max_pool_2x2(x)
@@ -60,16 +58,6 @@ class Model1(nn.Module):
             rng = jax.random.fold_in(key, i) if (train and key is not None) else None
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x, rng=rng)
         return nn.Dense(self.n_classes, name="logits")(x)
-
-
-def mark_cam_features(module: nn.Module, x: jax.Array) -> jax.Array:
-    """Expose the last convolutional feature maps for Grad-CAM (``training.explain``).
-
-    ``sow`` records them in the ``intermediates`` collection and ``perturb`` adds a zero
-    that ``jax.grad`` can differentiate; both are no-ops unless those collections are asked for.
-    """
-    module.sow("intermediates", "cam_features", x)
-    return module.perturb("cam_features", x)
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models.model1 import mark_cam_features
+from models.common import mark_cam_features, prepare_image
 
 
 def _norm(x: jax.Array, name: str) -> jax.Array:
@@ -54,11 +54,7 @@ class ResNet50(nn.Module):
 
     def features(self, x: jax.Array) -> jax.Array:
         """The last stage's feature maps (for Grad-CAM)."""
-        if x.ndim != 3:
-            raise ValueError(f"ResNet50 takes one image (H, W, C); got shape {tuple(x.shape)}")
-        if self.input_mean is not None:
-            x = (x - jnp.asarray(self.input_mean, x.dtype).reshape(1, 1, -1)) / jnp.asarray(
-                self.input_std, x.dtype).reshape(1, 1, -1)
+        x = prepare_image(x, "ResNet50", self.input_mean, self.input_std)
         x = nn.Conv(64, (7, 7), strides=(2, 2), padding="SAME", use_bias=False, name="stem")(x)
         x = nn.relu(_norm(x, "stem_norm"))
         x = nn.max_pool(x[None], (3, 3), strides=(2, 2), padding="SAME")[0]

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from models import count_params
+from models.common import mark_cam_features
 from models.googlenet import GoogLeNet, googlenet_param_count
-from models.model1 import mark_cam_features
 from models.resnet import ResNet50, resnet50_param_count
 from training.explain import METHODS, grad_cam, grad_cam_plus_plus, saliency
 from training.train import create_model, create_state, get_config, make_batch, make_train_step
