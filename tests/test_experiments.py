@@ -1,5 +1,6 @@
 """The command-line experiments run end to end and write their tables and plots."""
 
+import argparse
 import csv
 from pathlib import Path
 
@@ -242,3 +243,12 @@ def test_architectures_compares_models_on_the_same_folds(small_photo_folder, tmp
         "--models", "model1", "--out", str(tmp_path / "a"), "--cache-dir", str(tmp_path / "c"), "--no-progress"]))
     assert [r["model"] for r in rows] == ["model1"] and rows[0]["folds"] == 2
     assert (tmp_path / "a" / "architectures.md").exists()
+
+
+def test_mnist_cnn_smoke(tmp_path):
+    from experiments import mnist_cnn
+
+    summary = mnist_cnn.run(argparse.Namespace(data=str(shared_path("mnist.npz")), epochs=1, limit=600, seed=0,
+                                                out=str(tmp_path), no_progress=True))
+    assert summary["train_images"] == 600 and 0.1 < summary["test_accuracy"] <= 1.0
+    assert (tmp_path / "mnist_test.md").exists()
