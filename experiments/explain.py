@@ -15,19 +15,16 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from experiments.predict import image_files
 from training.explain import METHODS
-from training.images import ImageCache, Preprocess, load_images
+from training.images import Preprocess, load_unlabelled
 from training.tables import output_dir, pyplot
 from training.train import load_trained
 
 
 def run(args: argparse.Namespace) -> list[dict]:
     model, params, config, class_names = load_trained(args.checkpoint)
-    pre = Preprocess(config.image_size, config.crop, config.rgb)
-    cache = ImageCache(Path(args.cache_dir)) if args.cache_dir else ImageCache(ImageCache.default_root())
-    images = load_images([(f, str(f)) for f in image_files(Path(args.images))], pre, skip_bad=args.skip_bad,
-                         cache=cache)
+    images = load_unlabelled(args.images, Preprocess(config.image_size, config.crop, config.rgb),
+                             skip_bad=args.skip_bad, cache_dir=args.cache_dir)
     out = output_dir(args.out)
     probs_fn = jax.jit(lambda x: jax.nn.softmax(model.apply({"params": params}, x)))
     maps = {name: jax.jit(lambda x, c, f=f: f(model, params, x, c), static_argnums=1) for name, f in METHODS.items()}

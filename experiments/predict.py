@@ -14,29 +14,14 @@ import csv
 import sys
 from pathlib import Path
 
-from training.images import ImageCache, Preprocess, load_images
+from training.images import Preprocess, load_unlabelled
 from training.train import load_trained, make_eval_step, predict_proba
-
-NOT_IMAGES = {".md", ".txt", ".csv", ".json", ".toml"}
-
-
-def image_files(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder not found: {folder}")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
-                   and p.suffix.lower() not in NOT_IMAGES)
-    if not files:
-        raise ValueError(f"{folder}: no image files found")
-    return files
 
 
 def run(args: argparse.Namespace) -> list[dict]:
     model, params, config, class_names = load_trained(args.checkpoint)
-    pre = Preprocess(config.image_size, config.crop, config.rgb)
-    files = image_files(Path(args.images))
-    cache = ImageCache(Path(args.cache_dir)) if args.cache_dir else ImageCache(ImageCache.default_root())
-    # every file is its own item: duplicates are predicted once each, so label them apart
-    images = load_images([(f, str(f)) for f in files], pre, skip_bad=args.skip_bad, cache=cache)
+    images = load_unlabelled(args.images, Preprocess(config.image_size, config.crop, config.rgb),
+                             skip_bad=args.skip_bad, cache_dir=args.cache_dir)
     probs = predict_proba(make_eval_step(model), params, images.x, batch_size=config.batch_size)
     rows = []
     for path, p in zip(images.paths, probs):

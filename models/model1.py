@@ -86,9 +86,8 @@ def model1_param_count(
     head_units: Sequence[int] = (128, 64),
 ) -> int:
     """Parameters of :class:`Model1` by formula: conv k·k·c_in·c_out + c_out, dense n_in·n_out + n_out."""
-    convs = [(first_kernel, channels, first_features), (3, first_features, 128), (3, 128, 128),
-             (3, 128, 256), (3, 256, 256)]
-    total = sum(k * k * cin * cout + cout for k, cin, cout in convs)
+    layers = model1_layer_shapes(image_size, channels, first_kernel=first_kernel, first_features=first_features)
+    total = sum(L["k"] ** 2 * L["in"][2] * L["out"][2] + L["out"][2] for L in layers)
     n_in = feature_side(image_size) ** 2 * 256
     for units in [*head_units, n_classes]:
         total += n_in * units + units

@@ -61,6 +61,14 @@ class Checkpoints:
                                                                  meta=ocp.args.JsonRestore()))
         return restored["state"], restored["meta"]
 
+    def meta(self, which: str) -> dict:
+        """The JSON metadata saved with the checkpoint (the arrays are not read)."""
+        manager = self.managers[which]
+        step = manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no {which!r} checkpoint in {self.directory}")
+        return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
     def close(self) -> None:
         for manager in self.managers.values():
             manager.close()

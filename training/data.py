@@ -69,8 +69,8 @@ def load_dataset(
             raise ValueError("--scenario/--grouping apply to photo labels; the digits default has none")
         return digits_images(pre)
     items = discover(source)
-    cache = ImageCache(Path(cache_dir) if cache_dir else ImageCache.default_root())
-    images = load_images(items, pre, skip_bad=skip_bad, cache=cache, workers=workers, progress=progress)
+    images = load_images(items, pre, skip_bad=skip_bad, cache=ImageCache.at(cache_dir), workers=workers,
+                         progress=progress)
     grouping = get_grouping(scenario, grouping_file, images.labels)
     index, excluded = grouping.resolve(images.labels)
     images.report.excluded = excluded

@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 CACHE_VERSION = "v1"
+NOT_IMAGES = {".md", ".txt", ".csv", ".json", ".toml"}  # files in photo folders that are not photos
 
 
 class BadImageError(ValueError):
@@ -153,6 +154,11 @@ class ImageCache:
         base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
         return Path(base) / "tree-risk-jax" / "images"
 
+    @classmethod
+    def at(cls, cache_dir: str | Path | None) -> ImageCache:
+        """The cache in ``cache_dir``, or in :meth:`default_root` when it is None."""
+        return cls(Path(cache_dir) if cache_dir else cls.default_root())
+
     def path(self, digest: str, pre: Preprocess) -> Path:
         return self.root / pre.cache_key() / f"{digest}.npy"
 
@@ -222,7 +228,7 @@ def discover(source: str | Path) -> list[tuple[Path, str]]:
         raise ValueError(f"{source}: no class subfolders (expected one folder per label, e.g. Probable/)")
     for d in class_dirs:
         files = sorted(f for f in d.iterdir() if f.is_file() and not f.name.startswith(".")
-                       and f.suffix.lower() not in (".md", ".txt", ".csv", ".json", ".toml"))
+                       and f.suffix.lower() not in NOT_IMAGES)
         if not files:
             raise ValueError(f"class folder {d} is empty: add photos or remove the folder")
         items.extend((f, d.name) for f in files)
@@ -339,6 +345,25 @@ def load_images(
     shape = (0, pre.image_size, pre.image_size, pre.channels)
     x = np.stack(arrays) if arrays else np.zeros(shape, np.float32)
     return ImageSet(x, labels, paths, kept_digests, report)
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """Every file under ``folder`` (recursively), hidden files and .md/.txt/.csv/.json/.toml aside."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
+                   and p.suffix.lower() not in NOT_IMAGES)
+    if not files:
+        raise ValueError(f"{folder}: no image files found")
+    return files
+
+
+def load_unlabelled(folder: str | Path, pre: Preprocess, *, skip_bad: bool = False,
+                    cache_dir: str | Path | None = None) -> ImageSet:
+    """Every photo under ``folder`` for prediction; each file is its own item (copies are kept, not merged)."""
+    return load_images([(f, str(f)) for f in image_files(folder)], pre, skip_bad=skip_bad,
+                       cache=ImageCache.at(cache_dir))
 
 
 def _digest_or_error(path: Path):

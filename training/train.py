@@ -27,6 +27,7 @@ from training.augment import Augment, augment_batch
 from training.checkpoints import Checkpoints, write_json_atomic
 from training.devices import DataParallel
 from training.metrics import classification_metrics, majority_baseline
+from training.tables import write_table
 
 
 @dataclass(frozen=True)
@@ -221,8 +222,6 @@ def predict_proba(eval_step, params, x: np.ndarray, *, batch_size: int = 64, dp:
 
 
 def _write_history(out: Path, history: list[dict]) -> None:
-    from training.tables import write_table
-
     write_json_atomic(out / "history.json", history)
     write_table(history, out, "history", title="Training history")
 
@@ -312,8 +311,8 @@ def fit(
         if config.patience is not None and epoch - best_epoch >= config.patience:
             print(f"early stop after epoch {epoch}: no better validation macro-F1 for {config.patience} epochs")
             break
+    best_meta = ckpt.meta("best")
     ckpt.close()
-    _, best_meta = Checkpoints(out / "checkpoints").restore("best", jax.device_get(state))
     return {"history": history, "metrics": best_meta["metrics"], "best_epoch": best_meta["epoch"],
             "baseline": baseline}
 
