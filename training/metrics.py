@@ -8,17 +8,19 @@ import numpy as np
 from sklearn import metrics as skm
 
 
-def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> dict:
+def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str], *,
+                           y_pred: np.ndarray | None = None) -> dict:
     """Accuracy, balanced accuracy, per-class and macro precision/recall/F1, confusion matrix, ROC-AUC.
 
-    ``probs`` is (n, n_classes); the prediction is its arg-max. ROC-AUC is given for two
-    classes (score of class 1) when both occur in ``y_true``, else ``None``.
+    ``probs`` is (n, n_classes); the prediction is its arg-max unless ``y_pred`` (e.g. a
+    thresholded decision) is given. ROC-AUC is given for two classes (score of class 1) when
+    both occur in ``y_true``, else ``None``.
     """
     y_true = np.asarray(y_true)
     probs = np.asarray(probs)
     if probs.ndim != 2 or probs.shape != (len(y_true), len(class_names)):
         raise ValueError(f"probs must be (n, {len(class_names)}) for n={len(y_true)}, got {probs.shape}")
-    y_pred = probs.argmax(axis=1)
+    y_pred = probs.argmax(axis=1) if y_pred is None else np.asarray(y_pred)
     labels = list(range(len(class_names)))
     p, r, f, s = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     result = {
@@ -61,3 +63,27 @@ def beats_baseline(result: dict, baseline: dict) -> bool:
     """Better than the majority answer on balanced accuracy and macro-F1 (accuracy alone can flatter)."""
     return (result["balanced_accuracy"] > baseline["balanced_accuracy"]
             and result["macro_f1"] > baseline["macro_f1"])
+
+
+def bootstrap_interval(y_true: np.ndarray, y_pred: np.ndarray, *, key, n_boot: int = 2000,
+                       level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of balanced accuracy: resample the scored images with replacement.
+
+    ``key`` is a ``jax.random`` key; the same key gives the same interval.
+    """
+    import jax
+
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    n = len(y_true)
+    if n == 0:
+        raise ValueError("no predictions to bootstrap")
+    idx = np.asarray(jax.random.randint(key, (n_boot, n), 0, n))
+    yt, correct = y_true[idx], (y_pred == y_true)[idx]
+    recalls = []
+    for c in np.unique(y_true):
+        den = (yt == c).sum(axis=1)
+        num = ((yt == c) & correct).sum(axis=1)
+        recalls.append(np.where(den > 0, num / np.maximum(den, 1), np.nan))
+    scores = np.nanmean(np.stack(recalls), axis=0)
+    alpha = (1 - level) / 2
+    return float(np.quantile(scores, alpha)), float(np.quantile(scores, 1 - alpha))

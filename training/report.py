@@ -42,6 +42,22 @@ def plot_history(history: Sequence[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_head_selection(curves, history: Sequence[dict], path: Path) -> None:
+    """Mean inner-validation loss against Adam steps, one line per λ."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    labels = [k for k in history[0] if k != "step"] if history else []
+    for i, row in enumerate(np.asarray(curves)):
+        ax.plot(np.arange(1, len(row) + 1), row, label=labels[i].removeprefix("inner_val_loss") if labels else None)
+    ax.set_xlabel("Adam step")
+    ax.set_ylabel("inner-validation loss")
+    ax.set_ylim(top=min(float(np.max(curves)), 3 * float(np.min(curves)) + 0.5))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_confusion(matrix, class_names: Sequence[str], path: Path, title: str = "") -> None:
     from sklearn.metrics import ConfusionMatrixDisplay
 
@@ -60,11 +76,19 @@ def write_run_report(out: Path, result: dict, class_names: Sequence[str], header
     verdict = ("beats the majority baseline on balanced accuracy and macro-F1"
                if beats_baseline(metrics, baseline) else
                "does NOT beat the majority baseline on balanced accuracy and macro-F1")
-    notes = (f"{header}\n\nBest epoch (validation macro-F1): {result['best_epoch']}. Majority class: "
-             f"{baseline['majority_class']}. The model {verdict}.\n\nConfusion matrix (rows true, columns "
+    op = metrics.get("operating_point")
+    op_line = (f"\n\nOperating point: predict {op['class']} when its probability ≥ {op['threshold']:.4f} (chosen "
+               f"for recall ≥ {op['target_recall']:g} on inner data); on this fold recall {op['recall']:.3f}, "
+               f"precision {op['precision']:.3f}.") if op else ""
+    notes = (f"{header}\n\nMajority class: {baseline['majority_class']}. The model {verdict}. The validation "
+             f"fold was not used for any choice.{op_line}\n\nConfusion matrix (rows true, columns "
              f"predicted; {', '.join(class_names)}): {metrics['confusion_matrix']}\n")
     write_table(metric_rows(metrics, baseline), out, "metrics", title="Validation metrics", notes=notes)
-    plot_history(result["history"], out / "learning_curves.png")
+    if "curves" in result:
+        plot_head_selection(result["curves"], result["history"], out / "head_selection.png")
+        write_table(result["history"], out, "history", title="Head selection: mean inner-validation loss")
+    else:
+        plot_history(result["history"], out / "learning_curves.png")
     plot_confusion(metrics["confusion_matrix"], class_names, out / "confusion_matrix.png",
-                   f"validation, best epoch {result['best_epoch']}")
+                   f"validation (scored once), {'step' if 'curves' in result else 'epoch'} {result['best_epoch']}")
     return verdict

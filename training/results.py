@@ -17,24 +17,29 @@ import dataclasses
 
 import numpy as np
 
-from training.train import TrainConfig, get_config
+from training.train import PRESETS, TrainConfig, get_config
 
 CONFIGS = {
-    "lab-2020": dict(rgb=False, augment=False, epochs=4, batch_size=32, learning_rate=1e-3, folds=1),
-    "improved": dict(augment=True, class_weights="balanced", standardize=True, learning_rate=1e-4,
-                     lr_schedule="cosine", epochs=30, patience=6, folds=5, batch_size=32),
+    "lab-2020": dict(PRESETS["lab-2020"], folds=1),
+    "improved": dict(PRESETS["improved"], folds=5),
+    "pretrained": dict(PRESETS["pretrained"], folds=5),
 }
 
 
 def config_for(name: str, image_size: int, *, rgb: bool = False, seed: int = 0, **overrides) -> TrainConfig:
-    """The named configuration at ``image_size`` (``rgb`` applies to ``improved`` only)."""
+    """The named configuration at ``image_size`` (``rgb`` applies to ``improved`` only; ``pretrained`` always
+    runs at its backbone's native size, in colour)."""
     if name not in CONFIGS:
         raise ValueError(f"unknown configuration {name!r}; expected one of {sorted(CONFIGS)}")
     settings = dict(CONFIGS[name], image_size=image_size, seed=seed)
     if name == "improved":
         settings["rgb"] = rgb
+    if name == "pretrained":
+        from models.efficientnet_lite import native_size
+
+        settings["image_size"] = native_size(overrides.get("model", settings["model"]))
     settings.update(overrides)
-    return get_config(**settings)
+    return get_config("lab-2020", **settings)
 
 
 def _mean_std(values):
@@ -84,5 +89,6 @@ def table_row(results: list[dict], class_names: list[str], *, positive: int = 0)
 
 def describe(config: TrainConfig) -> dict:
     return {k: v for k, v in dataclasses.asdict(config).items()
-            if k in ("image_size", "rgb", "augment", "class_weights", "standardize", "learning_rate",
-                     "lr_schedule", "epochs", "patience", "folds", "model")}
+            if k in ("model", "finetune", "image_size", "rgb", "augment", "class_weights", "standardize",
+                     "learning_rate", "lr_schedule", "epochs", "patience", "folds", "selection", "tta_flip",
+                     "target_recall")}

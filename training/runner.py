@@ -1,18 +1,51 @@
-"""One training run over a loaded data set: the seeded split (or K folds), fit, report per fold."""
+"""One training run over a loaded data set, estimated honestly.
+
+Outer split: one seeded stratified train/validation split, or K stratified folds, on unique
+images. Each outer validation fold is scored **once**. Every choice made from data happens
+inside the outer training part:
+
+- a network trained by epochs (``config.selection == "inner"``): the best epoch and early
+  stopping on an inner stratified split (``val_fraction`` of the training part);
+- a pretrained backbone with ``finetune="head"``: λ and the step count by inner K-fold CV,
+  then the head is refit on the whole training part (:mod:`training.transfer`);
+- a target recall's threshold: on the inner validation predictions.
+
+With ``selection == "last"`` (the lab's 2020 setup) nothing is chosen: the last epoch is scored,
+and the outer fold only draws the learning curves.
+"""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
-from training.checkpoints import write_json_atomic
+from training.checkpoints import Checkpoints, write_json_atomic
 from training.data import Dataset
 from training.labels import stratified_folds, stratified_split
+from training.metrics import classification_metrics, majority_baseline
 from training.report import write_run_report
 from training.tables import device_description, output_dir
-from training.train import TrainConfig, fit
+from training.train import (
+    TrainConfig,
+    class_weight_vector,
+    create_model,
+    create_state,
+    fit,
+    make_eval_step,
+    predict_proba,
+)
+from training.transfer import (
+    backbone_for,
+    decide,
+    extract_features,
+    fit_head,
+    head_probs,
+    recall_threshold,
+    select_head,
+)
 
 
 def splits_for(data: Dataset, config: TrainConfig) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -23,25 +56,156 @@ def splits_for(data: Dataset, config: TrainConfig) -> list[tuple[np.ndarray, np.
                              class_names=data.class_names)]
 
 
+def operating_point(config: TrainConfig, class_names: list[str], probs: np.ndarray, y: np.ndarray) -> dict | None:
+    """The threshold meeting ``config.target_recall`` on selection data (never the scored fold)."""
+    if config.target_recall is None:
+        return None
+    name, target = config.target_recall
+    if name not in class_names:
+        raise ValueError(f"--target-recall names class {name!r}, which is not one of {class_names}")
+    c = class_names.index(name)
+    return {"class": name, "class_index": c, "target_recall": target,
+            "threshold": recall_threshold(probs, y, c, target)}
+
+
+def score(y: np.ndarray, probs: np.ndarray, y_train: np.ndarray, class_names: list[str], op: dict | None) -> dict:
+    """Metrics of the decisions (arg-max, or the operating point's rule) on the scored fold."""
+    metrics = classification_metrics(y, probs, class_names, y_pred=decide(probs, op))
+    if op is not None:
+        m = metrics["per_class"][op["class"]]
+        metrics["operating_point"] = {**op, "recall": m["recall"], "precision": m["precision"]}
+    return metrics
+
+
+def _head_fold(data: Dataset, config: TrainConfig, feats: np.ndarray, backbone: dict, tr: np.ndarray,
+               va: np.ndarray, out: Path) -> dict:
+    """Choose the head on inner folds of ``tr``, refit it on ``tr``, score ``va`` once, save the classifier."""
+    n_classes = len(data.class_names)
+    y_tr = data.y[tr]
+    weights = class_weight_vector(y_tr, n_classes, config.class_weights)
+    inner = min(config.inner_folds, int(np.bincount(y_tr, minlength=n_classes).min()))
+    if inner < 2:
+        raise ValueError(f"too few images to choose the head on inner folds: {dict(zip(data.class_names, np.bincount(y_tr, minlength=n_classes).tolist()))} in the training part (need ≥ 2 per class)")  # noqa: E501
+    choice = select_head(feats[tr], y_tr, n_classes, weights, l2_grid=config.head_l2_grid, steps=config.head_steps,
+                         lr=config.learning_rate, inner_folds=inner, seed=config.seed)
+    head, norm = fit_head(feats[tr], y_tr, n_classes, weights, l2=choice.l2, steps=choice.steps,
+                          lr=config.learning_rate)
+    op = operating_point(config, data.class_names, choice.oof_probs, y_tr)
+    probs = head_probs(feats[va], head, norm, tta_flip=config.tta_flip)
+    metrics = score(data.y[va], probs, y_tr, data.class_names, op)
+    # save the whole classifier (backbone + head) so predict/explain read photos directly
+    model = create_model(config, n_classes, norm)
+    state = create_state(model, config, (config.image_size, config.image_size, 3), key=jax.random.PRNGKey(config.seed),
+                         backbone=backbone)
+    state = state.replace(params={**state.params, "head": head})
+    ckpt = Checkpoints(out / "checkpoints")
+    meta = {"epoch": choice.steps, "history": [], "best_macro_f1": metrics["macro_f1"], "metrics": metrics}
+    ckpt.save("best", choice.steps, state, meta)  # one model, no epochs: "best" is the refit head
+    ckpt.close()
+    history = [{"step": t + 1, **{f"inner_val_loss[l2={lam:g}]": float(choice.curves[i, t])
+                                  for i, lam in enumerate(config.head_l2_grid)}}
+               for t in range(0, config.head_steps, max(config.head_steps // 30, 1))]
+    return {"history": history, "metrics": metrics, "baseline": majority_baseline(y_tr, data.y[va], data.class_names),
+            "best_epoch": choice.steps, "val_probs": probs, "normalization": norm, "operating_point": op,
+            "selection": f"head: λ = {choice.l2:g}, {choice.steps} Adam steps (lr {config.learning_rate:g}), "
+                         f"chosen by {inner}-fold CV inside the training part; refit on all of it",
+            "curves": choice.curves}
+
+
+def _network_fold(data: Dataset, config: TrainConfig, tr: np.ndarray, va: np.ndarray, out: Path, *, resume: bool,
+                  progress: bool, backbone: dict | None) -> dict:
+    """Train by epochs; choose the epoch on an inner split of ``tr`` (or take the last); score ``va`` once."""
+    if config.selection == "inner":
+        rel_tr, rel_va = stratified_split(data.y[tr], val_fraction=config.val_fraction, seed=config.seed + 1,
+                                          class_names=data.class_names)
+        fit_tr, fit_va = tr[rel_tr], tr[rel_va]
+    elif config.selection == "last":
+        if config.patience is not None:
+            raise ValueError("early stopping (patience) chooses an epoch from data: use selection 'inner'")
+        fit_tr, fit_va = tr, va  # the outer fold only draws the curves: nothing is chosen on it
+    else:
+        raise ValueError(f"unknown selection {config.selection!r}; expected 'inner' or 'last'")
+    result = fit(config, data.x[fit_tr], data.y[fit_tr], data.x[fit_va], data.y[fit_va], data.class_names, out,
+                 resume=resume, progress=progress, backbone=backbone)
+    op = operating_point(config, data.class_names, result["val_probs"], data.y[fit_va]) \
+        if config.selection == "inner" else None
+    if config.target_recall is not None and op is None:
+        raise ValueError("a target recall needs a threshold chosen on inner data: use selection 'inner'")
+    model = create_model(config, len(data.class_names), _saved_normalization(out))
+    eval_step = make_eval_step(model, tta_flip=config.pretrained and config.tta_flip)
+    probs = predict_proba(eval_step, result["best_params"], data.x[va], batch_size=config.batch_size)
+    result["metrics"] = score(data.y[va], probs, data.y[tr], data.class_names, op)
+    result["baseline"] = majority_baseline(data.y[tr], data.y[va], data.class_names)
+    result["val_probs"], result["operating_point"] = probs, op
+    result["selection"] = (f"epoch {result['best_epoch']} of best macro-F1 on an inner validation split "
+                           f"({len(fit_va)} images of the training part)" if config.selection == "inner"
+                           else f"the last epoch ({result['best_epoch']}); nothing chosen on data")
+    result.pop("best_params")
+    return result
+
+
+def _saved_normalization(out: Path) -> dict | None:
+    import json
+
+    return json.loads((out / "checkpoints" / "config.json").read_text()).get("normalization")
+
+
 def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bool = False,
-              progress: bool = True) -> list[dict]:
-    """Fit on every split; each fold's folder gets split.json and its report. Returns per-fold results."""
+              progress: bool = True, cache_dir: str | Path | None = None) -> list[dict]:
+    """Fit on every outer split; each fold's folder gets split.json and its report. Returns per-fold results
+    (each with ``outer_index`` and ``val_probs``, the scored fold's rows and probabilities)."""
     out = output_dir(out)
     splits = splits_for(data, config)
+    backbone, feats = None, None
+    if config.pretrained:
+        if not config.rgb:
+            raise ValueError(f"{config.model} is an RGB network: grayscale input is not supported")
+        backbone, digest = backbone_for(config, cache_dir=cache_dir)
+        if config.finetune == "head":
+            from training.images import Preprocess
+
+            pre = Preprocess(config.image_size, config.crop, True)
+            start = time.perf_counter()
+            feats, computed = extract_features(data.x, data.digests, config.model, backbone, digest,
+                                               pre.cache_key(), cache_dir=cache_dir, batch_size=config.batch_size,
+                                               progress=progress)
+            print(f"backbone features: {computed} computed, {len(feats) - computed} from cache "
+                  f"({time.perf_counter() - start:.1f} s)")
     results = []
     for k, (tr, va) in enumerate(splits, start=1):
         fold_out = out if len(splits) == 1 else output_dir(out / f"fold_{k}")
         write_json_atomic(fold_out / "split.json", {"train": [data.paths[i] for i in tr],
                                                     "validation": [data.paths[i] for i in va]})
         start = time.perf_counter()
-        result = fit(config, data.x[tr], data.y[tr], data.x[va], data.y[va], data.class_names, fold_out,
-                     resume=resume, progress=progress)
+        if feats is not None:
+            result = _head_fold(data, config, feats, backbone, tr, va, fold_out)
+        else:
+            result = _network_fold(data, config, tr, va, fold_out, resume=resume, progress=progress,
+                                   backbone=backbone)
         result["seconds"] = time.perf_counter() - start
-        header = (f"Model: {config.model}. Data: {data.source} ({data.grouping.name}; "
-                  f"{len(tr)} train / {len(va)} validation"
+        result["outer_index"] = va
+        saved = {"config": config.to_json(), "class_names": data.class_names,
+                 "normalization": result.get("normalization", _saved_or_none(fold_out)),
+                 "operating_point": result.get("operating_point")}
+        write_json_atomic(fold_out / "checkpoints" / "config.json", saved)
+        what = config.model + (f" ({config.finetune})" if config.pretrained else "")
+        header = (f"Model: {what}. Data: {data.source} ({data.grouping.name}; "
+                  f"{len(tr)} train / {len(va)} validation, scored once"
                   f"{'' if len(splits) == 1 else f', fold {k} of {len(splits)}'}). Image {config.image_size} px "
-                  f"{'RGB' if config.rgb else 'grayscale'}, {config.epochs} epochs, batch {config.batch_size}, "
-                  f"Adam {config.learning_rate}. Device: {device_description()}.")
+                  f"{'RGB' if config.rgb else 'grayscale'}. Selection: {result['selection']}. "
+                  f"Device: {device_description()}.")
         result["verdict"] = write_run_report(fold_out, result, data.class_names, header)
         results.append(result)
     return results
+
+
+def _saved_or_none(fold_out: Path) -> dict | None:
+    path = fold_out / "checkpoints" / "config.json"
+    return _saved_normalization(fold_out) if path.is_file() else None
+
+
+def pooled_predictions(results: list[dict], y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(y_true, y_pred)`` over every scored fold (each image once when the folds partition the data)."""
+    idx = np.concatenate([r["outer_index"] for r in results])
+    pred = np.concatenate([decide(r["val_probs"], r.get("operating_point")) for r in results])
+    return y[idx], pred

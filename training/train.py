@@ -10,12 +10,14 @@ Every random choice comes from ``jax.random`` keys derived from ``config.seed``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,19 +30,23 @@ from training.checkpoints import Checkpoints, write_json_atomic
 from training.devices import DataParallel
 from training.metrics import classification_metrics, majority_baseline
 from training.tables import write_table
+from training.transfer import BACKBONES, TransferClassifier, masked_optimizer
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything a run needs; the defaults are the lab's Dec 2020 setup."""
+    """Everything a run needs. The defaults are the best configuration measured (``PRESETS["pretrained"]``):
+    ImageNet EfficientNet-Lite0 features, a softmax head with λ and steps chosen on inner folds,
+    flip test-time averaging; ``PRESETS["lab-2020"]`` is the lab's Dec 2020 setup."""
 
-    image_size: int = 108
-    rgb: bool = False
+    model: str = "efficientnet_lite0"  # "model1", "resnet50", "googlenet" or an EfficientNet-Lite backbone
+    image_size: int = 224
+    rgb: bool = True
     crop: str = "center"
     epochs: int = 4
     batch_size: int = 32
-    learning_rate: float = 1e-3
-    class_weights: str | None = None  # None or "balanced"
+    learning_rate: float = 1e-2
+    class_weights: str | None = "balanced"  # None or "balanced"
     standardize: bool = False  # inputs ← (x − mean) / std per channel, from the training split
     val_fraction: float = 0.2
     folds: int = 1
@@ -49,7 +55,6 @@ class TrainConfig:
     head_units: tuple[int, ...] = (128, 64)
     dropout_rate: float = 0.5
     activation: str = "relu"
-    model: str = "model1"  # "model1", "resnet50" or "googlenet"
     augment: bool = False  # random crop, flip, rotation, brightness/contrast (training images only)
     augment_crop_pad: int = 8
     augment_flip: bool = True
@@ -58,6 +63,18 @@ class TrainConfig:
     augment_contrast: float = 0.1
     lr_schedule: str | None = None  # None (constant) or "cosine" (decay to 0 over all steps)
     patience: int | None = None  # stop after this many epochs without a better validation macro-F1
+    # "inner": the best epoch / early stop / head regularisation is chosen on data inside the training
+    # part and the validation fold is scored once; "last": no choice at all, the last epoch is scored.
+    selection: str = "inner"
+    # pretrained backbones
+    finetune: str = "head"  # "head" (frozen backbone, cached features), "top" or "all"
+    top_blocks: int = 2  # with finetune="top": how many of the last MBConv blocks train
+    weights: str | None = None  # a .pth file instead of the packaged ImageNet weights
+    tta_flip: bool = True  # average the probabilities of each photo and its mirror image
+    head_l2_grid: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+    head_steps: int = 300
+    inner_folds: int = 4
+    target_recall: tuple[str, float] | None = None  # (class, recall): the operating point's threshold
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -66,27 +83,59 @@ class TrainConfig:
     def from_json(cls, data: dict) -> TrainConfig:
         data = dict(data)
         data["head_units"] = tuple(data.get("head_units", (128, 64)))
+        if "head_l2_grid" in data:
+            data["head_l2_grid"] = tuple(data["head_l2_grid"])
+        if data.get("target_recall") is not None:
+            data["target_recall"] = (str(data["target_recall"][0]), float(data["target_recall"][1]))
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
+    @property
+    def pretrained(self) -> bool:
+        return self.model in BACKBONES
 
-def get_config(**overrides: Any) -> TrainConfig:
-    """The default config with ``overrides`` (tests shrink it this way)."""
-    return dataclasses.replace(TrainConfig(), **overrides)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # the lab's Dec 2020 deck: grayscale Model 1, Adam 1e-3, 4 epochs, batch 32, one seeded 80:20 split;
+    # the 4th epoch is scored (no choice is made on the validation split)
+    "lab-2020": dict(model="model1", image_size=108, rgb=False, crop="center", epochs=4, batch_size=32,
+                     learning_rate=1e-3, class_weights=None, standardize=False, augment=False, lr_schedule=None,
+                     patience=None, selection="last", folds=1),
+    # the best from-scratch Model 1 settings: colour, augmentation, balanced weights, standardized inputs,
+    # Adam 1e-4 with cosine decay, early stopping on an inner validation split
+    "improved": dict(model="model1", image_size=108, rgb=True, augment=True, class_weights="balanced",
+                     standardize=True, learning_rate=1e-4, lr_schedule="cosine", epochs=30, patience=6,
+                     selection="inner", batch_size=32),
+    # the best measured: ImageNet EfficientNet-Lite0, frozen, softmax head chosen on inner folds
+    "pretrained": dict(model="efficientnet_lite0", image_size=224, rgb=True, finetune="head", learning_rate=1e-2,
+                       class_weights="balanced", standardize=False, augment=False, selection="inner",
+                       tta_flip=True),
+}
+PRESETS["default"] = PRESETS["pretrained"]
+
+
+def get_config(preset: str = "default", **overrides: Any) -> TrainConfig:
+    """The ``preset``'s config with ``overrides`` (tests shrink it this way)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+    return dataclasses.replace(TrainConfig(), **{**PRESETS[preset], **overrides})
 
 
 class TrainState(train_state.TrainState):
     """Flax's TrainState (step, params, Adam state)."""
 
 
-MODELS = ("model1", "resnet50", "googlenet")
+MODELS = ("model1", "resnet50", "googlenet", *BACKBONES)
 
 
 def create_model(config: TrainConfig, n_classes: int, normalization: dict | None = None):
-    """The config's model; ``normalization`` = {"mean": [...], "std": [...]} per channel, or None."""
+    """The config's model; ``normalization`` = {"mean": [...], "std": [...]} per input channel (or, for a
+    pretrained backbone, per feature), or None."""
     norm = normalization or {}
     mean = tuple(norm["mean"]) if norm else None
     std = tuple(norm["std"]) if norm else None
+    if config.pretrained:
+        return TransferClassifier(config.model, n_classes, feature_mean=mean, feature_std=std)
     if config.model == "resnet50":
         from models.resnet import ResNet50
 
@@ -104,7 +153,7 @@ def create_model(config: TrainConfig, n_classes: int, normalization: dict | None
 
 def input_normalization(config: TrainConfig, x_train: np.ndarray) -> dict | None:
     """Per-channel mean and std of the training images when ``config.standardize``, else None."""
-    if not config.standardize:
+    if not config.standardize or config.pretrained:
         return None
     mean = x_train.mean(axis=(0, 1, 2), dtype=np.float64)
     std = np.maximum(x_train.std(axis=(0, 1, 2), dtype=np.float64), 1e-6)
@@ -129,10 +178,30 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int = 1) -> optax.Gradi
     return optax.adam(optax.cosine_decay_schedule(config.learning_rate, decay_steps=total))
 
 
+@functools.lru_cache(maxsize=8)
+def _param_shapes(variant: str, image_shape: tuple[int, ...], n_classes: int):
+    """The parameter shapes of a transfer classifier, traced once (no computation)."""
+    model = TransferClassifier(variant, n_classes)
+    return jax.eval_shape(lambda: model.init({"params": jax.random.PRNGKey(0)},
+                                             jnp.zeros(image_shape, jnp.float32)))["params"]
+
+
 def create_state(model, config: TrainConfig, image_shape: tuple[int, int, int], *, key: jax.Array,
-                 steps_per_epoch: int = 1) -> TrainState:
-    params = model.init({"params": key}, jnp.zeros(image_shape, jnp.float32))["params"]
-    state = TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config, steps_per_epoch))
+                 steps_per_epoch: int = 1, backbone: dict | None = None) -> TrainState:
+    """Initial parameters and Adam state. For a pretrained backbone, ``backbone`` (its ImageNet
+    parameters) replaces the random ones, and only the parameters ``config.finetune`` names train."""
+    tx = make_optimizer(config, steps_per_epoch)
+    if config.pretrained:  # no eager forward pass of the backbone: its shapes, then its weights
+        shapes = _param_shapes(config.model, tuple(image_shape), model.n_classes)
+        params = dict(jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), shapes))
+        n_features = shapes["head"]["kernel"].shape[0]
+        params["head"] = nn.Dense(shapes["head"]["kernel"].shape[1]).init(key, jnp.zeros(n_features))["params"]
+        if backbone is not None:
+            params["backbone"] = backbone
+        tx = masked_optimizer(tx, params, config.finetune, config.top_blocks)
+    else:
+        params = model.init({"params": key}, jnp.zeros(image_shape, jnp.float32))["params"]
+    state = TrainState.create(apply_fn=model.apply, params=params, tx=tx)
     # a typed step counter: a weakly typed Python 0 would make the second step compile again
     return state.replace(step=jnp.zeros((), jnp.int32))
 
@@ -167,13 +236,18 @@ def make_train_step(model, augment: Augment | None = None):
     return train_step
 
 
-def make_eval_step(model: Model1):
-    """``eval_step(params, x) -> softmax probabilities`` (no dropout), jitted."""
+def make_eval_step(model, *, tta_flip: bool = False):
+    """``eval_step(params, x) -> softmax probabilities`` (no dropout), jitted; with ``tta_flip`` the mean of
+    the probabilities of each image and its mirror image."""
+
+    def probs(params, x):
+        logits = jax.vmap(lambda xi: model.apply({"params": params}, xi, train=False))(x)
+        return jax.nn.softmax(logits, axis=-1)
 
     @jax.jit
     def eval_step(params, x):
-        logits = jax.vmap(lambda xi: model.apply({"params": params}, xi, train=False))(x)
-        return jax.nn.softmax(logits, axis=-1)
+        p = probs(params, x)
+        return 0.5 * (p + probs(params, x[:, :, ::-1, :])) if tta_flip else p
 
     return eval_step
 
@@ -238,12 +312,16 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     dp: DataParallel | None = None,
+    backbone: dict | None = None,
 ) -> dict:
-    """Train, evaluate each epoch, keep ``best`` (validation macro-F1) and ``last`` checkpoints.
+    """Train, evaluate each epoch on ``(x_val, y_val)``, keep ``best`` and ``last`` checkpoints.
 
-    Returns ``{"history", "metrics" (best epoch), "baseline", "best_epoch"}``. A
-    non-finite training loss raises ``FloatingPointError``; the checkpoints on disk
-    are then those of the last good epoch.
+    ``best`` is the epoch of highest validation macro-F1 (``config.selection == "inner"``: the
+    caller passes a validation split carved from its training part) or simply the last epoch
+    (``"last"``). Returns ``{"history", "metrics" (of best, on x_val), "baseline", "best_epoch",
+    "best_params", "val_probs" (of best)}``. A non-finite training loss raises
+    ``FloatingPointError``; the checkpoints on disk are then those of the last good epoch.
+    ``backbone``: the pretrained parameters of a transfer model.
     """
     from tqdm.auto import tqdm
 
@@ -255,7 +333,8 @@ def fit(
     model = create_model(config, n_classes, normalization)
     key_init, key_shuffle, key_dropout = jax.random.split(jax.random.PRNGKey(config.seed), 3)
     steps_per_epoch = -(-len(x_train) // config.batch_size)
-    state = create_state(model, config, x_train.shape[1:], key=key_init, steps_per_epoch=steps_per_epoch)
+    state = create_state(model, config, x_train.shape[1:], key=key_init, steps_per_epoch=steps_per_epoch,
+                         backbone=backbone)
     ckpt = Checkpoints(out / "checkpoints")
     write_json_atomic(out / "checkpoints" / "config.json", {"config": config.to_json(), "class_names": class_names,
                                                            "normalization": normalization})
@@ -269,7 +348,8 @@ def fit(
     state = dp.put_replicated(state)
     weights = class_weight_vector(y_train, n_classes, config.class_weights)
     train_step = make_train_step(model, augmentation(config))
-    eval_step = make_eval_step(model)
+    eval_step = make_eval_step(model, tta_flip=config.pretrained and config.tta_flip)
+    best_params, best_probs = None, None
     size = dp.padded_batch_size(config.batch_size)
     baseline = majority_baseline(y_train, y_val, class_names)
     for epoch in range(start_epoch, config.epochs + 1):
@@ -296,7 +376,9 @@ def fit(
                "val_accuracy": metrics["accuracy"], "val_balanced_accuracy": metrics["balanced_accuracy"],
                "val_macro_f1": metrics["macro_f1"], "seconds": time.perf_counter() - start}
         history.append(row)
-        improved = metrics["macro_f1"] > best_f1
+        improved = config.selection == "last" or metrics["macro_f1"] > best_f1
+        if improved:
+            best_params, best_probs = jax.device_get(state.params), probs
         best_f1 = max(best_f1, metrics["macro_f1"])
         best_epoch = epoch if improved else best_epoch
         meta = {"epoch": epoch, "history": history, "best_macro_f1": best_f1, "metrics": metrics}
@@ -313,8 +395,15 @@ def fit(
             break
     best_meta = ckpt.meta("best")
     ckpt.close()
+    if best_params is None:  # resumed after the best epoch: read it back
+        template = create_state(model, config, x_train.shape[1:], key=key_init, steps_per_epoch=steps_per_epoch,
+                                backbone=backbone)
+        ckpt = Checkpoints(out / "checkpoints")
+        best_params = jax.device_get(ckpt.restore("best", template)[0].params)
+        ckpt.close()
+        best_probs = predict_proba(eval_step, best_params, x_val, batch_size=config.batch_size, dp=dp)
     return {"history": history, "metrics": best_meta["metrics"], "best_epoch": best_meta["epoch"],
-            "baseline": baseline}
+            "baseline": baseline, "best_params": best_params, "val_probs": best_probs}
 
 
 def load_trained(run_dir: str | Path, which: str = "best"):
