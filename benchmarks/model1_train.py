@@ -66,7 +66,7 @@ def torch_available() -> bool:
 
 def jax_throughput(size: int, batch: int, steps: int) -> tuple[float, float]:
     """(seconds per step, compile seconds) for the Flax train step."""
-    config = get_config(image_size=size, batch_size=batch)
+    config = get_config("lab-2020", image_size=size, batch_size=batch)
     model = create_model(config, 2)
     state = create_state(model, config, (size, size, 1), key=jax.random.PRNGKey(0))
     rng = np.random.default_rng(0)

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     print("== 2. MLP on scikit-learn digits with the manual gradients")
     train_mlp.main(["--out", str(out / "train_mlp")])
     print("== 3. Model 1 CNN on the digits (32 px), Optax Adam, 4 epochs")
-    train.main(["--out", str(out / "train_cnn")])
+    train.main(["--preset", "lab-2020", "--out", str(out / "train_cnn")])
     print(f"done: tables (.md, .csv) and plots (.png) under {out}/")
 
 

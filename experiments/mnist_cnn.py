@@ -27,10 +27,10 @@ def run(args: argparse.Namespace) -> dict:
     x_train, x_valid, x_test = (data.train.x.reshape(shape), data.valid.x.reshape(shape), data.test.x.reshape(shape))
     if args.limit:
         x_train, data = x_train[: args.limit], data._replace(train=data.train._replace(y=data.train.y[: args.limit]))
-    config = get_config(image_size=28, first_kernel=5, epochs=args.epochs, batch_size=128, learning_rate=1e-3,
-                        lr_schedule="cosine", standardize=True, augment=True, augment_crop_pad=2,
+    config = get_config("lab-2020", image_size=28, first_kernel=5, epochs=args.epochs, batch_size=128,
+                        learning_rate=1e-3, lr_schedule="cosine", standardize=True, augment=True, augment_crop_pad=2,
                         augment_flip=False, augment_degrees=8.0, augment_brightness=0.0, augment_contrast=0.0,
-                        seed=args.seed)
+                        selection="inner", seed=args.seed)
     names = [str(i) for i in range(10)]
     start = time.perf_counter()
     result = fit(config, x_train, data.train.y, x_valid, data.valid.y, names, out, progress=not args.no_progress)

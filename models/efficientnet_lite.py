@@ -82,7 +82,8 @@ class FrozenBatchNorm(nn.Module):
         mean = self.param("mean", nn.initializers.zeros, (c,))
         var = self.param("var", nn.initializers.ones, (c,))
         mul = scale * jax.lax.rsqrt(var + self.eps)
-        return x * mul + (bias - mean * mul)
+        shape = (1,) * (x.ndim - 1) + (c,)
+        return x * mul.reshape(shape) + (bias - mean * mul).reshape(shape)
 
 
 def _conv(x, features, k, name, *, stride=1):
@@ -112,7 +113,7 @@ def depthwise_shift(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
         for v in range(k):
             window = jax.lax.slice(xp, (u, v, 0), (u + (ho - 1) * stride + 1, v + (wo - 1) * stride + 1, c),
                                    (stride, stride, 1))
-            term = window * kernel[u, v, 0]
+            term = window * kernel[u:u + 1, v]  # (1, 1, C)
             out = term if out is None else out + term
     return out
 

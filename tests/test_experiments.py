@@ -98,35 +98,43 @@ def test_mnist_loader_names_the_bad_file(tmp_path):
         load_mnist_npz(garbage)
 
 
-def test_train_and_predict_on_real_tree_photos(tmp_path):
-    """End to end on ../shared/data/trees (406 real photos, mixed formats): tree vs not_a_tree."""
+def test_default_train_and_predict_on_real_tree_photos(tmp_path):
+    """End to end on ../shared/data/trees (406 real photos, mixed formats), tree vs not_a_tree, with no flag
+    but the data: the pretrained default beats the majority answer by a wide margin on a fold it never chose on."""
     import json
 
     from experiments import predict, train
 
     trees = shared_path("trees")
-    repo = __import__("pathlib").Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[1]
     out = tmp_path / "run"
-    result = train.run(train.parser().parse_args([
-        "--data", str(trees), "--grouping", str(repo / "examples" / "tree_vs_not.toml"), "--image-size", "32",
-        "--rgb", "--standardize", "--lr", "1e-4", "--class-weights", "balanced", "--epochs", "12",
-        "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]))
+    argv = ["--data", str(trees), "--grouping", str(repo / "examples" / "tree_vs_not.toml"),
+            "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    result = train.run(train.parser().parse_args(argv))
+    assert result["config"].model == "efficientnet_lite1" and result["config"].finetune == "head"
     report = json.loads((out / "data_report.json").read_text())
     assert report["found"] == 406 and report["loaded"] == 406 and not report["skipped"]  # nothing dropped
     assert report["class_counts"] == {"tree": 315, "not_a_tree": 91}
-    for name in ("metrics.md", "metrics.csv", "history.csv", "learning_curves.png", "confusion_matrix.png"):
+    for name in ("metrics.md", "metrics.csv", "history.csv", "head_selection.png", "confusion_matrix.png",
+                 "summary.md"):
         assert (out / name).stat().st_size > 0, name
     run = result["results"][0]
-    metrics, history = run["metrics"], run["history"]
+    metrics = run["metrics"]
     assert metrics["n"] == 81 and run["baseline"]["balanced_accuracy"] == 0.5
-    assert history[-1]["train_loss"] < history[0]["train_loss"]  # it learns
-    assert metrics["balanced_accuracy"] > 0.5  # better than the majority answer on validation
+    # measured 0.78 on this split (5-fold CV: 0.79-0.82); Model 1 from scratch: 0.50-0.65
+    assert metrics["balanced_accuracy"] > 0.70
+    lo, hi = result["balanced_accuracy_ci95"]
+    assert lo < metrics["balanced_accuracy"] < hi
     rows = predict.run(__import__("argparse").Namespace(
         checkpoint=str(out), images=str(shared_path("tree-risk-examples")), out=str(tmp_path / "p.csv"),
         skip_bad=False, cache_dir=str(tmp_path / "cache")))
     assert len(rows) == 4 and {r["predicted"] for r in rows} <= {"tree", "not_a_tree"}
+    assert sum(r["predicted"] == "tree" for r in rows) >= 3  # field photos of trees
     for r in rows:
         assert abs(r["p_tree"] + r["p_not_a_tree"] - 1.0) < 1e-5
+    # a second run reads the cached features: the same figures
+    again = train.run(train.parser().parse_args([*argv[:4], "--out", str(tmp_path / "again"), *argv[6:]]))
+    assert again["results"][0]["metrics"]["balanced_accuracy"] == metrics["balanced_accuracy"]
 
 
 def test_compare_gradients_cnn_writes_per_layer_tables(tmp_path):
@@ -175,7 +183,7 @@ def test_explain_cli_writes_heat_map_pngs(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, (12, 24, 24, 1)).astype(np.float32)
     y = (np.arange(12) % 2).astype(np.int32)
-    fit(get_config(image_size=24, epochs=1, batch_size=4, head_units=(8, 4)), x[:8], y[:8], x[8:], y[8:],
+    fit(get_config("lab-2020", image_size=24, epochs=1, batch_size=4, head_units=(8, 4)), x[:8], y[:8], x[8:], y[8:],
         ["a", "b"], tmp_path / "run", progress=False)
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -211,12 +219,17 @@ def test_results_table_grid_is_honest_and_resumable(small_photo_folder, tmp_path
     argv = ["--data", str(small_photo_folder), "--scenarios", "Pr_Im", "Pr_Po_Im", "--sizes", "16",
             "--max-epochs", "1", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
     rows = results_table.run(results_table.parser().parse_args(argv))
-    assert [(r["classes"], r["config"]) for r in rows] == [
-        ("Probable vs Improbable", "lab-2020"), ("Probable vs Improbable", "improved"),
-        ("Probable vs Possible vs Improbable", "lab-2020"), ("Probable vs Possible vs Improbable", "improved")]
-    improved = rows[1]
-    assert improved["folds"] == 5 and "±" in improved["Acc."] and improved["beats majority?"] in ("yes", "NO")
-    assert rows[0]["positive class"] == "Probable" and rows[2]["ROC-AUC"] == "–"  # ROC-AUC for two classes only
+    assert [(r["classes"], r["config"], r["size"]) for r in rows] == [
+        ("Probable vs Improbable", "lab-2020", 16), ("Probable vs Improbable", "improved", 16),
+        ("Probable vs Improbable", "pretrained", 240),
+        ("Probable vs Possible vs Improbable", "lab-2020", 16), ("Probable vs Possible vs Improbable", "improved", 16),
+        ("Probable vs Possible vs Improbable", "pretrained", 240)]
+    for improved in (rows[1], rows[2]):
+        assert improved["folds"] == 5 and "±" in improved["Acc."] and improved["beats majority?"] in ("yes", "NO")
+        lo, hi = (float(v) for v in improved["Bal. acc. 95% CI"].split("–"))
+        assert 0 <= lo <= hi <= 100
+    assert rows[2]["beats majority?"] == "yes"  # three shades of grey: ImageNet features separate them
+    assert rows[0]["positive class"] == "Probable" and rows[3]["ROC-AUC"] == "–"  # ROC-AUC for two classes only
     for name in ("results.md", "results.csv", "confusion_Pr_Im-16-lab-2020.png"):
         assert (out / name).stat().st_size > 0
     stamp = (out / "rows" / "Pr_Im-16-improved.json").stat().st_mtime_ns

@@ -32,7 +32,8 @@ def test_parameter_counts(name, channels, classes):
 
 @pytest.mark.parametrize("name", ["resnet50", "googlenet"])
 def test_deep_models_train_through_the_same_step(name):
-    config = get_config(model=name, image_size=32, batch_size=4, augment=name == "resnet50", lr_schedule="cosine",
+    config = get_config("lab-2020", model=name, image_size=32, batch_size=4, augment=name == "resnet50",
+                        lr_schedule="cosine",
                         epochs=2)
     model = create_model(config, 2)
     state = create_state(model, config, (32, 32, 1), key=jax.random.PRNGKey(0), steps_per_epoch=3)
@@ -49,7 +50,7 @@ def test_deep_models_train_through_the_same_step(name):
 
 def test_unknown_model_is_named():
     with pytest.raises(ValueError, match="unknown model 'vgg16'"):
-        create_model(get_config(model="vgg16"), 2)
+        create_model(get_config("lab-2020", model="vgg16"), 2)
 
 
 # --- explanations on tiny models whose answer is known ---

@@ -177,19 +177,19 @@ def _head_run(F, y1h, cw, train_mask, val_mask, l2, lr, steps: int, keep_step):
     tm = train_mask[:, None, None]
     count = jnp.maximum(jnp.sum(train_mask) * v, 1.0)
     mu = jnp.sum(F * tm, axis=(0, 1)) / count
-    sd = jnp.sqrt(jnp.sum(((F - mu) ** 2) * tm, axis=(0, 1)) / count) + 1e-6
-    Fs = (F - mu) / sd
-    w_ex = jnp.sum(y1h * cw, axis=1)
+    sd = jnp.sqrt(jnp.sum(((F - mu[None, None, :]) ** 2) * tm, axis=(0, 1)) / count) + 1e-6
+    Fs = (F - mu[None, None, :]) / sd[None, None, :]
+    w_ex = jnp.sum(y1h * cw[None, :], axis=1)
     w_tr = w_ex * train_mask
     w_va = w_ex * val_mask
     params = {"W": jnp.zeros((d, k), F.dtype), "b": jnp.zeros((k,), F.dtype)}
     tx = optax.adam(lr)
 
     def probs_of(p):
-        return jax.nn.softmax(Fs @ p["W"] + p["b"], axis=-1)  # (n, V, K)
+        return jax.nn.softmax(Fs @ p["W"] + p["b"][None, None, :], axis=-1)  # (n, V, K)
 
     def loss(p):
-        logp = jax.nn.log_softmax(Fs @ p["W"] + p["b"], axis=-1)
+        logp = jax.nn.log_softmax(Fs @ p["W"] + p["b"][None, None, :], axis=-1)
         ce = -jnp.sum(logp * y1h[:, None, :], axis=-1).mean(axis=1)  # mean over views
         return jnp.sum(w_tr * ce) / jnp.maximum(jnp.sum(w_tr), 1e-12) + l2 * jnp.sum(p["W"] ** 2)
 

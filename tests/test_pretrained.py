@@ -1,0 +1,286 @@
+"""Pretrained backbones and transfer learning: weights read safely, Flax equal to PyTorch, honest selection."""
+
+import pickle
+import zipfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from models.efficientnet_lite import EfficientNetLite, block_specs, depthwise_shift, native_size
+from models.pretrained import load_backbone, packaged_weights_file
+from models.torch_weights import WeightsFileError, load_state_dict
+from tests.conftest import shared_path
+from tests.helpers import relative_errors
+from training.transfer import (
+    decide,
+    extract_features,
+    recall_threshold,
+    select_head,
+    trainable_mask,
+)
+
+
+@pytest.fixture(scope="module")
+def lite0(tmp_path_factory):
+    params, digest = load_backbone("efficientnet_lite0", cache_dir=tmp_path_factory.mktemp("cache"))
+    return params, digest
+
+
+def test_state_dict_reader_and_parameter_count(lite0):
+    state = load_state_dict(packaged_weights_file("efficientnet_lite0"))
+    assert state["_conv_stem.weight"].shape == (32, 3, 3, 3) and state["_fc.weight"].shape == (1000, 1280)
+    blocks = {int(k.split(".")[1]) for k in state if k.startswith("_blocks.")}
+    assert blocks == set(range(16)) and len(block_specs("efficientnet_lite0")) == 16  # 1+2+2+3+3+4+1
+    params, _ = lite0
+    n_flax = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(params))
+    n_torch = sum(v.size for k, v in state.items() if not k.endswith("num_batches_tracked"))
+    assert n_flax == n_torch  # every tensor mapped, running statistics included
+
+
+def test_banana_photos_are_bananas(lite0):
+    """The issue's sanity check: ImageNet class 954 (banana) in the top 5 for 4 of the 7 banana photos."""
+    from training.images import Preprocess, load_image
+
+    folder = shared_path("trees", "banana")
+    params, _ = lite0
+    model = EfficientNetLite("efficientnet_lite0")
+    x = np.stack([load_image(p, Preprocess(224, "center", True)) for p in sorted(folder.iterdir())])
+    logits = np.asarray(jax.jit(jax.vmap(lambda im: model.apply({"params": params}, im)))(x))
+    top5 = np.argsort(-logits, axis=1)[:, :5]
+    assert np.isfinite(logits).all() and len(x) == 7
+    assert sum(954 in row for row in top5) >= 4
+
+
+def _torch_lite(state, variant):
+    """An independent PyTorch EfficientNet-Lite (TF-SAME padding, BN eps 1e-3, ReLU6), from the state dict."""
+    torch = pytest.importorskip("torch", reason="torch is not installed (pip install -e '.[bench]')")
+    F = torch.nn.functional
+
+    def same_pad(x, k, s):
+        h, w = x.shape[-2:]
+        ph = max((-(-h // s) - 1) * s + k - h, 0)
+        pw = max((-(-w // s) - 1) * s + k - w, 0)
+        return F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+
+    def conv(x, name, s=1, groups=1):
+        w = torch.from_numpy(state[name + ".weight"])
+        return F.conv2d(same_pad(x, w.shape[-1], s), w, stride=s, groups=groups)
+
+    def bn(x, name):
+        g = {f: torch.from_numpy(state[f"{name}.{f}"]) for f in ("weight", "bias", "running_mean", "running_var")}
+        return F.batch_norm(x, g["running_mean"], g["running_var"], g["weight"], g["bias"], False, 0.0, 1e-3)
+
+    def forward(x):
+        x = F.relu6(bn(conv(x * 2 - 1, "_conv_stem", 2), "_bn0"))
+        for i, spec in enumerate(block_specs(variant)):
+            p = f"_blocks.{i}."
+            h = x
+            if f"{p}_expand_conv.weight" in state:
+                h = F.relu6(bn(conv(h, p + "_expand_conv"), p + "_bn0"))
+            h = F.relu6(bn(conv(h, p + "_depthwise_conv", spec.stride, groups=h.shape[1]), p + "_bn1"))
+            h = bn(conv(h, p + "_project_conv"), p + "_bn2")
+            x = h + x if (spec.stride == 1 and spec.c_in == spec.c_out) else h
+        x = F.relu6(bn(conv(x, "_conv_head"), "_bn1")).mean(dim=(2, 3))
+        return F.linear(x, torch.from_numpy(state["_fc.weight"]), torch.from_numpy(state["_fc.bias"]))
+
+    return torch, forward
+
+
+@pytest.mark.parametrize("variant", ["efficientnet_lite0", "efficientnet_lite1"])
+def test_flax_logits_equal_pytorch_with_the_same_weights(variant, tmp_path):
+    state = load_state_dict(packaged_weights_file(variant))
+    torch, forward = _torch_lite(state, variant)
+    params, _ = load_backbone(variant, cache_dir=tmp_path)
+    size = native_size(variant)
+    x = np.random.default_rng(0).uniform(0, 1, (2, size, size, 3)).astype(np.float32)
+    with torch.no_grad():
+        ref = forward(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+    for impl in ("shift", "lax"):
+        model = EfficientNetLite(variant, depthwise=impl)
+        ours = np.asarray(jax.jit(jax.vmap(lambda im: model.apply({"params": params}, im)))(x))
+        rel = np.linalg.norm(ours - ref) / np.linalg.norm(ref)
+        assert rel <= 1e-4, (impl, rel)
+
+
+@pytest.mark.parametrize(("size", "k", "stride"), [(9, 3, 1), (9, 3, 2), (8, 5, 2), (7, 5, 1), (6, 3, 2)],
+                         ids=["odd-k3-s1", "odd-k3-s2", "even-k5-s2", "odd-k5-s1", "even-k3-s2"])
+def test_depthwise_shift_equals_grouped_convolution(size, k, stride):
+    rng = np.random.default_rng(size + k)
+    x = jnp.asarray(rng.normal(size=(size, size + 1, 4)))
+    kernel = jnp.asarray(rng.normal(size=(k, k, 1, 4)))
+    ref = jax.lax.conv_general_dilated(x[None], kernel, (stride, stride), "SAME",
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=4)[0]
+    assert max(relative_errors(depthwise_shift(x, kernel, stride), ref)) <= 1e-12  # float64
+
+
+def test_corrupt_foreign_and_malicious_weights_files_give_one_clear_error(tmp_path):
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(packaged_weights_file("efficientnet_lite0").read_bytes()[:100_000])
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"\x00not a pickle at all")
+    evil = tmp_path / "evil.pth"
+
+    class Evil:
+        def __reduce__(self):
+            import os
+
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.writestr("archive/data.pkl", pickle.dumps({"w": Evil()}, protocol=2))
+    for path, message in [(truncated, "truncated|not a readable"), (garbage, "not a readable|wrong magic"),
+                          (evil, "refused to load posix.system|refused to load os.system")]:
+        with pytest.raises(WeightsFileError, match=message) as info:
+            load_state_dict(path)
+        assert str(path) in str(info.value)
+    assert not (tmp_path / "pwned").exists()  # nothing in the file ran
+    foreign = packaged_weights_file("efficientnet_lite1")  # a real state dict, of another network
+    with pytest.raises(WeightsFileError, match=r"lite1.*\.pth: not efficientnet_lite0 weights \((missing|unexpected)"):
+        load_backbone("efficientnet_lite0", foreign, cache_dir=tmp_path)
+
+
+def test_weights_are_converted_once_and_cached(tmp_path):
+    first, digest = load_backbone("efficientnet_lite0", cache_dir=tmp_path)
+    cached = list((tmp_path / "weights").glob("*.npz"))
+    assert len(cached) == 1 and digest in cached[0].name
+    again, _ = load_backbone("efficientnet_lite0", cache_dir=tmp_path)
+    assert max(relative_errors(again, first)) == 0.0
+
+
+@pytest.mark.parametrize("finetune", ["head", "top", "all"])
+def test_finetune_modes_train_what_they_say_and_batchnorm_stays_frozen(finetune, lite0):
+    import optax
+
+    from training.train import create_model, create_state, get_config, make_train_step
+
+    params, _ = lite0
+    backbone = {k: v for k, v in params.items() if k != "fc"}
+    config = get_config(model="efficientnet_lite0", finetune=finetune, image_size=32, learning_rate=1e-3,
+                        batch_size=2)
+    model = create_model(config, 2)
+    state = create_state(model, config, (32, 32, 3), key=jax.random.PRNGKey(0), backbone=backbone)
+    rng = np.random.default_rng(0)
+    batch = {"x": rng.uniform(0, 1, (2, 32, 32, 3)).astype(np.float32), "y": np.array([0, 1], np.int32),
+             "w": np.ones(2, np.float32), "mask": np.ones(2, np.float32)}
+    new, m = make_train_step(model)(state, batch, jax.random.PRNGKey(1))
+    assert np.isfinite(float(m["loss"]))
+    mask = trainable_mask(state.params, finetune, config.top_blocks)
+    changed = jax.tree_util.tree_map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), new.params,
+                                     state.params)
+    flat_mask = jax.tree_util.tree_leaves_with_path(mask)
+    flat_changed = dict(jax.tree_util.tree_leaves_with_path(changed))
+    for path, trains in flat_mask:
+        names = [p.key for p in path]
+        if names[-1] in ("mean", "var"):
+            assert not trains and not flat_changed[path], names
+        elif not trains:
+            assert not flat_changed[path], names  # frozen weights do not move
+    n_train = sum(bool(t) for _, t in flat_mask)
+    assert n_train > 0 and isinstance(state.tx, optax.GradientTransformation)
+    expected = {"head": 2, "top": None, "all": None}[finetune]
+    if expected is not None:
+        assert n_train == expected  # head kernel and bias only
+    assert flat_changed[next(p for p, _ in flat_mask if [k.key for k in p] == ["head", "kernel"])]
+
+
+def _separable(n=60, d=16, seed=0):
+    rng = np.random.default_rng(seed)
+    y = (np.arange(n) % 3 == 0).astype(np.int32)  # imbalanced: a third positive
+    F = rng.normal(size=(n, 2, d)).astype(np.float32)
+    F[y == 1, :, 0] += 2.5
+    return F, y
+
+
+def test_head_selection_never_looks_at_the_scored_fold():
+    """The choice (λ, steps) made on a training part cannot depend on the scored fold's labels or features."""
+    F, y = _separable()
+    w = np.ones(2, np.float32)
+    kw = dict(l2_grid=(1e-3, 1e-1), steps=60, lr=1e-2, inner_folds=3, seed=0)
+    tr = np.arange(45)
+    a = select_head(F[tr], y[tr], 2, w, **kw)
+    F2 = F.copy()
+    F2[45:] = 100.0  # scramble what would be the scored fold
+    b = select_head(F2[tr], y[tr], 2, w, **kw)
+    assert (a.l2, a.steps) == (b.l2, b.steps) and np.array_equal(a.oof_probs, b.oof_probs)
+    assert a.oof_probs.shape == (45, 2) and np.allclose(a.oof_probs.sum(axis=1), 1, atol=1e-5)
+    assert a.curves.shape == (2, 60) and np.isfinite(a.curves).all()
+    # it learned: the inner out-of-fold predictions beat chance
+    assert np.mean(a.oof_probs.argmax(axis=1) == y[tr]) > 0.8
+
+
+@pytest.mark.parametrize("target", [0.5, 0.8, 0.95, 1.0])
+def test_recall_threshold_meets_the_target_on_its_data(target):
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 200)
+    probs = rng.dirichlet(np.ones(3), 200)
+    probs[y == 2, 2] += 0.3
+    probs /= probs.sum(axis=1, keepdims=True)
+    t = recall_threshold(probs, y, 2, target)
+    pred = decide(probs, {"class_index": 2, "threshold": t})
+    recall = np.mean(pred[y == 2] == 2)
+    assert recall >= target
+    # the largest such threshold: a hair higher misses the target (unless ties)
+    higher = decide(probs, {"class_index": 2, "threshold": np.nextafter(t, 2)})
+    assert np.mean(higher[y == 2] == 2) < target or target == 0.0
+    assert np.array_equal(decide(probs, None), probs.argmax(axis=1))
+
+
+def test_bootstrap_interval_is_reproducible_and_brackets_the_estimate():
+    from training.metrics import bootstrap_interval, classification_metrics
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    pred = np.where(rng.uniform(size=300) < 0.8, y, 1 - y)
+    lo, hi = bootstrap_interval(y, pred, key=jax.random.PRNGKey(0))
+    assert (lo, hi) == bootstrap_interval(y, pred, key=jax.random.PRNGKey(0))
+    point = classification_metrics(y, np.eye(2)[pred], ["a", "b"])["balanced_accuracy"]
+    assert lo < point < hi and hi - lo < 0.15
+
+
+def test_features_are_cached_by_image_digest(tmp_path, lite0):
+    params, digest = lite0
+    backbone = {k: v for k, v in params.items() if k != "fc"}
+    x = np.random.default_rng(0).uniform(0, 1, (3, 32, 32, 3)).astype(np.float32)
+    digests = ["a" * 64, "b" * 64, "c" * 64]
+    f1, n1 = extract_features(x, digests, "efficientnet_lite0", backbone, digest, "k", cache_dir=tmp_path,
+                              batch_size=2)
+    f2, n2 = extract_features(x, digests, "efficientnet_lite0", backbone, digest, "k", cache_dir=tmp_path,
+                              batch_size=2)
+    assert (n1, n2) == (3, 0) and f1.shape == (3, 2, 1280) and np.array_equal(f1, f2)
+    model = EfficientNetLite("efficientnet_lite0")
+    direct = model.apply({"params": params}, jnp.asarray(x[1][:, ::-1]), features_only=True)
+    assert max(relative_errors(f1[1, 1], direct)) <= 1e-5  # view 1 is the mirror image
+
+
+def test_target_recall_threshold_is_saved_and_applied_by_predict(tmp_path):
+    """--target-recall chooses the threshold on inner data, reports the scored fold's recall, and predict uses it."""
+    import argparse
+    import json
+
+    from PIL import Image
+
+    from experiments import predict, train
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "photos"
+    for label, colour in [("Probable", (200, 40, 40)), ("Improbable", (40, 160, 40))]:
+        (root / label).mkdir(parents=True)
+        for i in range(10):
+            arr = np.clip(rng.normal(colour, 40, (24, 24, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(root / label / f"{i}.png")
+    out = tmp_path / "run"
+    result = train.run(train.parser().parse_args([
+        "--data", str(root), "--model", "efficientnet_lite0", "--image-size", "32", "--target-recall", "Probable=0.9",
+        "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]))
+    op = result["results"][0]["metrics"]["operating_point"]
+    assert op["class"] == "Probable" and op["target_recall"] == 0.9 and 0 <= op["threshold"] <= 1
+    saved = json.loads((out / "checkpoints" / "config.json").read_text())["operating_point"]
+    assert saved["threshold"] == op["threshold"]
+    rows = predict.run(argparse.Namespace(checkpoint=str(out), images=str(root), out=str(tmp_path / "p.csv"),
+                                          skip_bad=False, cache_dir=str(tmp_path / "cache")))
+    for r in rows:
+        assert (r["predicted"] == "Probable") == (r["p_Probable"] >= saved["threshold"])
+    with pytest.raises(SystemExit):
+        train.parser().parse_args(["--target-recall", "Probable"])  # no "=R"
