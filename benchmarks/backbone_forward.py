@@ -1,0 +1,117 @@
+"""EfficientNet-Lite forward pass on CPU: Flax (two depthwise formulations) against PyTorch, same weights, same run.
+
+    python -m benchmarks.backbone_forward [--variant efficientnet_lite0] [--batch 32] [--repeats 5]
+
+Prints images/s of the jitted, vmapped Flax forward with the depthwise convolution as shifted
+slices (``shift``, the default) and as XLA's grouped convolution (``lax``), of PyTorch eager
+(``torch.inference_mode``, if installed: ``pip install -e '.[bench]'``), the ratio Flax/PyTorch,
+and the fraction of this machine's float32 matmul ceiling (measured in the same run) that the
+forward's FLOPs reach. Also per depthwise layer shape: shift vs lax milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks.mlp_epoch import matmul_ceiling_gflops
+from models.efficientnet_lite import EfficientNetLite, block_specs, depthwise_shift, native_size
+from models.pretrained import load_backbone, packaged_weights_file
+from models.torch_weights import load_state_dict
+from training.tables import device_description, output_dir, time_interleaved, write_table
+
+
+def forward_flops(variant: str, size: int) -> int:
+    """FLOPs (2 per multiply-add) of one image: stem, every block's expand/depthwise/project, head, classifier."""
+    side = -(-size // 2)
+    total = 2 * 9 * 3 * 32 * side * side
+    for s in block_specs(variant):
+        mid = s.c_in * s.expand
+        if s.expand != 1:
+            total += 2 * s.c_in * mid * side * side
+        side = -(-side // s.stride)
+        total += 2 * s.kernel**2 * mid * side * side + 2 * mid * s.c_out * side * side
+    return total + 2 * block_specs(variant)[-1].c_out * 1280 * side * side + 2 * 1280 * 1000
+
+
+def run(variant: str, batch: int, repeats: int, out: str) -> list[dict]:
+    size = native_size(variant)
+    params, _ = load_backbone(variant)
+    x = np.random.default_rng(0).uniform(0, 1, (batch, size, size, 3)).astype(np.float32)
+    fns = {}
+    for impl in ("shift", "lax"):
+        model = EfficientNetLite(variant, depthwise=impl)
+        f = jax.jit(jax.vmap(lambda im, m=model: m.apply({"params": params}, im)))
+        xj = jnp.asarray(x)
+        fns[f"flax ({impl})"] = lambda f=f, xj=xj: f(xj)
+    try:
+        import torch
+
+        from benchmarks.torch_reference import torch_efficientnet_lite
+
+        forward = torch_efficientnet_lite(load_state_dict(packaged_weights_file(variant)), variant)
+        xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+
+        def torch_fn():
+            with torch.inference_mode():
+                return forward(xt)
+
+        fns["pytorch eager"] = torch_fn
+        torch_info = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    except ImportError:
+        torch_info = "torch not installed: no peer measured"
+    times = time_interleaved(fns, repeats=repeats)
+    ceiling = matmul_ceiling_gflops()
+    flops = forward_flops(variant, size) * batch
+    ref = times.get("pytorch eager")
+    rows = []
+    for name, (best, median) in times.items():
+        rows.append({"implementation": name, "images/s (best)": batch / best, "images/s (median)": batch / median,
+                     "vs PyTorch (median)": (ref[1] / median) if ref else "",
+                     "GFLOP/s": flops / best / 1e9, "fraction of matmul ceiling": flops / best / 1e9 / ceiling})
+    layer_rows = []
+    seen = set()
+    side = -(-size // 2)
+    for s in block_specs(variant):
+        mid = s.c_in * s.expand
+        key = (side, mid, s.kernel, s.stride)
+        if key not in seen:
+            seen.add(key)
+            xs = jnp.asarray(np.random.default_rng(1).uniform(size=(batch, side, side, mid)), jnp.float32)
+            k = jnp.asarray(np.random.default_rng(2).normal(size=(s.kernel, s.kernel, 1, mid)), jnp.float32)
+            shift = jax.jit(jax.vmap(lambda im, k=k, st=s.stride: depthwise_shift(im, k, st)))
+            lax = jax.jit(lambda a, k=k, st=s.stride, c=mid: jax.lax.conv_general_dilated(
+                a, k, (st, st), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c))
+            t = time_interleaved({"shift": lambda f=shift, a=xs: f(a), "lax": lambda f=lax, a=xs: f(a)},
+                                 repeats=3)
+            layer_rows.append({"input": f"{side}×{side}×{mid}", "kernel": s.kernel, "stride": s.stride,
+                               "shift ms": 1e3 * t["shift"][0], "lax ms": 1e3 * t["lax"][0],
+                               "lax / shift": t["lax"][0] / t["shift"][0]})
+        side = -(-side // s.stride)
+    notes = (f"{variant} at {size} px, batch {batch}, float32, {forward_flops(variant, size) / 1e9:.2f} GFLOP per "
+             f"image. Device: {device_description()}; {torch_info}. Matmul ceiling measured in this run: "
+             f"{ceiling:.0f} GFLOP/s. Ratios compare medians of interleaved runs.\n")
+    path = output_dir(out)
+    write_table(rows, path, "backbone_forward", title="Backbone forward", notes=notes)
+    write_table(layer_rows, path, "depthwise_layers", title="Depthwise convolution: shifted slices vs XLA grouped conv",
+                notes=f"Per distinct layer shape of {variant}, batch {batch}, best of 3.\n")
+    print((path / "backbone_forward.md").read_text())
+    print((path / "depthwise_layers.md").read_text())
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variant", default="efficientnet_lite0")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--out", default="runs/bench_backbone")
+    args = p.parse_args(argv)
+    run(args.variant, args.batch, args.repeats, args.out)
+
+
+if __name__ == "__main__":
+    main()
