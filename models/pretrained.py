@@ -128,11 +128,8 @@ def check_shapes(flat: dict, variant: str, source: Path) -> None:
 def _sha256(path: Path) -> str:
     import hashlib
 
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def load_backbone(variant: str = "efficientnet_lite0", weights: str | Path | None = None, *,
@@ -172,3 +169,57 @@ def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _torchvision_name(name: str) -> tuple[str, ...] | None:
+    """torchvision ``resnet50`` state-dict key → Flax path in ``ResNet50(norm="batch")`` (None: skipped)."""
+    if name.endswith("num_batches_tracked"):
+        return None
+    bn = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
+    m = re.fullmatch(r"layer(\d)\.(\d+)\.(conv|bn)(\d)\.(\w+)", name)
+    if m:
+        stage, block, kind, k, field = m.groups()
+        prefix = f"stage{stage}_block{int(block) + 1}"
+        return (prefix, f"conv{k}", "kernel") if kind == "conv" else (prefix, f"norm{k}", bn[field])
+    m = re.fullmatch(r"layer(\d)\.(\d+)\.downsample\.([01])\.(\w+)", name)
+    if m:
+        stage, block, idx, field = m.groups()
+        prefix = f"stage{stage}_block{int(block) + 1}"
+        return (prefix, "proj", "kernel") if idx == "0" else (prefix, "proj_norm", bn[field])
+    if name == "conv1.weight":
+        return ("stem", "kernel")
+    m = re.fullmatch(r"bn1\.(\w+)", name)
+    if m:
+        return ("stem_norm", bn[m.group(1)])
+    m = re.fullmatch(r"fc\.(weight|bias)", name)
+    if m:
+        return ("logits", "kernel" if m.group(1) == "weight" else "bias")
+    raise WeightsFileError(f"unexpected parameter name {name!r} for a torchvision resnet50")
+
+
+def load_torchvision_resnet50(path: str | Path) -> dict:
+    """A torchvision ``resnet50`` state dict (a file on disk) as the Flax parameters of
+    ``ResNet50(n_classes, norm="batch")``, its 1000-class ``logits`` included; shapes checked."""
+    from models.resnet import ResNet50
+
+    path = Path(path)
+    try:
+        flat = {}
+        for name, value in load_state_dict(path).items():
+            key = _torchvision_name(name)
+            if key is None:
+                continue
+            value = np.asarray(value, np.float32)
+            if key[-1] == "kernel":
+                value = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T
+            flat[key] = np.ascontiguousarray(value)
+    except WeightsFileError as exc:
+        raise WeightsFileError(f"{path}: {exc}" if str(path) not in str(exc) else str(exc)) from exc
+    model = ResNet50(n_classes=flat.get(("logits", "bias"), np.zeros(1000)).shape[0], norm="batch")
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((64, 64, 3))))["params"]
+    want = {k: tuple(v.shape) for k, v in flatten_dict(shapes).items()}
+    bad = sorted("/".join(k) for k in set(want) ^ set(flat)) + sorted(
+        "/".join(k) for k in set(want) & set(flat) if tuple(flat[k].shape) != want[k])
+    if bad:
+        raise WeightsFileError(f"{path}: not torchvision resnet50 weights (mismatched {bad[:3]})")
+    return unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()})

@@ -252,3 +252,100 @@ def test_target_recall_threshold_is_saved_and_applied_by_predict(tmp_path):
         assert (r["predicted"] == "Probable") == (r["p_Probable"] >= saved["threshold"])
     with pytest.raises(SystemExit):
         train.parser().parse_args(["--target-recall", "Probable"])  # no "=R"
+
+
+def _torchvision_resnet50(torch):
+    """torchvision's resnet50 where torchvision imports; else the same network written here with torchvision's
+    module names, layout and padding (v1.5: stride on the 3×3 convolution), so its state dict is the same."""
+    try:
+        import torchvision
+
+        return torchvision.models.resnet50(weights=None)
+    except Exception:  # absent, or a build that does not load against this torch
+        pass
+    nn = torch.nn
+
+    class Bottleneck(nn.Module):
+        def __init__(self, c_in, width, stride):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(c_in, width, 1, bias=False), nn.BatchNorm2d(width)
+            self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(width)
+            self.conv3, self.bn3 = nn.Conv2d(width, 4 * width, 1, bias=False), nn.BatchNorm2d(4 * width)
+            self.downsample = None
+            if stride != 1 or c_in != 4 * width:
+                self.downsample = nn.Sequential(nn.Conv2d(c_in, 4 * width, 1, stride, bias=False),
+                                                nn.BatchNorm2d(4 * width))
+
+        def forward(self, x):
+            y = torch.relu(self.bn1(self.conv1(x)))
+            y = torch.relu(self.bn2(self.conv2(y)))
+            y = self.bn3(self.conv3(y))
+            return torch.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+    class ResNet50(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64)
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+            c = 64
+            for i, n in enumerate((3, 4, 6, 3)):
+                width = 64 * 2**i
+                blocks = []
+                for j in range(n):
+                    blocks.append(Bottleneck(c, width, 2 if (j == 0 and i > 0) else 1))
+                    c = 4 * width
+                setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+            self.fc = nn.Linear(2048, 1000)
+
+        def forward(self, x):
+            x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
+            for i in range(1, 5):
+                x = getattr(self, f"layer{i}")(x)
+            return self.fc(x.mean(dim=(2, 3)))
+
+    return ResNet50()
+
+
+def test_torchvision_resnet50_weights_load_and_match_torchvision(tmp_path):
+    """A torchvision resnet50 state dict (random weights and BatchNorm statistics, saved with torch.save)
+    loads into ResNet50(norm="batch") and gives torchvision's logits; it then fine-tunes with frozen statistics."""
+    torch = pytest.importorskip("torch", reason="torch is not installed (pip install -e '.[bench]')")
+    from models.pretrained import load_torchvision_resnet50
+    from models.resnet import IMAGENET_MEAN, IMAGENET_STD, ResNet50
+    from training.train import create_model, create_state, get_config, make_train_step
+
+    torch.manual_seed(0)
+    net = _torchvision_resnet50(torch).eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):  # statistics that matter
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    path = tmp_path / "resnet50.pth"
+    torch.save(net.state_dict(), path)
+    params = load_torchvision_resnet50(path)
+    x = np.random.default_rng(0).uniform(0, 1, (2, 64, 64, 3)).astype(np.float32)
+    mean, std = np.array(IMAGENET_MEAN, np.float32), np.array(IMAGENET_STD, np.float32)
+    with torch.no_grad():
+        ref = net(torch.from_numpy(((x - mean) / std).transpose(0, 3, 1, 2).copy())).numpy()
+    model = ResNet50(1000, norm="batch", input_mean=IMAGENET_MEAN, input_std=IMAGENET_STD)
+    ours = np.asarray(jax.jit(jax.vmap(lambda im: model.apply({"params": params}, im)))(x))
+    assert np.linalg.norm(ours - ref) / np.linalg.norm(ref) <= 1e-4
+    # fine-tuning: new 2-class head, last 2 blocks train, BatchNorm statistics stay
+    config = get_config("lab-2020", model="resnet50", weights=str(path), rgb=True, finetune="top", image_size=32,
+                        batch_size=2)
+    net2 = create_model(config, 2)
+    state = create_state(net2, config, (32, 32, 3), key=jax.random.PRNGKey(0), backbone=params)
+    batch = {"x": x[:, :32, :32], "y": np.array([0, 1], np.int32), "w": np.ones(2, np.float32),
+             "mask": np.ones(2, np.float32)}
+    new, m = make_train_step(net2)(state, batch, jax.random.PRNGKey(1))
+    assert np.isfinite(float(m["loss"])) and new.params["logits"]["kernel"].shape == (2048, 2)
+    top, bottom = new.params["stage4_block3"], new.params["stage1_block1"]
+    assert np.array_equal(top["norm1"]["mean"], params["stage4_block3"]["norm1"]["mean"])  # statistics frozen
+    assert not np.array_equal(top["conv1"]["kernel"], params["stage4_block3"]["conv1"]["kernel"])  # top trains
+    assert np.array_equal(bottom["conv1"]["kernel"], params["stage1_block1"]["conv1"]["kernel"])  # rest frozen
+    with pytest.raises(WeightsFileError, match="not torchvision resnet50 weights|unexpected parameter name"):
+        load_torchvision_resnet50(packaged_weights_file("efficientnet_lite0"))

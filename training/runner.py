@@ -157,6 +157,10 @@ def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bo
     out = output_dir(out)
     splits = splits_for(data, config)
     backbone, feats = None, None
+    if config.model == "resnet50" and config.weights:
+        from models.pretrained import load_torchvision_resnet50
+
+        backbone = load_torchvision_resnet50(config.weights)
     if config.pretrained:
         if not config.rgb:
             raise ValueError(f"{config.model} is an RGB network: grayscale input is not supported")

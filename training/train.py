@@ -137,8 +137,12 @@ def create_model(config: TrainConfig, n_classes: int, normalization: dict | None
     if config.pretrained:
         return TransferClassifier(config.model, n_classes, feature_mean=mean, feature_std=std)
     if config.model == "resnet50":
-        from models.resnet import ResNet50
+        from models.resnet import IMAGENET_MEAN, IMAGENET_STD, ResNet50
 
+        if config.weights:  # torchvision weights: BatchNorm layout, ImageNet input normalization
+            if not config.rgb:
+                raise ValueError("torchvision resnet50 weights need RGB input: leave out --gray")
+            return ResNet50(n_classes=n_classes, norm="batch", input_mean=IMAGENET_MEAN, input_std=IMAGENET_STD)
         return ResNet50(n_classes=n_classes, input_mean=mean, input_std=std)
     if config.model == "googlenet":
         from models.googlenet import GoogLeNet
@@ -201,6 +205,10 @@ def create_state(model, config: TrainConfig, image_shape: tuple[int, int, int], 
         tx = masked_optimizer(tx, params, config.finetune, config.top_blocks)
     else:
         params = model.init({"params": key}, jnp.zeros(image_shape, jnp.float32))["params"]
+        if config.model == "resnet50" and config.weights:  # ImageNet weights, a new classifier
+            if backbone is not None:
+                params = {**params, **{k: v for k, v in backbone.items() if k != "logits"}}
+            tx = masked_optimizer(tx, params, config.finetune, config.top_blocks)
     state = TrainState.create(apply_fn=model.apply, params=params, tx=tx)
     # a typed step counter: a weakly typed Python 0 would make the second step compile again
     return state.replace(step=jnp.zeros((), jnp.int32))

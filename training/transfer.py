@@ -68,16 +68,22 @@ def trainable_mask(params, finetune: str, top_blocks: int = 2):
     """Per parameter: True if it trains. BatchNorm ``mean``/``var`` never train (inference form)."""
     if finetune not in FINETUNE:
         raise ValueError(f"unknown finetune {finetune!r}; expected one of {list(FINETUNE)}")
-    n_blocks = sum(1 for k in params.get("backbone", {}) if k.startswith("block"))
-    top = {f"block{i}" for i in range(n_blocks - top_blocks, n_blocks)} | {"conv_head", "bn_head"}
+    if "backbone" in params:  # TransferClassifier: backbone/blockN, backbone/conv_head; head
+        n_blocks = sum(1 for k in params["backbone"] if k.startswith("block"))
+        top = {f"block{i}" for i in range(n_blocks - top_blocks, n_blocks)} | {"conv_head", "bn_head"}
+    else:  # ResNet-50 (torchvision layout): stageS_blockB; logits
+        blocks = sorted((k for k in params if k.startswith("stage")),
+                        key=lambda k: tuple(int(v) for v in k.removeprefix("stage").split("_block")))
+        top = set(blocks[len(blocks) - top_blocks:])
 
     def label(path, _):
         names = [getattr(p, "key", str(p)) for p in path]
         if names[-1] in ("mean", "var"):
             return False
-        if names[0] != "backbone":
+        if names[0] in ("head", "logits"):
             return True
-        return finetune == "all" or (finetune == "top" and names[1] in top)
+        name = names[1] if names[0] == "backbone" else names[0]
+        return finetune == "all" or (finetune == "top" and name in top)
 
     return jax.tree_util.tree_map_with_path(label, params)
 
