@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
+import tempfile
 from pathlib import Path
 
+from experiments.errors import user_errors
 from training.images import Preprocess, load_unlabelled
 from training.train import load_operating_point, load_trained, make_eval_step, predict_proba
 from training.transfer import decide
@@ -38,10 +41,18 @@ def run(args: argparse.Namespace) -> list[dict]:
         rows.append(row)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["path", "predicted", *[f"p_{n}" for n in class_names]])
-        writer.writeheader()
-        writer.writerows(rows)
+    # written to a temporary file, then renamed: a failure never touches an existing CSV. File names
+    # that are not valid UTF-8 are written byte for byte (surrogateescape), not fatal.
+    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".csv.tmp")
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+            writer = csv.DictWriter(f, fieldnames=["path", "predicted", *[f"p_{n}" for n in class_names]])
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     for path, reason in images.report.skipped:
         print(f"skipped: {reason}", file=sys.stderr)
     print(f"{len(rows)} predictions written to {out}"
@@ -56,7 +67,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="predictions.csv")
     p.add_argument("--skip-bad", action="store_true")
     p.add_argument("--cache-dir")
-    run(p.parse_args(argv))
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    args = p.parse_args(argv)
+    user_errors(lambda: run(args), debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import dataclasses
 import jax
 import numpy as np
 
+from experiments.errors import user_errors
 from models.efficientnet_lite import native_size
 from training.checkpoints import write_json_atomic
 from training.data import load_dataset
@@ -161,8 +162,29 @@ def run(args: argparse.Namespace) -> dict:
             "balanced_accuracy_ci95": (lo, hi), "pooled": pooled}
 
 
+def validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Every numeric argument checked before any work: argparse's one-line ``error:`` and exit 2."""
+    import math
+
+    checks = [("--epochs", args.epochs, lambda v: v >= 1, "an integer ≥ 1"),
+              ("--batch-size", args.batch_size, lambda v: v >= 1, "an integer ≥ 1"),
+              ("--lr", args.lr, lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+              ("--image-size", args.image_size, lambda v: v >= 8, "an integer ≥ 8"),
+              ("--folds", args.folds, lambda v: v >= 1, "an integer ≥ 1 (1: one train/validation split)"),
+              ("--val-fraction", args.val_fraction, lambda v: 0 < v < 1, "a number between 0 and 1"),
+              ("--patience", args.patience, lambda v: v >= 1, "an integer ≥ 1"),
+              ("--workers", args.workers, lambda v: v >= 1, "an integer ≥ 1")]
+    for flag, value, ok, what in checks:
+        if value is not None and not ok(value):
+            p.error(f"argument {flag}: expected {what}, got {value}")
+
+
 def main(argv: list[str] | None = None) -> None:
-    run(parser().parse_args(argv))
+    p = parser()
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    args = p.parse_args(argv)
+    validate(p, args)
+    user_errors(lambda: run(args), debug=args.debug)
 
 
 if __name__ == "__main__":

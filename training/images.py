@@ -240,7 +240,8 @@ def discover(source: str | Path) -> list[tuple[Path, str]]:
 
 
 def _read_manifest(path: Path) -> list[tuple[Path, str]]:
-    with open(path, newline="") as f:
+    # utf-8-sig: spreadsheets' "CSV UTF-8" starts with a byte-order mark; the csv module handles CRLF
+    with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
             raise ValueError(f"{path}: a manifest needs the columns 'path,label', got {reader.fieldnames}")
@@ -365,9 +366,18 @@ def image_files(folder: str | Path) -> list[Path]:
 
 def load_unlabelled(folder: str | Path, pre: Preprocess, *, skip_bad: bool = False,
                     cache_dir: str | Path | None = None) -> ImageSet:
-    """Every photo under ``folder`` for prediction; each file is its own item (copies are kept, not merged)."""
-    return load_images([(f, str(f)) for f in image_files(folder)], pre, skip_bad=skip_bad,
-                       cache=ImageCache.at(cache_dir))
+    """Every photo under ``folder`` for prediction; each file is its own item: byte-identical copies are
+    decoded once and each gets its own row (listed in ``report.duplicates``)."""
+    images = load_images([(f, "") for f in image_files(folder)], pre, skip_bad=skip_bad,
+                         cache=ImageCache.at(cache_dir))
+    if images.report.duplicates:
+        row = {p: i for i, p in enumerate(images.paths)}
+        extra = [(row[kept], dup) for kept, dup in images.report.duplicates if kept in row]
+        images.x = np.concatenate([images.x, images.x[[i for i, _ in extra]]])
+        images.paths += [dup for _, dup in extra]
+        images.labels += ["" for _ in extra]
+        images.digests += [images.digests[i] for i, _ in extra]
+    return images
 
 
 def _digest_or_error(path: Path):

@@ -154,6 +154,9 @@ def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bo
               progress: bool = True, cache_dir: str | Path | None = None) -> list[dict]:
     """Fit on every outer split; each fold's folder gets split.json and its report. Returns per-fold results
     (each with ``outer_index`` and ``val_probs``, the scored fold's rows and probabilities)."""
+    if len(np.unique(data.y)) < 2:
+        raise ValueError(f"{data.source}: only one class ({data.class_names[int(data.y[0])]!r}) has images: "
+                         "a classifier needs at least two")
     out = output_dir(out)
     splits = splits_for(data, config)
     backbone, feats = None, None

@@ -150,6 +150,11 @@ def create_model(config: TrainConfig, n_classes: int, normalization: dict | None
         return GoogLeNet(n_classes=n_classes, input_mean=mean, input_std=std)
     if config.model != "model1":
         raise ValueError(f"unknown model {config.model!r}; expected one of {list(MODELS)}")
+    from models.model1 import feature_side
+
+    if feature_side(config.image_size) < 1:
+        raise ValueError(f"image size {config.image_size} is too small for Model 1 (three 2×2 pools after a "
+                         "stride-2 convolution): use --image-size 16 or more")
     return Model1(n_classes=n_classes, first_kernel=config.first_kernel, head_units=tuple(config.head_units),
                   dropout_rate=config.dropout_rate, activation=config.activation,
                   input_mean=tuple(norm["mean"]) if norm else None, input_std=tuple(norm["std"]) if norm else None)
