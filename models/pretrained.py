@@ -89,11 +89,13 @@ def _flax_name(torch_name: str) -> tuple[str, ...] | None:
     return (*prefix, layer, "kernel")
 
 
-def convert_state_dict(state: dict[str, np.ndarray]) -> dict[tuple[str, ...], np.ndarray]:
-    """PyTorch EfficientNet-Lite state dict → flat Flax parameter dict (float32)."""
+def convert_state_dict(state: dict[str, np.ndarray], name_of=None) -> dict[tuple[str, ...], np.ndarray]:
+    """PyTorch state dict → flat Flax parameter dict (float32); ``name_of`` maps a key to its Flax path
+    (None: skipped). Default: the EfficientNet-Lite names."""
+    name_of = name_of or _flax_name
     flat = {}
     for name, value in state.items():
-        path = _flax_name(name)
+        path = name_of(name)
         if path is None:
             continue
         value = np.asarray(value, np.float32)
@@ -103,16 +105,14 @@ def convert_state_dict(state: dict[str, np.ndarray]) -> dict[tuple[str, ...], np
     return flat
 
 
-def expected_shapes(variant: str, n_classes: int = 1000) -> dict[tuple[str, ...], tuple[int, ...]]:
-    model = EfficientNetLite(variant=variant, n_classes=n_classes)
-    size = native_size(variant)
+def expected_shapes(model, size: int) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """The flat parameter shapes of ``model`` on one (size, size, 3) image (traced, not computed)."""
     shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((size, size, 3))))["params"]
     return {k: tuple(v.shape) for k, v in flatten_dict(shapes).items()}
 
 
-def check_shapes(flat: dict, variant: str, source: Path) -> None:
-    """Every Flax parameter present with its shape, and nothing else; else one error naming ``source``."""
-    want = expected_shapes(variant)
+def check_shapes(flat: dict, want: dict, what: str, source: Path) -> None:
+    """Every expected parameter present with its shape, and nothing else; else one error naming ``source``."""
     missing = sorted("/".join(k) for k in set(want) - set(flat))
     extra = sorted("/".join(k) for k in set(flat) - set(want))
     wrong = sorted(f"{'/'.join(k)} {flat[k].shape} ≠ {want[k]}" for k in set(want) & set(flat)
@@ -122,7 +122,7 @@ def check_shapes(flat: dict, variant: str, source: Path) -> None:
             f"missing {missing[:3]}{' …' if len(missing) > 3 else ''}" if missing else "",
             f"unexpected {extra[:3]}{' …' if len(extra) > 3 else ''}" if extra else "",
             f"wrong shapes {wrong[:3]}" if wrong else "") if part)
-        raise WeightsFileError(f"{source}: not {variant} weights ({detail})")
+        raise WeightsFileError(f"{source}: not {what} weights ({detail})")
 
 
 def _sha256(path: Path) -> str:
@@ -144,17 +144,18 @@ def load_backbone(variant: str = "efficientnet_lite0", weights: str | Path | Non
         raise FileNotFoundError(f"weights file not found: {source}")
     digest = _sha256(source)
     cached = weights_cache_root(cache_dir) / f"{variant}-{digest}.npz"
+    want = expected_shapes(EfficientNetLite(variant=variant), native_size(variant))
     flat = None
     if cached.is_file():
         try:
             with np.load(cached, allow_pickle=False) as z:
                 flat = {tuple(k.split("/")): z[k] for k in z.files}
-            check_shapes(flat, variant, cached)
+            check_shapes(flat, want, variant, cached)
         except (OSError, ValueError):
             flat = None  # a damaged cache entry is converted again
     if flat is None:
         flat = convert_state_dict(load_state_dict(source))
-        check_shapes(flat, variant, source)
+        check_shapes(flat, want, variant, source)
         _save_npz_atomic(cached, {"/".join(k): v for k, v in flat.items()})
     return unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()}), digest
 
@@ -203,23 +204,11 @@ def load_torchvision_resnet50(path: str | Path) -> dict:
     from models.resnet import ResNet50
 
     path = Path(path)
+    state = load_state_dict(path)
     try:
-        flat = {}
-        for name, value in load_state_dict(path).items():
-            key = _torchvision_name(name)
-            if key is None:
-                continue
-            value = np.asarray(value, np.float32)
-            if key[-1] == "kernel":
-                value = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T
-            flat[key] = np.ascontiguousarray(value)
+        flat = convert_state_dict(state, _torchvision_name)
     except WeightsFileError as exc:
-        raise WeightsFileError(f"{path}: {exc}" if str(path) not in str(exc) else str(exc)) from exc
+        raise WeightsFileError(f"{path}: {exc}") from exc
     model = ResNet50(n_classes=flat.get(("logits", "bias"), np.zeros(1000)).shape[0], norm="batch")
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((64, 64, 3))))["params"]
-    want = {k: tuple(v.shape) for k, v in flatten_dict(shapes).items()}
-    bad = sorted("/".join(k) for k in set(want) ^ set(flat)) + sorted(
-        "/".join(k) for k in set(want) & set(flat) if tuple(flat[k].shape) != want[k])
-    if bad:
-        raise WeightsFileError(f"{path}: not torchvision resnet50 weights (mismatched {bad[:3]})")
+    check_shapes(flat, expected_shapes(model, 64), "torchvision resnet50", path)
     return unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()})

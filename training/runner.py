@@ -131,7 +131,7 @@ def _network_fold(data: Dataset, config: TrainConfig, tr: np.ndarray, va: np.nda
         if config.selection == "inner" else None
     if config.target_recall is not None and op is None:
         raise ValueError("a target recall needs a threshold chosen on inner data: use selection 'inner'")
-    model = create_model(config, len(data.class_names), _saved_normalization(out))
+    model = create_model(config, len(data.class_names), result["normalization"])
     eval_step = make_eval_step(model, tta_flip=config.pretrained and config.tta_flip)
     probs = predict_proba(eval_step, result["best_params"], data.x[va], batch_size=config.batch_size)
     result["metrics"] = score(data.y[va], probs, data.y[tr], data.class_names, op)
@@ -142,12 +142,6 @@ def _network_fold(data: Dataset, config: TrainConfig, tr: np.ndarray, va: np.nda
                            else f"the last epoch ({result['best_epoch']}); nothing chosen on data")
     result.pop("best_params")
     return result
-
-
-def _saved_normalization(out: Path) -> dict | None:
-    import json
-
-    return json.loads((out / "checkpoints" / "config.json").read_text()).get("normalization")
 
 
 def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bool = False,
@@ -192,7 +186,7 @@ def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bo
         result["seconds"] = time.perf_counter() - start
         result["outer_index"] = va
         saved = {"config": config.to_json(), "class_names": data.class_names,
-                 "normalization": result.get("normalization", _saved_or_none(fold_out)),
+                 "normalization": result["normalization"],
                  "operating_point": result.get("operating_point")}
         write_json_atomic(fold_out / "checkpoints" / "config.json", saved)
         what = config.model + (f" ({config.finetune})" if config.pretrained else "")
@@ -204,11 +198,6 @@ def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bo
         result["verdict"] = write_run_report(fold_out, result, data.class_names, header)
         results.append(result)
     return results
-
-
-def _saved_or_none(fold_out: Path) -> dict | None:
-    path = fold_out / "checkpoints" / "config.json"
-    return _saved_normalization(fold_out) if path.is_file() else None
 
 
 def pooled_predictions(results: list[dict], y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -424,7 +424,8 @@ def fit(
         ckpt.close()
         best_probs = predict_proba(eval_step, best_params, x_val, batch_size=config.batch_size, dp=dp)
     return {"history": history, "metrics": best_meta["metrics"], "best_epoch": best_meta["epoch"],
-            "baseline": baseline, "best_params": best_params, "val_probs": best_probs}
+            "baseline": baseline, "best_params": best_params, "val_probs": best_probs,
+            "normalization": normalization}
 
 
 def load_trained(run_dir: str | Path, which: str = "best"):

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from models.efficientnet_lite import VARIANTS, EfficientNetLite, native_size
+from models.efficientnet_lite import VARIANTS, EfficientNetLite
 
 BACKBONES = tuple(VARIANTS)
 FINETUNE = ("head", "top", "all")
@@ -299,7 +299,3 @@ def decide(probs: np.ndarray, operating_point: dict | None) -> np.ndarray:
     others = probs.copy()
     others[:, c] = -np.inf
     return np.where(probs[:, c] >= t, c, others.argmax(axis=1))
-
-
-def default_image_size(variant: str) -> int:
-    return native_size(variant)
