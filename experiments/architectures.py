@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 
+from experiments.errors import image_size, positive_int, run_command
 from training.data import load_dataset
 from training.images import Preprocess
 from training.labels import SCENARIOS
@@ -50,10 +51,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--scenario", choices=sorted(SCENARIOS))
     p.add_argument("--grouping")
-    p.add_argument("--size", type=int, default=108)
+    p.add_argument("--size", type=image_size, default=108)
     p.add_argument("--rgb", action="store_true")
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--folds", type=positive_int, default=5)
+    p.add_argument("--epochs", type=positive_int, default=30)
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-bad", action="store_true")
@@ -64,7 +65,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    run(parser().parse_args(argv))
+    run_command(parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import manual_backprop as mb
+from experiments.errors import positive_int, run_command
 from training.tables import device_description, output_dir, pyplot, time_call, write_table
 
 METHODS = ("naive chain", "cached backprop", "jax.grad")
@@ -90,12 +91,11 @@ def run(out: str, depths=(2, 4, 8, 16, 32, 64), width: int = 32, batch: int = 64
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/backprop_depth")
-    parser.add_argument("--depths", type=int, nargs="+", default=[2, 4, 8, 16, 32, 64])
-    parser.add_argument("--width", type=int, default=32)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=7)
-    args = parser.parse_args(argv)
-    run(args.out, tuple(args.depths), args.width, args.batch, args.repeats)
+    parser.add_argument("--depths", type=positive_int, nargs="+", default=[2, 4, 8, 16, 32, 64])
+    parser.add_argument("--width", type=positive_int, default=32)
+    parser.add_argument("--batch", type=positive_int, default=64)
+    parser.add_argument("--repeats", type=positive_int, default=7)
+    run_command(parser, lambda a: run(a.out, tuple(a.depths), a.width, a.batch, a.repeats), argv)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import manual_backprop as mb
+from experiments.errors import image_size, positive_int, run_command
 from training.tables import device_description, output_dir, pyplot, time_call, write_table
 
 ARCHITECTURES = {
@@ -164,13 +165,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="runs/compare_gradients", help="output folder")
     parser.add_argument("--quick", action="store_true", help="fewer timing repeats")
     parser.add_argument("--cnn", action="store_true", help="Model 1's hand-written backward instead of the MLP")
-    parser.add_argument("--image-size", type=int, default=108)
-    parser.add_argument("--batch", type=int, default=32)
-    args = parser.parse_args(argv)
-    if args.cnn:
-        run_cnn(args.out, args.image_size, args.batch, quick=args.quick)
-    else:
-        run(args.out, quick=args.quick)
+    parser.add_argument("--image-size", type=image_size, default=108)
+    parser.add_argument("--batch", type=positive_int, default=32)
+    run_command(parser, lambda a: run_cnn(a.out, a.image_size, a.batch, quick=a.quick) if a.cnn
+                else run(a.out, quick=a.quick), argv)
 
 
 if __name__ == "__main__":

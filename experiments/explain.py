@@ -15,9 +15,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from experiments.errors import run_command
 from training.explain import METHODS
 from training.images import Preprocess, load_unlabelled
-from training.tables import output_dir, pyplot
+from training.tables import atomic_open, output_dir, pyplot
 from training.train import load_trained
 
 
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         fig.savefig(png, dpi=100)
         plt.close(fig)
         rows.append({"path": path, "predicted": class_names[cls], "probability": float(probs[cls]), "png": str(png)})
-    with (out / "explanations.csv").open("w", newline="") as f:
+    with atomic_open(out / "explanations.csv", newline="", encoding="utf-8", errors="surrogateescape") as f:
         writer = csv.DictWriter(f, fieldnames=["path", "predicted", "probability", "png"])
         writer.writeheader()
         writer.writerows(rows)
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="reports/explain")
     p.add_argument("--skip-bad", action="store_true")
     p.add_argument("--cache-dir")
-    run(p.parse_args(argv))
+    run_command(p, run, argv)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@
 2. An MLP trained with the hand-written gradients on scikit-learn's digits.
 3. The lab's Model 1 CNN (Flax, Optax Adam) on the digits upscaled to 32 px, 4 epochs,
    with its report (metrics beside the majority baseline), plots and checkpoints.
+
+Running it again replaces these outputs.
 """
 
 from __future__ import annotations
@@ -14,19 +16,23 @@ import argparse
 from pathlib import Path
 
 from experiments import compare_gradients, train, train_mlp
+from experiments.errors import run_command
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/main")
-    args = p.parse_args(argv)
+    run_command(p, run, argv)
+
+
+def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     print("== 1. manual backprop vs jax.grad")
     compare_gradients.run(str(out / "compare_gradients"), quick=True)
     print("== 2. MLP on scikit-learn digits with the manual gradients")
     train_mlp.main(["--out", str(out / "train_mlp")])
     print("== 3. Model 1 CNN on the digits (32 px), Optax Adam, 4 epochs")
-    train.main(["--preset", "lab-2020", "--out", str(out / "train_cnn")])
+    train.main(["--preset", "lab-2020", "--overwrite", "--out", str(out / "train_cnn")])
     print(f"done: tables (.md, .csv) and plots (.png) under {out}/")
 
 

@@ -14,6 +14,7 @@ import time
 
 import jax
 
+from experiments.errors import positive_int, run_command
 from training.datasets import load_mnist_npz
 from training.metrics import classification_metrics
 from training.tables import device_description, output_dir, write_table
@@ -52,13 +53,12 @@ def run(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True)
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--limit", type=int, help="use only the first N training images (smoke tests)")
+    p.add_argument("--epochs", type=positive_int, default=12)
+    p.add_argument("--limit", type=positive_int, help="use only the first N training images (smoke tests)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/mnist_cnn")
     p.add_argument("--no-progress", action="store_true")
-    main_args = p.parse_args(argv)
-    run(main_args)
+    run_command(p, run, argv)
 
 
 if __name__ == "__main__":

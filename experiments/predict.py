@@ -2,7 +2,8 @@
 
     python -m experiments.predict --checkpoint runs/NAME --images DIR --out predictions.csv
 
-Columns: path, predicted label, then one probability column per class (p_<class>). A run trained with
+Columns: path (relative to DIR, as experiments.agreement matches it), predicted label, then one
+probability column per class (p_<class>). A run trained with
 --target-recall predicts its class whenever that class's probability reaches the saved threshold.
 Every file in DIR (recursively, hidden files and .md/.txt/.csv/.json aside) is read;
 an unreadable one stops the run naming it, or with --skip-bad is listed on stderr and counted.
@@ -12,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
-import tempfile
 from pathlib import Path
 
-from experiments.errors import user_errors
+from experiments.errors import run_command
 from training.images import Preprocess, load_unlabelled
+from training.tables import atomic_open
 from training.train import load_operating_point, load_trained, make_eval_step, predict_proba
 from training.transfer import decide
 
@@ -36,23 +36,17 @@ def run(args: argparse.Namespace) -> list[dict]:
               f"(chosen for recall ≥ {op['target_recall']:g})")
     rows = []
     for path, p, k in zip(images.paths, probs, predicted):
-        row = {"path": path, "predicted": class_names[int(k)]}
+        row = {"path": Path(path).relative_to(args.images).as_posix(), "predicted": class_names[int(k)]}
         row.update({f"p_{name}": float(p[i]) for i, name in enumerate(class_names)})
         rows.append(row)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     # written to a temporary file, then renamed: a failure never touches an existing CSV. File names
     # that are not valid UTF-8 are written byte for byte (surrogateescape), not fatal.
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".csv.tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
-            writer = csv.DictWriter(f, fieldnames=["path", "predicted", *[f"p_{n}" for n in class_names]])
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(out, newline="", encoding="utf-8", errors="surrogateescape") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", "predicted", *[f"p_{n}" for n in class_names]])
+        writer.writeheader()
+        writer.writerows(rows)
     for path, reason in images.report.skipped:
         print(f"skipped: {reason}", file=sys.stderr)
     print(f"{len(rows)} predictions written to {out}"
@@ -67,9 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="predictions.csv")
     p.add_argument("--skip-bad", action="store_true")
     p.add_argument("--cache-dir")
-    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    args = p.parse_args(argv)
-    user_errors(lambda: run(args), debug=args.debug)
+    run_command(p, run, argv)
 
 
 if __name__ == "__main__":

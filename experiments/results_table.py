@@ -20,6 +20,7 @@ from pathlib import Path
 
 import jax
 
+from experiments.errors import image_size, positive_int, run_command
 from training.checkpoints import write_json_atomic
 from training.data import load_dataset
 from training.images import Preprocess
@@ -109,12 +110,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="reports/results")
     p.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=sorted(SCENARIOS))
     p.add_argument("--grouping", nargs="+", help="grouping files to use instead of the scenarios")
-    p.add_argument("--sizes", nargs="+", type=int, default=[108, 224])
+    p.add_argument("--sizes", nargs="+", type=image_size, default=[108, 224])
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=sorted(CONFIGS))
     p.add_argument("--rgb", action="store_true", help="improved configuration in colour")
     p.add_argument("--model", default="model1", choices=["model1", "resnet50", "googlenet"],
                    help="the network of the lab-2020 and improved rows")
-    p.add_argument("--max-epochs", type=int, help="cap every configuration's epochs (for quick runs)")
+    p.add_argument("--max-epochs", type=positive_int, help="cap every configuration's epochs (for quick runs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-bad", action="store_true")
     p.add_argument("--cache-dir")
@@ -123,7 +124,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    run(parser().parse_args(argv))
+    run_command(parser(), run, argv)
 
 
 if __name__ == "__main__":

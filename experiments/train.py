@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 
 import jax
 import numpy as np
 
-from experiments.errors import user_errors
+from experiments.errors import fraction, image_size, positive_float, positive_int, run_command
 from models.efficientnet_lite import native_size
-from training.checkpoints import write_json_atomic
+from training.checkpoints import RunFolder, write_json_atomic
 from training.data import load_dataset
 from training.images import Preprocess
 from training.labels import SCENARIOS
@@ -34,7 +35,7 @@ from training.metrics import bootstrap_interval, classification_metrics
 from training.report import HEADLINE
 from training.results import describe
 from training.runner import pooled_predictions, run_folds
-from training.tables import output_dir, write_table
+from training.tables import write_table
 from training.train import MODELS, PRESETS, TrainConfig, get_config
 from training.transfer import BACKBONES, FINETUNE
 
@@ -66,29 +67,32 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tta", action="store_true", help="do not average each photo with its mirror image")
     p.add_argument("--target-recall", type=_target_recall, metavar="CLASS=R",
                    help="choose the probability threshold of CLASS for recall ≥ R on inner data")
-    p.add_argument("--image-size", type=int, help="square side in pixels (default: the preset's; 32 for digits "
+    p.add_argument("--image-size", type=image_size, help="square side in pixels (default: the preset's; 32 for digits "
                                                   "with Model 1)")
     p.add_argument("--rgb", action="store_true", default=None, help="keep colour")
     p.add_argument("--gray", dest="rgb", action="store_false", help="grayscale (the lab's)")
     p.add_argument("--crop", choices=["center", "squash"])
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--epochs", type=positive_int)
+    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--lr", type=positive_float)
     p.add_argument("--class-weights", choices=["balanced", "none"], help="weight the loss by inverse class frequency")
     p.add_argument("--standardize", action="store_true", default=None,
                    help="scale inputs by the training split's per-channel mean and std (saved with the model)")
     p.add_argument("--augment", action="store_true", default=None,
                    help="random crop/flip/rotation/brightness on training images")
     p.add_argument("--lr-schedule", choices=["cosine"], help="decay the learning rate to 0 over the run")
-    p.add_argument("--patience", type=int, help="early stopping: epochs without a better inner-validation macro-F1")
-    p.add_argument("--val-fraction", type=float)
-    p.add_argument("--folds", type=int, help="K > 1: stratified K-fold cross-validation (outer folds)")
+    p.add_argument("--patience", type=positive_int,
+                   help="early stopping: epochs without a better inner-validation macro-F1")
+    p.add_argument("--val-fraction", type=fraction)
+    p.add_argument("--folds", type=positive_int, help="K > 1: stratified K-fold cross-validation (outer folds)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (counted in data_report.json)")
     p.add_argument("--cache-dir", help="cache of preprocessed images, features and converted weights "
                                        "(default ~/.cache/tree-risk-jax)")
-    p.add_argument("--workers", type=int, help="decoding threads (default: all cores)")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.add_argument("--workers", type=positive_int, help="decoding threads (default: all cores)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint "
+                                                         "(same settings and data)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --out (swapped in when complete)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", default="runs/train")
     return p
@@ -114,8 +118,16 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return config
 
 
+def data_record(data) -> dict:
+    """What identifies the training data of a run: its classes, size and a digest of (image, label) pairs."""
+    pairs = sorted(f"{d} {data.class_names[int(y)]}" for d, y in zip(data.digests, data.y))
+    return {"classes": list(data.class_names), "images": len(pairs),
+            "fingerprint": hashlib.sha256("\n".join(pairs).encode()).hexdigest()}
+
+
 def run(args: argparse.Namespace) -> dict:
-    out = output_dir(args.out)
+    folder = RunFolder(args.out, resume=args.resume, overwrite=args.overwrite)
+    folder.check()  # before any work
     config = config_from_args(args)
     data = load_dataset(args.data, Preprocess(config.image_size, config.crop, config.rgb), scenario=args.scenario,
                         grouping_file=args.grouping, skip_bad=args.skip_bad, cache_dir=args.cache_dir,
@@ -123,6 +135,13 @@ def run(args: argparse.Namespace) -> dict:
     counts = {name: int(np.sum(data.y == i)) for i, name in enumerate(data.class_names)}
     print(f"{data.source}: {data.report.summary()}; classes {counts}")
     print(f"configuration: {describe(config)}")
+    with folder.writing({"config": config.to_json(), "data": data_record(data)}) as out:
+        result = _train(args, config, data, out, counts)
+    print(f"run written to {folder.target}")
+    return {**result, "out": str(folder.target)}
+
+
+def _train(args: argparse.Namespace, config: TrainConfig, data, out, counts: dict) -> dict:
     write_json_atomic(out / "data_report.json", {"source": data.source, "grouping": data.grouping.name,
                                                  "class_counts": counts, **data.report.as_dict()})
     results = run_folds(data, config, out, resume=args.resume, progress=not args.no_progress,
@@ -162,29 +181,8 @@ def run(args: argparse.Namespace) -> dict:
             "balanced_accuracy_ci95": (lo, hi), "pooled": pooled}
 
 
-def validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Every numeric argument checked before any work: argparse's one-line ``error:`` and exit 2."""
-    import math
-
-    checks = [("--epochs", args.epochs, lambda v: v >= 1, "an integer ≥ 1"),
-              ("--batch-size", args.batch_size, lambda v: v >= 1, "an integer ≥ 1"),
-              ("--lr", args.lr, lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
-              ("--image-size", args.image_size, lambda v: v >= 8, "an integer ≥ 8"),
-              ("--folds", args.folds, lambda v: v >= 1, "an integer ≥ 1 (1: one train/validation split)"),
-              ("--val-fraction", args.val_fraction, lambda v: 0 < v < 1, "a number between 0 and 1"),
-              ("--patience", args.patience, lambda v: v >= 1, "an integer ≥ 1"),
-              ("--workers", args.workers, lambda v: v >= 1, "an integer ≥ 1")]
-    for flag, value, ok, what in checks:
-        if value is not None and not ok(value):
-            p.error(f"argument {flag}: expected {what}, got {value}")
-
-
 def main(argv: list[str] | None = None) -> None:
-    p = parser()
-    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    args = p.parse_args(argv)
-    validate(p, args)
-    user_errors(lambda: run(args), debug=args.debug)
+    run_command(parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 import manual_backprop as mb
+from experiments.errors import nonnegative_float, positive_float, positive_int, run_command
 from training.datasets import ArrayData, load_digits_data, load_mnist_npz
 from training.tables import device_description, output_dir, pyplot, write_table
 
@@ -95,13 +96,13 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="MNIST .npz (x_train/y_train/x_valid/y_valid/x_test/y_test); default: digits")
     p.add_argument("--preset", choices=sorted(PRESETS), default="network")
-    p.add_argument("--hidden", type=int, nargs="+", help="hidden layer widths")
+    p.add_argument("--hidden", type=positive_int, nargs="+", help="hidden layer widths")
     p.add_argument("--activation", choices=sorted(mb.ACTIVATIONS))
     p.add_argument("--cost", choices=sorted(mb.COSTS))
-    p.add_argument("--eta", type=float)
-    p.add_argument("--lmbda", type=float, help="L2 strength λ (the term is λ/2n Σw²)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--eta", type=positive_float)
+    p.add_argument("--lmbda", type=nonnegative_float, help="L2 strength λ (the term is λ/2n Σw²)")
+    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--epochs", type=positive_int)
     p.add_argument("--weight-scale", choices=["unit", "fan_in"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/train_mlp")
@@ -110,7 +111,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    run(parser().parse_args(argv))
+    run_command(parser(), run, argv)
 
 
 if __name__ == "__main__":

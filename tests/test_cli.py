@@ -1,5 +1,6 @@
 """The command-line tools under misuse: arguments checked first, one line per user error, nothing lost."""
 
+import json
 import os
 import sys
 
@@ -100,3 +101,274 @@ def test_predict_rows_for_copies_atomic_csv_and_odd_names(tmp_path, capsys):
         predict.main(["--checkpoint", str(run), "--images", str(tmp_path / "missing"), "--out", str(out)])
     assert out.read_bytes() == before
     assert "error: image folder not found" in capsys.readouterr().err
+
+
+# ---- run folders: refused, resumed or replaced whole ----------------------------------------------------------
+
+def _train_args(root, out, tmp_path, *extra):
+    return ["--data", str(root), "--preset", "lab-2020", "--image-size", "16", "--epochs", "1", "--out", str(out),
+            "--cache-dir", str(tmp_path / "c"), "--no-progress", *extra]
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One tiny finished run (Model 1, 16 px, 1 epoch) and its photos; tests copy it before changing it."""
+    tmp = tmp_path_factory.mktemp("finished")
+    root = _photos(tmp / "photos")
+    train.main(_train_args(root, tmp / "run", tmp))
+    return tmp / "run", root
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path):
+    import shutil
+
+    run, root = finished_run
+    shutil.copytree(run, tmp_path / "run", symlinks=True)
+    return tmp_path / "run", root
+
+
+def test_a_folder_holding_a_run_is_refused_without_resume_and_nothing_is_written(run_copy, tmp_path, capsys):
+    run, root = run_copy
+    before = _snapshot(run)
+    with pytest.raises(SystemExit) as info:
+        train.main(_train_args(root, run, tmp_path, "--image-size", "20"))
+    assert info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds a training run" in err[0] and "--resume" in err[0] and "--overwrite" in err[0]
+    assert _snapshot(run) == before
+
+
+def test_resume_with_changed_settings_names_the_fields_and_changes_nothing(run_copy, tmp_path, capsys):
+    run, root = run_copy
+    before = _snapshot(run)
+    with pytest.raises(SystemExit):
+        train.main(_train_args(root, run, tmp_path, "--image-size", "20", "--lr", "0.01", "--resume"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "image_size: 16 → 20" in err[0] and "learning_rate: 0.001 → 0.01" in err[0]
+    assert _snapshot(run) == before
+
+
+def test_resume_with_other_data_is_refused(run_copy, tmp_path, capsys):
+    run, root = run_copy
+    (root / "a" / "a0.png").rename(root / "b" / "moved.png")  # one photo relabelled
+    try:
+        with pytest.raises(SystemExit):
+            train.main(_train_args(root, run, tmp_path, "--resume"))
+        assert "data fingerprint" in capsys.readouterr().err
+    finally:
+        (root / "b" / "moved.png").rename(root / "a" / "a0.png")
+
+
+def test_overwrite_replaces_the_run_whole_and_a_failure_keeps_the_old_one(run_copy, tmp_path, monkeypatch, capsys):
+    from experiments import predict
+    from training import runner
+
+    run, root = run_copy
+    (run / "notes-from-the-old-run.txt").write_text("old")
+    before = _snapshot(run)
+
+    def crash(*args, **kwargs):
+        raise ValueError("simulated failure in the middle of training")
+
+    monkeypatch.setattr(train, "run_folds", crash)
+    with pytest.raises(SystemExit):
+        train.main(_train_args(root, run, tmp_path, "--image-size", "20", "--overwrite"))
+    assert _snapshot(run) == before  # the old run, untouched
+    assert not list(run.parent.glob(".run.new-*"))  # no staging folder left
+    monkeypatch.setattr(train, "run_folds", runner.run_folds)
+    train.main(_train_args(root, run, tmp_path, "--image-size", "20", "--overwrite"))
+    assert not (run / "notes-from-the-old-run.txt").exists()
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "complete" and record["config"]["image_size"] == 20
+    predict.main(["--checkpoint", str(run), "--images", str(root), "--out", str(tmp_path / "p.csv"),
+                  "--cache-dir", str(tmp_path / "c")])
+    assert (tmp_path / "p.csv").read_text().count("\n") == 1 + 6
+
+
+def test_a_non_empty_folder_without_a_run_is_refused(tmp_path, capsys):
+    root = _photos(tmp_path / "photos")
+    out = tmp_path / "documents"
+    out.mkdir()
+    (out / "thesis.md").write_text("mine")
+    with pytest.raises(SystemExit):
+        train.main(_train_args(root, out, tmp_path))
+    assert "is not empty and holds no training run" in capsys.readouterr().err
+    assert (out / "thesis.md").read_text() == "mine" and len(list(out.iterdir())) == 1
+
+
+# ---- photos found recursively; everything left out is counted -----------------------------------------------
+
+@pytest.mark.skipif(not hasattr(os, "symlink") or sys.platform == "win32", reason="needs POSIX symbolic links")
+def test_class_folders_are_read_recursively_and_every_left_out_entry_is_reported(tmp_path):
+    from training.data import load_dataset
+    from training.images import Preprocess
+
+    root = _photos(tmp_path / "photos", n=2)
+    (root / "a" / "2021").mkdir()
+    (root / "a" / "a0.png").rename(root / "a" / "2021" / "a0.png")  # Probable/2021/*.jpg
+    (root / "a" / "x.jpg").mkdir()  # a folder named like a photo
+    (root / "a" / "broken.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (root / "a" / "loop").symlink_to(root)  # back to the data root
+    (root / "b" / "self.jpg").symlink_to(root / "b" / "self.jpg")  # a link to itself
+    (root / "b" / "notes.txt").write_text("not a photo")
+    (root / "stray.png").write_bytes((root / "b" / "b0.png").read_bytes())  # beside the class folders
+    data = load_dataset(root, Preprocess(image_size=8, rgb=True), cache_dir=tmp_path / "c", progress=False)
+    assert sorted(os.path.relpath(p, root) for p in data.paths) == ["a/2021/a0.png", "a/a1.png", "b/b0.png",
+                                                                    "b/b1.png"]
+    report = data.report.as_dict()
+    reasons = {os.path.relpath(p, root): r for p, r in report["ignored"]}
+    assert reasons["a/x.jpg"].startswith("a folder named like a photo")
+    assert reasons["a/broken.jpg"] == "broken symbolic link"
+    assert reasons["a/loop"].startswith("symbolic link loop") and reasons["b/self.jpg"] == "symbolic link loop"
+    assert reasons["b/notes.txt"].startswith("not a photo") and reasons["stray.png"] == "not in a class folder"
+    assert sum(report["ignored_counts"].values()) == len(report["ignored"]) == 6
+
+
+# ---- agreement: matched by path --------------------------------------------------------------------------------
+
+def _write_csv(path, header, rows):
+    path.write_text("\n".join([",".join(header), *[",".join(r) for r in rows]]) + "\n", encoding="utf-8")
+    return path
+
+
+def test_agreement_matches_photos_by_path_not_by_name(tmp_path):
+    from experiments import agreement
+
+    preds = _write_csv(tmp_path / "p.csv", ["path", "predicted"],
+                       [["siteA/IMG_0001.jpg", "Probable"], ["siteB/IMG_0001.jpg", "Improbable"],
+                        ["siteB/IMG_0002.jpg", "Possible"]])
+    ratings = _write_csv(tmp_path / "r.csv", ["path", "rater1"],
+                         [["siteA/IMG_0001.jpg", "Probable"], ["siteB/IMG_0001.jpg", "Improbable"],
+                          ["IMG_0002.jpg", "Possible"]])  # a unique bare name is enough
+    rows = agreement.main(["--predictions", str(preds), "--ratings", str(ratings), "--out", str(tmp_path / "o")])
+    assert rows[0]["agreement"] == 1.0 and rows[0]["cohen_kappa"] == 1.0
+
+
+def test_agreement_refuses_an_ambiguous_name_and_a_bad_map(tmp_path, capsys):
+    from experiments import agreement
+
+    preds = _write_csv(tmp_path / "p.csv", ["path", "predicted"],
+                       [["siteA/IMG_0001.jpg", "Probable"], ["siteB/IMG_0001.jpg", "Improbable"]])
+    ratings = _write_csv(tmp_path / "r.csv", ["path", "rater1"], [["IMG_0001.jpg", "Probable"]])
+    with pytest.raises(SystemExit) as info:
+        agreement.main(["--predictions", str(preds), "--ratings", str(ratings), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 1 and len(err) == 1
+    assert "'IMG_0001.jpg' matches more than one" in err[0] and "siteA/IMG_0001.jpg" in err[0] \
+        and "siteB/IMG_0001.jpg" in err[0]
+    with pytest.raises(SystemExit) as info:
+        agreement.main(["--predictions", str(preds), "--ratings", str(ratings), "--map", "Probable"])
+    assert info.value.code == 2 and "argument --map: expected OLD=NEW" in capsys.readouterr().err
+
+
+# ---- damaged checkpoints and every command's one-line errors --------------------------------------------------
+
+@pytest.mark.parametrize("damage", ["truncated-array", "garbage-config", "missing-step"])
+def test_a_damaged_checkpoint_is_named_in_one_line(damage, run_copy, tmp_path, capsys):
+    import shutil
+
+    from experiments import predict
+
+    run, root = run_copy
+    if damage == "truncated-array":
+        biggest = max((p for p in (run / "checkpoints" / "best").rglob("*") if p.is_file()),
+                      key=lambda p: p.stat().st_size)
+        with open(biggest, "r+b") as f:
+            f.truncate(biggest.stat().st_size // 3)
+        named = "checkpoints/best"
+    elif damage == "garbage-config":
+        (run / "checkpoints" / "config.json").write_text('{"config": ')
+        named = "config.json"
+    else:
+        shutil.rmtree(run / "checkpoints" / "best")
+        named = "'best' checkpoint"
+    with pytest.raises(SystemExit) as info:
+        predict.main(["--checkpoint", str(run), "--images", str(root), "--out", str(tmp_path / "p.csv")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 1 and len(err) == 1 and err[0].startswith("error: ") and named in err[0]
+    assert not (tmp_path / "p.csv").exists()
+
+
+COMMANDS = {
+    "predict": ["--checkpoint", "{missing}", "--images", "{missing}"],
+    "explain": ["--checkpoint", "{missing}", "--images", "{missing}"],
+    "agreement": ["--predictions", "{missing}", "--ratings", "{missing}"],
+    "mnist_cnn": ["--data", "{missing}", "--epochs", "1"],
+    "train_mlp": ["--data", "{missing}", "--epochs", "1"],
+    "architectures": ["--data", "{missing}", "--epochs", "1", "--folds", "2"],
+    "results_table": ["--data", "{missing}", "--max-epochs", "1"],
+    "train": ["--data", "{missing}"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_names_a_missing_file_in_one_line(command, tmp_path, capsys):
+    import importlib
+
+    module = importlib.import_module(f"experiments.{command}")
+    missing = str(tmp_path / "no-such-file")
+    argv = [a.format(missing=missing) for a in COMMANDS[command]] + ["--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as info:
+        module.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 1 and len(err) == 1 and err[0].startswith("error: ") and missing in err[0]
+
+
+@pytest.mark.parametrize(("command", "argv"), [
+    ("train_mlp", ["--eta", "nan"]), ("train_mlp", ["--batch-size", "0"]),
+    ("mnist_cnn", ["--data", "x", "--epochs", "0"]),
+    ("compare_gradients", ["--batch", "-3"]), ("backprop_depth", ["--depths", "0"]),
+    ("architectures", ["--data", "x", "--size", "4"]), ("results_table", ["--data", "x", "--sizes", "0"]),
+], ids=["mlp-eta-nan", "mlp-batch-0", "mnist-epochs-0", "compare-batch-negative", "depth-0", "arch-size-4",
+        "table-size-0"])
+def test_bad_arguments_of_every_command_exit_2_before_any_work(command, argv, tmp_path, capsys):
+    import importlib
+
+    module = importlib.import_module(f"experiments.{command}")
+    with pytest.raises(SystemExit) as info:
+        module.main([*argv, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and "error: argument " + argv[-2] in err[-1]
+    assert not (tmp_path / "out").exists()
+
+
+def test_sigkill_at_a_random_point_then_resume_gives_the_uninterrupted_losses(tmp_path):
+    """Training is killed (SIGKILL: no cleanup runs) at a random moment, possibly inside a checkpoint write;
+    ``--resume`` then finishes with exactly the losses of a run that was never interrupted."""
+    import signal
+    import subprocess
+    import time
+
+    root = _photos(tmp_path / "photos", n=8)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": repo, "JAX_PLATFORMS": "cpu"}
+
+    def command(out, *extra):
+        return [sys.executable, "-m", "experiments.train", "--data", str(root), "--preset", "lab-2020",
+                "--image-size", "16", "--epochs", "8", "--batch-size", "4", "--out", str(out),
+                "--cache-dir", str(tmp_path / "c"), "--no-progress", *extra]
+
+    start = time.perf_counter()
+    subprocess.run(command(tmp_path / "whole"), env=env, cwd=repo, check=True, capture_output=True)
+    duration = time.perf_counter() - start
+    seed = int.from_bytes(os.urandom(4), "little")
+    delay = np.random.default_rng(seed).uniform(0.3 * duration, duration)
+    proc = subprocess.Popen(command(tmp_path / "killed"), env=env, cwd=repo, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = subprocess.run(command(tmp_path / "killed", "--resume"), env=env, cwd=repo, capture_output=True,
+                             text=True)
+    assert resumed.returncode == 0, f"kill after {delay:.2f} s (seed {seed}): {resumed.stderr[-2000:]}"
+    whole = json.loads((tmp_path / "whole" / "history.json").read_text())
+    again = json.loads((tmp_path / "killed" / "history.json").read_text())
+    assert [h["epoch"] for h in again] == list(range(1, 9))
+    np.testing.assert_allclose([h["train_loss"] for h in again], [h["train_loss"] for h in whole], rtol=1e-6,
+                               err_msg=f"killed after {delay:.2f} s of {duration:.2f} s (seed {seed})")
+    assert json.loads((tmp_path / "killed" / "run.json").read_text())["status"] == "complete"

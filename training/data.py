@@ -68,9 +68,14 @@ def load_dataset(
         if scenario or grouping_file:
             raise ValueError("--scenario/--grouping apply to photo labels; the digits default has none")
         return digits_images(pre)
-    items = discover(source)
+    ignored: list[tuple[str, str]] = []
+    items = discover(source, ignored=ignored)
+    labels = sorted({label for _, label in items})
+    if len(labels) < 2:  # before any decoding
+        raise ValueError(f"{source}: only one class ({labels[0]!r}) has images: a classifier needs at least two")
     images = load_images(items, pre, skip_bad=skip_bad, cache=ImageCache.at(cache_dir), workers=workers,
                          progress=progress)
+    images.report.ignored = ignored
     grouping = get_grouping(scenario, grouping_file, images.labels)
     index, excluded = grouping.resolve(images.labels)
     images.report.excluded = excluded

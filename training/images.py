@@ -21,10 +21,12 @@ skipped and listed in the :class:`LoadReport`. Pillow's decompression-bomb limit
 
 from __future__ import annotations
 
+import collections
 import csv
+import errno
 import hashlib
 import os
-import tempfile
+import stat
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,6 +37,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 CACHE_VERSION = "v1"
 NOT_IMAGES = {".md", ".txt", ".csv", ".json", ".toml"}  # files in photo folders that are not photos
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".hif", ".tif", ".tiff", ".bmp", ".gif"}
 
 
 class BadImageError(ValueError):
@@ -179,15 +182,10 @@ class ImageCache:
 
 def save_npy_atomic(path: Path, arr: np.ndarray) -> None:
     """``np.save`` to a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from training.tables import atomic_open
+
+    with atomic_open(path, "wb") as f:
+        np.save(f, arr)
 
 
 @dataclass
@@ -200,6 +198,7 @@ class LoadReport:
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # (kept, duplicate)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     excluded: dict[str, int] = field(default_factory=dict)  # label -> count left out by the grouping
+    ignored: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): entries not read as photos
 
     def summary(self) -> str:
         parts = [f"{self.found} files found", f"{self.loaded} images loaded ({self.cache_hits} from cache)"]
@@ -207,6 +206,9 @@ class LoadReport:
             parts.append(f"{len(self.duplicates)} exact duplicates kept once")
         if self.skipped:
             parts.append(f"{len(self.skipped)} bad files skipped")
+        if self.ignored:
+            parts.append(f"{len(self.ignored)} entries left out ({_counts(r for _, r in self.ignored)}; "
+                         "listed in data_report.json)")
         if self.excluded:
             parts.append("excluded by grouping: " + ", ".join(f"{k} {v}" for k, v in sorted(self.excluded.items())))
         return "; ".join(parts)
@@ -216,25 +218,102 @@ class LoadReport:
             "found": self.found, "loaded": self.loaded, "cache_hits": self.cache_hits,
             "duplicates": [list(d) for d in self.duplicates], "skipped": [list(s) for s in self.skipped],
             "excluded": dict(self.excluded),
+            "ignored_counts": dict(collections.Counter(_reason_kind(r) for _, r in self.ignored)),
+            "ignored": [list(i) for i in self.ignored],
         }
 
 
-def discover(source: str | Path) -> list[tuple[Path, str]]:
-    """``(path, label)`` for every file under a label-per-subfolder folder or in a CSV manifest."""
+def _reason_kind(reason: str) -> str:
+    return reason.split(" (")[0]
+
+
+def _counts(reasons: Iterable[str]) -> str:
+    return ", ".join(f"{n} {k}" for k, n in sorted(collections.Counter(map(_reason_kind, reasons)).items()))
+
+
+def _entries(folder: Path, ignored: list[tuple[str, str]]) -> list[tuple[Path, str]]:
+    """``(path, "dir" | "file")`` for the entries of ``folder`` that may hold or be photos (links
+    followed); every other entry is appended to ``ignored`` with its reason."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as exc:
+        ignored.append((str(folder), f"folder cannot be read ({exc.strerror or exc})"))
+        return []
+    kept = []
+    for e in entries:
+        path = Path(e.path)
+        if e.name.startswith("."):
+            ignored.append((str(path), "hidden"))
+            continue
+        try:
+            mode = path.stat().st_mode  # follows links
+        except OSError as exc:
+            ignored.append((str(path), "symbolic link loop" if exc.errno == errno.ELOOP
+                            else "broken symbolic link" if e.is_symlink()
+                            else f"cannot be read ({exc.strerror or exc})"))
+            continue
+        if stat.S_ISDIR(mode):
+            kept.append((path, "dir"))
+        elif not stat.S_ISREG(mode):
+            ignored.append((str(path), "not a regular file"))
+        elif path.suffix.lower() in NOT_IMAGES:
+            ignored.append((str(path), f"not a photo ({path.suffix.lower()})"))
+        else:
+            kept.append((path, "file"))
+    return kept
+
+
+def walk_files(folder: str | Path, ignored: list[tuple[str, str]], *, within: str | Path | None = None) -> list[Path]:
+    """Every candidate photo under ``folder``, recursively, sorted by path.
+
+    Symbolic links are followed. Appended to ``ignored`` as ``(path, reason)``: hidden entries,
+    non-photo files (.md/.txt/.csv/.json/.toml), special files, broken links, link loops (a link
+    back to a folder above it), unreadable folders, and folders named like photos (``x.jpg/``,
+    whose files are still read). ``within``: a folder above ``folder`` (the data root) that a link
+    back to also counts as a loop.
+    """
+    files: list[Path] = []
+
+    def visit(d: Path, ancestors: frozenset[str]) -> None:
+        for path, kind in _entries(d, ignored):
+            if kind == "file":
+                files.append(path)
+                continue
+            real = os.path.realpath(path)
+            if real in ancestors:
+                ignored.append((str(path), f"symbolic link loop (back to {real})"))
+                continue
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                ignored.append((str(path), "a folder named like a photo (its files are read)"))
+            visit(path, ancestors | {real})
+
+    visit(Path(folder), frozenset({os.path.realpath(folder)} | ({os.path.realpath(within)} if within else set())))
+    return files
+
+
+def discover(source: str | Path, *, ignored: list[tuple[str, str]] | None = None) -> list[tuple[Path, str]]:
+    """``(path, label)`` for every file under a label-per-subfolder folder or in a CSV manifest.
+
+    A folder's labels are its top-level subfolders, read recursively (``Probable/2021/x.jpg`` is
+    Probable). Entries left out (see :func:`walk_files`; also files beside the class folders) are
+    appended to ``ignored`` as ``(path, reason)``. A class folder without photos raises.
+    """
     source = Path(source)
     if not source.exists():
         raise FileNotFoundError(f"data not found: {source}")
     if source.is_file():
         return _read_manifest(source)
-    items = []
-    class_dirs = sorted(d for d in source.iterdir() if d.is_dir() and not d.name.startswith("."))
+    ignored = [] if ignored is None else ignored
+    top = _entries(source, ignored)
+    ignored.extend((str(path), "not in a class folder") for path, kind in top if kind == "file")
+    class_dirs = [path for path, kind in top if kind == "dir"]
     if not class_dirs:
         raise ValueError(f"{source}: no class subfolders (expected one folder per label, e.g. Probable/)")
+    items = []
     for d in class_dirs:
-        files = sorted(f for f in d.iterdir() if f.is_file() and not f.name.startswith(".")
-                       and f.suffix.lower() not in NOT_IMAGES)
+        files = walk_files(d, ignored, within=source)
         if not files:
-            raise ValueError(f"class folder {d} is empty: add photos or remove the folder")
+            raise ValueError(f"class folder {d} is empty (no photos in it or below it): add photos or remove it")
         items.extend((f, d.name) for f in files)
     return items
 
@@ -352,15 +431,18 @@ def load_images(
     return ImageSet(x, labels, paths, kept_digests, report)
 
 
-def image_files(folder: str | Path) -> list[Path]:
-    """Every file under ``folder`` (recursively), hidden files and .md/.txt/.csv/.json/.toml aside."""
+def image_files(folder: str | Path, *, ignored: list[tuple[str, str]] | None = None) -> list[Path]:
+    """Every candidate photo under ``folder`` (recursively, see :func:`walk_files`); entries left out are
+    appended to ``ignored``."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
-                   and p.suffix.lower() not in NOT_IMAGES)
+    left_out: list[tuple[str, str]] = []
+    files = walk_files(folder, left_out)
+    if ignored is not None:
+        ignored.extend(left_out)
     if not files:
-        raise ValueError(f"{folder}: no image files found")
+        raise ValueError(f"{folder}: no image files found ({len(left_out)} entries left out)")
     return files
 
 
@@ -368,8 +450,10 @@ def load_unlabelled(folder: str | Path, pre: Preprocess, *, skip_bad: bool = Fal
                     cache_dir: str | Path | None = None) -> ImageSet:
     """Every photo under ``folder`` for prediction; each file is its own item: byte-identical copies are
     decoded once and each gets its own row (listed in ``report.duplicates``)."""
-    images = load_images([(f, "") for f in image_files(folder)], pre, skip_bad=skip_bad,
+    ignored: list[tuple[str, str]] = []
+    images = load_images([(f, "") for f in image_files(folder, ignored=ignored)], pre, skip_bad=skip_bad,
                          cache=ImageCache.at(cache_dir))
+    images.report.ignored = ignored
     if images.report.duplicates:
         row = {p: i for i, p in enumerate(images.paths)}
         extra = [(row[kept], dup) for kept, dup in images.report.duplicates if kept in row]

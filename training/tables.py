@@ -2,14 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
 import statistics
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import jax
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
+    """Open a temporary file beside ``path`` for writing; on success rename it over ``path``.
+
+    A failure (or a kill) never leaves ``path`` cut short: it keeps its old content or is absent.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **kwargs) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def output_dir(path: str | Path) -> Path:
@@ -50,8 +71,9 @@ def write_table(
     """Write ``name.md`` (title, table, notes) and ``name.csv`` into ``out``; return both paths."""
     columns = list(columns or (rows[0].keys() if rows else []))
     md_path, csv_path = out / f"{name}.md", out / f"{name}.csv"
-    md_path.write_text(f"# {title}\n\n{markdown_table(rows, columns)}\n{notes}".rstrip() + "\n")
-    with csv_path.open("w", newline="") as f:
+    with atomic_open(md_path, encoding="utf-8") as f:
+        f.write(f"# {title}\n\n{markdown_table(rows, columns)}\n{notes}".rstrip() + "\n")
+    with atomic_open(csv_path, newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from flax.training import train_state
 
 from models.model1 import Model1
 from training.augment import Augment, augment_batch
-from training.checkpoints import Checkpoints, write_json_atomic
+from training.checkpoints import Checkpoints, read_json, write_json_atomic
 from training.devices import DataParallel
 from training.metrics import classification_metrics, majority_baseline
 from training.tables import write_table
@@ -428,29 +427,38 @@ def fit(
             "normalization": normalization}
 
 
-def load_trained(run_dir: str | Path, which: str = "best"):
-    """``(model, params, config, class_names)`` of a finished run."""
+def _run_config(run_dir: str | Path) -> tuple[Path, dict]:
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder not found: {run_dir}")
     ckpt_dir = run_dir / "checkpoints" if (run_dir / "checkpoints").is_dir() else run_dir
     config_path = ckpt_dir / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"no checkpoint config at {config_path}: is {run_dir} a training run folder?")
-    saved = json.loads(config_path.read_text())
-    config, class_names = TrainConfig.from_json(saved["config"]), saved["class_names"]
+    saved = read_json(config_path, "a run's saved configuration")
+    if not isinstance(saved, dict) or "config" not in saved or "class_names" not in saved:
+        raise ValueError(f"{config_path}: not a run configuration written by experiments.train")
+    return ckpt_dir, saved
+
+
+def load_trained(run_dir: str | Path, which: str = "best"):
+    """``(model, params, config, class_names)`` of a finished run; a damaged one raises naming the file."""
+    ckpt_dir, saved = _run_config(run_dir)
+    try:
+        config, class_names = TrainConfig.from_json(saved["config"]), saved["class_names"]
+    except (TypeError, KeyError) as exc:
+        raise ValueError(f"{ckpt_dir / 'config.json'}: not a valid run configuration ({exc})") from exc
     model = create_model(config, len(class_names), saved.get("normalization"))
     shape = (config.image_size, config.image_size, 3 if config.rgb else 1)
     template = create_state(model, config, shape, key=jax.random.PRNGKey(0))
     ckpt = Checkpoints(ckpt_dir)
-    state, _ = ckpt.restore(which, template)
-    ckpt.close()
+    try:
+        state, _ = ckpt.restore(which, template)
+    finally:
+        ckpt.close()
     return model, state.params, config, class_names
 
 
 def load_operating_point(run_dir: str | Path) -> dict | None:
     """The threshold rule saved by a run trained with a target recall, or None."""
-    run_dir = Path(run_dir)
-    ckpt_dir = run_dir / "checkpoints" if (run_dir / "checkpoints").is_dir() else run_dir
-    path = ckpt_dir / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint config at {path}: is {run_dir} a training run folder?")
-    return json.loads(path.read_text()).get("operating_point")
+    return _run_config(run_dir)[1].get("operating_point")
