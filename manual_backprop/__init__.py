@@ -21,11 +21,13 @@ from manual_backprop.network import (
     batch_gradients_matrix,
     cost_with_manual_grad,
     example_cost,
+    example_deltas,
     feedforward,
     forward,
     init_mlp,
     layer_sizes,
     naive_gradients,
+    value_and_batch_gradients,
     value_and_gradients,
 )
 from manual_backprop.sgd import METHODS, EpochRecord, accuracy, one_hot, sgd_epoch, sgd_step, train
@@ -45,6 +47,7 @@ __all__ = [
     "batch_gradients_matrix",
     "cost_with_manual_grad",
     "example_cost",
+    "example_deltas",
     "feedforward",
     "forward",
     "get_activation",
@@ -57,5 +60,6 @@ __all__ = [
     "sgd_step",
     "softmax",
     "train",
+    "value_and_batch_gradients",
     "value_and_gradients",
 ]

@@ -97,20 +97,97 @@ def model1_example_grads(params: dict, x: Array, label: Array, model, *, weight:
     return weight * loss, model1_backward(dlogits, caches)
 
 
+def _vmap_with_static(f, *args, in_axes):
+    """``jax.vmap(f)`` for an ``f`` whose output also holds Python constants (layer kinds, strides,
+    shapes): the arrays get the batch axis, the constants are returned once, as they are."""
+    static: dict = {}
+
+    def arrays_only(*a):
+        leaves, static["treedef"] = jax.tree_util.tree_flatten(f(*a))
+        static["is_array"] = [isinstance(leaf, jax.Array) for leaf in leaves]
+        static["leaves"] = [None if arr else leaf for leaf, arr in zip(leaves, static["is_array"])]
+        return [leaf for leaf, arr in zip(leaves, static["is_array"]) if arr]
+
+    arrays = iter(jax.vmap(arrays_only, in_axes=in_axes)(*args))
+    leaves = [next(arrays) if arr else leaf for leaf, arr in zip(static["leaves"], static["is_array"])]
+    return jax.tree_util.tree_unflatten(static["treedef"], leaves)
+
+
+def model1_batch_backward(params: dict, dlogits: Array, caches: list) -> dict:
+    """∂C/∂params summed over the minibatch from ``dlogits`` (N, n_classes) and the batched caches.
+
+    Element-wise layers (ReLU, dropout) apply their rule to the whole batch; max-pool runs its
+    per-image rule under ``vmap``; dense and convolution layers form each gradient as one
+    contraction over the batch (:func:`layers.dense_backward_batch`,
+    :func:`layers.conv2d_backward_batch`), so no per-image gradient is built and summed.
+    """
+    grads: dict = {}
+    delta = dlogits
+    for kind, name, cache in reversed(caches):
+        if kind == "conv":
+            x, _, stride, pads = cache  # the kernel is read from params, not from the batched cache
+            delta, grads[name] = layers.conv2d_backward_batch(delta, x, params[name]["kernel"], stride, pads,
+                                                              input_grad=name != "conv1")
+        elif kind == "dense":
+            delta, grads[name] = layers.dense_backward_batch(delta, cache[0], params[name]["kernel"])
+        elif kind == "pool":
+            mask, shape = cache
+            delta = jax.vmap(lambda d, m, shape=shape: layers.max_pool_backward(d, (m, shape))[0])(delta, mask)
+        elif kind == "flatten":
+            delta = delta.reshape((delta.shape[0], *cache))
+        else:  # relu, dropout: element-wise, any shape
+            delta = BACKWARD[kind](delta, cache)[0]
+    return grads
+
+
 def model1_batch_grads(params: dict, X: Array, labels: Array, model, *, weights: Array | None = None,
                        mask: Array | None = None, train: bool = False, keys: Array | None = None
                        ) -> tuple[Array, dict]:
-    """Mean loss and mean gradients over the batch (``mask`` zero rows are padding), by ``jax.vmap``."""
+    """Mean loss and mean gradients over the batch (``mask`` zero rows are padding).
+
+    The forward pass is written for one image and vmapped (:func:`model1_forward`); the loss's
+    δ^L = w (softmax(z) − y) / Σ mask is formed per image; then the backward pass runs over the
+    whole minibatch (:func:`model1_batch_backward`), each gradient one contraction over the
+    batch. Equal to the mean of :func:`model1_example_grads` over the images.
+    """
     n = X.shape[0]
     weights = jnp.ones((n,), X.dtype) if weights is None else weights
     mask = jnp.ones((n,), X.dtype) if mask is None else mask
     if keys is None:
-        losses, grads = jax.vmap(
-            lambda x, y, w: model1_example_grads(params, x, y, model, weight=w, train=False)
-        )(X, labels, weights * mask)
+        logits, caches = _vmap_with_static(lambda x: model1_forward(params, x, model), X, in_axes=0)
     else:
-        losses, grads = jax.vmap(
-            lambda x, y, w, k: model1_example_grads(params, x, y, model, weight=w, train=train, key=k)
-        )(X, labels, weights * mask, keys)
+        logits, caches = _vmap_with_static(lambda x, k: model1_forward(params, x, model, train=train, key=k),
+                                           X, keys, in_axes=(0, 0))
+    losses, ce_caches = jax.vmap(layers.softmax_cross_entropy_forward)(logits, labels)
     denom = jnp.maximum(jnp.sum(mask), 1.0)
-    return jnp.sum(losses) / denom, jax.tree_util.tree_map(lambda g: jnp.sum(g, axis=0) / denom, grads)
+    scale = weights * mask / denom  # ∂(mean loss)/∂(per-image loss)
+    dlogits = jax.vmap(layers.softmax_cross_entropy_backward)(scale.astype(logits.dtype), ce_caches)[0]
+    return jnp.sum(losses * weights * mask) / denom, model1_batch_backward(params, dlogits, caches)
+
+
+def model1_loss_with_manual_grad(params: dict, X: Array, labels: Array, model, *, weights: Array | None = None,
+                                 mask: Array | None = None, train: bool = False, keys: Array | None = None
+                                 ) -> Array:
+    """The mean loss of :func:`model1_batch_grads`, whose derivative in ``params`` is the hand-written one.
+
+    A ``jax.custom_vjp``: ``jax.grad`` of this function (inside Optax, a jitted train step, …)
+    runs :func:`model1_batch_grads` instead of autodiff. Only ``params`` may be differentiated:
+    the images, labels, weights and keys are constants of the rule.
+    """
+
+    def batch(p):
+        return model1_batch_grads(p, X, labels, model, weights=weights, mask=mask, train=train, keys=keys)
+
+    @jax.custom_vjp
+    def loss(p):
+        return batch(p)[0]
+
+    def loss_fwd(p):
+        value, nabla = batch(p)
+        return value, nabla
+
+    def loss_bwd(nabla, g):
+        return (jax.tree_util.tree_map(lambda n: g * n, nabla),)
+
+    loss.defvjp(loss_fwd, loss_bwd)
+    return loss(params)

@@ -175,3 +175,44 @@ def softmax_cross_entropy_backward(dout: Array, cache: Cache) -> tuple[Array, di
     """δ^L = ∂C/∂z = softmax(z) − y (times the incoming scalar ∂/∂C)."""
     p, y = cache
     return dout * (p - y), {}
+
+
+# ---- the same rules over a whole minibatch (leading axis N): one contraction over the batch per gradient ----
+
+def conv2d_backward_batch(dout: Array, x: Array, K: Array, stride: int, pads: tuple[int, int, int, int], *,
+                          input_grad: bool = True) -> tuple[Array | None, dict]:
+    """:func:`conv2d_backward` for a minibatch ``x`` (N, H, W, C_in), ``dout`` (N, oh, ow, C_out).
+
+    The kernel gradient is summed over the batch inside one correlation, the batch axis being
+    contracted like the spatial ones:
+
+        ∂C/∂K[i, j, c, o] = Σ_{n,y,x} x̃[n, s·y + i, s·x + j, c] δ[n, y, x, o]
+
+    (x̃ with its channels as the convolution's batch and its images as the contracted feature),
+    and ∂C/∂x is the full correlation of the dilated δ with the flipped kernel, for all images at
+    once. No per-image kernel gradient is formed.
+    """
+    s, (pt, pb, pl, pr) = stride, pads
+    k_h, k_w = K.shape[:2]
+    H, W = x.shape[1:3]
+    oh, ow = dout.shape[1:3]
+    # rows/columns of x̃ that no window reaches get no gradient: trimmed from the high padding
+    extra_h = H + pt + pb - ((oh - 1) * s + k_h)
+    extra_w = W + pl + pr - ((ow - 1) * s + k_w)
+    # ∂C/∂K: the roles are given by dimension numbers, not by copies: in x the channel axis plays the
+    # batch and the image axis the contracted feature; δ is the "kernel", dilated by s; out (k_h, k_w, C_in, C_out)
+    dK = jax.lax.conv_general_dilated(x, dout, window_strides=(1, 1), padding=((pt, pb - extra_h), (pl, pr - extra_w)),
+                                      rhs_dilation=(s, s), dimension_numbers=("CHWN", "IHWO", "HWNC"))
+    db = jnp.sum(dout, axis=(0, 1, 2))
+    if not input_grad:
+        return None, {"kernel": dK, "bias": db}
+    # ∂C/∂x: δ dilated by s, fully correlated with the flipped kernel whose C_in/C_out roles swap ("HWOI")
+    dx_pad = jax.lax.conv_general_dilated(dout, K[::-1, ::-1], window_strides=(1, 1),
+                                          padding=((k_h - 1, k_h - 1 + extra_h), (k_w - 1, k_w - 1 + extra_w)),
+                                          lhs_dilation=(s, s), dimension_numbers=("NHWC", "HWOI", "NHWC"))
+    return dx_pad[:, pt:pt + H, pl:pl + W], {"kernel": dK, "bias": db}
+
+
+def dense_backward_batch(dout: Array, x: Array, K: Array) -> tuple[Array, dict]:
+    """:func:`dense_backward` for rows ``x`` (N, n_in), ``dout`` (N, n_out): ∂C/∂K = Σ_n x_n δ_nᵀ = Xᵀ Δ."""
+    return dout @ K.T, {"kernel": x.T @ dout, "bias": jnp.sum(dout, axis=0)}

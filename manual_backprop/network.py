@@ -189,6 +189,27 @@ def backprop(
     return nabla
 
 
+def example_deltas(
+    params: Params, x: Array, y: Array, *, activation: str = "sigmoid", cost: str = "half_sse"
+) -> tuple[list[Array], list[Array], Array]:
+    """The forward cache and the δ recursion for one example, without forming any outer product.
+
+    Returns ``(deltas, activations, C_x)`` with ``deltas == [δ^1, …, δ^L]``,
+    ``activations == [a^0, …, a^{L-1}]`` (the inputs of each layer) and the example's cost.
+    :func:`backprop` would then form ``δ^l (a^{l-1})ᵀ``; :func:`batch_gradients` instead
+    contracts the whole minibatch's δ's and a's at once.
+    """
+    sigma_prime = get_activation(activation).sigma_prime
+    c = get_cost(cost)
+    zs, activations = forward(params, x, activation=activation, cost=cost)
+    L = len(params)
+    deltas: list = [None] * L
+    deltas[L - 1] = c.delta(zs[-1], activations[-1], y, sigma_prime)  # δ^L
+    for l in range(L - 1, 0, -1):
+        deltas[l - 1] = (params[l][0].T @ deltas[l]) * sigma_prime(zs[l - 1])  # δ^l
+    return deltas, activations[:-1], c.value(zs[-1], activations[-1], y)
+
+
 def batch_gradients(
     params: Params,
     X: Array,
@@ -198,14 +219,39 @@ def batch_gradients(
     cost: str = "half_sse",
     weights: Array | None = None,
 ) -> Params:
-    """Mean over the minibatch of :func:`backprop`, by ``jax.vmap`` over its rows.
+    """Mean over the minibatch of :func:`backprop`: the per-example rule ``jax.vmap``-ped over its rows.
 
-    ``∂C/∂W^l = (1/m) Σ_x δ^{x,l} (a^{x,l-1})ᵀ`` (weighted mean with ``weights``).
+    The forward pass and the δ recursion are written for one example (:func:`example_deltas`)
+    and vmapped; the mean of the outer products is then one contraction over the batch axis,
+
+        ∂C/∂W^l = (1/m) Σ_x δ^{x,l} (a^{x,l-1})ᵀ,    ∂C/∂b^l = (1/m) Σ_x δ^{x,l}
+
+    (weights ``w_x``: ``Σ_x w_x … / Σ_x w_x``), so no (m, n_l, n_{l-1}) stack of per-example
+    gradients is ever built. Equal to the mean of :func:`backprop` over the rows.
     """
+    return value_and_batch_gradients(params, X, Y, activation=activation, cost=cost, weights=weights)[1]
+
+
+def value_and_batch_gradients(
+    params: Params,
+    X: Array,
+    Y: Array,
+    *,
+    activation: str = "sigmoid",
+    cost: str = "half_sse",
+    weights: Array | None = None,
+) -> tuple[Array, Params]:
+    """``(C, ∂C/∂params)`` of :func:`batch_gradients`, the cost from the same vmapped forward pass."""
     _check_batch(params, X, Y, weights)
-    per_example = jax.vmap(partial(backprop, activation=activation, cost=cost), in_axes=(None, 0, 0))
-    nabla = per_example(params, X, Y)
-    return jax.tree_util.tree_map(lambda g: _weighted_mean(g, weights), nabla)
+    per_example = jax.vmap(partial(example_deltas, activation=activation, cost=cost), in_axes=(None, 0, 0))
+    deltas, activations, costs = per_example(params, X, Y)  # each with a leading batch axis m
+    if weights is None:
+        scale = jnp.full((X.shape[0],), 1.0 / X.shape[0], X.dtype)
+    else:
+        scale = weights.astype(X.dtype) / jnp.sum(weights.astype(X.dtype))
+    # one contraction over the batch axis per layer: Σ_x (w_x δ^x) (a^x)ᵀ / Σ w  ==  (w ⊙ Δ)ᵀ A
+    nabla = [((scale[:, None] * delta).T @ a, scale @ delta) for delta, a in zip(deltas, activations)]
+    return scale @ costs, nabla
 
 
 def batch_gradients_matrix(

@@ -91,4 +91,4 @@ def describe(config: TrainConfig) -> dict:
     return {k: v for k, v in dataclasses.asdict(config).items()
             if k in ("model", "finetune", "image_size", "rgb", "augment", "class_weights", "standardize",
                      "learning_rate", "lr_schedule", "epochs", "patience", "folds", "selection", "tta_flip",
-                     "target_recall")}
+                     "target_recall", "grad")}

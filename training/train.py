@@ -74,6 +74,9 @@ class TrainConfig:
     head_steps: int = 300
     inner_folds: int = 4
     target_recall: tuple[str, float] | None = None  # (class, recall): the operating point's threshold
+    # "autodiff" (jax.grad) or "manual": Model 1's hand-written backward (manual_backprop.cnn) through a
+    # jax.custom_vjp; the optimizer and the jitted step are the same
+    grad: str = "autodiff"
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -225,13 +228,35 @@ def example_loss(model: Model1, params, x: jax.Array, label: jax.Array, weight: 
     return weight * (jax.nn.logsumexp(logits) - logits[label]), logits
 
 
-def make_batch_loss(model, augment: Augment | None = None):
-    """``batch_loss(params, batch, key) = Σ_i m_i ℓ_i / Σ_i m_i``, the per-image loss vmapped over the batch."""
+GRADS = ("autodiff", "manual")
+
+
+def check_grad(model, grad: str) -> None:
+    """``grad="manual"`` needs the network written by hand: Model 1 with ReLU."""
+    if grad not in GRADS:
+        raise ValueError(f"unknown gradient {grad!r}; expected one of {list(GRADS)}")
+    if grad == "manual" and not (isinstance(model, Model1) and model.activation == "relu"):
+        raise ValueError(f"--grad manual is written for Model 1 with ReLU, not {type(model).__name__}"
+                         + (f" with {model.activation}" if isinstance(model, Model1) else ""))
+
+
+def make_batch_loss(model, augment: Augment | None = None, *, grad: str = "autodiff"):
+    """``batch_loss(params, batch, key) = Σ_i m_i ℓ_i / Σ_i m_i``, the per-image loss vmapped over the batch.
+
+    ``grad="manual"``: the same loss, whose ``jax.grad`` is Model 1's hand-written backward
+    (:func:`manual_backprop.cnn.model1_loss_with_manual_grad`).
+    """
+    check_grad(model, grad)
 
     def batch_loss(params, batch, key):
         key_aug, key_drop = jax.random.split(key)
         x = batch["x"] if augment is None else augment_batch(batch["x"], key=key_aug, aug=augment)
         keys = jax.random.split(key_drop, x.shape[0])
+        if grad == "manual":
+            from manual_backprop.cnn import model1_loss_with_manual_grad
+
+            return model1_loss_with_manual_grad(params, x, batch["y"], model, weights=batch["w"],
+                                                mask=batch["mask"], train=True, keys=keys)
         losses, _ = jax.vmap(
             lambda x, y, w, k: example_loss(model, params, x, y, w, key=k, train=True)
         )(x, batch["y"], batch["w"], keys)
@@ -240,13 +265,14 @@ def make_batch_loss(model, augment: Augment | None = None):
     return batch_loss
 
 
-def make_train_step(model, augment: Augment | None = None):
+def make_train_step(model, augment: Augment | None = None, *, grad: str = "autodiff"):
     """``train_step(state, batch, key) -> (state, {"loss"})``, jitted; batch = dict(x, y, w, mask).
 
-    With ``augment``, each training image is randomly transformed on device first.
+    With ``augment``, each training image is randomly transformed on device first. ``grad``:
+    ``"autodiff"`` or ``"manual"`` (see :func:`make_batch_loss`).
     """
 
-    batch_loss = make_batch_loss(model, augment)
+    batch_loss = make_batch_loss(model, augment, grad=grad)
 
     @jax.jit
     def train_step(state: TrainState, batch: dict, key: jax.Array):
@@ -367,7 +393,7 @@ def fit(
         print(f"resuming after epoch {meta['epoch']} from {ckpt.directory / 'last'}")
     state = dp.put_replicated(state)
     weights = class_weight_vector(y_train, n_classes, config.class_weights)
-    train_step = make_train_step(model, augmentation(config))
+    train_step = make_train_step(model, augmentation(config), grad=config.grad)
     eval_step = make_eval_step(model, tta_flip=config.pretrained and config.tta_flip)
     best_params, best_probs = None, None
     size = dp.padded_batch_size(config.batch_size)
