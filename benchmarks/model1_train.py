@@ -3,7 +3,8 @@
     python -m benchmarks.model1_train [--sizes 108 224] [--batch 32] [--steps 5] [--out runs/bench_model1]
 
 Per image size (grayscale, 2 classes, batch 32, Adam 1e-3, dropout on):
-- images/s of ``training.train.make_train_step`` (after compilation; compile time reported);
+- images/s of ``training.train.make_train_step`` (after compilation; compile time reported), with
+  ``jax.grad`` and with ``--grad manual`` (Model 1's hand-written backward), interleaved;
 - images/s of the same architecture in PyTorch eager (``bench`` extra: torch==2.13.0), if installed;
 - the fraction of the machine's float32 matmul ceiling (measured here) that the step's FLOPs reach
   (training ≈ 3× the forward FLOPs of ``models.model1.model1_forward_flops``);
@@ -64,27 +65,32 @@ def torch_available() -> bool:
     return True
 
 
-def jax_throughput(size: int, batch: int, steps: int) -> tuple[float, float]:
-    """(seconds per step, compile seconds) for the Flax train step."""
+def jax_throughput(size: int, batch: int, steps: int) -> dict[str, tuple[float, float, float]]:
+    """Per gradient (``autodiff``: jax.grad; ``manual``: the hand-written backward through a custom_vjp):
+    (minimum, median seconds per step, compile seconds) of the Flax/Optax train step, the two steps
+    interleaved so that both see the same machine state."""
     config = get_config("lab-2020", image_size=size, batch_size=batch)
     model = create_model(config, 2)
-    state = create_state(model, config, (size, size, 1), key=jax.random.PRNGKey(0))
+    state0 = create_state(model, config, (size, size, 1), key=jax.random.PRNGKey(0))
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, (batch, size, size, 1)).astype(np.float32)
     y = (np.arange(batch) % 2).astype(np.int32)
     b = jax.tree_util.tree_map(jnp.asarray, make_batch(x, y, np.arange(batch), batch, np.ones(2, np.float32)))
-    step = make_train_step(model)
-    start = time.perf_counter()
-    state, m = step(state, b, jax.random.PRNGKey(0))
-    jax.block_until_ready(m)
-    compile_s = time.perf_counter() - start
-    times = []
-    for i in range(steps):
+    grads = ("autodiff", "manual")
+    step = {g: make_train_step(model, grad=g) for g in grads}
+    state, compile_s, times = {}, {}, {g: [] for g in grads}
+    for g in grads:
         start = time.perf_counter()
-        state, m = step(state, b, jax.random.PRNGKey(i + 1))
+        state[g], m = step[g](state0, b, jax.random.PRNGKey(0))
         jax.block_until_ready(m)
-        times.append(time.perf_counter() - start)
-    return min(times), compile_s
+        compile_s[g] = time.perf_counter() - start
+    for i in range(steps):
+        for g in grads:
+            start = time.perf_counter()
+            state[g], m = step[g](state[g], b, jax.random.PRNGKey(i + 1))
+            jax.block_until_ready(m)
+            times[g].append(time.perf_counter() - start)
+    return {g: (min(times[g]), float(np.median(times[g])), compile_s[g]) for g in grads}
 
 
 def torch_throughput(size: int, batch: int, steps: int) -> float:
@@ -167,9 +173,13 @@ def run(sizes, batch: int, steps: int, out: str) -> dict:
     rows, layers = [], []
     for size in sizes:
         step_flops = 3 * model1_forward_flops(size, 1, 2) * batch
-        jax_s, compile_s = jax_throughput(size, batch, steps)
+        timed = jax_throughput(size, batch, steps)
+        jax_s, _, compile_s = timed["autodiff"]
+        manual_s, manual_median, _ = timed["manual"]
         row = {"image_size": size, "batch": batch, "jax images/s": batch / jax_s, "jax compile s": compile_s,
-               "jax GFLOP/s": step_flops / jax_s / 1e9, "jax fraction of ceiling": step_flops / jax_s / 1e9 / ceiling}
+               "jax GFLOP/s": step_flops / jax_s / 1e9, "jax fraction of ceiling": step_flops / jax_s / 1e9 / ceiling,
+               "--grad manual images/s": batch / manual_s,
+               "manual/autodiff time (median)": manual_median / timed["autodiff"][1]}
         if have_torch:
             torch_s = torch_throughput(size, batch, steps)
             row.update({"torch images/s": batch / torch_s, "jax/torch speed": torch_s / jax_s,
@@ -180,7 +190,8 @@ def run(sizes, batch: int, steps: int, out: str) -> dict:
     notes = (f"Device: {device_description()}; PyTorch {'present' if have_torch else 'not installed'}. "
              f"Ceiling {ceiling:.0f} GFLOP/s (best jitted float32 square matmul, this run). Step FLOPs = "
              "3 × forward FLOPs × batch. Times are the minimum over the measured steps. "
-             "jax/torch speed > 1: JAX is faster. Target: ≥ 1.0.\n")
+             "jax/torch speed > 1: JAX is faster. Target: ≥ 1.0. manual/autodiff time: the same jitted Optax "
+             "step with the hand-written backward over jax.grad (medians; ≤ 1.0, or ≤ 1.05 within noise).\n")
     write_table(rows, out_path, "model1_train", title="Model 1 training step, grayscale, 2 classes", notes=notes)
     write_table(layers, out_path, "model1_layers", title="Model 1 convolutions, batch 32: forward and backward",
                 notes="backward = gradients for both the input and the kernel (2× the forward FLOPs).\n")

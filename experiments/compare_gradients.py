@@ -153,7 +153,7 @@ def run_cnn(out: str, image_size: int = 108, batch: int = 32, quick: bool = Fals
                 notes=f"Worst float64 relative error {worst:.2e}. Device: {device_description()}.\n")
     write_table(timings, out_path, "cnn_backward_timings",
                 title=f"Model 1 backward, batch {batch}, {image_size} px, float32: manual vs autodiff",
-                notes="autodiff/manual > 1: the manual backward is faster. Minimum of interleaved repeats. "
+                notes="autodiff/manual > 1: the manual backward is faster. Median of interleaved repeats. "
                       f"Device: {device_description()}.\n")
     print((out_path / "cnn_gradient_errors.md").read_text())
     print((out_path / "cnn_backward_timings.md").read_text())
