@@ -1,67 +1,97 @@
-"""Predict with a trained run on new photos: one CSV row per image.
+"""Predict with a trained run on new photos: one CSV row per image, streamed in bounded memory.
 
-    python -m experiments.predict --checkpoint runs/NAME --images DIR --out predictions.csv
+    python -m experiments.predict --checkpoint runs/NAME --images DIR --out predictions.csv [--resume]
 
 Columns: path (relative to DIR, as experiments.agreement matches it), predicted label, then one
-probability column per class (p_<class>). A run trained with
---target-recall predicts its class whenever that class's probability reaches the saved threshold.
-Every file in DIR (recursively, hidden files and .md/.txt/.csv/.json aside) is read;
-an unreadable one stops the run naming it, or with --skip-bad is listed on stderr and counted.
+probability column per class (p_<class>). A run trained with --target-recall predicts its class
+whenever that class's probability reaches the saved threshold; a pretrained model averages each
+photo with its mirror image, as in training.
+
+Every file under DIR (recursively; hidden entries and .md/.txt/.csv/.json/.toml files are left
+out and counted) gets its row, byte-identical copies included. Photos are decoded by a thread
+pool a few chunks ahead of the device, each chunk sharded over all local devices, so memory
+does not grow with the folder. Rows are appended to OUT.partial as chunks finish; after an
+interruption, --resume continues where it stopped. OUT appears (renamed into place) only when
+complete; an existing OUT is replaced only with --overwrite. An unreadable photo stops the run
+naming it, or with --skip-bad is listed on stderr and counted.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import hashlib
 import sys
 from pathlib import Path
 
-from experiments.errors import run_command
-from training.images import Preprocess, load_unlabelled
-from training.tables import atomic_open
-from training.train import load_operating_point, load_trained, make_eval_step, predict_proba
+from experiments.errors import positive_int, run_command
+from training.images import Preprocess, image_files
+from training.stream import PartialCSV, predict_folder
+from training.train import load_operating_point, load_trained, make_eval_step
 from training.transfer import decide
 
 
-def run(args: argparse.Namespace) -> list[dict]:
+def run(args: argparse.Namespace) -> dict:
+    out = Path(args.out)
+    root = Path(args.images)
     model, params, config, class_names = load_trained(args.checkpoint)
     op = load_operating_point(args.checkpoint)
-    images = load_unlabelled(args.images, Preprocess(config.image_size, config.crop, config.rgb),
-                             skip_bad=args.skip_bad, cache_dir=args.cache_dir)
-    eval_step = make_eval_step(model, tta_flip=config.pretrained and config.tta_flip)
-    probs = predict_proba(eval_step, params, images.x, batch_size=config.batch_size)
-    predicted = decide(probs, op)
+    header = ["path", "predicted", *[f"p_{n}" for n in class_names]]
+    config_file = Path(args.checkpoint) / "checkpoints" / "config.json"
+    config_file = config_file if config_file.is_file() else Path(args.checkpoint) / "config.json"
+    signature = {"checkpoint": str(Path(args.checkpoint).resolve()), "images": str(root.resolve()),
+                 "checkpoint_config_sha256": hashlib.sha256(config_file.read_bytes()).hexdigest()}
+    partial = PartialCSV(out, header, signature)
+    if args.overwrite:
+        partial.discard()
+    elif partial.exists() and not args.resume:
+        raise FileExistsError(f"an interrupted prediction into {out} exists ({partial.path}): pass --resume to "
+                              "continue it or --overwrite to start again")
+    elif out.exists() and not args.resume:
+        raise FileExistsError(f"{out} exists: pass --overwrite to replace it (or choose another --out)")
+    ignored: list[tuple[str, str]] = []
+    files = image_files(root, ignored=ignored)
+    out.parent.mkdir(parents=True, exist_ok=True)
     if op:
         print(f"operating point: {op['class']} when its probability ≥ {op['threshold']:.4f} "
               f"(chosen for recall ≥ {op['target_recall']:g})")
-    rows = []
-    for path, p, k in zip(images.paths, probs, predicted):
-        row = {"path": Path(path).relative_to(args.images).as_posix(), "predicted": class_names[int(k)]}
-        row.update({f"p_{name}": float(p[i]) for i, name in enumerate(class_names)})
-        rows.append(row)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # written to a temporary file, then renamed: a failure never touches an existing CSV. File names
-    # that are not valid UTF-8 are written byte for byte (surrogateescape), not fatal.
-    with atomic_open(out, newline="", encoding="utf-8", errors="surrogateescape") as f:
-        writer = csv.DictWriter(f, fieldnames=["path", "predicted", *[f"p_{n}" for n in class_names]])
-        writer.writeheader()
-        writer.writerows(rows)
-    for path, reason in images.report.skipped:
+    report = predict_folder(
+        files, root, make_eval_step(model, tta_flip=config.pretrained and config.tta_flip), params,
+        Preprocess(config.image_size, config.crop, config.rgb), class_names, out,
+        decide=lambda p: decide(p, op), signature=signature, batch_size=args.batch_size or config.batch_size,
+        workers=args.workers, resume=args.resume, skip_bad=args.skip_bad, progress=not args.no_progress)
+    for path, reason in report.skipped:
         print(f"skipped: {reason}", file=sys.stderr)
-    print(f"{len(rows)} predictions written to {out}"
-          + (f"; {len(images.report.skipped)} bad files skipped" if images.report.skipped else ""))
-    return rows
+    n_rows = report.predicted + report.resumed
+    print(f"{n_rows} predictions written to {out}"
+          + (f" ({report.resumed} from the interrupted run)" if report.resumed else "")
+          + (f"; {len(report.skipped)} bad files skipped" if report.skipped else "")
+          + (f"; {len(ignored)} entries left out (not photos: {', '.join(sorted({r for _, r in ignored}))})"
+             if ignored else ""))
+    return {"rows": n_rows, "skipped": report.skipped, "ignored": ignored, "out": str(out)}
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a run folder written by experiments.train")
-    p.add_argument("--images", required=True, help="folder of photos")
+    p.add_argument("--images", required=True, help="folder of photos (read recursively)")
     p.add_argument("--out", default="predictions.csv")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted prediction into --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (or its partial file)")
+    p.add_argument("--batch-size", type=positive_int,
+                   help="photos per forward pass (default: the run's), rounded up to a multiple of the devices")
+    p.add_argument("--workers", type=positive_int, help="decoding threads (default: all cores)")
     p.add_argument("--skip-bad", action="store_true")
-    p.add_argument("--cache-dir")
-    run_command(p, run, argv)
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return run_command(parser(), run, argv, _validate)
+
+
+def _validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.resume and args.overwrite:
+        p.error("argument --resume: not allowed with --overwrite (one continues, the other starts again)")
 
 
 if __name__ == "__main__":

@@ -28,3 +28,11 @@ def assert_tree_close(actual, expected, rtol: float) -> None:
     """Per-array relative error of two pytrees at most ``rtol``."""
     errors = relative_errors(actual, expected)
     assert max(errors) <= rtol, f"per-array relative errors {errors} exceed {rtol}"
+
+
+def read_predictions(path) -> list[dict]:
+    """The rows of a CSV written by ``experiments.predict``, probabilities as floats."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+        return [{k: float(v) if k.startswith("p_") else v for k, v in row.items()} for row in csv.DictReader(f)]

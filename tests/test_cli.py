@@ -91,14 +91,14 @@ def test_predict_rows_for_copies_atomic_csv_and_odd_names(tmp_path, capsys):
         with open(odd, "wb") as f:
             f.write((root / "b" / "b0.png").read_bytes())
     out = tmp_path / "p.csv"
-    predict.main(["--checkpoint", str(run), "--images", str(new), "--out", str(out), "--cache-dir",
-                  str(tmp_path / "c")])
+    predict.main(["--checkpoint", str(run), "--images", str(new), "--out", str(out), "--no-progress"])
     text = out.read_bytes()
     assert text.count(b"IMG_0001.png") == 2  # each copy has its row
     assert text.count(b"\n") == 1 + 2 + (1 if sys.platform.startswith("linux") else 0)
     before = out.read_bytes()
     with pytest.raises(SystemExit):  # a failing run leaves the earlier CSV as it was
-        predict.main(["--checkpoint", str(run), "--images", str(tmp_path / "missing"), "--out", str(out)])
+        predict.main(["--checkpoint", str(run), "--images", str(tmp_path / "missing"), "--out", str(out),
+                      "--overwrite"])
     assert out.read_bytes() == before
     assert "error: image folder not found" in capsys.readouterr().err
 
@@ -186,7 +186,7 @@ def test_overwrite_replaces_the_run_whole_and_a_failure_keeps_the_old_one(run_co
     record = json.loads((run / "run.json").read_text())
     assert record["status"] == "complete" and record["config"]["image_size"] == 20
     predict.main(["--checkpoint", str(run), "--images", str(root), "--out", str(tmp_path / "p.csv"),
-                  "--cache-dir", str(tmp_path / "c")])
+                  "--no-progress"])
     assert (tmp_path / "p.csv").read_text().count("\n") == 1 + 6
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from experiments import backprop_depth, compare_gradients, train_mlp
 from tests.conftest import shared_path
+from tests.helpers import read_predictions
 from training.datasets import load_mnist_npz
 from training.tables import markdown_table
 
@@ -125,9 +126,9 @@ def test_default_train_and_predict_on_real_tree_photos(tmp_path):
     assert metrics["balanced_accuracy"] > 0.70
     lo, hi = result["balanced_accuracy_ci95"]
     assert lo < metrics["balanced_accuracy"] < hi
-    rows = predict.run(__import__("argparse").Namespace(
-        checkpoint=str(out), images=str(shared_path("tree-risk-examples")), out=str(tmp_path / "p.csv"),
-        skip_bad=False, cache_dir=str(tmp_path / "cache")))
+    predict.main(["--checkpoint", str(out), "--images", str(shared_path("tree-risk-examples")), "--out",
+                  str(tmp_path / "p.csv"), "--no-progress"])
+    rows = read_predictions(tmp_path / "p.csv")
     assert len(rows) == 4 and {r["predicted"] for r in rows} <= {"tree", "not_a_tree"}
     assert sum(r["predicted"] == "tree" for r in rows) >= 3  # field photos of trees
     for r in rows:

@@ -12,7 +12,7 @@ from models.efficientnet_lite import EfficientNetLite, block_specs, depthwise_sh
 from models.pretrained import load_backbone, packaged_weights_file
 from models.torch_weights import WeightsFileError, load_state_dict
 from tests.conftest import shared_path
-from tests.helpers import relative_errors
+from tests.helpers import read_predictions, relative_errors
 from training.transfer import (
     decide,
     extract_features,
@@ -224,7 +224,6 @@ def test_features_are_cached_by_image_digest(tmp_path, lite0):
 
 def test_target_recall_threshold_is_saved_and_applied_by_predict(tmp_path):
     """--target-recall chooses the threshold on inner data, reports the scored fold's recall, and predict uses it."""
-    import argparse
     import json
 
     from PIL import Image
@@ -246,8 +245,9 @@ def test_target_recall_threshold_is_saved_and_applied_by_predict(tmp_path):
     assert op["class"] == "Probable" and op["target_recall"] == 0.9 and 0 <= op["threshold"] <= 1
     saved = json.loads((out / "checkpoints" / "config.json").read_text())["operating_point"]
     assert saved["threshold"] == op["threshold"]
-    rows = predict.run(argparse.Namespace(checkpoint=str(out), images=str(root), out=str(tmp_path / "p.csv"),
-                                          skip_bad=False, cache_dir=str(tmp_path / "cache")))
+    predict.main(["--checkpoint", str(out), "--images", str(root), "--out", str(tmp_path / "p.csv"),
+                  "--no-progress"])
+    rows = read_predictions(tmp_path / "p.csv")
     for r in rows:
         assert (r["predicted"] == "Probable") == (r["p_Probable"] >= saved["threshold"])
     with pytest.raises(SystemExit):

@@ -34,3 +34,23 @@ class DataParallel:
 
     def put_replicated(self, tree):
         return jax.device_put(tree, self.replicated)
+
+
+def initialize_distributed(coordinator: str, num_processes: int, process_id: int) -> None:
+    """Join a multi-process JAX job (one call per process, before any computation).
+
+    ``coordinator``: ``host:port`` of process 0 (e.g. ``127.0.0.1:12355`` on one machine). On CPU
+    the processes exchange data through JAX's CPU collectives (gloo); on GPU/TPU through the
+    accelerator's own. Afterwards ``jax.devices()`` lists every process's devices.
+    """
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # used by CPU devices only
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+
+
+def put_process_batch(dp: DataParallel, tree):
+    """A global batch sharded over ``dp``'s devices from each process's own rows.
+
+    Every process passes its slice (rows ``[i·m/P, (i+1)·m/P)`` of the global batch of ``m`` for
+    process ``i`` of ``P``); the result is one array of ``m`` rows spanning all processes.
+    """
+    return jax.tree_util.tree_map(lambda a: jax.make_array_from_process_local_data(dp.batch, np.asarray(a)), tree)

@@ -1,0 +1,146 @@
+"""Streaming prediction: every photo its row, bounded memory, resumable, the same numbers as in-memory prediction."""
+
+import csv
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from experiments import predict, train
+from tests.helpers import read_predictions
+from training import stream
+
+
+def _photos(root, n=7, size=12):
+    rng = np.random.default_rng(1)
+    for k, label in enumerate("ab"):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            arr = np.clip(rng.normal(60 + 120 * k, 30, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(root / label / f"{label}{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("stream")
+    root = _photos(tmp / "photos")
+    train.main(["--data", str(root), "--preset", "lab-2020", "--image-size", "16", "--epochs", "1", "--out",
+                str(tmp / "run"), "--cache-dir", str(tmp / "c"), "--no-progress"])
+    return tmp / "run", root
+
+
+def _predict(run, root, out, *extra):
+    return predict.main(["--checkpoint", str(run), "--images", str(root), "--out", str(out), "--batch-size", "3",
+                         "--no-progress", *extra])
+
+
+def test_streamed_rows_equal_in_memory_prediction(trained, tmp_path):
+    from training.images import Preprocess, load_unlabelled
+    from training.train import load_trained, make_eval_step, predict_proba
+
+    run, root = trained
+    _predict(run, root, tmp_path / "p.csv")
+    rows = read_predictions(tmp_path / "p.csv")
+    model, params, config, names = load_trained(run)
+    images = load_unlabelled(root, Preprocess(config.image_size, config.crop, config.rgb), cache_dir=tmp_path / "c")
+    expected = predict_proba(make_eval_step(model), params, images.x, batch_size=5)
+    by_path = {r["path"]: [r[f"p_{n}"] for n in names] for r in rows}
+    assert sorted(by_path) == sorted(str(p.relative_to(root)) for p in map(__import__("pathlib").Path,
+                                                                             images.paths))
+    got = np.array([by_path[str(__import__("pathlib").Path(p).relative_to(root))] for p in images.paths])
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert [r["path"] for r in rows] == sorted(r["path"] for r in rows)  # in file order
+    assert not list(tmp_path.glob("*.partial*"))
+
+
+def test_a_crash_then_resume_gives_the_uninterrupted_csv(trained, tmp_path, monkeypatch, capsys):
+    run, root = trained
+    _predict(run, root, tmp_path / "whole.csv")
+    calls, real = {"n": 0}, stream.load_image
+
+    def crash_on_the_eighth(path, pre):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise RuntimeError("simulated crash (power cut)")
+        return real(path, pre)
+
+    monkeypatch.setattr(stream, "load_image", crash_on_the_eighth)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _predict(run, root, tmp_path / "p.csv")
+    monkeypatch.setattr(stream, "load_image", real)
+    partial = tmp_path / "p.csv.partial"
+    assert partial.exists() and not (tmp_path / "p.csv").exists()
+    with open(partial, "ab") as f:  # a chunk cut short by the crash, after the last complete one
+        f.write(b"a/a5.png,b,0.3")
+    with pytest.raises(SystemExit):  # not without --resume
+        _predict(run, root, tmp_path / "p.csv")
+    assert "pass --resume" in capsys.readouterr().err
+    result = _predict(run, root, tmp_path / "p.csv", "--resume")
+    assert 0 < calls["n"] and result["rows"] == 14
+    assert (tmp_path / "p.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
+    assert not partial.exists() and "from the interrupted run" in capsys.readouterr().out
+
+
+def test_resume_with_another_checkpoint_or_folder_is_refused(trained, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    run, root = trained
+    monkeypatch.setattr(stream, "load_image", lambda p, pre: (_ for _ in ()).throw(RuntimeError("stop")))
+    with pytest.raises(RuntimeError):
+        _predict(run, root, tmp_path / "p.csv")
+    monkeypatch.undo()
+    other = tmp_path / "other"
+    shutil.copytree(root, other)
+    with pytest.raises(SystemExit):
+        _predict(run, other, tmp_path / "p.csv", "--resume")
+    assert "written with other settings: images:" in capsys.readouterr().err
+
+
+def test_an_existing_csv_is_replaced_only_with_overwrite(trained, tmp_path, capsys):
+    run, root = trained
+    out = tmp_path / "p.csv"
+    out.write_text("mine\n")
+    with pytest.raises(SystemExit):
+        _predict(run, root, out)
+    assert "exists: pass --overwrite" in capsys.readouterr().err and out.read_text() == "mine\n"
+    _predict(run, root, out, "--overwrite")
+    with open(out, newline="") as f:
+        assert len(list(csv.reader(f))) == 1 + 14
+
+
+def test_bad_photos_stop_the_stream_or_are_counted(trained, tmp_path, capsys):
+    import shutil
+
+    run, root = trained
+    images = tmp_path / "images"
+    shutil.copytree(root, images)
+    (images / "a" / "a3.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(SystemExit):
+        _predict(run, images, tmp_path / "p.csv")
+    assert "a3.png" in capsys.readouterr().err
+    result = _predict(run, images, tmp_path / "q.csv", "--skip-bad")
+    assert result["rows"] == 13 and len(result["skipped"]) == 1 and "a3.png" in result["skipped"][0][0]
+
+
+def test_decoding_stays_a_bounded_number_of_chunks_ahead(tmp_path, monkeypatch):
+    """However many files, at most (prefetch + 1) chunks are being decoded or waiting: memory is bounded."""
+    from training.images import Preprocess
+
+    files = [tmp_path / f"{i}.png" for i in range(40)]
+    started, lock = [], threading.Lock()
+
+    def fake_load(path, pre):
+        with lock:
+            started.append(int(path.stem))
+        return np.zeros((8, 8, 1), np.float32)
+
+    monkeypatch.setattr(stream, "load_image", fake_load)
+    seen = []
+    for chunk in stream.decode_chunks(files, Preprocess(image_size=8), chunk_size=4, workers=2, prefetch=2):
+        consumed = len(seen)
+        with lock:
+            assert max(started) < consumed + 4 * 3  # this chunk and at most two ahead
+        seen.extend(f for f, _ in chunk)
+    assert seen == files

@@ -1,0 +1,213 @@
+"""Streaming prediction: photos are read, preprocessed and predicted in chunks, in bounded memory.
+
+Whatever the folder's size, at most ``prefetch + 2`` chunks of images are held at once:
+
+- decoding runs in a thread pool (Pillow releases the GIL) and stays ``prefetch`` chunks ahead
+  of the device, so that reading photos overlaps with the forward passes;
+- each chunk is padded to a fixed batch (one compilation) and sharded over all local devices;
+- JAX dispatches the forward pass asynchronously: the rows of chunk k are written while the
+  device computes chunk k + 1.
+
+Finished rows are appended to ``OUT.partial`` and flushed to disk chunk by chunk; the byte
+length that is complete is then recorded (atomically) in ``OUT.partial.json``. After a crash
+``resume`` cuts the partial file back to that length and skips the photos already there. At the
+end the partial file is renamed over ``OUT`` in one step: ``OUT`` is either absent, the old
+file, or the complete new one.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import io
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from training.devices import DataParallel
+from training.images import BadImageError, Preprocess, load_image
+from training.tables import atomic_open
+
+
+def decode_chunks(files: Sequence[Path], pre: Preprocess, *, chunk_size: int, workers: int | None = None,
+                  prefetch: int = 2) -> Iterator[list[tuple[Path, np.ndarray | str]]]:
+    """Yield ``[(path, array or error message), …]`` per chunk of ``chunk_size`` files, in order.
+
+    While the consumer works on one chunk the pool decodes the next ``prefetch`` chunks; nothing
+    else is kept, so memory does not grow with the number of files.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be ≥ 1, got {chunk_size}")
+
+    def decode(path: Path) -> np.ndarray | str:
+        try:
+            return load_image(path, pre)
+        except BadImageError as exc:
+            return str(exc)
+
+    chunks = (files[i:i + chunk_size] for i in range(0, len(files), chunk_size))
+    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+        pending: collections.deque = collections.deque()
+
+        def submit_next() -> None:
+            chunk = next(chunks, None)
+            if chunk is not None:
+                pending.append((chunk, [pool.submit(decode, f) for f in chunk]))
+
+        for _ in range(prefetch + 1):
+            submit_next()
+        while pending:
+            chunk, futures = pending.popleft()
+            yield [(f, fut.result()) for f, fut in zip(chunk, futures)]
+            submit_next()  # only once the consumer is done with this chunk
+
+
+@dataclass
+class StreamReport:
+    """What happened to every file: predicted, skipped (bad, with ``skip_bad``) or done before a resume."""
+
+    predicted: int = 0
+    resumed: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+class PartialCSV:
+    """``OUT.partial`` (rows so far) and ``OUT.partial.json`` (its complete length and the run's signature)."""
+
+    def __init__(self, out: Path, header: list[str], signature: dict):
+        self.out, self.header, self.signature = out, header, signature
+        self.path = out.with_name(out.name + ".partial")
+        self.meta = out.with_name(out.name + ".partial.json")
+
+    def exists(self) -> bool:
+        return self.path.exists() or self.meta.exists()
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.meta.unlink(missing_ok=True)
+
+    def _write_meta(self, length: int, skipped: list) -> None:
+        import json
+
+        with atomic_open(self.meta, encoding="utf-8") as f:
+            json.dump({"signature": self.signature, "complete_bytes": length, "skipped": skipped}, f)
+
+    def start(self) -> None:
+        with open(self.path, "wb") as f:
+            f.write(_csv_bytes([self.header]))
+            f.flush()
+            os.fsync(f.fileno())
+        self._write_meta(self.path.stat().st_size, [])
+
+    def resume(self) -> tuple[set[str], list]:
+        """The paths already written (after cutting the file back to its last complete chunk) and the skips."""
+        import json
+
+        try:
+            meta = json.loads(self.meta.read_text(encoding="utf-8"))
+            length = int(meta["complete_bytes"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{self.meta}: cannot resume from it ({exc}); use --overwrite to start again") from exc
+        diffs = [f"{k}: {meta['signature'].get(k)!r} → {v!r}" for k, v in self.signature.items()
+                 if meta["signature"].get(k) != v]
+        if diffs:
+            raise ValueError(f"--resume: {self.path} was written with other settings: " + "; ".join(diffs)
+                             + " (use --overwrite to start again)")
+        if not self.path.is_file() or self.path.stat().st_size < length:
+            raise ValueError(f"{self.path}: shorter than its recorded {length} bytes; use --overwrite to start again")
+        with open(self.path, "r+b") as f:
+            f.truncate(length)  # rows of a chunk that was being written when the run stopped
+        with open(self.path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+            rows = list(csv.reader(f))
+        if not rows or rows[0] != self.header:
+            raise ValueError(f"{self.path}: not the partial output of this prediction; use --overwrite")
+        return {r[0] for r in rows[1:]}, [tuple(s) for s in meta.get("skipped", [])]
+
+    def append(self, rows: list[list], skipped: list) -> None:
+        """Append whole rows, make them durable, then record the new complete length."""
+        with open(self.path, "ab") as f:
+            f.write(_csv_bytes(rows))
+            f.flush()
+            os.fsync(f.fileno())
+            length = f.tell()
+        self._write_meta(length, [list(s) for s in skipped])
+
+    def finish(self) -> None:
+        os.replace(self.path, self.out)
+        self.meta.unlink(missing_ok=True)
+
+
+def _csv_bytes(rows: Iterable[list]) -> bytes:
+    buffer = io.StringIO(newline="")
+    csv.writer(buffer).writerows(rows)
+    # names that are not valid UTF-8 were decoded with surrogateescape: written back byte for byte
+    return buffer.getvalue().encode("utf-8", errors="surrogateescape")
+
+
+def predict_folder(files: Sequence[Path], root: Path, probs_fn: Callable, params, pre: Preprocess,
+                   class_names: list[str], out: Path, *, decide: Callable[[np.ndarray], np.ndarray],
+                   signature: dict, batch_size: int = 32, workers: int | None = None, resume: bool = False,
+                   skip_bad: bool = False, progress: bool = True, dp: DataParallel | None = None) -> StreamReport:
+    """Predict every file and write ``out`` (path relative to ``root``, predicted label, ``p_<class>`` …).
+
+    ``probs_fn(params, x)`` → probabilities, jitted; ``x`` is a chunk padded to a multiple of the
+    local device count and sharded over them. ``decide`` turns probabilities into class indices.
+    With ``resume`` the photos already in ``OUT.partial`` are skipped. A bad image stops the run
+    naming it, or with ``skip_bad`` is counted (rows written so far stay, and resume continues).
+    """
+    from tqdm.auto import tqdm
+
+    dp = dp or DataParallel(jax.local_devices())
+    size = dp.padded_batch_size(batch_size)
+    header = ["path", "predicted", *[f"p_{n}" for n in class_names]]
+    partial = PartialCSV(out, header, signature)
+    report = StreamReport()
+    rel = {f: f.relative_to(root).as_posix() for f in files}
+    if resume and partial.exists():
+        done, report.skipped = partial.resume()
+        report.skipped = list(report.skipped)
+        todo = [f for f in files if rel[f] not in done]
+        report.resumed = len(files) - len(todo)
+        print(f"resuming: {report.resumed} photos already predicted in {partial.path}")
+    else:
+        partial.start()
+        todo = list(files)
+    params = dp.put_replicated(params)
+    shape = (size, pre.image_size, pre.image_size, pre.channels)
+    bar = tqdm(total=len(todo), unit="photo", desc="predict", disable=not progress, smoothing=0.1)
+    queued = None  # (paths, device result) of the chunk whose rows are written next
+
+    def write(paths: list[Path], probs) -> None:
+        p = np.asarray(probs)[: len(paths)]
+        k = decide(p)
+        partial.append([[rel[f], class_names[int(c)], *map(float, row)] for f, row, c in zip(paths, p, k)],
+                       report.skipped)
+        report.predicted += len(paths)
+        bar.update(len(paths))
+
+    for chunk in decode_chunks(todo, pre, chunk_size=size, workers=workers):
+        good = [(f, a) for f, a in chunk if not isinstance(a, str)]
+        for f, a in chunk:
+            if isinstance(a, str):
+                if not skip_bad:
+                    raise BadImageError(a)
+                report.skipped.append((rel[f], a))
+                bar.update(1)
+        if not good:
+            continue
+        x = np.zeros(shape, np.float32)
+        x[: len(good)] = np.stack([a for _, a in good])
+        result = probs_fn(params, dp.put_batch(x))  # dispatched; runs while the previous rows are written
+        if queued is not None:
+            write(*queued)
+        queued = ([f for f, _ in good], result)
+    if queued is not None:
+        write(*queued)
+    bar.close()
+    partial.finish()
+    return report
