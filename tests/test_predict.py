@@ -144,3 +144,27 @@ def test_decoding_stays_a_bounded_number_of_chunks_ahead(tmp_path, monkeypatch):
             assert max(started) < consumed + 4 * 3  # this chunk and at most two ahead
         seen.extend(f for f, _ in chunk)
     assert seen == files
+
+
+def test_chunks_sharded_over_four_devices_give_the_same_csv(trained, tmp_path):
+    """Each chunk is padded to a multiple of the local devices and sharded over them: 4 (simulated) CPU
+    devices write the same rows as 1, up to float32 reduction order (probabilities within 1e-5)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run, root = trained
+    _predict(run, root, tmp_path / "one.csv")
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": str(repo)}
+    code = ("import jax, sys; assert len(jax.local_devices()) == 4; from experiments import predict; "
+            "predict.main(sys.argv[1:])")
+    subprocess.run([sys.executable, "-c", code, "--checkpoint", str(run), "--images", str(root), "--out",
+                    str(tmp_path / "four.csv"), "--batch-size", "3", "--no-progress"], env=env, cwd=repo, check=True,
+                   capture_output=True)
+    one, four = read_predictions(tmp_path / "one.csv"), read_predictions(tmp_path / "four.csv")
+    assert [r["path"] for r in one] == [r["path"] for r in four]
+    np.testing.assert_allclose([[v for k, v in r.items() if k.startswith("p_")] for r in four],
+                               [[v for k, v in r.items() if k.startswith("p_")] for r in one], atol=1e-5)
