@@ -233,7 +233,7 @@ def test_dense_backward_batch_is_x_transpose_delta():
                                     jax.tree_util.tree_map(lambda *g: sum(g), *[g for _, g in per_row])), RTOL)
 
 
-@pytest.mark.parametrize("augment", [False, True], ids=["plain", "augmented"])
+@pytest.mark.parametrize("augment", [True], ids=["augmented"])
 def test_training_with_grad_manual_takes_the_same_steps_as_autodiff(augment):
     """``--grad manual``: the jitted Optax Adam step on the hand-written backward (a custom_vjp) takes the
     same steps as jax.grad: float64, per array relative to its norm ≤ 1e-9 after 4 steps."""
