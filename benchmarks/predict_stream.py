@@ -9,8 +9,9 @@
    the target is the largest within 10% of the smallest.
 3. Photos/s end to end (reading, decoding, preprocessing, the device, the CSV) on the largest
    folder, in this process after compiling, against the same jitted forward pass (with flip
-   averaging, as predict runs it) on batches already in memory. Their ratio is the fraction of
-   time the device is kept busy; the target on CPU is ≥ 80%.
+   averaging, as predict runs it) on batches already in memory, measured before and after (the
+   faster is kept). Their ratio is the fraction of time the device is kept busy; the target on
+   CPU is ≥ 80%. On a CPU the "device" shares its cores with the decoding threads.
 """
 
 from __future__ import annotations
@@ -96,11 +97,16 @@ def run(sizes: list[int], out: str, workers: int | None = None) -> list[dict]:
                          .astype(np.float32))
         replicated = dp.put_replicated(params)
         jax.block_until_ready(eval_step(replicated, x))
-        reps = 5
-        start = time.perf_counter()
-        for _ in range(reps):
-            jax.block_until_ready(eval_step(replicated, x))
-        forward_per_photo = (time.perf_counter() - start) / (reps * batch)
+
+        def forward_seconds_per_photo(reps: int = 8) -> float:
+            times = []
+            for _ in range(reps):
+                start = time.perf_counter()
+                jax.block_until_ready(eval_step(replicated, x))
+                times.append(time.perf_counter() - start)
+            return float(np.median(times)) / batch
+
+        before = forward_seconds_per_photo()
         n = max(sizes)
         files = image_files(folders[n])
         start = time.perf_counter()
@@ -108,6 +114,8 @@ def run(sizes: list[int], out: str, workers: int | None = None) -> list[dict]:
                        decide=lambda p: decide(p, None), signature={}, batch_size=config.batch_size,
                        workers=workers, progress=False, dp=dp)
         end_to_end = time.perf_counter() - start
+        # the forward pass alone, before and after: the faster of the two (the stricter peer)
+        forward_per_photo = min(before, forward_seconds_per_photo())
     rss = [r["value"] for r in rows]
     rows += [
         {"measure": "peak RSS, largest / smallest folder", "value": max(rss) / min(rss), "unit": "ratio"},

@@ -133,7 +133,9 @@ def run(args: argparse.Namespace) -> dict:
     config = config_from_args(args)
     data = load_dataset(args.data, Preprocess(config.image_size, config.crop, config.rgb), scenario=args.scenario,
                         grouping_file=args.grouping, skip_bad=args.skip_bad, cache_dir=args.cache_dir,
-                        workers=args.workers, progress=not args.no_progress)
+                        workers=args.workers, progress=not args.no_progress,
+                        # a frozen backbone needs only features: photos are read in chunks, never all at once
+                        decode=not (config.pretrained and config.finetune == "head") or args.skip_bad)
     counts = {name: int(np.sum(data.y == i)) for i, name in enumerate(data.class_names)}
     print(f"{data.source}: {data.report.summary()}; classes {counts}")
     print(f"configuration: {describe(config)}")

@@ -349,3 +349,31 @@ def test_torchvision_resnet50_weights_load_and_match_torchvision(tmp_path):
     assert np.array_equal(bottom["conv1"]["kernel"], params["stage1_block1"]["conv1"]["kernel"])  # rest frozen
     with pytest.raises(WeightsFileError, match="not torchvision resnet50 weights|unexpected parameter name"):
         load_torchvision_resnet50(packaged_weights_file("efficientnet_lite0"))
+
+
+def test_features_read_from_files_in_chunks_equal_those_of_decoded_images(tmp_path, lite0):
+    """Training with a frozen backbone reads its photos from the files, a chunk at a time (bounded memory):
+    the features equal those of the same photos decoded up front; an unreadable photo is named."""
+    from PIL import Image
+
+    from training.images import BadImageError, Preprocess, load_image
+
+    params, digest = lite0
+    backbone = {k: v for k, v in params.items() if k != "fc"}
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(5):
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(files[-1])
+    pre = Preprocess(32, "center", True)
+    x = np.stack([load_image(f, pre) for f in files])
+    digests = [f"{i}" * 64 for i in range(5)]
+    from_arrays, _ = extract_features(x, digests, "efficientnet_lite0", backbone, digest, "k",
+                                      cache_dir=tmp_path / "a", batch_size=2)
+    from_files, n = extract_features([str(f) for f in files], digests, "efficientnet_lite0", backbone, digest, "k",
+                                     pre=pre, cache_dir=tmp_path / "b", batch_size=2)
+    assert n == 5 and np.array_equal(from_arrays, from_files)
+    files[3].write_bytes(b"not an image")
+    with pytest.raises(BadImageError, match="3.png"):
+        extract_features([str(f) for f in files], digests, "efficientnet_lite0", backbone, digest, "k",
+                         pre=pre, cache_dir=tmp_path / "c", batch_size=2)

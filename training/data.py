@@ -8,7 +8,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from training.images import ImageCache, LoadReport, Preprocess, discover, load_images, sha256_of
+from training.images import (
+    ImageCache,
+    ImageSet,
+    LoadReport,
+    Preprocess,
+    discover,
+    index_images,
+    load_images,
+    sha256_of,
+)
 from training.labels import Grouping, get_grouping
 
 
@@ -16,7 +25,7 @@ from training.labels import Grouping, get_grouping
 class Dataset:
     """Unique images ``x`` (n, s, s, c) with class indices ``y`` into ``class_names``."""
 
-    x: np.ndarray
+    x: np.ndarray | None  # None when loaded with decode=False: the photos are read from ``paths`` when needed
     y: np.ndarray
     class_names: list[str]
     paths: list[str]
@@ -62,8 +71,14 @@ def load_dataset(
     cache_dir: str | Path | None = None,
     workers: int | None = None,
     progress: bool = True,
+    decode: bool = True,
 ) -> Dataset:
-    """Photos from a folder/CSV grouped into classes (excluded labels counted), or digits if ``source`` is None."""
+    """Photos from a folder/CSV grouped into classes (excluded labels counted), or digits if ``source`` is None.
+
+    ``decode=False`` (photos only): the files are hashed and de-duplicated but not decoded, and
+    ``x`` is None; a pretrained backbone's features are then read from the files in chunks
+    (bounded memory), and an unreadable photo is found there.
+    """
     if source is None:
         if scenario or grouping_file:
             raise ValueError("--scenario/--grouping apply to photo labels; the digits default has none")
@@ -73,8 +88,13 @@ def load_dataset(
     labels = sorted({label for _, label in items})
     if len(labels) < 2:  # before any decoding
         raise ValueError(f"{source}: only one class ({labels[0]!r}) has images: a classifier needs at least two")
-    images = load_images(items, pre, skip_bad=skip_bad, cache=ImageCache.at(cache_dir), workers=workers,
-                         progress=progress)
+    if decode:
+        images = load_images(items, pre, skip_bad=skip_bad, cache=ImageCache.at(cache_dir), workers=workers,
+                             progress=progress)
+    else:
+        kept, digests, report = index_images(items, skip_bad=skip_bad, workers=workers)
+        report.loaded = len(kept)
+        images = ImageSet(None, [label for _, label in kept], [str(p) for p, _ in kept], digests, report)
     images.report.ignored = ignored
     grouping = get_grouping(scenario, grouping_file, images.labels)
     index, excluded = grouping.resolve(images.labels)
@@ -82,7 +102,7 @@ def load_dataset(
     keep = index >= 0
     if not keep.any():
         raise ValueError(f"no images left after grouping {grouping.name!r}")
-    return Dataset(images.x[keep], index[keep], grouping.class_names,
+    return Dataset(None if images.x is None else images.x[keep], index[keep], grouping.class_names,
                    [p for p, k in zip(images.paths, keep) if k], [d for d, k in zip(images.digests, keep) if k],
                    grouping, images.report, str(source))
 

@@ -363,11 +363,33 @@ def deduplicate(
 class ImageSet:
     """Preprocessed photos with their labels, paths and content hashes."""
 
-    x: np.ndarray  # (n, s, s, c) float32 in [0, 1]
+    x: np.ndarray | None  # (n, s, s, c) float32 in [0, 1]; None when only indexed (not decoded)
     labels: list[str]
     paths: list[str]
     digests: list[str]
     report: LoadReport
+
+
+def index_images(
+    items: Iterable[tuple[Path, str]], *, skip_bad: bool = False, workers: int | None = None
+) -> tuple[list[tuple[Path, str]], list[str], LoadReport]:
+    """Hash every file (in threads) and de-duplicate, decoding nothing: ``(items, digests, report)``.
+
+    An empty or unreadable file raises :class:`BadImageError` naming it, or with ``skip_bad`` is
+    listed in ``report.skipped``.
+    """
+    items = list(items)
+    report = LoadReport(found=len(items))
+    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+        digests = list(pool.map(lambda it: _digest_or_error(it[0]), items))
+    bad = [(str(items[i][0]), d[1]) for i, d in enumerate(digests) if isinstance(d, tuple)]
+    if bad and not skip_bad:
+        raise BadImageError(bad[0][1])
+    report.skipped.extend(bad)
+    ok = [i for i, d in enumerate(digests) if not isinstance(d, tuple)]
+    items, digests = [items[i] for i in ok], [digests[i] for i in ok]
+    keep = deduplicate(items, digests, report)
+    return [items[i] for i in keep], [digests[i] for i in keep], report
 
 
 def load_images(
@@ -379,40 +401,28 @@ def load_images(
     workers: int | None = None,
     progress: bool = False,
 ) -> ImageSet:
-    """Hash, de-duplicate, then load (from cache or by decoding, in parallel threads)."""
+    """Hash, de-duplicate (:func:`index_images`), then load (from cache or by decoding, in parallel threads)."""
     from tqdm.auto import tqdm
 
-    items = list(items)
-    report = LoadReport(found=len(items))
+    items, digests, report = index_images(items, skip_bad=skip_bad, workers=workers)
     workers = workers or os.cpu_count() or 1
+
+    def work(i):
+        if cache is not None:
+            arr = cache.get(digests[i], pre)
+            if arr is not None:
+                return arr, True
+        try:
+            arr = load_image(items[i][0], pre)
+        except BadImageError as exc:
+            if not skip_bad:
+                raise
+            return str(exc), False
+        if cache is not None:
+            cache.put(digests[i], pre, arr)
+        return arr, False
+
     with ThreadPoolExecutor(workers) as pool:
-        digests = list(pool.map(lambda it: _digest_or_error(it[0]), items))
-        bad = [(str(items[i][0]), d[1]) for i, d in enumerate(digests) if isinstance(d, tuple)]
-        if bad and not skip_bad:
-            raise BadImageError(bad[0][1])
-        report.skipped.extend(bad)
-        ok = [i for i, d in enumerate(digests) if not isinstance(d, tuple)]
-        items = [items[i] for i in ok]
-        digests = [digests[i] for i in ok]
-        keep = deduplicate(items, digests, report)
-        items = [items[i] for i in keep]
-        digests = [digests[i] for i in keep]
-
-        def work(i):
-            if cache is not None:
-                arr = cache.get(digests[i], pre)
-                if arr is not None:
-                    return arr, True
-            try:
-                arr = load_image(items[i][0], pre)
-            except BadImageError as exc:
-                if not skip_bad:
-                    raise
-                return str(exc), False
-            if cache is not None:
-                cache.put(digests[i], pre, arr)
-            return arr, False
-
         results = list(tqdm(pool.map(work, range(len(items))), total=len(items), desc="images",
                             disable=not progress))
     arrays, labels, paths, kept_digests = [], [], [], []

@@ -115,6 +115,8 @@ def _head_fold(data: Dataset, config: TrainConfig, feats: np.ndarray, backbone: 
 def _network_fold(data: Dataset, config: TrainConfig, tr: np.ndarray, va: np.ndarray, out: Path, *, resume: bool,
                   progress: bool, backbone: dict | None) -> dict:
     """Train by epochs; choose the epoch on an inner split of ``tr`` (or take the last); score ``va`` once."""
+    if data.x is None:
+        raise ValueError("training a network by epochs needs the decoded images: load the data with decode=True")
     if config.selection == "inner":
         rel_tr, rel_va = stratified_split(data.y[tr], val_fraction=config.val_fraction, seed=config.seed + 1,
                                           class_names=data.class_names)
@@ -167,9 +169,10 @@ def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bo
 
             pre = Preprocess(config.image_size, config.crop, True)
             start = time.perf_counter()
-            feats, computed = extract_features(data.x, data.digests, config.model, backbone, digest,
-                                               pre.cache_key(), cache_dir=cache_dir, batch_size=config.batch_size,
-                                               progress=progress)
+            source = data.x if data.x is not None else data.paths  # files: read in chunks, bounded memory
+            feats, computed = extract_features(source, data.digests, config.model, backbone, digest,
+                                               pre.cache_key(), pre=pre, cache_dir=cache_dir,
+                                               batch_size=config.batch_size, progress=progress)
             print(f"backbone features: {computed} computed, {len(feats) - computed} from cache "
                   f"({time.perf_counter() - start:.1f} s)")
     results = []

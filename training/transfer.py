@@ -116,13 +116,21 @@ def make_feature_fn(variant: str, depthwise: str = "shift"):
     return features
 
 
-def extract_features(x: np.ndarray, digests: Sequence[str], variant: str, backbone_params, weights_digest: str,
-                     pre_key: str, *, cache_dir: str | Path | None = None, batch_size: int = 32,
-                     progress: bool = False) -> tuple[np.ndarray, int]:
-    """``(features (n, 2, D), n computed)``: cached features where present, the backbone's for the rest."""
+def extract_features(x: np.ndarray | Sequence[str | Path], digests: Sequence[str], variant: str, backbone_params,
+                     weights_digest: str, pre_key: str, *, pre=None, cache_dir: str | Path | None = None,
+                     batch_size: int = 32, progress: bool = False) -> tuple[np.ndarray, int]:
+    """``(features (n, 2, D), n computed)``: cached features where present, the backbone's for the rest.
+
+    ``x``: the preprocessed images (n, s, s, 3), or their files, with ``pre`` (a
+    :class:`~training.images.Preprocess`): then only the photos missing from the cache are read,
+    in chunks decoded by threads ahead of the backbone (:func:`training.stream.decode_chunks`),
+    so memory stays bounded however many photos there are. An unreadable photo raises
+    :class:`~training.images.BadImageError` naming it.
+    """
     from tqdm.auto import tqdm
 
-    from training.images import save_npy_atomic
+    from training.images import BadImageError, save_npy_atomic
+    from training.stream import decode_chunks
 
     folder = feature_cache_dir(cache_dir, variant, weights_digest, pre_key)
     out: list[np.ndarray | None] = []
@@ -140,15 +148,27 @@ def extract_features(x: np.ndarray, digests: Sequence[str], variant: str, backbo
     missing = [i for i, a in enumerate(out) if a is None]
     if missing:
         fn = make_feature_fn(variant)
-        for start in tqdm(range(0, len(missing), batch_size), desc="backbone features", disable=not progress):
+        in_memory = isinstance(x, np.ndarray)
+        if not in_memory and pre is None:
+            raise ValueError("extract_features from files needs pre (the preprocessing)")
+        chunks = ([x[missing[i:i + batch_size]] for i in range(0, len(missing), batch_size)] if in_memory else
+                  (chunk for chunk in decode_chunks([Path(x[i]) for i in missing], pre, chunk_size=batch_size)))
+        bar = tqdm(total=len(missing), desc="backbone features", unit="photo", disable=not progress)
+        for start, chunk in zip(range(0, len(missing), batch_size), chunks):
+            if not in_memory:
+                bad = [a for _, a in chunk if isinstance(a, str)]
+                if bad:
+                    raise BadImageError(bad[0])
+                chunk = np.stack([a for _, a in chunk])
             idx = missing[start:start + batch_size]
-            batch = x[idx]
             if len(idx) < batch_size:  # pad to a fixed shape: one compilation
-                batch = np.concatenate([batch, np.zeros((batch_size - len(idx), *x.shape[1:]), x.dtype)])
-            feats = np.asarray(fn(backbone_params, batch), np.float32)[: len(idx)]
+                chunk = np.concatenate([chunk, np.zeros((batch_size - len(idx), *chunk.shape[1:]), chunk.dtype)])
+            feats = np.asarray(fn(backbone_params, chunk), np.float32)[: len(idx)]
             for i, f in zip(idx, feats):
                 out[i] = f
                 save_npy_atomic(folder / f"{digests[i]}.npy", f)
+            bar.update(len(idx))
+        bar.close()
     dim = out[0].shape[1] if out else 1280
     return (np.stack(out) if out else np.zeros((0, 2, dim), np.float32)), len(missing)
 
