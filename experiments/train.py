@@ -190,6 +190,15 @@ def _train(args: argparse.Namespace, config: TrainConfig, data, out, counts: dic
 def validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Checks that need the preset and the flags together (argparse's one-line error, exit 2)."""
     config = config_from_args(args)
+    if args.data is not None:
+        from training.images import discover
+
+        try:
+            labels = sorted({label for _, label in discover(args.data)})  # lists files, decodes nothing
+        except (ValueError, OSError):
+            labels = None  # a missing or malformed source: reported by the run, naming it
+        if labels is not None and len(labels) < 2:
+            p.error(f"argument --data: {args.data} has one class ({labels[0]!r}): a classifier needs at least two")
     if config.grad == "manual" and config.model != "model1":
         p.error(f"argument --grad: manual gradients are written for Model 1 (--model model1 or --preset lab-2020/"
                 f"improved), not {config.model}")

@@ -55,12 +55,13 @@ def test_an_image_too_small_for_model1_is_named(tmp_path, capsys):
     assert "image size 8 is too small for Model 1" in capsys.readouterr().err
 
 
-def test_a_single_class_data_set_is_refused(tmp_path, capsys):
+def test_a_single_class_data_set_is_refused_before_any_work(tmp_path, capsys):
     root = _photos(tmp_path / "photos", labels=("only",))
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as info:
         train.main(["--data", str(root), "--preset", "lab-2020", "--image-size", "8", "--out", str(tmp_path / "r"),
                     "--cache-dir", str(tmp_path / "c"), "--no-progress"])
-    assert "only one class ('only')" in capsys.readouterr().err
+    assert info.value.code == 2 and "one class ('only')" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "c").exists()
 
 
 @pytest.mark.parametrize("newline", ["\n", "\r\n"], ids=["lf", "crlf"])
