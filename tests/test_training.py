@@ -333,6 +333,25 @@ def test_fit_writes_checkpoints_and_resume_continues(tmp_path):
     assert names == ["dark", "bright"] and cfg.epochs == 3
 
 
+def test_resume_after_a_kill_between_the_best_and_the_last_checkpoint(tmp_path):
+    """A kill after ``best`` of epoch 2 was written but before ``last`` of epoch 2: --resume restarts from
+    ``last`` = epoch 1, recomputes epoch 2 and replaces the ``best`` step already there."""
+    import shutil
+
+    x, y = tiny_problem()
+    config = small_config(epochs=2, selection="last")  # "last": every epoch is saved as best
+    fit(config, x[:16], y[:16], x[16:], y[16:], ["dark", "bright"], tmp_path / "s", progress=False)
+    killed = tmp_path / "k"
+    fit(small_config(epochs=1, selection="last"), x[:16], y[:16], x[16:], y[16:], ["dark", "bright"], killed,
+        progress=False)
+    shutil.copytree(tmp_path / "s" / "checkpoints" / "best" / "2", killed / "checkpoints" / "best" / "2")
+    resumed = fit(config, x[:16], y[:16], x[16:], y[16:], ["dark", "bright"], killed, resume=True, progress=False)
+    straight = json.loads((tmp_path / "s" / "history.json").read_text())
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    np.testing.assert_allclose([h["train_loss"] for h in resumed["history"]], [h["train_loss"] for h in straight],
+                               rtol=1e-6)
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     x, y = tiny_problem()
     fit(small_config(epochs=1), x[:16], y[:16], x[16:], y[16:], ["a", "b"], tmp_path, progress=False)

@@ -66,7 +66,11 @@ class Checkpoints:
         }
 
     def save(self, which: str, step: int, state, meta: dict) -> None:
+        """Save ``step``; a step already there (written just before a kill, then recomputed after
+        ``--resume`` from an earlier ``last``) is replaced."""
         manager = self.managers[which]
+        if step in manager.all_steps():
+            manager.delete(step)
         manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                    meta=ocp.args.JsonSave(meta)), force=True)
         manager.wait_until_finished()
