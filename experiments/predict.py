@@ -26,7 +26,7 @@ from pathlib import Path
 from experiments.errors import positive_int, run_command
 from training.images import Preprocess, image_files
 from training.stream import PartialCSV, predict_folder
-from training.train import load_operating_point, load_trained, make_eval_step
+from training.train import load_trained, make_eval_step, run_config
 from training.transfer import decide
 
 
@@ -34,12 +34,11 @@ def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     root = Path(args.images)
     model, params, config, class_names = load_trained(args.checkpoint)
-    op = load_operating_point(args.checkpoint)
+    ckpt_dir, saved = run_config(args.checkpoint)
+    op = saved.get("operating_point")
     header = ["path", "predicted", *[f"p_{n}" for n in class_names]]
-    config_file = Path(args.checkpoint) / "checkpoints" / "config.json"
-    config_file = config_file if config_file.is_file() else Path(args.checkpoint) / "config.json"
     signature = {"checkpoint": str(Path(args.checkpoint).resolve()), "images": str(root.resolve()),
-                 "checkpoint_config_sha256": hashlib.sha256(config_file.read_bytes()).hexdigest()}
+                 "checkpoint_config_sha256": hashlib.sha256((ckpt_dir / "config.json").read_bytes()).hexdigest()}
     partial = PartialCSV(out, header, signature)
     if args.overwrite:
         partial.discard()

@@ -183,8 +183,7 @@ def model1_loss_with_manual_grad(params: dict, X: Array, labels: Array, model, *
         return batch(p)[0]
 
     def loss_fwd(p):
-        value, nabla = batch(p)
-        return value, nabla
+        return batch(p)  # (C, residuals = ∂C/∂params)
 
     def loss_bwd(nabla, g):
         return (jax.tree_util.tree_map(lambda n: g * n, nabla),)

@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from training.tables import atomic_open
+
 CACHE_VERSION = "v1"
 NOT_IMAGES = {".md", ".txt", ".csv", ".json", ".toml"}  # files in photo folders that are not photos
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".hif", ".tif", ".tiff", ".bmp", ".gif"}
@@ -182,8 +184,6 @@ class ImageCache:
 
 def save_npy_atomic(path: Path, arr: np.ndarray) -> None:
     """``np.save`` to a temporary file beside ``path``, then rename it into place."""
-    from training.tables import atomic_open
-
     with atomic_open(path, "wb") as f:
         np.save(f, arr)
 

@@ -170,7 +170,6 @@ def predict_folder(files: Sequence[Path], root: Path, probs_fn: Callable, params
     rel = {f: f.relative_to(root).as_posix() for f in files}
     if resume and partial.exists():
         done, report.skipped = partial.resume()
-        report.skipped = list(report.skipped)
         todo = [f for f in files if rel[f] not in done]
         report.resumed = len(files) - len(todo)
         print(f"resuming: {report.resumed} photos already predicted in {partial.path}")

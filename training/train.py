@@ -453,7 +453,8 @@ def fit(
             "normalization": normalization}
 
 
-def _run_config(run_dir: str | Path) -> tuple[Path, dict]:
+def run_config(run_dir: str | Path) -> tuple[Path, dict]:
+    """``(checkpoint folder, saved config.json)`` of a run folder; a missing or damaged one raises naming it."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder not found: {run_dir}")
@@ -469,7 +470,7 @@ def _run_config(run_dir: str | Path) -> tuple[Path, dict]:
 
 def load_trained(run_dir: str | Path, which: str = "best"):
     """``(model, params, config, class_names)`` of a finished run; a damaged one raises naming the file."""
-    ckpt_dir, saved = _run_config(run_dir)
+    ckpt_dir, saved = run_config(run_dir)
     try:
         config, class_names = TrainConfig.from_json(saved["config"]), saved["class_names"]
     except (TypeError, KeyError) as exc:
@@ -483,8 +484,3 @@ def load_trained(run_dir: str | Path, which: str = "best"):
     finally:
         ckpt.close()
     return model, state.params, config, class_names
-
-
-def load_operating_point(run_dir: str | Path) -> dict | None:
-    """The threshold rule saved by a run trained with a target recall, or None."""
-    return _run_config(run_dir)[1].get("operating_point")

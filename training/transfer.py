@@ -151,8 +151,9 @@ def extract_features(x: np.ndarray | Sequence[str | Path], digests: Sequence[str
         in_memory = isinstance(x, np.ndarray)
         if not in_memory and pre is None:
             raise ValueError("extract_features from files needs pre (the preprocessing)")
-        chunks = ([x[missing[i:i + batch_size]] for i in range(0, len(missing), batch_size)] if in_memory else
-                  (chunk for chunk in decode_chunks([Path(x[i]) for i in missing], pre, chunk_size=batch_size)))
+        # one chunk at a time either way: indexing the array copies, so it is done per chunk
+        chunks = ((x[missing[i:i + batch_size]] for i in range(0, len(missing), batch_size)) if in_memory else
+                  decode_chunks([Path(x[i]) for i in missing], pre, chunk_size=batch_size))
         bar = tqdm(total=len(missing), desc="backbone features", unit="photo", disable=not progress)
         for start, chunk in zip(range(0, len(missing), batch_size), chunks):
             if not in_memory:
