@@ -133,6 +133,10 @@ def run(args: argparse.Namespace) -> dict:
     folder = RunFolder(args.out, resume=args.resume, overwrite=args.overwrite)
     folder.check()  # before any work
     config = config_from_args(args)
+    if config.weights:  # a user's weights file is read, safely, before any photo
+        from models.pretrained import check_weights_file
+
+        check_weights_file(config.model, config.weights, cache_dir=args.cache_dir)
     data = load_dataset(args.data, Preprocess(config.image_size, config.crop, config.rgb), scenario=args.scenario,
                         grouping_file=args.grouping, skip_bad=args.skip_bad, cache_dir=args.cache_dir,
                         workers=args.workers, progress=not args.no_progress,

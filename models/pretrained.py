@@ -17,6 +17,7 @@ Name mapping (PyTorch → Flax; conv kernels (O, I, kh, kw) → (kh, kw, I, O), 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import re
@@ -132,6 +133,11 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+@functools.cache
+def _expected_backbone_shapes(variant: str) -> dict[tuple[str, ...], tuple[int, ...]]:
+    return expected_shapes(EfficientNetLite(variant=variant), native_size(variant))
+
+
 def load_backbone(variant: str = "efficientnet_lite0", weights: str | Path | None = None, *,
                   cache_dir: str | Path | None = None) -> tuple[dict, str]:
     """``(params, sha256)``: the ImageNet parameters of ``variant`` as a Flax tree, and the file's digest.
@@ -144,18 +150,17 @@ def load_backbone(variant: str = "efficientnet_lite0", weights: str | Path | Non
         raise FileNotFoundError(f"weights file not found: {source}")
     digest = _sha256(source)
     cached = weights_cache_root(cache_dir) / f"{variant}-{digest}.npz"
-    want = expected_shapes(EfficientNetLite(variant=variant), native_size(variant))
     flat = None
     if cached.is_file():
         try:
             with np.load(cached, allow_pickle=False) as z:
                 flat = {tuple(k.split("/")): z[k] for k in z.files}
-            check_shapes(flat, want, variant, cached)
+            check_shapes(flat, _expected_backbone_shapes(variant), variant, cached)
         except (OSError, ValueError):
             flat = None  # a damaged cache entry is converted again
     if flat is None:
         flat = convert_state_dict(load_state_dict(source))
-        check_shapes(flat, want, variant, source)
+        check_shapes(flat, _expected_backbone_shapes(variant), variant, source)
         _save_npz_atomic(cached, {"/".join(k): v for k, v in flat.items()})
     return unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()}), digest
 
@@ -212,3 +217,18 @@ def load_torchvision_resnet50(path: str | Path) -> dict:
     model = ResNet50(n_classes=flat.get(("logits", "bias"), np.zeros(1000)).shape[0], norm="batch")
     check_shapes(flat, expected_shapes(model, 64), "torchvision resnet50", path)
     return unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()})
+
+
+def check_weights_file(model: str, path: str | Path, *, cache_dir: str | Path | None = None) -> None:
+    """Read a user's ``--weights`` file for ``model`` (safely, before any photo is read) and check its shapes.
+
+    Raises :class:`WeightsFileError` naming the file, or ``ValueError`` for a model that takes no weights file.
+    """
+    if model == "resnet50":
+        load_torchvision_resnet50(path)
+    elif model.startswith("efficientnet_lite"):
+        load_backbone(model, path, cache_dir=cache_dir)
+    else:
+        raise ValueError(f"--weights {path}: {model} is trained from scratch and takes no weights file "
+                         "(use --model resnet50 or an efficientnet_lite model)")
+

@@ -1,0 +1,258 @@
+"""Hostile files: a weights file runs no code, crashes nothing and allocates what its bytes justify.
+
+The corpus (tests/hostile_weights.py) is generated here, byte by byte. Each file is opened in a
+forked child with an address-space limit (tests/open_weights.py), so a crash or a runaway
+allocation fails its test rather than pytest. The same files then go through the user's
+command, ``experiments.train --weights``, for the default backbone and for ResNet-50.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import tracemalloc
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from models.torch_weights import WeightsFileError, load_state_dict
+from tests.hostile_weights import (
+    POSITIONS,
+    example_state,
+    legacy_bytes,
+    payload_corpus,
+    reference_decode,
+    state_pickle,
+    structural_corpus,
+    write_corpus,
+    zip_bytes,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _is_payload(name: str) -> bool:
+    return any(f"-p{p}-" in name for p in range(6))
+
+
+def open_each_in_a_child(paths: list[Path]) -> dict[str, dict]:
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "open_weights.py"), *map(str, paths)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = {Path(r["file"]).stem: r for r in map(json.loads, proc.stdout.splitlines())}
+    assert len(results) == len(paths)
+    return results
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hostile")
+    sentinel = folder / "SENTINEL"
+    files = {**payload_corpus(sentinel), **structural_corpus()}
+    return folder, sentinel, files
+
+
+@pytest.mark.parametrize("position", [*POSITIONS, "structural"])
+def test_every_hostile_file_gives_one_weights_file_error_and_runs_nothing(corpus, position):
+    folder, sentinel, files = corpus
+    subset = {k: v for k, v in files.items()
+              if (k.startswith(f"{position}-p") if position != "structural" else not _is_payload(k))}
+    assert len(subset) >= (50 if position == "structural" else 100)
+    results = open_each_in_a_child(write_corpus(folder, subset))
+    bad = {name: (r["outcome"], r["detail"]) for name, r in results.items() if r["outcome"] != "WeightsFileError"}
+    assert not bad, bad
+    for name, r in results.items():
+        assert r["detail"].startswith(str(folder / name)), r  # names the file
+        assert "\n" not in r["detail"]
+    assert not sentinel.exists()  # no payload ran
+
+
+def test_payloads_are_refused_for_what_they_are(corpus):
+    """The payloads are refused by name or opcode: not by luck of a parse error."""
+    folder, _, files = corpus
+    some = {k: v for k, v in files.items() if k.startswith("legacy-magic-p") or k.startswith("zip-data.pkl-p")}
+    for name, r in open_each_in_a_child(write_corpus(folder, some)).items():
+        assert ("refused to load os.system" in r["detail"] or "refused to load builtins." in r["detail"]
+                or "refused pickle opcode" in r["detail"]), (name, r["detail"])
+
+
+@pytest.mark.parametrize("fmt", ["legacy", "zip"])
+def test_valid_files_read_equal_to_an_independent_decoder(tmp_path, fmt):
+    state = example_state()
+    raw = legacy_bytes(state) if fmt == "legacy" else zip_bytes(state)
+    (tmp_path / "w.pth").write_bytes(raw)
+    got, ref = load_state_dict(tmp_path / "w.pth"), reference_decode(raw)
+    for name, want in state.items():
+        assert got[name].dtype == want.dtype and got[name].shape == want.shape
+        assert np.array_equal(got[name], want) and np.array_equal(ref[name], want)
+
+
+def test_strided_and_shared_views_are_read_like_torch(tmp_path):
+    """A transposed view, an offset view and two tensors sharing one storage (tied weights)."""
+    from tests.hostile_weights import tensor_asm
+
+    base = np.arange(12, dtype=np.float32)
+    entries = {"t": tensor_asm(np.float32, "0", 12, 0, (4, 3), (1, 4), legacy=False),
+               "tail": tensor_asm(np.float32, "0", 12, 5, (2, 3), (3, 1), legacy=False),
+               "tied": tensor_asm(np.float32, "0", 12, 0, (12,), (1,), legacy=False)}
+    raw = zip_bytes({"w": base}, data_pkl=state_pickle({}, legacy=False, entries=entries))
+    (tmp_path / "w.pth").write_bytes(raw)
+    got = load_state_dict(tmp_path / "w.pth")
+    assert np.array_equal(got["t"], base.reshape(3, 4).T)
+    assert np.array_equal(got["tail"], base[5:11].reshape(2, 3))
+    assert np.array_equal(got["tied"], base)
+    assert all(np.array_equal(got[k], v) for k, v in reference_decode(raw).items())
+
+
+def test_files_written_here_load_in_torch_and_torch_files_load_here(tmp_path):
+    torch = pytest.importorskip("torch", reason="torch is not installed (pip install -e '.[bench]')")
+    state = example_state()
+    for fmt, raw in [("legacy", legacy_bytes(state)), ("zip", zip_bytes(state))]:
+        (tmp_path / f"{fmt}.pth").write_bytes(raw)
+        theirs = torch.load(tmp_path / f"{fmt}.pth", weights_only=True)
+        assert all(np.array_equal(theirs[k].numpy(), v) for k, v in state.items()), fmt
+        torch.save({k: torch.from_numpy(v) for k, v in state.items()}, tmp_path / f"torch-{fmt}.pth",
+                   _use_new_zipfile_serialization=fmt == "zip")
+        ours = load_state_dict(tmp_path / f"torch-{fmt}.pth")
+        assert all(np.array_equal(ours[k], v) for k, v in state.items()), fmt
+
+
+# --- mutation: correct tensors or WeightsFileError, in bounded memory --------------------------------------------
+
+_STATE = example_state()
+_LEGACY = legacy_bytes(_STATE)
+_PKL = state_pickle(_STATE, legacy=False)
+_ZIP = zip_bytes(_STATE)
+
+
+def _rezip(data_pkl: bytes) -> bytes:
+    return zip_bytes(_STATE, data_pkl=data_pkl)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(target=st.sampled_from(["legacy", "zip-data.pkl", "zip-bytes"]),
+       edits=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=4),
+       cut=st.one_of(st.none(), st.floats(0, 1)))
+def test_mutated_weights_files_give_the_tensors_or_one_error(tmp_path_factory, target, edits, cut):
+    raw = bytearray({"legacy": _LEGACY, "zip-data.pkl": _PKL, "zip-bytes": _ZIP}[target])
+    for where, byte in edits:
+        raw[int(where * len(raw))] = byte
+    if cut is not None:
+        raw = raw[: int(cut * len(raw))]
+    raw = _rezip(bytes(raw)) if target == "zip-data.pkl" else bytes(raw)
+    path = tmp_path_factory.getbasetemp() / "mutated.pth"
+    path.write_bytes(raw)
+    tracemalloc.start()
+    try:
+        got = load_state_dict(path)
+    except WeightsFileError as exc:
+        assert str(path) in str(exc) and "\n" not in str(exc)
+        got = None
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert peak <= 16 << 20, f"{peak} bytes traced for a {len(raw)}-byte file"
+    if got is not None:  # what the file says, decoded independently
+        want = reference_decode(raw)
+        assert set(got) == set(want)
+        for k in want:
+            assert got[k].shape == want[k].shape and got[k].tobytes() == want[k].astype(got[k].dtype).tobytes()
+
+
+# --- through the user's command -----------------------------------------------------------------------------------
+
+_DRIVER = """
+import contextlib, io, json, sys
+from experiments.train import main
+for path in sys.argv[3:]:
+    err = io.StringIO()
+    code = 0
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main(["--data", sys.argv[1], "--out", sys.argv[2] + "/" + path.rsplit("/", 1)[-1], "--weights", path,
+                  "--no-progress", *(["--model", "resnet50", "--image-size", "32"] if sys.argv[2].endswith("resnet50")
+                                     else [])])
+        except SystemExit as exc:
+            code = exc.code
+    print(json.dumps({"file": path, "code": code, "stderr": err.getvalue()}), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for label in ("tree", "not_a_tree"):
+        (root / label).mkdir()
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(root / label / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("model", ["efficientnet_lite0", "resnet50"])
+def test_train_with_hostile_weights_prints_one_line_and_runs_nothing(corpus, photos, tmp_path, model):
+    """A sample of the corpus through ``experiments.train --weights`` (in one child process per model)."""
+    folder, sentinel, files = corpus
+    chosen = [k for k in files if "-p2-" in k and "GLOBAL-system" in k] + [
+        k for k in files if not _is_payload(k) and any(w in k for w in ("stride", "bomb", "36TiB", "pid-", "memo"))]
+    paths = write_corpus(folder, {k: files[k] for k in chosen})
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"}
+    out = tmp_path / model
+    proc = subprocess.run([sys.executable, "-c", _DRIVER, str(photos), str(out), *map(str, paths)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(rows) == len(paths) >= 15
+    for row in rows:
+        lines = row["stderr"].strip().splitlines()
+        assert row["code"] == 1 and len(lines) == 1 and lines[0].startswith("error: ") and row["file"] in lines[0], row
+        assert not (out / Path(row["file"]).name).exists()  # nothing written for a refused run
+    assert not sentinel.exists()
+
+
+def test_the_issue_payload_through_the_command_line(tmp_path, photos):
+    """The reported exploit: a legacy .pth whose first pickle reduces to os.system, given to experiments.train."""
+    from tests.hostile_weights import payload_file, payload_pickle
+
+    sentinel = tmp_path / "pwned"
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(payload_file("legacy-magic", payload_pickle(2, "REDUCE", "system", False, sentinel)))
+    proc = subprocess.run([sys.executable, "-m", "experiments.train", "--data", str(photos), "--weights", str(evil),
+                           "--out", str(tmp_path / "run"), "--no-progress"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1 and not sentinel.exists()
+    assert proc.stderr.strip().splitlines() == [f"error: {evil}: refused to load os.system: only tensors and dicts "
+                                                "are allowed"] or "refused to load posix.system" in proc.stderr
+    assert proc.stdout == ""  # refused before any photo was read
+
+
+def test_weights_for_a_model_trained_from_scratch_are_refused(tmp_path):
+    from models.pretrained import check_weights_file
+
+    (tmp_path / "w.pth").write_bytes(legacy_bytes(example_state()))
+    with pytest.raises(ValueError, match="model1 is trained from scratch"):
+        check_weights_file("model1", tmp_path / "w.pth")
+
+
+def test_zip_directory_sizes_are_checked_before_reading(tmp_path, monkeypatch):
+    """The bomb is refused from the central directory: no entry is decompressed."""
+    from tests.hostile_weights import _bomb
+
+    raw = _bomb(256 << 20)
+    (tmp_path / "bomb.pth").write_bytes(raw)
+    opened = []
+    real_open = zipfile.ZipFile.open
+    monkeypatch.setattr(zipfile.ZipFile, "open", lambda self, name, *a, **k: opened.append(name) or real_open(
+        self, name, *a, **k))
+    with pytest.raises(WeightsFileError, match="compression bomb"):
+        load_state_dict(tmp_path / "bomb.pth")
+    assert opened == [] and len(raw) < 1 << 20
+    assert zipfile.ZipFile(io.BytesIO(raw)).getinfo("archive/data/0").file_size == 256 << 20
