@@ -361,16 +361,16 @@ def test_sigkill_at_a_random_point_then_resume_gives_the_uninterrupted_losses(tm
                 "--cache-dir", str(tmp_path / "c"), "--no-progress", *extra]
 
     start = time.perf_counter()
-    subprocess.run(command(tmp_path / "whole"), env=env, cwd=repo, check=True, capture_output=True)
+    subprocess.run(command(tmp_path / "whole"), env=env, cwd=repo, check=True, capture_output=True)  # noqa: S603 (argv is this interpreter and paths the caller made; no shell)
     duration = time.perf_counter() - start
     seed = int.from_bytes(os.urandom(4), "little")
     delay = np.random.default_rng(seed).uniform(0.3 * duration, duration)
-    proc = subprocess.Popen(command(tmp_path / "killed"), env=env, cwd=repo, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(command(tmp_path / "killed"), env=env, cwd=repo, stdout=subprocess.DEVNULL,  # noqa: S603 (argv is this interpreter and paths the caller made; no shell)
                             stderr=subprocess.DEVNULL)
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    resumed = subprocess.run(command(tmp_path / "killed", "--resume"), env=env, cwd=repo, capture_output=True,
+    resumed = subprocess.run(command(tmp_path / "killed", "--resume"), env=env, cwd=repo, capture_output=True,  # noqa: S603 (argv is this interpreter and paths the caller made; no shell)
                              text=True)
     assert resumed.returncode == 0, f"kill after {delay:.2f} s (seed {seed}): {resumed.stderr[-2000:]}"
     whole = json.loads((tmp_path / "whole" / "history.json").read_text())

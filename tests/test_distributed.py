@@ -24,7 +24,7 @@ def test_two_processes_take_the_single_process_step():
     port = _free_port()
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
     env.pop("XLA_FLAGS", None)  # one CPU device per process
-    procs = [subprocess.Popen([sys.executable, "-m", "experiments.distributed_step", "--coordinator",
+    procs = [subprocess.Popen([sys.executable, "-m", "experiments.distributed_step", "--coordinator",  # noqa: S603 (argv is this interpreter and paths the caller made; no shell)
                                f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]

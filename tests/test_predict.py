@@ -161,7 +161,7 @@ def test_chunks_sharded_over_four_devices_give_the_same_csv(trained, tmp_path):
            "PYTHONPATH": str(repo)}
     code = ("import jax, sys; assert len(jax.local_devices()) == 4; from experiments import predict; "
             "predict.main(sys.argv[1:])")
-    subprocess.run([sys.executable, "-c", code, "--checkpoint", str(run), "--images", str(root), "--out",
+    subprocess.run([sys.executable, "-c", code, "--checkpoint", str(run), "--images", str(root), "--out",  # noqa: S603 (argv is this interpreter and paths the caller made; no shell)
                     str(tmp_path / "four.csv"), "--batch-size", "3", "--no-progress"], env=env, cwd=repo, check=True,
                    capture_output=True)
     one, four = read_predictions(tmp_path / "one.csv"), read_predictions(tmp_path / "four.csv")

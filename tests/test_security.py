@@ -42,7 +42,7 @@ def _is_payload(name: str) -> bool:
 
 
 def open_each_in_a_child(paths: list[Path]) -> dict[str, dict]:
-    proc = subprocess.run([sys.executable, str(REPO / "tests" / "open_weights.py"), *map(str, paths)],
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "open_weights.py"), *map(str, paths)],  # noqa: S603 (argv is this interpreter and paths the caller made; no shell)
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = {Path(r["file"]).stem: r for r in map(json.loads, proc.stdout.splitlines())}
@@ -206,7 +206,7 @@ def test_train_with_hostile_weights_prints_one_line_and_runs_nothing(corpus, pho
     paths = write_corpus(folder, {k: files[k] for k in chosen})
     env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"}
     out = tmp_path / model
-    proc = subprocess.run([sys.executable, "-c", _DRIVER, str(photos), str(out), *map(str, paths)], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-c", _DRIVER, str(photos), str(out), *map(str, paths)], cwd=REPO,  # noqa: S603 (argv is this interpreter and paths the caller made; no shell)
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
@@ -225,7 +225,7 @@ def test_the_issue_payload_through_the_command_line(tmp_path, photos):
     sentinel = tmp_path / "pwned"
     evil = tmp_path / "evil.pth"
     evil.write_bytes(payload_file("legacy-magic", payload_pickle(2, "REDUCE", "system", False, sentinel)))
-    proc = subprocess.run([sys.executable, "-m", "experiments.train", "--data", str(photos), "--weights", str(evil),
+    proc = subprocess.run([sys.executable, "-m", "experiments.train", "--data", str(photos), "--weights", str(evil),  # noqa: S603 (argv is this interpreter and paths the caller made; no shell)
                            "--out", str(tmp_path / "run"), "--no-progress"], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 1 and not sentinel.exists()
@@ -256,3 +256,117 @@ def test_zip_directory_sizes_are_checked_before_reading(tmp_path, monkeypatch):
         load_state_dict(tmp_path / "bomb.pth")
     assert opened == [] and len(raw) < 1 << 20
     assert zipfile.ZipFile(io.BytesIO(raw)).getinfo("archive/data/0").file_size == 256 << 20
+
+
+# --- photos -------------------------------------------------------------------------------------------------------
+
+def _photo_bytes(fmt: str) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    arr = np.random.default_rng(0).integers(0, 256, (20, 28, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(buf, fmt)
+    return buf.getvalue()
+
+
+_PHOTOS = {fmt: _photo_bytes(fmt) for fmt in ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP")}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fmt=st.sampled_from(sorted(_PHOTOS)),
+       edits=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=6),
+       cut=st.one_of(st.none(), st.floats(0, 1)))
+def test_mutated_photos_give_an_image_or_one_bad_image_error(tmp_path_factory, fmt, edits, cut):
+    import warnings
+
+    from training.images import BadImageError, Preprocess, load_image
+
+    raw = bytearray(_PHOTOS[fmt])
+    for where, byte in edits:
+        raw[int(where * len(raw))] = byte
+    if cut is not None:
+        raw = raw[: int(cut * len(raw))]
+    path = tmp_path_factory.getbasetemp() / f"mutated.{fmt.lower()}"
+    path.write_bytes(bytes(raw))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns about some damaged headers; the outcome is what counts
+            arr = load_image(path, Preprocess(16, "center", True))
+    except BadImageError as exc:
+        assert str(path) in str(exc) and "\n" not in str(exc)
+    else:
+        assert arr.shape == (16, 16, 3) and arr.dtype == np.float32 and np.isfinite(arr).all()
+        assert 0 <= arr.min() and arr.max() <= 1
+
+
+# --- run folders from someone else --------------------------------------------------------------------------------
+
+def _good_saved_run() -> dict:
+    from training.train import get_config
+
+    return {"config": json.loads(json.dumps(get_config().to_json())), "class_names": ["not_a_tree", "tree"],
+            "normalization": None, "operating_point": {"class": "tree", "class_index": 1, "threshold": 0.4}}
+
+
+HOSTILE_CONFIGS = {
+    "unknown-model": lambda s: s["config"].update(model="os.system"),
+    "unknown-field": lambda s: s["config"].update(__reduce__="os.system"),
+    "code-in-crop": lambda s: s["config"].update(crop="__import__('os').system('id')"),
+    "negative-size": lambda s: s["config"].update(image_size=-3),
+    "huge-size": lambda s: s["config"].update(image_size=10**9),
+    "nan-rate": lambda s: s["config"].update(learning_rate=float("nan")),
+    "string-epochs": lambda s: s["config"].update(epochs="4"),
+    "bool-as-int": lambda s: s["config"].update(batch_size=True),
+    "config-not-an-object": lambda s: s.update(config=["model1"]),
+    "one-class": lambda s: s.update(class_names=["tree"]),
+    "duplicate-classes": lambda s: s.update(class_names=["tree", "tree"]),
+    "class-not-a-string": lambda s: s.update(class_names=["tree", {"$": 1}]),
+    "threshold-out-of-range": lambda s: s["operating_point"].update(threshold=7),
+    "class-index-out-of-range": lambda s: s["operating_point"].update(class_index=5),
+    "normalization-zero-std": lambda s: s.update(normalization={"mean": [0.0], "std": [0.0]}),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_CONFIGS))
+def test_a_hostile_run_config_is_refused_naming_the_file_and_field(tmp_path, case):
+    from training.train import load_trained, run_config
+
+    saved = _good_saved_run()
+    (tmp_path / "checkpoints").mkdir()
+    run_config_path = tmp_path / "checkpoints" / "config.json"
+    run_config_path.write_text(json.dumps(saved))
+    run_config(tmp_path)  # the unmodified one is accepted
+    HOSTILE_CONFIGS[case](saved)
+    run_config_path.write_text(json.dumps(saved))
+    for read in (run_config, load_trained):
+        with pytest.raises(ValueError, match=r"config\.json: ") as info:
+            read(tmp_path)
+        assert str(run_config_path) in str(info.value)
+
+
+def test_predict_on_a_hostile_run_folder_prints_one_line(tmp_path, capsys):
+    saved = _good_saved_run()
+    saved["config"]["model"] = "__import__('os').system('touch pwned')"
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "config.json").write_text(json.dumps(saved))
+    (tmp_path / "photos").mkdir()
+    from experiments.predict import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--checkpoint", str(tmp_path / "run"), "--images", str(tmp_path / "photos"),
+              "--out", str(tmp_path / "p.csv")])
+    assert info.value.code == 1 and not (tmp_path / "pwned").exists() and not Path("pwned").exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "config.json: configuration field model=" in err[0]
+
+
+def test_the_coordinator_listens_only_on_the_address_given(monkeypatch):
+    import jax
+
+    from training import devices
+
+    seen = {}
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: seen.update(kw))
+    monkeypatch.setattr(jax.config, "update", lambda *a: None)
+    devices.initialize_distributed("127.0.0.1:12355", 2, 0)
+    assert seen["coordinator_bind_address"] == "127.0.0.1:12355"

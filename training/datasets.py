@@ -64,7 +64,7 @@ def load_mnist_npz(path: str | Path) -> ArrayData:
     if not path.is_file():
         raise FileNotFoundError(f"MNIST file not found: {path}")
     try:
-        data = np.load(path)
+        data = np.load(path, allow_pickle=False)
     except Exception as exc:  # numpy raises several types for a bad file
         raise ValueError(f"{path}: not a readable .npz file ({exc})") from exc
     with data:

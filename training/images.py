@@ -46,6 +46,9 @@ class BadImageError(ValueError):
     """An image file that cannot be used; the message names the file."""
 
 
+CROPS = ("center", "squash")  # the largest centred square, or the whole photo resized
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """How a photo becomes an array: ``(image_size, image_size, 1 or 3)`` float32 in [0, 1]."""
@@ -55,7 +58,7 @@ class Preprocess:
     rgb: bool = False
 
     def __post_init__(self):
-        if self.crop not in ("center", "squash"):
+        if self.crop not in CROPS:
             raise ValueError(f"unknown crop {self.crop!r}; expected 'center' or 'squash'")
         if self.image_size < 8:
             raise ValueError(f"image_size must be at least 8, got {self.image_size}")
@@ -143,6 +146,8 @@ def load_image(path: str | Path, pre: Preprocess) -> np.ndarray:
         raise BadImageError(f"{path}: not an image Pillow can read ({exc})") from exc
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
         raise BadImageError(f"{path}: corrupt or truncated image ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - a hostile file can make a decoder raise anything: it is the file's fault
+        raise BadImageError(f"{path}: corrupt image, the decoder failed ({type(exc).__name__}: {exc})") from exc
     if arr.ndim == 2:
         arr = arr[:, :, None]
     return arr
@@ -172,7 +177,7 @@ class ImageCache:
         if not p.exists():
             return None
         try:
-            arr = np.load(p)
+            arr = np.load(p, allow_pickle=False)
         except (OSError, ValueError):
             return None  # a damaged cache entry is recomputed and rewritten
         expected = (pre.image_size, pre.image_size, pre.channels)

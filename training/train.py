@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +24,14 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from models.model1 import Model1
+from models.model1 import ACTIVATIONS, Model1
 from training.augment import Augment, augment_batch
 from training.checkpoints import Checkpoints, read_json, write_json_atomic
 from training.devices import DataParallel
+from training.images import CROPS
 from training.metrics import classification_metrics, majority_baseline
 from training.tables import write_table
-from training.transfer import BACKBONES, TransferClassifier, masked_optimizer
+from training.transfer import BACKBONES, FINETUNE, TransferClassifier, masked_optimizer
 
 
 @dataclass(frozen=True)
@@ -78,23 +80,91 @@ class TrainConfig:
     # jax.custom_vjp; the optimizer and the jitted step are the same
     grad: str = "autodiff"
 
+    def __post_init__(self):
+        _check_config(self)
+
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, data: dict) -> TrainConfig:
-        data = dict(data)
-        data["head_units"] = tuple(data.get("head_units", (128, 64)))
-        if "head_l2_grid" in data:
-            data["head_l2_grid"] = tuple(data["head_l2_grid"])
-        if data.get("target_recall") is not None:
-            data["target_recall"] = (str(data["target_recall"][0]), float(data["target_recall"][1]))
+        """A config from ``config.json`` (possibly someone else's): every field checked, unknown ones refused.
+
+        Only JSON values are accepted (strings, numbers, booleans, lists); names are checked against the
+        registries (models, crops, schedules …) and numbers against their ranges. Nothing is evaluated.
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"the configuration is a {type(data).__name__}, not an object")
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        unknown = sorted(str(k)[:40] for k in data if k not in known)
+        if unknown:
+            raise ValueError(f"unknown configuration fields {unknown}")
+        data = dict(data)
+        for name in ("head_units", "head_l2_grid", "target_recall"):
+            if isinstance(data.get(name), list):
+                data[name] = tuple(data[name])
+        return cls(**data)
 
     @property
     def pretrained(self) -> bool:
         return self.model in BACKBONES
+
+
+_CHOICES: dict[str, tuple] = {
+    "crop": CROPS, "class_weights": (None, "balanced"), "activation": tuple(ACTIVATIONS),
+    "lr_schedule": (None, "cosine"), "selection": ("inner", "last"), "finetune": FINETUNE,
+    "grad": ("autodiff", "manual"),
+}
+# field → (lowest, highest) for integers; None: unbounded above
+_INTS = {"image_size": (8, 4096), "epochs": (1, 100_000), "batch_size": (1, 1 << 20), "folds": (1, 1000),
+         "seed": (-(2**63), 2**63 - 1), "first_kernel": (1, 64), "augment_crop_pad": (0, 1024), "top_blocks": (0, 64),
+         "head_steps": (1, 1_000_000), "inner_folds": (2, 100)}
+_BOOLS = ("rgb", "standardize", "augment", "augment_flip", "tta_flip")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_config(c: TrainConfig) -> None:
+    """Every field of ``c`` of its type and in its range; ``ValueError`` naming the first that is not."""
+    def fail(name: str, expected: str):
+        raise ValueError(f"configuration field {name}={getattr(c, name)!r:.80}: expected {expected}")
+
+    if c.model not in MODELS:
+        fail("model", f"one of {list(MODELS)}")
+    for name, choices in _CHOICES.items():
+        if getattr(c, name) not in choices or not isinstance(getattr(c, name), (str, type(None))):
+            fail(name, f"one of {list(choices)}")
+    for name, (lo, hi) in _INTS.items():
+        if not _is_int(getattr(c, name)) or not lo <= getattr(c, name) <= hi:
+            fail(name, f"an integer in [{lo}, {hi}]")
+    for name in _BOOLS:
+        if not isinstance(getattr(c, name), (bool, np.bool_)):
+            fail(name, "true or false")
+    for name, lo, hi in (("learning_rate", 0, 10), ("val_fraction", 0, 1), ("dropout_rate", -1e-12, 1),
+                         ("augment_degrees", -1e-12, 180), ("augment_brightness", -1e-12, 1),
+                         ("augment_contrast", -1e-12, 1)):
+        if not _is_real(getattr(c, name)) or not lo < getattr(c, name) < hi:
+            fail(name, f"a number in ({max(lo, 0)}, {hi})")
+    if c.patience is not None and not (_is_int(c.patience) and c.patience >= 1):
+        fail("patience", "null or an integer ≥ 1")
+    if not (isinstance(c.head_units, tuple) and 0 < len(c.head_units) <= 8
+            and all(_is_int(u) and 1 <= u <= 65536 for u in c.head_units)):
+        fail("head_units", "1 to 8 integers in [1, 65536]")
+    if not (isinstance(c.head_l2_grid, tuple) and 0 < len(c.head_l2_grid) <= 100
+            and all(_is_real(v) and v >= 0 for v in c.head_l2_grid)):
+        fail("head_l2_grid", "1 to 100 numbers ≥ 0")
+    if c.weights is not None and not isinstance(c.weights, str):
+        fail("weights", "null or a file name")
+    if c.target_recall is not None and not (
+            isinstance(c.target_recall, tuple) and len(c.target_recall) == 2 and isinstance(c.target_recall[0], str)
+            and _is_real(c.target_recall[1]) and 0 < c.target_recall[1] <= 1):
+        fail("target_recall", "null or [class name, recall in (0, 1]]")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -465,16 +535,45 @@ def run_config(run_dir: str | Path) -> tuple[Path, dict]:
     saved = read_json(config_path, "a run's saved configuration")
     if not isinstance(saved, dict) or "config" not in saved or "class_names" not in saved:
         raise ValueError(f"{config_path}: not a run configuration written by experiments.train")
+    try:
+        check_saved_run(saved)
+    except ValueError as exc:
+        raise ValueError(f"{config_path}: {exc}") from exc
     return ckpt_dir, saved
+
+
+def check_saved_run(saved: dict) -> TrainConfig:
+    """The config of a run's ``config.json`` after checking every field (it may come from someone else).
+
+    ``config``: see :meth:`TrainConfig.from_json`; ``class_names``: 2–10,000 distinct non-empty strings;
+    ``normalization``: null or equal-length lists of finite means and positive stds; ``operating_point``:
+    null or a class index in range with a threshold in [0, 1]. ``ValueError`` names the first bad field.
+    """
+    config = TrainConfig.from_json(saved["config"])
+    names = saved["class_names"]
+    if not (isinstance(names, list) and 2 <= len(names) <= 10_000 and all(isinstance(n, str) and n for n in names)
+            and len(set(names)) == len(names)):
+        raise ValueError("class_names: expected 2 to 10,000 distinct non-empty names")
+    norm = saved.get("normalization")
+    if norm is not None:
+        ok = (isinstance(norm, dict) and set(norm) == {"mean", "std"}
+              and all(isinstance(norm[k], list) and 0 < len(norm[k]) <= 1 << 16 for k in ("mean", "std"))
+              and len(norm["mean"]) == len(norm["std"]) and all(_is_real(v) for v in norm["mean"])
+              and all(_is_real(v) and v > 0 for v in norm["std"]))
+        if not ok:
+            raise ValueError("normalization: expected null or {mean: [finite numbers], std: [positive numbers]}")
+    op = saved.get("operating_point")
+    if op is not None and not (isinstance(op, dict) and _is_int(op.get("class_index"))
+                               and 0 <= op["class_index"] < len(names) and _is_real(op.get("threshold"))
+                               and 0 <= op["threshold"] <= 1):
+        raise ValueError("operating_point: expected null or a class_index in range and a threshold in [0, 1]")
+    return config
 
 
 def load_trained(run_dir: str | Path, which: str = "best"):
     """``(model, params, config, class_names)`` of a finished run; a damaged one raises naming the file."""
     ckpt_dir, saved = run_config(run_dir)
-    try:
-        config, class_names = TrainConfig.from_json(saved["config"]), saved["class_names"]
-    except (TypeError, KeyError) as exc:
-        raise ValueError(f"{ckpt_dir / 'config.json'}: not a valid run configuration ({exc})") from exc
+    config, class_names = TrainConfig.from_json(saved["config"]), saved["class_names"]  # checked by run_config
     model = create_model(config, len(class_names), saved.get("normalization"))
     shape = (config.image_size, config.image_size, 3 if config.rgb else 1)
     template = create_state(model, config, shape, key=jax.random.PRNGKey(0))
