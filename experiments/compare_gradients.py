@@ -18,6 +18,7 @@ import numpy as np
 
 import manual_backprop as mb
 from experiments.errors import image_size, positive_int, run_command
+from training.devices import float64
 from training.tables import device_description, output_dir, pyplot, time_call, write_table
 
 ARCHITECTURES = {
@@ -120,10 +121,10 @@ def plot(errors: list[dict], timings: list[dict], path) -> None:
 
 
 def run(out: str, quick: bool = False) -> dict:
-    jax.config.update("jax_enable_x64", True)  # float64 arrays where asked; float32 stays float32
     out_path = output_dir(out)
-    errors = error_rows()
-    timings = timing_rows(repeats=5 if quick else 20)
+    with float64():  # the error table compares in float64 (and float32) where asked
+        errors = error_rows()
+    timings = timing_rows(repeats=5 if quick else 20)  # float32, as users run
     worst64 = max(r["max_rel_err_float64"] for r in errors)
     worst32 = max(r["max_rel_err_float32"] for r in errors)
     write_table(
@@ -143,9 +144,9 @@ def run(out: str, quick: bool = False) -> dict:
 def run_cnn(out: str, image_size: int = 108, batch: int = 32, quick: bool = False) -> dict:
     from experiments import compare_cnn
 
-    jax.config.update("jax_enable_x64", True)
     out_path = output_dir(out)
-    errors = compare_cnn.error_rows(image_size)
+    with float64():
+        errors = compare_cnn.error_rows(image_size)
     timings = compare_cnn.timing_rows(image_size, batch=batch, repeats=3 if quick else 5)
     worst = max(r["rel_err_float64"] for r in errors)
     write_table(errors, out_path, "cnn_gradient_errors",

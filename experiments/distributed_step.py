@@ -26,10 +26,16 @@ def run(args: argparse.Namespace) -> dict:
     from training.devices import initialize_distributed
 
     initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    from training.devices import float64
+
+    with float64():  # the step is compared in float64 (see the README's bounds)
+        return _step(args)
+
+
+def _step(args: argparse.Namespace) -> dict:
     import jax
     import jax.numpy as jnp
 
-    jax.config.update("jax_enable_x64", True)
     from training.devices import DataParallel, put_process_batch
     from training.train import create_model, create_state, get_config, make_batch, make_batch_loss, make_train_step
 

@@ -11,6 +11,8 @@ from jax.test_util import check_grads
 import manual_backprop as mb
 from tests.helpers import assert_tree_close, relative_errors
 
+pytestmark = pytest.mark.x64  # gradient checks: float64, scoped to each test (tests/conftest.py)
+
 RTOL64 = 1e-12
 
 ARCHITECTURES = {

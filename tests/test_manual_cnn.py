@@ -12,6 +12,8 @@ from manual_backprop.cnn import model1_example_grads
 from models import Model1
 from tests.helpers import assert_tree_close
 
+pytestmark = pytest.mark.x64  # gradient checks: float64, scoped to each test (tests/conftest.py)
+
 RTOL = 1e-10
 model1_batch_grads = jax.jit(_model1_batch_grads, static_argnames=("model", "train"))
 

@@ -72,6 +72,7 @@ def test_flax_logits_equal_pytorch_with_the_same_weights(variant, tmp_path):
         assert rel <= 1e-4, (impl, rel)
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize(("size", "k", "stride"), [(9, 3, 1), (9, 3, 2), (8, 5, 2), (7, 5, 1), (6, 3, 2)],
                          ids=["odd-k3-s1", "odd-k3-s2", "even-k5-s2", "odd-k5-s1", "even-k3-s2"])
 def test_depthwise_shift_equals_grouped_convolution(size, k, stride):

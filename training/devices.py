@@ -7,9 +7,20 @@ then lists all hosts' devices and each host feeds its own slice of the batch.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+
+@contextlib.contextmanager
+def float64() -> Iterator[None]:
+    """64-bit JAX arithmetic inside the block only (``jax.enable_x64``; ``jax.experimental`` on older JAX)."""
+    scope = jax.enable_x64(True) if hasattr(jax, "enable_x64") else jax.experimental.enable_x64()
+    with scope:
+        yield
 
 
 class DataParallel:

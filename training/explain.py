@@ -15,17 +15,28 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from flax.core import unfreeze
+from flax.traverse_util import flatten_dict
+
+
+def _cam_entry(tree, what: str):
+    """The one ``cam_features`` entry of a collection, at whatever depth the model sows it (a backbone's
+    features sit inside its submodule's scope)."""
+    found = [v for k, v in flatten_dict(unfreeze(tree)).items() if k[-1] == "cam_features"]
+    if len(found) != 1:
+        raise ValueError(f"the model marks {len(found)} feature maps for Grad-CAM in its {what}; expected one")
+    return found[0]
 
 
 def _features_and_gradient(model, params, x: jax.Array, cls: int) -> tuple[jax.Array, jax.Array]:
     """(A, ∂y_c/∂A) at the model's ``cam_features``."""
     _, state = model.apply({"params": params}, x, mutable=["intermediates", "perturbations"])
-    features = state["intermediates"]["cam_features"][0]
+    features = _cam_entry(state["intermediates"], "intermediates")[0]
 
     def score(perturbations):
         return model.apply({"params": params, "perturbations": perturbations}, x)[cls]
 
-    grads = jax.grad(score)(state["perturbations"])["cam_features"]
+    grads = _cam_entry(jax.grad(score)(state["perturbations"]), "perturbations")
     return features, grads
 
 

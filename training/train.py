@@ -135,11 +135,10 @@ def _check_config(c: TrainConfig) -> None:
     def fail(name: str, expected: str):
         raise ValueError(f"configuration field {name}={getattr(c, name)!r:.80}: expected {expected}")
 
-    if c.model not in MODELS:
-        fail("model", f"one of {list(MODELS)}")
-    for name, choices in _CHOICES.items():
-        if getattr(c, name) not in choices or not isinstance(getattr(c, name), (str, type(None))):
-            fail(name, f"one of {list(choices)}")
+    for name, choices in {"model": MODELS, **_CHOICES}.items():
+        value = getattr(c, name)
+        if not isinstance(value, (str, type(None))) or value not in choices:
+            raise ValueError(f"unknown {name} {value!r:.80}; expected one of {list(choices)}")
     for name, (lo, hi) in _INTS.items():
         if not _is_int(getattr(c, name)) or not lo <= getattr(c, name) <= hi:
             fail(name, f"an integer in [{lo}, {hi}]")
@@ -172,12 +171,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the 4th epoch is scored (no choice is made on the validation split)
     "lab-2020": dict(model="model1", image_size=108, rgb=False, crop="center", epochs=4, batch_size=32,
                      learning_rate=1e-3, class_weights=None, standardize=False, augment=False, lr_schedule=None,
-                     patience=None, selection="last", folds=1),
+                     patience=None, selection="last", folds=1, tta_flip=False),
     # the best from-scratch Model 1 settings: colour, augmentation, balanced weights, standardized inputs,
     # Adam 1e-4 with cosine decay, early stopping on an inner validation split
     "improved": dict(model="model1", image_size=108, rgb=True, augment=True, class_weights="balanced",
                      standardize=True, learning_rate=1e-4, lr_schedule="cosine", epochs=30, patience=6,
-                     selection="inner", batch_size=32),
+                     selection="inner", batch_size=32, tta_flip=False),
     # the best measured: ImageNet EfficientNet-Lite1 (240 px), frozen, softmax head chosen on inner folds
     "pretrained": dict(model="efficientnet_lite1", image_size=240, rgb=True, finetune="head", learning_rate=1e-2,
                        class_weights="balanced", standardize=False, augment=False, selection="inner",
