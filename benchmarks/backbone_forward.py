@@ -21,7 +21,9 @@ from benchmarks.mlp_epoch import matmul_ceiling_gflops
 from models.efficientnet_lite import EfficientNetLite, block_specs, depthwise_shift, native_size
 from models.pretrained import load_backbone, packaged_weights_file
 from models.torch_weights import load_state_dict
-from training.tables import device_description, output_dir, time_interleaved, write_table
+from training.common.files import output_dir
+from training.common.tables import write_table
+from training.common.timing import device_description, time_interleaved
 
 
 def forward_flops(variant: str, size: int) -> int:

@@ -27,7 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import manual_backprop as mb
-from training.tables import device_description, output_dir, time_call, time_interleaved, write_table
+from training.common.files import output_dir
+from training.common.tables import write_table
+from training.common.timing import device_description, time_call, time_interleaved
 
 SIZES = [784, 30, 10]
 ETA, BATCH = 3.0, 10
@@ -35,7 +37,7 @@ ETA, BATCH = 3.0, 10
 
 def mnist_like(data: str | None, n: int = 50_000):
     if data:
-        from training.datasets import load_mnist_npz
+        from training.data.arrays import load_mnist_npz
 
         d = load_mnist_npz(data)
         return d.train.x[:n], d.train.y[:n], "MNIST train"

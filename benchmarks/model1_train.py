@@ -3,7 +3,7 @@
     python -m benchmarks.model1_train [--sizes 108 224] [--batch 32] [--steps 5] [--out runs/bench_model1]
 
 Per image size (grayscale, 2 classes, batch 32, Adam 1e-3, dropout on):
-- images/s of ``training.train.make_train_step`` (after compilation; compile time reported), with
+- images/s of ``training.loop.steps.make_train_step`` (after compilation; compile time reported), with
   ``jax.grad`` and with ``--grad manual`` (Model 1's hand-written backward), interleaved;
 - images/s of the same architecture in PyTorch eager (``bench`` extra: torch==2.13.0), if installed;
 - the fraction of the machine's float32 matmul ceiling (measured here) that the step's FLOPs reach
@@ -23,8 +23,11 @@ import numpy as np
 
 from benchmarks.mlp_epoch import matmul_ceiling_gflops
 from models.model1 import model1_forward_flops, model1_layer_shapes
-from training.tables import device_description, output_dir, time_interleaved, write_table
-from training.train import create_model, create_state, get_config, make_batch, make_train_step
+from training.common.files import output_dir
+from training.common.tables import write_table
+from training.common.timing import device_description, time_interleaved
+from training.loop.config import get_config
+from training.loop.steps import create_model, create_state, make_batch, make_train_step
 
 
 def torch_model1(channels: int, n_classes: int, image_size: int):

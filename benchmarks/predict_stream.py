@@ -29,7 +29,9 @@ import jax
 import numpy as np
 from PIL import Image
 
-from training.tables import device_description, output_dir, write_table
+from training.common.files import output_dir
+from training.common.tables import write_table
+from training.common.timing import device_description
 
 
 def make_photos(folder: Path, n: int, *, seed: int, size=(640, 480)) -> Path:
@@ -62,10 +64,11 @@ def peak_rss_mb(argv: list[str]) -> tuple[float, float]:
 
 def run(sizes: list[int], out: str, workers: int | None = None) -> list[dict]:
     from experiments import train
-    from training.images import Preprocess, image_files
-    from training.stream import predict_folder
-    from training.train import load_trained, make_eval_step
-    from training.transfer import decide
+    from training.data.images import Preprocess, image_files
+    from training.evaluation.decision import decide
+    from training.inference.stream import predict_folder
+    from training.loop.steps import make_eval_step
+    from training.runs.saved import load_trained
 
     out_path = output_dir(out)
     rows = []
@@ -88,7 +91,7 @@ def run(sizes: list[int], out: str, workers: int | None = None) -> list[dict]:
         # throughput in this process, compiled first
         model, params, config, names = load_trained(run_dir)
         eval_step = make_eval_step(model, tta_flip=config.pretrained and config.tta_flip)
-        from training.devices import DataParallel
+        from training.loop.devices import DataParallel
 
         dp = DataParallel(jax.local_devices())
         batch = dp.padded_batch_size(config.batch_size)

@@ -3,7 +3,7 @@
     python -m benchmarks.preprocess --images ../shared/data/tree-risk-examples [--repeat 5]
 
 Plain: ``Image.open`` → ``exif_transpose`` → ``convert("L")`` → centre-crop bicubic resize, one
-photo after another. Ours: :func:`training.images.load_images` with JPEG draft decoding over
+photo after another. Ours: :func:`training.data.images.load_images` with JPEG draft decoding over
 all cores, first with an empty cache (cold), then again (warm: no decoding at all).
 """
 
@@ -16,8 +16,9 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from training.images import ImageCache, Preprocess, discover, load_images
-from training.tables import output_dir, write_table
+from training.common.files import output_dir
+from training.common.tables import write_table
+from training.data.images import ImageCache, Preprocess, discover, load_images
 
 
 def plain(path: Path, size: int) -> None:

@@ -18,9 +18,10 @@ import collections
 import csv
 from pathlib import PurePosixPath
 
-from experiments.errors import mapping, run_command
-from training.agreement import ORDER, agreement
-from training.tables import output_dir, write_table
+from experiments.errors import add_common, mapping, run_command
+from training.common.files import output_dir
+from training.common.tables import write_table
+from training.evaluation.agreement import ORDER, agreement
 
 
 def read_rows(path: str) -> list[dict]:
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--order", nargs="+", help="ordered labels, lowest first")
     p.add_argument("--map", nargs="*", type=mapping, metavar="OLD=NEW",
                    help="relabel predictions, e.g. 'Probable+Possible=Probable'")
-    p.add_argument("--out", default="reports/agreement")
+    add_common(p, "out", out="reports/agreement")
     return run_command(p, run, argv)
 
 

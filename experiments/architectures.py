@@ -1,9 +1,9 @@
 """Model 1 vs ResNet-50 vs GoogLeNet on the same folds: accuracy, balanced accuracy, macro-F1, training time.
 
     python -m experiments.architectures --data DIR_OR_CSV [--scenario Pr_Im | --grouping FILE] \\
-        [--size 108] [--folds 5] [--epochs 30] [--models model1 resnet50 googlenet] --out reports/arch
+        [--image-size 108] [--folds 5] [--epochs 30] [--models model1 resnet50 googlenet] --out reports/arch
 
-Every model gets the ``improved`` configuration of ``training.results`` (augmentation, balanced
+Every model gets the ``improved`` configuration of ``training.runs.results`` (augmentation, balanced
 class weights, standardized inputs, Adam 1e-4 with cosine decay, early stopping) and the same
 seeded stratified folds; the table has each metric's mean ± std over folds beside the majority baseline.
 """
@@ -12,25 +12,27 @@ from __future__ import annotations
 
 import argparse
 
-from experiments.errors import image_size, positive_int, run_command
-from training.data import load_dataset
-from training.images import Preprocess
-from training.labels import SCENARIOS
-from training.results import config_for, table_row
-from training.runner import run_folds
-from training.tables import device_description, output_dir, write_table
+from experiments.errors import add_common, deprecated_alias, image_size, positive_int, run_command
+from training.common.files import output_dir
+from training.common.tables import write_table
+from training.common.timing import device_description
+from training.data.dataset import load_dataset
+from training.data.images import Preprocess
+from training.data.labels import SCENARIOS
+from training.runs.folds import run_folds
+from training.runs.results import config_for, table_row
 
 MODELS = ("model1", "resnet50", "googlenet")
 
 
 def run(args: argparse.Namespace) -> list[dict]:
     out = output_dir(args.out)
-    data = load_dataset(args.data, Preprocess(args.size, "center", args.rgb), scenario=args.scenario,
+    data = load_dataset(args.data, Preprocess(args.image_size, "center", args.rgb), scenario=args.scenario,
                         grouping_file=args.grouping, skip_bad=args.skip_bad, cache_dir=args.cache_dir,
                         progress=False)
     rows = []
     for name in args.models:
-        config = config_for("improved", args.size, rgb=args.rgb, seed=args.seed, model=name, folds=args.folds,
+        config = config_for("improved", args.image_size, rgb=args.rgb, seed=args.seed, model=name, folds=args.folds,
                             epochs=args.epochs)
         print(f"== {name}")
         results = run_folds(data, config, out / name, progress=not args.no_progress)
@@ -39,7 +41,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         row.pop("confusion (summed over folds)")
         rows.append({"model": name, **row})
     write_table(rows, out, "architectures", title="Architectures on the same folds",
-                notes=f"Data: {args.data} ({data.grouping.name}, {len(data.y)} images), {args.size} px "
+                notes=f"Data: {args.data} ({data.grouping.name}, {len(data.y)} images), {args.image_size} px "
                       f"{'RGB' if args.rgb else 'grayscale'}, {args.folds} folds, up to {args.epochs} epochs. "
                       f"Device: {device_description()}.\n")
     print((out / "architectures.md").read_text())
@@ -48,19 +50,17 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True)
+    add_common(p, "data", "out", "seed", "skip-bad", "cache-dir", "no-progress",
+               out="reports/architectures",
+               data_required=True)
     p.add_argument("--scenario", choices=sorted(SCENARIOS))
     p.add_argument("--grouping")
-    p.add_argument("--size", type=image_size, default=108)
+    p.add_argument("--image-size", type=image_size, default=108, help="square side in pixels (default 108)")
+    deprecated_alias(p, "--size", "--image-size", "image_size", type=image_size)
     p.add_argument("--rgb", action="store_true")
     p.add_argument("--folds", type=positive_int, default=5)
     p.add_argument("--epochs", type=positive_int, default=30)
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--skip-bad", action="store_true")
-    p.add_argument("--cache-dir")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--out", default="reports/architectures")
     return p
 
 

@@ -16,8 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import manual_backprop as mb
-from experiments.errors import positive_int, run_command
-from training.tables import device_description, output_dir, pyplot, time_call, write_table
+from experiments.errors import add_common, deprecated_alias, positive_int, run_command
+from training.common.files import output_dir
+from training.common.tables import pyplot, write_table
+from training.common.timing import device_description, time_call
 
 METHODS = ("naive chain", "cached backprop", "jax.grad")
 
@@ -90,12 +92,13 @@ def run(out: str, depths=(2, 4, 8, 16, 32, 64), width: int = 32, batch: int = 64
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="runs/backprop_depth")
+    add_common(parser, "out", out="runs/backprop_depth")
     parser.add_argument("--depths", type=positive_int, nargs="+", default=[2, 4, 8, 16, 32, 64])
     parser.add_argument("--width", type=positive_int, default=32)
-    parser.add_argument("--batch", type=positive_int, default=64)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    deprecated_alias(parser, "--batch", "--batch-size", "batch_size", type=positive_int)
     parser.add_argument("--repeats", type=positive_int, default=7)
-    run_command(parser, lambda a: run(a.out, tuple(a.depths), a.width, a.batch, a.repeats), argv)
+    run_command(parser, lambda a: run(a.out, tuple(a.depths), a.width, a.batch_size, a.repeats), argv)
 
 
 if __name__ == "__main__":

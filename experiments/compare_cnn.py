@@ -14,7 +14,7 @@ from manual_backprop import layers
 from manual_backprop.cnn import model1_batch_grads
 from models import Model1
 from models.model1 import model1_layer_shapes
-from training.tables import time_interleaved
+from training.common.timing import time_interleaved
 
 
 def flax_loss(model, params, X, y, keys):

@@ -17,9 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 
 import manual_backprop as mb
-from experiments.errors import image_size, positive_int, run_command
-from training.devices import float64
-from training.tables import device_description, output_dir, pyplot, time_call, write_table
+from experiments.errors import add_common, deprecated_alias, image_size, positive_int, run_command
+from training.common.files import output_dir
+from training.common.tables import pyplot, write_table
+from training.common.timing import device_description, time_call
+from training.loop.devices import float64
 
 ARCHITECTURES = {
     "3-2-3-5": [3, 2, 3, 5],
@@ -163,12 +165,13 @@ def run_cnn(out: str, image_size: int = 108, batch: int = 32, quick: bool = Fals
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="runs/compare_gradients", help="output folder")
+    add_common(parser, "out", out="runs/compare_gradients")
     parser.add_argument("--quick", action="store_true", help="fewer timing repeats")
     parser.add_argument("--cnn", action="store_true", help="Model 1's hand-written backward instead of the MLP")
     parser.add_argument("--image-size", type=image_size, default=108)
-    parser.add_argument("--batch", type=positive_int, default=32)
-    run_command(parser, lambda a: run_cnn(a.out, a.image_size, a.batch, quick=a.quick) if a.cnn
+    parser.add_argument("--batch-size", type=positive_int, default=32)
+    deprecated_alias(parser, "--batch", "--batch-size", "batch_size", type=positive_int)
+    run_command(parser, lambda a: run_cnn(a.out, a.image_size, a.batch_size, quick=a.quick) if a.cnn
                 else run(a.out, quick=a.quick), argv)
 
 

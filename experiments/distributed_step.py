@@ -19,14 +19,14 @@ import json
 
 import numpy as np
 
-from experiments.errors import positive_int, run_command
+from experiments.errors import deprecated_alias, positive_int, run_command
 
 
 def run(args: argparse.Namespace) -> dict:
-    from training.devices import initialize_distributed
+    from training.loop.devices import initialize_distributed
 
     initialize_distributed(args.coordinator, args.num_processes, args.process_id)
-    from training.devices import float64
+    from training.loop.devices import float64
 
     with float64():  # the step is compared in float64 (see the README's bounds)
         return _step(args)
@@ -36,11 +36,12 @@ def _step(args: argparse.Namespace) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from training.devices import DataParallel, put_process_batch
-    from training.train import create_model, create_state, get_config, make_batch, make_batch_loss, make_train_step
+    from training.loop.config import get_config
+    from training.loop.devices import DataParallel, put_process_batch
+    from training.loop.steps import create_model, create_state, make_batch, make_batch_loss, make_train_step
 
     n_proc, me = jax.process_count(), jax.process_index()
-    m = args.batch
+    m = args.batch_size
     if m % n_proc:
         raise ValueError(f"--batch {m} must be a multiple of the {n_proc} processes")
     config = get_config("lab-2020", image_size=args.image_size, head_units=(16, 8))
@@ -92,7 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--coordinator", required=True, help="host:port of process 0")
     p.add_argument("--num-processes", type=positive_int, required=True)
     p.add_argument("--process-id", type=int, required=True)
-    p.add_argument("--batch", type=positive_int, default=8, help="global minibatch (split evenly over processes)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="global minibatch (split evenly over processes)")
+    deprecated_alias(p, "--batch", "--batch-size", "batch_size", type=positive_int)
     p.add_argument("--image-size", type=positive_int, default=20)
     return run_command(p, run, argv)
 

@@ -9,6 +9,8 @@ files, corrupt checkpoints and a diverging run print one ``error: …`` line and
 from __future__ import annotations
 
 import argparse
+import gc
+import logging
 import math
 import sys
 from collections.abc import Callable
@@ -17,6 +19,35 @@ from typing import Any
 # bad input, bad or missing files, bad weights or checkpoints, a diverging run: the user's to fix
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, PermissionError,
                                                 IsADirectoryError, NotADirectoryError, FloatingPointError)
+
+
+class _Stdout(logging.Handler):
+    """The library's progress messages (``logging``, INFO) as plain lines on the current ``sys.stdout``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stdout, flush=True)
+
+
+def show_library_messages() -> None:
+    """Send the library's INFO messages (resuming, epochs, caches) to stdout; idempotent."""
+    log = logging.getLogger("training")
+    if not any(isinstance(h, _Stdout) for h in log.handlers):
+        log.addHandler(_Stdout())
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+def _quiet_leftovers() -> None:
+    """After a reported error: collect what a failed reader left behind (orbax's reader threads keep
+    futures whose exceptions would otherwise print tracebacks at exit) without printing it."""
+    hook = sys.unraisablehook
+    asyncio_log = logging.getLogger("asyncio")
+    disabled = asyncio_log.disabled
+    sys.unraisablehook, asyncio_log.disabled = (lambda unraisable: None), True
+    try:
+        gc.collect()
+    finally:
+        sys.unraisablehook, asyncio_log.disabled = hook, disabled
 
 
 def user_errors(fn: Callable[[], Any], *, debug: bool = False) -> Any:
@@ -31,6 +62,8 @@ def user_errors(fn: Callable[[], Any], *, debug: bool = False) -> Any:
             raise
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"error: {message}", file=sys.stderr)
+        del exc  # its traceback holds the failed reader's frames: free them, then collect quietly
+        _quiet_leftovers()
         raise SystemExit(1) from None
 
 
@@ -39,6 +72,7 @@ def run_command(p: argparse.ArgumentParser, run: Callable[[argparse.Namespace], 
     """Parse ``argv`` (adding ``--debug``), check the arguments, then ``run(args)`` under :func:`user_errors`."""
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = p.parse_args(argv)
+    show_library_messages()
     if validate is not None:
         validate(p, args)
     return user_errors(lambda: run(args), debug=args.debug)
@@ -76,3 +110,48 @@ def mapping(text: str) -> tuple[str, str]:
     if not sep or not old.strip() or not new.strip():
         raise argparse.ArgumentTypeError(f"expected OLD=NEW (e.g. 'Probable+Possible=Probable'), got {text!r}")
     return old.strip(), new.strip()
+
+
+# --- the options every command spells the same way ---------------------------------------------------------------
+
+COMMON_HELP = {
+    "data": "a folder of class subfolders, or a CSV manifest (path,label)",
+    "out": "output folder",
+    "seed": "the seed of every random choice (splits, initialisation, shuffling, augmentation)",
+    "skip-bad": "skip unreadable photos (counted and named in the report) instead of stopping",
+    "cache-dir": "cache of preprocessed images, features and converted weights (default ~/.cache/tree-risk-jax)",
+    "workers": "decoding threads (default: all cores)",
+    "no-progress": "no progress bars",
+}
+
+
+def add_common(p: argparse.ArgumentParser, *names: str, out: str | None = None, data_required: bool = False,
+               data_help: str | None = None) -> None:
+    """Add the shared options ``names`` (``data``, ``out``, ``seed``, ``skip-bad``, ``cache-dir``, ``workers``,
+    ``no-progress``), spelled, typed and documented once; ``--debug`` is added by :func:`run_command`."""
+    for name in names:
+        flag, help_text = f"--{name}", COMMON_HELP[name]
+        if name == "data":
+            p.add_argument(flag, required=data_required, help=data_help or help_text)
+        elif name == "out":
+            p.add_argument(flag, default=out, help=f"{help_text} (default {out})")
+        elif name == "seed":
+            p.add_argument(flag, type=int, default=0, help=f"{help_text} (default 0)")
+        elif name == "workers":
+            p.add_argument(flag, type=positive_int, help=help_text)
+        elif name == "cache-dir":
+            p.add_argument(flag, help=help_text)
+        else:
+            p.add_argument(flag, action="store_true", help=help_text)
+
+
+def deprecated_alias(p: argparse.ArgumentParser, old: str, new: str, dest: str, **kwargs: Any) -> None:
+    """Accept ``old`` for one more release as another spelling of ``new``, with a warning on stderr."""
+
+    class Alias(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            print(f"warning: {old} is deprecated and will be removed in the next release; use {new}",
+                  file=sys.stderr)
+            setattr(namespace, self.dest, values)
+
+    p.add_argument(old, dest=dest, action=Alias, help=f"deprecated spelling of {new}", **kwargs)

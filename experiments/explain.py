@@ -15,11 +15,12 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from experiments.errors import run_command
-from training.explain import METHODS
-from training.images import Preprocess, load_unlabelled
-from training.tables import atomic_open, output_dir, pyplot
-from training.train import load_trained
+from experiments.errors import add_common, run_command
+from training.common.files import atomic_open, output_dir
+from training.common.tables import pyplot
+from training.data.images import Preprocess, load_unlabelled
+from training.evaluation.explain import METHODS
+from training.runs.saved import load_trained
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -28,7 +29,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                              skip_bad=args.skip_bad, cache_dir=args.cache_dir)
     out = output_dir(args.out)
     probs_fn = jax.jit(lambda x: jax.nn.softmax(model.apply({"params": params}, x)))
-    maps = {name: jax.jit(lambda x, c, f=f: f(model, params, x, c), static_argnums=1) for name, f in METHODS.items()}
+    maps = {name: jax.jit(lambda x, c, f=METHODS[name]: f(model, params, x, c), static_argnums=1)
+            for name in args.methods}
     plt = pyplot()
     rows = []
     for path, x in zip(images.paths, images.x):
@@ -58,14 +60,18 @@ def run(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--images", required=True)
-    p.add_argument("--out", default="reports/explain")
-    p.add_argument("--skip-bad", action="store_true")
-    p.add_argument("--cache-dir")
-    run_command(p, run, argv)
+    p.add_argument("--checkpoint", required=True, help="a run folder written by experiments.train")
+    p.add_argument("--images", required=True, help="a folder of photos")
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
+                   help="which maps to draw (default all)")
+    add_common(p, "out", "skip-bad", "cache-dir", out="reports/explain")
+    return p
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    return run_command(parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,12 @@ import argparse
 from pathlib import Path
 
 from experiments import compare_gradients, train, train_mlp
-from experiments.errors import run_command
+from experiments.errors import add_common, run_command
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="runs/main")
+    add_common(p, "out", out="runs/main")
     run_command(p, run, argv)
 
 

@@ -15,11 +15,15 @@ import time
 
 import jax
 
-from experiments.errors import positive_int, run_command
-from training.datasets import load_mnist_npz
-from training.metrics import classification_metrics
-from training.tables import device_description, output_dir, write_table
-from training.train import fit, get_config, load_trained, make_eval_step, predict_proba
+from experiments.errors import add_common, positive_int, run_command
+from training.common.files import output_dir
+from training.common.tables import write_table
+from training.common.timing import device_description
+from training.data.arrays import load_mnist_npz
+from training.evaluation.metrics import classification_metrics
+from training.loop.config import get_config
+from training.loop.steps import fit, make_eval_step, predict_proba
+from training.runs.saved import load_trained
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -53,14 +57,11 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True)
+    add_common(p, "data", "out", "seed", "no-progress", out="runs/mnist_cnn", data_required=True)
     p.add_argument("--epochs", type=positive_int, default=12)
     p.add_argument("--limit", type=positive_int, help="use only the first N training images (smoke tests)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--grad", choices=["autodiff", "manual"], default="autodiff",
                    help="jax.grad, or Model 1's hand-written backward through a jax.custom_vjp")
-    p.add_argument("--out", default="runs/mnist_cnn")
-    p.add_argument("--no-progress", action="store_true")
     run_command(p, run, argv)
 
 

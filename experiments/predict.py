@@ -23,11 +23,12 @@ import hashlib
 import sys
 from pathlib import Path
 
-from experiments.errors import positive_int, run_command
-from training.images import Preprocess, image_files
-from training.stream import PartialCSV, predict_folder
-from training.train import load_trained, make_eval_step, run_config
-from training.transfer import decide
+from experiments.errors import add_common, positive_int, run_command
+from training.data.images import Preprocess, image_files
+from training.evaluation.decision import decide
+from training.inference.stream import PartialCSV, predict_folder
+from training.loop.steps import make_eval_step
+from training.runs.saved import load_trained, run_config
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -73,14 +74,12 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a run folder written by experiments.train")
     p.add_argument("--images", required=True, help="folder of photos (read recursively)")
-    p.add_argument("--out", default="predictions.csv")
+    p.add_argument("--out", default="predictions.csv", help="the CSV to write (default predictions.csv)")
+    add_common(p, "skip-bad", "workers", "no-progress")
     p.add_argument("--resume", action="store_true", help="continue an interrupted prediction into --out")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out (or its partial file)")
     p.add_argument("--batch-size", type=positive_int,
                    help="photos per forward pass (default: the run's), rounded up to a multiple of the devices")
-    p.add_argument("--workers", type=positive_int, help="decoding threads (default: all cores)")
-    p.add_argument("--skip-bad", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
     return p
 
 

@@ -1,7 +1,7 @@
 """The lab's results table, reproduced honestly: scenarios × image sizes × {lab-2020, improved}.
 
     python -m experiments.results_table --data DIR_OR_CSV --out reports/NAME \\
-        [--scenarios Pr_Im PrPo_Im Pr_PoIm Pr_Po_Im] [--sizes 108 224] [--configs lab-2020 improved] \\
+        [--scenarios Pr_Im PrPo_Im Pr_PoIm Pr_Po_Im] [--image-size 108 224] [--configs lab-2020 improved] \\
         [--grouping FILE ...] [--rgb] [--model model1] [--max-epochs N]
 
 Every row: the lab's columns (Prec., Recall — of the named positive class — and Acc.) plus
@@ -20,16 +20,17 @@ from pathlib import Path
 
 import jax
 
-from experiments.errors import image_size, positive_int, run_command
-from training.checkpoints import write_json_atomic
-from training.data import load_dataset
-from training.images import Preprocess
-from training.labels import SCENARIOS
-from training.metrics import bootstrap_interval
-from training.report import plot_confusion
-from training.results import CONFIGS, config_for, describe, table_row
-from training.runner import pooled_predictions, run_folds
-from training.tables import device_description, output_dir, write_table
+from experiments.errors import add_common, deprecated_alias, image_size, positive_int, run_command
+from training.common.files import output_dir, write_json_atomic
+from training.common.tables import write_table
+from training.common.timing import device_description
+from training.data.dataset import load_dataset
+from training.data.images import Preprocess
+from training.data.labels import SCENARIOS
+from training.evaluation.metrics import bootstrap_interval
+from training.runs.folds import pooled_predictions, run_folds
+from training.runs.report import plot_confusion
+from training.runs.results import CONFIGS, config_for, describe, table_row
 
 COLUMNS = ["classes", "size", "config", "positive class", "Prec.", "Recall", "Acc.", "Bal. acc.", "Bal. acc. 95% CI",
            "Macro-F1",
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         groupings = [("grouping", g) for g in args.grouping]
     else:
         groupings = [("scenario", s) for s in args.scenarios]
-    grid = [(g, size, cfg) for g in groupings for size in args.sizes for cfg in args.configs]
+    grid = [(g, size, cfg) for g in groupings for size in args.image_size for cfg in args.configs]
     rows = []
     loaded: dict = {}
     for i, ((kind, group), size, cfg_name) in enumerate(grid, start=1):
@@ -106,20 +107,19 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True)
-    p.add_argument("--out", default="reports/results")
+    add_common(p, "data", "out", "seed", "skip-bad", "cache-dir", "no-progress",
+               out="reports/results",
+               data_required=True)
     p.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=sorted(SCENARIOS))
     p.add_argument("--grouping", nargs="+", help="grouping files to use instead of the scenarios")
-    p.add_argument("--sizes", nargs="+", type=image_size, default=[108, 224])
+    p.add_argument("--image-size", nargs="+", type=image_size, default=[108, 224],
+                   help="square sides in pixels, one row each (default 108 224)")
+    deprecated_alias(p, "--sizes", "--image-size", "image_size", nargs="+", type=image_size)
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=sorted(CONFIGS))
     p.add_argument("--rgb", action="store_true", help="improved configuration in colour")
     p.add_argument("--model", default="model1", choices=["model1", "resnet50", "googlenet"],
                    help="the network of the lab-2020 and improved rows")
     p.add_argument("--max-epochs", type=positive_int, help="cap every configuration's epochs (for quick runs)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--skip-bad", action="store_true")
-    p.add_argument("--cache-dir")
-    p.add_argument("--no-progress", action="store_true")
     return p
 
 

@@ -27,19 +27,20 @@ import hashlib
 import jax
 import numpy as np
 
-from experiments.errors import fraction, image_size, positive_float, positive_int, run_command
+from experiments.errors import add_common, fraction, image_size, positive_float, positive_int, run_command
 from models.efficientnet_lite import native_size
-from training.checkpoints import RunFolder, write_json_atomic
-from training.data import load_dataset
-from training.images import Preprocess
-from training.labels import SCENARIOS
-from training.metrics import bootstrap_interval, classification_metrics
-from training.report import HEADLINE
-from training.results import describe
-from training.runner import pooled_predictions, run_folds
-from training.tables import write_table
-from training.train import MODELS, PRESETS, TrainConfig, get_config
-from training.transfer import BACKBONES, FINETUNE
+from models.transfer import BACKBONES
+from training.common.files import write_json_atomic
+from training.common.tables import write_table
+from training.data.dataset import load_dataset
+from training.data.images import Preprocess
+from training.data.labels import SCENARIOS
+from training.evaluation.metrics import bootstrap_interval, classification_metrics
+from training.loop.config import FINETUNE, MODELS, PRESETS, TrainConfig, get_config
+from training.runs.folder import RunFolder
+from training.runs.folds import pooled_predictions, run_folds
+from training.runs.report import HEADLINE
+from training.runs.results import describe
 
 
 def _target_recall(text: str) -> tuple[str, float]:
@@ -55,7 +56,9 @@ def _target_recall(text: str) -> tuple[str, float]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", help="folder with one subfolder per label, or a CSV manifest (path,label)")
+    add_common(p, "data", "out", "seed", "skip-bad", "cache-dir", "workers", "no-progress",
+               out="runs/train",
+               data_help="folder with one subfolder per label, or a CSV manifest (path,label)")
     p.add_argument("--preset", choices=sorted(k for k in PRESETS if k != "default"), default="pretrained",
                    help="pretrained (default: the best measured), improved (Model 1 from scratch), "
                         "lab-2020 (the lab's Dec 2020 setup); the flags below override it")
@@ -89,16 +92,9 @@ def parser() -> argparse.ArgumentParser:
                    help="early stopping: epochs without a better inner-validation macro-F1")
     p.add_argument("--val-fraction", type=fraction)
     p.add_argument("--folds", type=positive_int, help="K > 1: stratified K-fold cross-validation (outer folds)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (counted in data_report.json)")
-    p.add_argument("--cache-dir", help="cache of preprocessed images, features and converted weights "
-                                       "(default ~/.cache/tree-risk-jax)")
-    p.add_argument("--workers", type=positive_int, help="decoding threads (default: all cores)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint "
                                                          "(same settings and data)")
     p.add_argument("--overwrite", action="store_true", help="replace the run in --out (swapped in when complete)")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--out", default="runs/train")
     return p
 
 
@@ -195,14 +191,18 @@ def validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Checks that need the preset and the flags together (argparse's one-line error, exit 2)."""
     config = config_from_args(args)
     if args.data is not None:
-        from training.images import discover
+        from training.data.images import discover
+        from training.data.labels import require_two_classes
 
         try:
-            labels = sorted({label for _, label in discover(args.data)})  # lists files, decodes nothing
+            items = discover(args.data)  # lists files, decodes nothing
         except (ValueError, OSError):
-            labels = None  # a missing or malformed source: reported by the run, naming it
-        if labels is not None and len(labels) < 2:
-            p.error(f"argument --data: {args.data} has one class ({labels[0]!r}): a classifier needs at least two")
+            items = None  # a missing or malformed source: reported by the run, naming it
+        if items is not None:
+            try:
+                require_two_classes((label for _, label in items), args.data)
+            except ValueError as exc:
+                p.error(f"argument --data: {exc}")
     if config.grad == "manual" and config.model != "model1":
         p.error(f"argument --grad: manual gradients are written for Model 1 (--model model1 or --preset lab-2020/"
                 f"improved), not {config.model}")

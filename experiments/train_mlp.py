@@ -22,16 +22,12 @@ import jax
 import jax.numpy as jnp
 
 import manual_backprop as mb
-from experiments.errors import nonnegative_float, positive_float, positive_int, run_command
-from training.datasets import ArrayData, load_digits_data, load_mnist_npz
-from training.tables import device_description, output_dir, pyplot, write_table
-
-PRESETS = {
-    "network": dict(hidden=[30], activation="sigmoid", cost="half_sse", eta=3.0, lmbda=0.0,
-                    batch_size=10, epochs=30, weight_scale="unit"),
-    "network2": dict(hidden=[100], activation="sigmoid", cost="cross_entropy", eta=0.5, lmbda=5.0,
-                     batch_size=10, epochs=30, weight_scale="fan_in"),
-}
+from experiments.errors import add_common, nonnegative_float, positive_float, positive_int, run_command
+from training.common.files import output_dir
+from training.common.tables import pyplot, write_table
+from training.common.timing import device_description
+from training.data.arrays import ArrayData, load_digits_data, load_mnist_npz
+from training.loop.config import MLP_PRESETS
 
 
 def load(data: str | None, seed: int) -> ArrayData:
@@ -41,7 +37,7 @@ def load(data: str | None, seed: int) -> ArrayData:
 def run(args: argparse.Namespace) -> dict:
     out = output_dir(args.out)
     data = load(args.data, args.seed)
-    cfg = dict(PRESETS[args.preset])
+    cfg = dict(MLP_PRESETS[args.preset])
     if args.data is None and args.preset == "network":
         cfg["weight_scale"] = "fan_in"
     for name in cfg:
@@ -94,8 +90,10 @@ def run(args: argparse.Namespace) -> dict:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", help="MNIST .npz (x_train/y_train/x_valid/y_valid/x_test/y_test); default: digits")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="network")
+    add_common(p, "data", "out", "seed", "no-progress",
+               out="runs/train_mlp",
+               data_help="MNIST .npz (x_train/y_train/x_valid/y_valid/x_test/y_test); default: digits")
+    p.add_argument("--preset", choices=sorted(MLP_PRESETS), default="network")
     p.add_argument("--hidden", type=positive_int, nargs="+", help="hidden layer widths")
     p.add_argument("--activation", choices=sorted(mb.ACTIVATIONS))
     p.add_argument("--cost", choices=sorted(mb.COSTS))
@@ -104,9 +102,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--epochs", type=positive_int)
     p.add_argument("--weight-scale", choices=["unit", "fan_in"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/train_mlp")
-    p.add_argument("--no-progress", action="store_true")
     return p
 
 

@@ -23,20 +23,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from models.common import same_padding
+
 Array = jax.Array
 Cache = Any
 
 
-def _same_padding(size: int, k: int, s: int) -> tuple[int, int, int]:
-    """(out, pad_lo, pad_hi) of TensorFlow/Flax SAME padding."""
-    out = -(-size // s)
-    total = max((out - 1) * s + k - size, 0)
-    return out, total // 2, total - total // 2
-
-
 def _padding(size: int, k: int, s: int, padding: str) -> tuple[int, int, int]:
     if padding == "SAME":
-        return _same_padding(size, k, s)
+        return same_padding(size, k, s)
     if padding == "VALID":
         if size < k:
             raise ValueError(f"VALID convolution needs input ≥ kernel, got {size} < {k}")

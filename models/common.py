@@ -19,10 +19,18 @@ def prepare_image(x: jax.Array, name: str, mean: Sequence[float] | None, std: Se
 
 
 def mark_cam_features(module: nn.Module, x: jax.Array) -> jax.Array:
-    """Expose the last convolutional feature maps for Grad-CAM (``training.explain``).
+    """Expose the last convolutional feature maps for Grad-CAM (``training.evaluation.explain``).
 
     ``sow`` records them in the ``intermediates`` collection and ``perturb`` adds a zero
     that ``jax.grad`` can differentiate; both are no-ops unless those collections are asked for.
     """
     module.sow("intermediates", "cam_features", x)
     return module.perturb("cam_features", x)
+
+
+def same_padding(size: int, k: int, s: int) -> tuple[int, int, int]:
+    """(out, pad_lo, pad_hi) of TensorFlow/Flax SAME padding: ``out = ceil(size / s)``; the odd pixel of
+    padding goes after (right, bottom). Shared by the models and their hand-written backward."""
+    out = -(-size // s)
+    total = max((out - 1) * s + k - size, 0)
+    return out, total // 2, total - total // 2

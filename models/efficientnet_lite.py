@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models.common import mark_cam_features
+from models.common import mark_cam_features, same_padding
 
 BN_EPS = 1e-3
 
@@ -90,13 +90,6 @@ def _conv(x, features, k, name, *, stride=1):
     return nn.Conv(features, (k, k), strides=(stride, stride), padding="SAME", use_bias=False, name=name)(x[None])[0]
 
 
-def same_padding(size: int, k: int, stride: int) -> tuple[int, int]:
-    """TensorFlow SAME: ``out = ceil(size / stride)``; the odd pixel of padding goes after (right, bottom)."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + k - size, 0)
-    return total // 2, total - total // 2
-
-
 def depthwise_shift(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     """Depthwise k×k convolution of one (H, W, C) image, SAME, as k² shifted strided slices.
 
@@ -105,7 +98,7 @@ def depthwise_shift(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     """
     h, w, c = x.shape
     k = kernel.shape[0]
-    (pt, pb), (pl, pr) = same_padding(h, k, stride), same_padding(w, k, stride)
+    (_, pt, pb), (_, pl, pr) = same_padding(h, k, stride), same_padding(w, k, stride)
     xp = jnp.pad(x, ((pt, pb), (pl, pr), (0, 0)))
     ho, wo = -(-h // stride), -(-w // stride)
     out = None

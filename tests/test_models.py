@@ -10,8 +10,9 @@ from models import count_params
 from models.common import mark_cam_features
 from models.googlenet import GoogLeNet, googlenet_param_count
 from models.resnet import ResNet50, resnet50_param_count
-from training.explain import METHODS, grad_cam, grad_cam_plus_plus, saliency
-from training.train import create_model, create_state, get_config, make_batch, make_train_step
+from training.evaluation.explain import METHODS, grad_cam, grad_cam_plus_plus, saliency
+from training.loop.config import get_config
+from training.loop.steps import create_model, create_state, make_batch, make_train_step
 
 
 @pytest.mark.parametrize(("name", "channels", "classes"), [("resnet50", 3, 1000), ("resnet50", 1, 2),

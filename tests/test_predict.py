@@ -9,7 +9,7 @@ from PIL import Image
 
 from experiments import predict, train
 from tests.helpers import read_predictions
-from training import stream
+from training.data import prefetch
 
 
 def _photos(root, n=7, size=12):
@@ -37,8 +37,9 @@ def _predict(run, root, out, *extra):
 
 
 def test_streamed_rows_equal_in_memory_prediction(trained, tmp_path):
-    from training.images import Preprocess, load_unlabelled
-    from training.train import load_trained, make_eval_step, predict_proba
+    from training.data.images import Preprocess, load_unlabelled
+    from training.loop.steps import make_eval_step, predict_proba
+    from training.runs.saved import load_trained
 
     run, root = trained
     _predict(run, root, tmp_path / "p.csv")
@@ -58,7 +59,7 @@ def test_streamed_rows_equal_in_memory_prediction(trained, tmp_path):
 def test_a_crash_then_resume_gives_the_uninterrupted_csv(trained, tmp_path, monkeypatch, capsys):
     run, root = trained
     _predict(run, root, tmp_path / "whole.csv")
-    calls, real = {"n": 0}, stream.load_image
+    calls, real = {"n": 0}, prefetch.load_image
 
     def crash_on_the_eighth(path, pre):
         calls["n"] += 1
@@ -66,10 +67,10 @@ def test_a_crash_then_resume_gives_the_uninterrupted_csv(trained, tmp_path, monk
             raise RuntimeError("simulated crash (power cut)")
         return real(path, pre)
 
-    monkeypatch.setattr(stream, "load_image", crash_on_the_eighth)
+    monkeypatch.setattr(prefetch, "load_image", crash_on_the_eighth)
     with pytest.raises(RuntimeError, match="simulated crash"):
         _predict(run, root, tmp_path / "p.csv")
-    monkeypatch.setattr(stream, "load_image", real)
+    monkeypatch.setattr(prefetch, "load_image", real)
     partial = tmp_path / "p.csv.partial"
     assert partial.exists() and not (tmp_path / "p.csv").exists()
     with open(partial, "ab") as f:  # a chunk cut short by the crash, after the last complete one
@@ -87,7 +88,7 @@ def test_resume_with_another_checkpoint_or_folder_is_refused(trained, tmp_path, 
     import shutil
 
     run, root = trained
-    monkeypatch.setattr(stream, "load_image", lambda p, pre: (_ for _ in ()).throw(RuntimeError("stop")))
+    monkeypatch.setattr(prefetch, "load_image", lambda p, pre: (_ for _ in ()).throw(RuntimeError("stop")))
     with pytest.raises(RuntimeError):
         _predict(run, root, tmp_path / "p.csv")
     monkeypatch.undo()
@@ -126,7 +127,7 @@ def test_bad_photos_stop_the_stream_or_are_counted(trained, tmp_path, capsys):
 
 def test_decoding_stays_a_bounded_number_of_chunks_ahead(tmp_path, monkeypatch):
     """However many files, at most (prefetch + 1) chunks are being decoded or waiting: memory is bounded."""
-    from training.images import Preprocess
+    from training.data.images import Preprocess
 
     files = [tmp_path / f"{i}.png" for i in range(40)]
     started, lock = [], threading.Lock()
@@ -136,9 +137,9 @@ def test_decoding_stays_a_bounded_number_of_chunks_ahead(tmp_path, monkeypatch):
             started.append(int(path.stem))
         return np.zeros((8, 8, 1), np.float32)
 
-    monkeypatch.setattr(stream, "load_image", fake_load)
+    monkeypatch.setattr(prefetch, "load_image", fake_load)
     seen = []
-    for chunk in stream.decode_chunks(files, Preprocess(image_size=8), chunk_size=4, workers=2, prefetch=2):
+    for chunk in prefetch.decode_chunks(files, Preprocess(image_size=8), chunk_size=4, workers=2, prefetch=2):
         consumed = len(seen)
         with lock:
             assert max(started) < consumed + 4 * 3  # this chunk and at most two ahead

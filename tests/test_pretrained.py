@@ -13,13 +13,10 @@ from models.pretrained import load_backbone, packaged_weights_file
 from models.torch_weights import WeightsFileError, load_state_dict
 from tests.conftest import shared_path
 from tests.helpers import read_predictions, relative_errors
-from training.transfer import (
-    decide,
-    extract_features,
-    recall_threshold,
-    select_head,
-    trainable_mask,
-)
+from training.evaluation.decision import decide, recall_threshold
+from training.loop.optimizer import trainable_mask
+from training.transfer.features import extract_features
+from training.transfer.head import select_head
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +38,7 @@ def test_state_dict_reader_and_parameter_count(lite0):
 
 def test_banana_photos_are_bananas(lite0):
     """The issue's sanity check: ImageNet class 954 (banana) in the top 5 for 4 of the 7 banana photos."""
-    from training.images import Preprocess, load_image
+    from training.data.images import Preprocess, load_image
 
     folder = shared_path("trees", "banana")
     params, _ = lite0
@@ -122,7 +119,8 @@ def test_weights_are_converted_once_and_cached(tmp_path):
 def test_finetune_modes_train_what_they_say_and_batchnorm_stays_frozen(finetune, lite0):
     import optax
 
-    from training.train import create_model, create_state, get_config, make_train_step
+    from training.loop.config import get_config
+    from training.loop.steps import create_model, create_state, make_train_step
 
     params, _ = lite0
     backbone = {k: v for k, v in params.items() if k != "fc"}
@@ -197,7 +195,7 @@ def test_recall_threshold_meets_the_target_on_its_data(target):
 
 
 def test_bootstrap_interval_is_reproducible_and_brackets_the_estimate():
-    from training.metrics import bootstrap_interval, classification_metrics
+    from training.evaluation.metrics import bootstrap_interval, classification_metrics
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 300)
@@ -314,7 +312,8 @@ def test_torchvision_resnet50_weights_load_and_match_torchvision(tmp_path):
     torch = pytest.importorskip("torch", reason="torch is not installed (pip install -e '.[bench]')")
     from models.pretrained import load_torchvision_resnet50
     from models.resnet import IMAGENET_MEAN, IMAGENET_STD, ResNet50
-    from training.train import create_model, create_state, get_config, make_train_step
+    from training.loop.config import get_config
+    from training.loop.steps import create_model, create_state, make_train_step
 
     torch.manual_seed(0)
     net = _torchvision_resnet50(torch).eval()
@@ -357,7 +356,7 @@ def test_features_read_from_files_in_chunks_equal_those_of_decoded_images(tmp_pa
     the features equal those of the same photos decoded up front; an unreadable photo is named."""
     from PIL import Image
 
-    from training.images import BadImageError, Preprocess, load_image
+    from training.data.images import BadImageError, Preprocess, load_image
 
     params, digest = lite0
     backbone = {k: v for k, v in params.items() if k != "fc"}

@@ -279,7 +279,7 @@ _PHOTOS = {fmt: _photo_bytes(fmt) for fmt in ("JPEG", "PNG", "WEBP", "GIF", "TIF
 def test_mutated_photos_give_an_image_or_one_bad_image_error(tmp_path_factory, fmt, edits, cut):
     import warnings
 
-    from training.images import BadImageError, Preprocess, load_image
+    from training.data.images import BadImageError, Preprocess, load_image
 
     raw = bytearray(_PHOTOS[fmt])
     for where, byte in edits:
@@ -302,7 +302,7 @@ def test_mutated_photos_give_an_image_or_one_bad_image_error(tmp_path_factory, f
 # --- run folders from someone else --------------------------------------------------------------------------------
 
 def _good_saved_run() -> dict:
-    from training.train import get_config
+    from training.loop.config import get_config
 
     return {"config": json.loads(json.dumps(get_config().to_json())), "class_names": ["not_a_tree", "tree"],
             "normalization": None, "operating_point": {"class": "tree", "class_index": 1, "threshold": 0.4}}
@@ -329,7 +329,7 @@ HOSTILE_CONFIGS = {
 
 @pytest.mark.parametrize("case", list(HOSTILE_CONFIGS))
 def test_a_hostile_run_config_is_refused_naming_the_file_and_field(tmp_path, case):
-    from training.train import load_trained, run_config
+    from training.runs.saved import load_trained, run_config
 
     saved = _good_saved_run()
     (tmp_path / "checkpoints").mkdir()
@@ -357,13 +357,13 @@ def test_predict_on_a_hostile_run_folder_prints_one_line(tmp_path, capsys):
               "--out", str(tmp_path / "p.csv")])
     assert info.value.code == 1 and not (tmp_path / "pwned").exists() and not Path("pwned").exists()
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and "config.json: configuration field model=" in err[0]
+    assert len(err) == 1 and err[0].startswith("error: ") and "config.json: unknown model" in err[0]
 
 
 def test_the_coordinator_listens_only_on_the_address_given(monkeypatch):
     import jax
 
-    from training import devices
+    from training.loop import devices
 
     seen = {}
     monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: seen.update(kw))

@@ -16,18 +16,12 @@ from PIL import Image
 
 from models import Model1, count_params, model1_param_count
 from tests.conftest import shared_path
-from training.images import BadImageError, ImageCache, Preprocess, discover, load_image, load_images
-from training.labels import SCENARIOS, Grouping, load_grouping, stratified_folds, stratified_split
-from training.metrics import classification_metrics, majority_baseline
-from training.train import (
-    create_model,
-    create_state,
-    fit,
-    get_config,
-    load_trained,
-    make_batch,
-    make_train_step,
-)
+from training.data.images import BadImageError, ImageCache, Preprocess, discover, load_image, load_images
+from training.data.labels import SCENARIOS, Grouping, load_grouping, stratified_folds, stratified_split
+from training.evaluation.metrics import classification_metrics, majority_baseline
+from training.loop.config import get_config
+from training.loop.steps import create_model, create_state, fit, make_batch, make_train_step
+from training.runs.saved import load_trained
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -162,7 +156,7 @@ def test_decompression_bomb_limit_is_kept(tmp_path, monkeypatch):
 
 
 def test_missing_heif_support_says_how_to_install(tmp_path, monkeypatch):
-    import training.images as images
+    import training.data.images as images
 
     monkeypatch.setattr(images, "HEIF_AVAILABLE", False)
     path = tmp_path / "photo.heic"
@@ -384,8 +378,8 @@ FOUR_DEVICES = textwrap.dedent("""
     jax.config.update("jax_enable_x64", True)
     sys.path.insert(0, sys.argv[1])
     from tests.test_training import tiny_problem, small_config
-    from training.devices import DataParallel
-    from training.train import create_model, create_state, make_batch, make_batch_loss, make_train_step
+    from training.loop.devices import DataParallel
+    from training.loop.steps import create_model, create_state, make_batch, make_batch_loss, make_train_step
     assert len(jax.devices()) == 4, jax.devices()
     x, y = tiny_problem(n=8)
     x = x.astype(np.float64)  # float64 arithmetic; the parameters (and so their gradients) stay float32
@@ -439,3 +433,18 @@ def test_reshape_max_pool_equals_flax_max_pool(shape):
     g = jax.grad(lambda x: jnp.sum(max_pool_2x2(x) ** 2))(x)
     g_ref = jax.grad(lambda x: jnp.sum(nn.max_pool(x[None], (2, 2), strides=(2, 2))[0] ** 2))(x)
     np.testing.assert_allclose(g, g_ref, rtol=1e-12)  # no ties in random data: identical gradients
+
+
+def test_lab_2020_preset_is_the_decks_setup_field_by_field():
+    """The lab's Dec 2020 deck: grayscale Model 1, Adam 1e-3, batch 32, 4 epochs, one seeded 80:20 split,
+    the 4th epoch scored; nothing the deck did not do (no class weights, standardization, augmentation,
+    schedule, early stopping, flip averaging)."""
+    from training.loop.config import PRESETS, get_config
+
+    c = get_config("lab-2020")
+    deck = {"model": "model1", "rgb": False, "learning_rate": 1e-3, "batch_size": 32, "epochs": 4,
+            "val_fraction": 0.2, "folds": 1, "selection": "last", "class_weights": None, "standardize": False,
+            "augment": False, "lr_schedule": None, "patience": None, "tta_flip": False, "grad": "autodiff",
+            "image_size": 108, "crop": "center"}
+    assert {k: getattr(c, k) for k in deck} == deck
+    assert set(PRESETS["lab-2020"]) <= set(deck)  # the preset sets nothing outside the deck's list

@@ -1,1 +1,4 @@
+"""The training library, in subpackages by role (README, Layout).
 
+Imports run one way: common → data → evaluation → loop → transfer → runs, inference.
+"""

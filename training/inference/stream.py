@@ -12,59 +12,27 @@ Finished rows are appended to ``OUT.partial`` and flushed to disk chunk by chunk
 length that is complete is then recorded (atomically) in ``OUT.partial.json``. After a crash
 ``resume`` cuts the partial file back to that length and skips the photos already there. At the
 end the partial file is renamed over ``OUT`` in one step: ``OUT`` is either absent, the old
-file, or the complete new one.
-"""
+file, or the complete new one."""
 
 from __future__ import annotations
 
-import collections
 import csv
 import io
+import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from training.devices import DataParallel
-from training.images import BadImageError, Preprocess, load_image
-from training.tables import atomic_open
+from training.common.files import atomic_open
+from training.data.images import BadImageError, Preprocess
+from training.data.prefetch import decode_chunks
+from training.loop.devices import DataParallel
 
-
-def decode_chunks(files: Sequence[Path], pre: Preprocess, *, chunk_size: int, workers: int | None = None,
-                  prefetch: int = 2) -> Iterator[list[tuple[Path, np.ndarray | str]]]:
-    """Yield ``[(path, array or error message), …]`` per chunk of ``chunk_size`` files, in order.
-
-    While the consumer works on one chunk the pool decodes the next ``prefetch`` chunks; nothing
-    else is kept, so memory does not grow with the number of files.
-    """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be ≥ 1, got {chunk_size}")
-
-    def decode(path: Path) -> np.ndarray | str:
-        try:
-            return load_image(path, pre)
-        except BadImageError as exc:
-            return str(exc)
-
-    chunks = (files[i:i + chunk_size] for i in range(0, len(files), chunk_size))
-    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-        pending: collections.deque = collections.deque()
-
-        def submit_next() -> None:
-            chunk = next(chunks, None)
-            if chunk is not None:
-                pending.append((chunk, [pool.submit(decode, f) for f in chunk]))
-
-        for _ in range(prefetch + 1):
-            submit_next()
-        while pending:
-            chunk, futures = pending.popleft()
-            yield [(f, fut.result()) for f, fut in zip(chunk, futures)]
-            submit_next()  # only once the consumer is done with this chunk
+log = logging.getLogger(__name__)  # shown by the commands (experiments.errors); silent in library use
 
 
 @dataclass
@@ -172,7 +140,7 @@ def predict_folder(files: Sequence[Path], root: Path, probs_fn: Callable, params
         done, report.skipped = partial.resume()
         todo = [f for f in files if rel[f] not in done]
         report.resumed = len(files) - len(todo)
-        print(f"resuming: {report.resumed} photos already predicted in {partial.path}")
+        log.info(f"resuming: {report.resumed} photos already predicted in {partial.path}")
     else:
         partial.start()
         todo = list(files)

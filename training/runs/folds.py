@@ -11,41 +11,31 @@ inside the outer training part:
 - a target recall's threshold: on the inner validation predictions.
 
 With ``selection == "last"`` (the lab's 2020 setup) nothing is chosen: the last epoch is scored,
-and the outer fold only draws the learning curves.
-"""
+and the outer fold only draws the learning curves."""
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from training.checkpoints import Checkpoints, write_json_atomic
-from training.data import Dataset
-from training.labels import stratified_folds, stratified_split
-from training.metrics import classification_metrics, majority_baseline
-from training.report import write_run_report
-from training.tables import device_description, output_dir
-from training.train import (
-    TrainConfig,
-    class_weight_vector,
-    create_model,
-    create_state,
-    fit,
-    make_eval_step,
-    predict_proba,
-)
-from training.transfer import (
-    backbone_for,
-    decide,
-    extract_features,
-    fit_head,
-    head_probs,
-    recall_threshold,
-    select_head,
-)
+from training.common.files import output_dir, write_json_atomic
+from training.common.timing import device_description
+from training.data.dataset import Dataset
+from training.data.labels import require_two_classes, stratified_folds, stratified_split
+from training.evaluation.decision import decide, operating_point
+from training.evaluation.metrics import classification_metrics, majority_baseline
+from training.loop.checkpoints import Checkpoints
+from training.loop.config import TrainConfig
+from training.loop.steps import class_weight_vector, create_model, create_state, fit, make_eval_step, predict_proba
+from training.runs.report import write_run_report
+from training.transfer.features import backbone_for, extract_features
+from training.transfer.head import fit_head, head_probs, select_head
+
+log = logging.getLogger(__name__)  # shown by the commands (experiments.errors); silent in library use
 
 
 def splits_for(data: Dataset, config: TrainConfig) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -54,18 +44,6 @@ def splits_for(data: Dataset, config: TrainConfig) -> list[tuple[np.ndarray, np.
         return stratified_folds(data.y, config.folds, seed=config.seed, class_names=data.class_names)
     return [stratified_split(data.y, val_fraction=config.val_fraction, seed=config.seed,
                              class_names=data.class_names)]
-
-
-def operating_point(config: TrainConfig, class_names: list[str], probs: np.ndarray, y: np.ndarray) -> dict | None:
-    """The threshold meeting ``config.target_recall`` on selection data (never the scored fold)."""
-    if config.target_recall is None:
-        return None
-    name, target = config.target_recall
-    if name not in class_names:
-        raise ValueError(f"--target-recall names class {name!r}, which is not one of {class_names}")
-    c = class_names.index(name)
-    return {"class": name, "class_index": c, "target_recall": target,
-            "threshold": recall_threshold(probs, y, c, target)}
 
 
 def score(y: np.ndarray, probs: np.ndarray, y_train: np.ndarray, class_names: list[str], op: dict | None) -> dict:
@@ -90,7 +68,7 @@ def _head_fold(data: Dataset, config: TrainConfig, feats: np.ndarray, backbone: 
                          lr=config.learning_rate, inner_folds=inner, seed=config.seed)
     head, norm = fit_head(feats[tr], y_tr, n_classes, weights, l2=choice.l2, steps=choice.steps,
                           lr=config.learning_rate)
-    op = operating_point(config, data.class_names, choice.oof_probs, y_tr)
+    op = operating_point(config.target_recall, data.class_names, choice.oof_probs, y_tr)
     probs = head_probs(feats[va], head, norm, tta_flip=config.tta_flip)
     metrics = score(data.y[va], probs, y_tr, data.class_names, op)
     # save the whole classifier (backbone + head) so predict/explain read photos directly
@@ -129,7 +107,7 @@ def _network_fold(data: Dataset, config: TrainConfig, tr: np.ndarray, va: np.nda
         raise ValueError(f"unknown selection {config.selection!r}; expected 'inner' or 'last'")
     result = fit(config, data.x[fit_tr], data.y[fit_tr], data.x[fit_va], data.y[fit_va], data.class_names, out,
                  resume=resume, progress=progress, backbone=backbone)
-    op = operating_point(config, data.class_names, result["val_probs"], data.y[fit_va]) \
+    op = operating_point(config.target_recall, data.class_names, result["val_probs"], data.y[fit_va]) \
         if config.selection == "inner" else None
     if config.target_recall is not None and op is None:
         raise ValueError("a target recall needs a threshold chosen on inner data: use selection 'inner'")
@@ -150,9 +128,7 @@ def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bo
               progress: bool = True, cache_dir: str | Path | None = None) -> list[dict]:
     """Fit on every outer split; each fold's folder gets split.json and its report. Returns per-fold results
     (each with ``outer_index`` and ``val_probs``, the scored fold's rows and probabilities)."""
-    if len(np.unique(data.y)) < 2:
-        raise ValueError(f"{data.source}: only one class ({data.class_names[int(data.y[0])]!r}) has images: "
-                         "a classifier needs at least two")
+    require_two_classes((data.class_names[int(c)] for c in np.unique(data.y)), data.source)  # after grouping
     out = output_dir(out)
     splits = splits_for(data, config)
     backbone, feats = None, None
@@ -165,7 +141,7 @@ def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bo
             raise ValueError(f"{config.model} is an RGB network: grayscale input is not supported")
         backbone, digest = backbone_for(config, cache_dir=cache_dir)
         if config.finetune == "head":
-            from training.images import Preprocess
+            from training.data.images import Preprocess
 
             pre = Preprocess(config.image_size, config.crop, True)
             start = time.perf_counter()
@@ -173,7 +149,7 @@ def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bo
             feats, computed = extract_features(source, data.digests, config.model, backbone, digest,
                                                pre.cache_key(), pre=pre, cache_dir=cache_dir,
                                                batch_size=config.batch_size, progress=progress)
-            print(f"backbone features: {computed} computed, {len(feats) - computed} from cache "
+            log.info(f"backbone features: {computed} computed, {len(feats) - computed} from cache "
                   f"({time.perf_counter() - start:.1f} s)")
     results = []
     for k, (tr, va) in enumerate(splits, start=1):

@@ -4,199 +4,37 @@ The loss is written for one image, ``ℓ = w_y (logsumexp(z) − z_y)`` with ``z
 logits and ``w_y`` the (optional, balanced) class weight, ``jax.vmap``-ped over the
 minibatch; the minibatch loss is ``Σ_i m_i ℓ_i / Σ_i m_i`` where ``m_i`` masks the
 padding rows of a short last batch. One jitted train step, one jitted eval step.
-Every random choice comes from ``jax.random`` keys derived from ``config.seed``.
-"""
+Every random choice comes from ``jax.random`` keys derived from ``config.seed``."""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import math
+import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax.training import train_state
 
-from models.model1 import ACTIVATIONS, Model1
-from training.augment import Augment, augment_batch
-from training.checkpoints import Checkpoints, read_json, write_json_atomic
-from training.devices import DataParallel
-from training.images import CROPS
-from training.metrics import classification_metrics, majority_baseline
-from training.tables import write_table
-from training.transfer import BACKBONES, FINETUNE, TransferClassifier, masked_optimizer
+from models.model1 import Model1
+from models.transfer import TransferClassifier
+from training.common.files import write_json_atomic
+from training.common.tables import write_table
+from training.data.augment import Augment, augment_batch
+from training.evaluation.metrics import classification_metrics, majority_baseline
+from training.loop.checkpoints import Checkpoints
+from training.loop.config import GRADS, MODELS, TrainConfig
+from training.loop.devices import DataParallel
+from training.loop.optimizer import make_optimizer, masked_optimizer
 
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything a run needs. The defaults are the best configuration measured (``PRESETS["pretrained"]``):
-    ImageNet EfficientNet-Lite1 features, a softmax head with λ and steps chosen on inner folds,
-    flip test-time averaging; ``PRESETS["lab-2020"]`` is the lab's Dec 2020 setup."""
-
-    model: str = "efficientnet_lite1"  # "model1", "resnet50", "googlenet" or an EfficientNet-Lite backbone
-    image_size: int = 240
-    rgb: bool = True
-    crop: str = "center"
-    epochs: int = 4
-    batch_size: int = 32
-    learning_rate: float = 1e-2
-    class_weights: str | None = "balanced"  # None or "balanced"
-    standardize: bool = False  # inputs ← (x − mean) / std per channel, from the training split
-    val_fraction: float = 0.2
-    folds: int = 1
-    seed: int = 0
-    first_kernel: int = 7
-    head_units: tuple[int, ...] = (128, 64)
-    dropout_rate: float = 0.5
-    activation: str = "relu"
-    augment: bool = False  # random crop, flip, rotation, brightness/contrast (training images only)
-    augment_crop_pad: int = 8
-    augment_flip: bool = True
-    augment_degrees: float = 10.0
-    augment_brightness: float = 0.1
-    augment_contrast: float = 0.1
-    lr_schedule: str | None = None  # None (constant) or "cosine" (decay to 0 over all steps)
-    patience: int | None = None  # stop after this many epochs without a better validation macro-F1
-    # "inner": the best epoch / early stop / head regularisation is chosen on data inside the training
-    # part and the validation fold is scored once; "last": no choice at all, the last epoch is scored.
-    selection: str = "inner"
-    # pretrained backbones
-    finetune: str = "head"  # "head" (frozen backbone, cached features), "top" or "all"
-    top_blocks: int = 2  # with finetune="top": how many of the last MBConv blocks train
-    weights: str | None = None  # a .pth file instead of the packaged ImageNet weights
-    tta_flip: bool = True  # average the probabilities of each photo and its mirror image
-    head_l2_grid: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
-    head_steps: int = 300
-    inner_folds: int = 4
-    target_recall: tuple[str, float] | None = None  # (class, recall): the operating point's threshold
-    # "autodiff" (jax.grad) or "manual": Model 1's hand-written backward (manual_backprop.cnn) through a
-    # jax.custom_vjp; the optimizer and the jitted step are the same
-    grad: str = "autodiff"
-
-    def __post_init__(self):
-        _check_config(self)
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> TrainConfig:
-        """A config from ``config.json`` (possibly someone else's): every field checked, unknown ones refused.
-
-        Only JSON values are accepted (strings, numbers, booleans, lists); names are checked against the
-        registries (models, crops, schedules …) and numbers against their ranges. Nothing is evaluated.
-        """
-        if not isinstance(data, dict):
-            raise ValueError(f"the configuration is a {type(data).__name__}, not an object")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(str(k)[:40] for k in data if k not in known)
-        if unknown:
-            raise ValueError(f"unknown configuration fields {unknown}")
-        data = dict(data)
-        for name in ("head_units", "head_l2_grid", "target_recall"):
-            if isinstance(data.get(name), list):
-                data[name] = tuple(data[name])
-        return cls(**data)
-
-    @property
-    def pretrained(self) -> bool:
-        return self.model in BACKBONES
-
-
-_CHOICES: dict[str, tuple] = {
-    "crop": CROPS, "class_weights": (None, "balanced"), "activation": tuple(ACTIVATIONS),
-    "lr_schedule": (None, "cosine"), "selection": ("inner", "last"), "finetune": FINETUNE,
-    "grad": ("autodiff", "manual"),
-}
-# field → (lowest, highest) for integers; None: unbounded above
-_INTS = {"image_size": (8, 4096), "epochs": (1, 100_000), "batch_size": (1, 1 << 20), "folds": (1, 1000),
-         "seed": (-(2**63), 2**63 - 1), "first_kernel": (1, 64), "augment_crop_pad": (0, 1024), "top_blocks": (0, 64),
-         "head_steps": (1, 1_000_000), "inner_folds": (2, 100)}
-_BOOLS = ("rgb", "standardize", "augment", "augment_flip", "tta_flip")
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
-def _is_real(v) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _check_config(c: TrainConfig) -> None:
-    """Every field of ``c`` of its type and in its range; ``ValueError`` naming the first that is not."""
-    def fail(name: str, expected: str):
-        raise ValueError(f"configuration field {name}={getattr(c, name)!r:.80}: expected {expected}")
-
-    for name, choices in {"model": MODELS, **_CHOICES}.items():
-        value = getattr(c, name)
-        if not isinstance(value, (str, type(None))) or value not in choices:
-            raise ValueError(f"unknown {name} {value!r:.80}; expected one of {list(choices)}")
-    for name, (lo, hi) in _INTS.items():
-        if not _is_int(getattr(c, name)) or not lo <= getattr(c, name) <= hi:
-            fail(name, f"an integer in [{lo}, {hi}]")
-    for name in _BOOLS:
-        if not isinstance(getattr(c, name), (bool, np.bool_)):
-            fail(name, "true or false")
-    for name, lo, hi in (("learning_rate", 0, 10), ("val_fraction", 0, 1), ("dropout_rate", -1e-12, 1),
-                         ("augment_degrees", -1e-12, 180), ("augment_brightness", -1e-12, 1),
-                         ("augment_contrast", -1e-12, 1)):
-        if not _is_real(getattr(c, name)) or not lo < getattr(c, name) < hi:
-            fail(name, f"a number in ({max(lo, 0)}, {hi})")
-    if c.patience is not None and not (_is_int(c.patience) and c.patience >= 1):
-        fail("patience", "null or an integer ≥ 1")
-    if not (isinstance(c.head_units, tuple) and 0 < len(c.head_units) <= 8
-            and all(_is_int(u) and 1 <= u <= 65536 for u in c.head_units)):
-        fail("head_units", "1 to 8 integers in [1, 65536]")
-    if not (isinstance(c.head_l2_grid, tuple) and 0 < len(c.head_l2_grid) <= 100
-            and all(_is_real(v) and v >= 0 for v in c.head_l2_grid)):
-        fail("head_l2_grid", "1 to 100 numbers ≥ 0")
-    if c.weights is not None and not isinstance(c.weights, str):
-        fail("weights", "null or a file name")
-    if c.target_recall is not None and not (
-            isinstance(c.target_recall, tuple) and len(c.target_recall) == 2 and isinstance(c.target_recall[0], str)
-            and _is_real(c.target_recall[1]) and 0 < c.target_recall[1] <= 1):
-        fail("target_recall", "null or [class name, recall in (0, 1]]")
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # the lab's Dec 2020 deck: grayscale Model 1, Adam 1e-3, 4 epochs, batch 32, one seeded 80:20 split;
-    # the 4th epoch is scored (no choice is made on the validation split)
-    "lab-2020": dict(model="model1", image_size=108, rgb=False, crop="center", epochs=4, batch_size=32,
-                     learning_rate=1e-3, class_weights=None, standardize=False, augment=False, lr_schedule=None,
-                     patience=None, selection="last", folds=1, tta_flip=False),
-    # the best from-scratch Model 1 settings: colour, augmentation, balanced weights, standardized inputs,
-    # Adam 1e-4 with cosine decay, early stopping on an inner validation split
-    "improved": dict(model="model1", image_size=108, rgb=True, augment=True, class_weights="balanced",
-                     standardize=True, learning_rate=1e-4, lr_schedule="cosine", epochs=30, patience=6,
-                     selection="inner", batch_size=32, tta_flip=False),
-    # the best measured: ImageNet EfficientNet-Lite1 (240 px), frozen, softmax head chosen on inner folds
-    "pretrained": dict(model="efficientnet_lite1", image_size=240, rgb=True, finetune="head", learning_rate=1e-2,
-                       class_weights="balanced", standardize=False, augment=False, selection="inner",
-                       tta_flip=True),
-}
-PRESETS["default"] = PRESETS["pretrained"]
-
-
-def get_config(preset: str = "default", **overrides: Any) -> TrainConfig:
-    """The ``preset``'s config with ``overrides`` (tests shrink it this way)."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
-    return dataclasses.replace(TrainConfig(), **{**PRESETS[preset], **overrides})
+log = logging.getLogger(__name__)  # shown by the commands (experiments.errors); silent in library use
 
 
 class TrainState(train_state.TrainState):
     """Flax's TrainState (step, params, Adam state)."""
-
-
-MODELS = ("model1", "resnet50", "googlenet", *BACKBONES)
 
 
 def create_model(config: TrainConfig, n_classes: int, normalization: dict | None = None):
@@ -248,16 +86,6 @@ def augmentation(config: TrainConfig) -> Augment | None:
                    config.augment_contrast)
 
 
-def make_optimizer(config: TrainConfig, steps_per_epoch: int = 1) -> optax.GradientTransformation:
-    """Adam at ``learning_rate``, constant or cosine-decayed to 0 over ``epochs × steps_per_epoch`` steps."""
-    if config.lr_schedule is None:
-        return optax.adam(config.learning_rate)
-    if config.lr_schedule != "cosine":
-        raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; expected None or 'cosine'")
-    total = max(config.epochs * steps_per_epoch, 1)
-    return optax.adam(optax.cosine_decay_schedule(config.learning_rate, decay_steps=total))
-
-
 @functools.lru_cache(maxsize=8)
 def _param_shapes(variant: str, image_shape: tuple[int, ...], n_classes: int):
     """The parameter shapes of a transfer classifier, traced once (no computation)."""
@@ -295,9 +123,6 @@ def example_loss(model: Model1, params, x: jax.Array, label: jax.Array, weight: 
     """``(w_y (logsumexp(z) − z_y), z)`` for one image."""
     logits = model.apply({"params": params}, x, train=train, key=key if train else None)
     return weight * (jax.nn.logsumexp(logits) - logits[label]), logits
-
-
-GRADS = ("autodiff", "manual")
 
 
 def check_grad(model, grad: str) -> None:
@@ -459,7 +284,7 @@ def fit(
         state, meta = ckpt.restore("last", state)
         history, best_f1, start_epoch = meta["history"], meta["best_macro_f1"], meta["epoch"] + 1
         best_epoch = max(history, key=lambda h: h["val_macro_f1"])["epoch"] if history else 0
-        print(f"resuming after epoch {meta['epoch']} from {ckpt.directory / 'last'}")
+        log.info(f"resuming after epoch {meta['epoch']} from {ckpt.directory / 'last'}")
     state = dp.put_replicated(state)
     weights = class_weight_vector(y_train, n_classes, config.class_weights)
     train_step = make_train_step(model, augmentation(config), grad=config.grad)
@@ -501,12 +326,12 @@ def fit(
             ckpt.save("best", epoch, state, meta)
         ckpt.save("last", epoch, state, meta)
         _write_history(out, history)
-        print(f"epoch {epoch}: loss {train_loss:.4f}, val acc {metrics['accuracy']:.3f}, "
+        log.info(f"epoch {epoch}: loss {train_loss:.4f}, val acc {metrics['accuracy']:.3f}, "
               f"balanced {metrics['balanced_accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f} "
               f"(majority baseline: acc {baseline['accuracy']:.3f}, balanced {baseline['balanced_accuracy']:.3f}, "
               f"macro-F1 {baseline['macro_f1']:.3f})")
         if config.patience is not None and epoch - best_epoch >= config.patience:
-            print(f"early stop after epoch {epoch}: no better validation macro-F1 for {config.patience} epochs")
+            log.info(f"early stop after epoch {epoch}: no better validation macro-F1 for {config.patience} epochs")
             break
     best_meta = ckpt.meta("best")
     ckpt.close()
@@ -520,65 +345,3 @@ def fit(
     return {"history": history, "metrics": best_meta["metrics"], "best_epoch": best_meta["epoch"],
             "baseline": baseline, "best_params": best_params, "val_probs": best_probs,
             "normalization": normalization}
-
-
-def run_config(run_dir: str | Path) -> tuple[Path, dict]:
-    """``(checkpoint folder, saved config.json)`` of a run folder; a missing or damaged one raises naming it."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run folder not found: {run_dir}")
-    ckpt_dir = run_dir / "checkpoints" if (run_dir / "checkpoints").is_dir() else run_dir
-    config_path = ckpt_dir / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"no checkpoint config at {config_path}: is {run_dir} a training run folder?")
-    saved = read_json(config_path, "a run's saved configuration")
-    if not isinstance(saved, dict) or "config" not in saved or "class_names" not in saved:
-        raise ValueError(f"{config_path}: not a run configuration written by experiments.train")
-    try:
-        check_saved_run(saved)
-    except ValueError as exc:
-        raise ValueError(f"{config_path}: {exc}") from exc
-    return ckpt_dir, saved
-
-
-def check_saved_run(saved: dict) -> TrainConfig:
-    """The config of a run's ``config.json`` after checking every field (it may come from someone else).
-
-    ``config``: see :meth:`TrainConfig.from_json`; ``class_names``: 2–10,000 distinct non-empty strings;
-    ``normalization``: null or equal-length lists of finite means and positive stds; ``operating_point``:
-    null or a class index in range with a threshold in [0, 1]. ``ValueError`` names the first bad field.
-    """
-    config = TrainConfig.from_json(saved["config"])
-    names = saved["class_names"]
-    if not (isinstance(names, list) and 2 <= len(names) <= 10_000 and all(isinstance(n, str) and n for n in names)
-            and len(set(names)) == len(names)):
-        raise ValueError("class_names: expected 2 to 10,000 distinct non-empty names")
-    norm = saved.get("normalization")
-    if norm is not None:
-        ok = (isinstance(norm, dict) and set(norm) == {"mean", "std"}
-              and all(isinstance(norm[k], list) and 0 < len(norm[k]) <= 1 << 16 for k in ("mean", "std"))
-              and len(norm["mean"]) == len(norm["std"]) and all(_is_real(v) for v in norm["mean"])
-              and all(_is_real(v) and v > 0 for v in norm["std"]))
-        if not ok:
-            raise ValueError("normalization: expected null or {mean: [finite numbers], std: [positive numbers]}")
-    op = saved.get("operating_point")
-    if op is not None and not (isinstance(op, dict) and _is_int(op.get("class_index"))
-                               and 0 <= op["class_index"] < len(names) and _is_real(op.get("threshold"))
-                               and 0 <= op["threshold"] <= 1):
-        raise ValueError("operating_point: expected null or a class_index in range and a threshold in [0, 1]")
-    return config
-
-
-def load_trained(run_dir: str | Path, which: str = "best"):
-    """``(model, params, config, class_names)`` of a finished run; a damaged one raises naming the file."""
-    ckpt_dir, saved = run_config(run_dir)
-    config, class_names = TrainConfig.from_json(saved["config"]), saved["class_names"]  # checked by run_config
-    model = create_model(config, len(class_names), saved.get("normalization"))
-    shape = (config.image_size, config.image_size, 3 if config.rgb else 1)
-    template = create_state(model, config, shape, key=jax.random.PRNGKey(0))
-    ckpt = Checkpoints(ckpt_dir)
-    try:
-        state, _ = ckpt.restore(which, template)
-    finally:
-        ckpt.close()
-    return model, state.params, config, class_names

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training.metrics import beats_baseline
-from training.tables import pyplot, write_table
+from training.common.tables import pyplot, write_table
+from training.evaluation.metrics import beats_baseline
 
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "roc_auc")
 

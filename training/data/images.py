@@ -16,15 +16,13 @@ file's bytes and the preprocessing settings, so a second run decodes nothing.
 Integrity: byte-identical files under one label are reported and kept once; under two
 labels they raise ``ValueError`` naming both. A zero-byte, truncated, corrupt or
 unreadable file raises :class:`BadImageError` naming it, or with ``skip_bad=True`` is
-skipped and listed in the :class:`LoadReport`. Pillow's decompression-bomb limit stays on.
-"""
+skipped and listed in the :class:`LoadReport`. Pillow's decompression-bomb limit stays on."""
 
 from __future__ import annotations
 
 import collections
 import csv
 import errno
-import hashlib
 import os
 import stat
 from collections.abc import Iterable, Sequence
@@ -35,10 +33,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from training.tables import atomic_open
+from training.common.files import cache_root, save_npy_atomic, sha256_of
 
 CACHE_VERSION = "v1"
+
+
 NOT_IMAGES = {".md", ".txt", ".csv", ".json", ".toml"}  # files in photo folders that are not photos
+
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".hif", ".tif", ".tiff", ".bmp", ".gif"}
 
 
@@ -81,16 +83,9 @@ def _register_heif() -> bool:
 
 
 HEIF_AVAILABLE = _register_heif()
+
+
 HEIF_SUFFIXES = {".heic", ".heif", ".hif"}
-
-
-def sha256_of(path: Path) -> str:
-    """SHA-256 of the file's bytes, hex."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _to_rgb_or_l(im: Image.Image, rgb: bool) -> Image.Image:
@@ -159,15 +154,10 @@ class ImageCache:
 
     root: Path
 
-    @staticmethod
-    def default_root() -> Path:
-        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        return Path(base) / "tree-risk-jax" / "images"
-
     @classmethod
     def at(cls, cache_dir: str | Path | None) -> ImageCache:
-        """The cache in ``cache_dir/images``, or in :meth:`default_root` when it is None."""
-        return cls(Path(cache_dir) / "images" if cache_dir else cls.default_root())
+        """The cache in ``cache_dir/images``, or in the user's cache folder when it is None."""
+        return cls(cache_root(cache_dir, "images"))
 
     def path(self, digest: str, pre: Preprocess) -> Path:
         return self.root / pre.cache_key() / f"{digest}.npy"
@@ -185,12 +175,6 @@ class ImageCache:
 
     def put(self, digest: str, pre: Preprocess, arr: np.ndarray) -> None:
         save_npy_atomic(self.path(digest, pre), arr)
-
-
-def save_npy_atomic(path: Path, arr: np.ndarray) -> None:
-    """``np.save`` to a temporary file beside ``path``, then rename it into place."""
-    with atomic_open(path, "wb") as f:
-        np.save(f, arr)
 
 
 @dataclass

@@ -1,8 +1,7 @@
 """Array data sets: the embedded default (scikit-learn's digits) and MNIST from an .npz file.
 
 Nothing here downloads anything: ``load_digits`` ships inside scikit-learn, and
-MNIST is read from a file the user already has.
-"""
+MNIST is read from a file the user already has."""
 
 from __future__ import annotations
 
@@ -30,18 +29,25 @@ class ArrayData(NamedTuple):
     name: str
 
 
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 8×8 digits as shipped (pixels 0–16, float64) and their labels (int32): the one
+    place the embedded default is loaded (flattened below for the MLP, upscaled in ``dataset`` for the CNN)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return d.images, d.target.astype(np.int32)
+
+
 def load_digits_data(*, test_fraction: float = 0.2, seed: int = 0) -> ArrayData:
     """scikit-learn's 8×8 digits (1,797 images), pixels / 16, stratified split.
 
     The split is ``sklearn.model_selection.train_test_split`` with
     ``stratify=labels`` and ``random_state=seed``.
     """
-    from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    digits = load_digits()
-    x = (digits.images.reshape(len(digits.images), -1) / 16.0).astype(np.float32)
-    y = digits.target.astype(np.int32)
+    images, y = digits()
+    x = (images.reshape(len(images), -1) / 16.0).astype(np.float32)
     x_train, x_test, y_train, y_test = train_test_split(
         x, y, test_size=test_fraction, stratify=y, random_state=seed
     )

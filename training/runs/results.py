@@ -8,8 +8,7 @@ Configurations (``CONFIGS``):
   30 epochs with early stopping on validation macro-F1 (patience 6); RGB with ``rgb=True``.
 
 Prec. and Recall are those of the positive class (the first, at-risk class of the grouping:
-Probable, Probable+Possible, …); the table names it.
-"""
+Probable, Probable+Possible, …); the table names it."""
 
 from __future__ import annotations
 
@@ -17,7 +16,8 @@ import dataclasses
 
 import numpy as np
 
-from training.train import PRESETS, TrainConfig, get_config
+from training.evaluation.metrics import beats_baseline
+from training.loop.config import PRESETS, TrainConfig, get_config
 
 CONFIGS = {
     "lab-2020": dict(PRESETS["lab-2020"], folds=1),
@@ -71,8 +71,8 @@ def table_row(results: list[dict], class_names: list[str], *, positive: int = 0)
         "baseline_macro_f1": [r["baseline"]["macro_f1"] for r in results],
     }
     stats = {k: _mean_std(v) for k, v in m.items()}
-    beats = (stats["balanced_accuracy"][0] > stats["baseline_balanced_accuracy"][0]
-             and stats["macro_f1"][0] > stats["baseline_macro_f1"][0])
+    beats = beats_baseline({k: stats[k][0] for k in ("balanced_accuracy", "macro_f1")},
+                           {k: stats[f"baseline_{k}"][0] for k in ("balanced_accuracy", "macro_f1")})
     row = {"positive class": name, "folds": folds}
     labels = {"precision": "Prec.", "recall": "Recall", "accuracy": "Acc.", "balanced_accuracy": "Bal. acc.",
               "macro_f1": "Macro-F1", "roc_auc": "ROC-AUC", "baseline_accuracy": "Majority acc.",

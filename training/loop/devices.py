@@ -2,8 +2,7 @@
 
 The same code runs on CPU, GPU and TPU. For several hosts, call
 ``jax.distributed.initialize()`` first on every host (see README); ``jax.devices()``
-then lists all hosts' devices and each host feeds its own slice of the batch.
-"""
+then lists all hosts' devices and each host feeds its own slice of the batch."""
 
 from __future__ import annotations
 

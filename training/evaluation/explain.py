@@ -8,8 +8,7 @@ maps A (h, w, K) exposed by the model (``models.model1.mark_cam_features``):
 - Grad-CAM++: with g = ∂y_c/∂A, a_ijk = g² / (2g² + Σ_ab A_abk g³),
               w_k = Σ_ij a_ijk ReLU(g_ijk),  L = ReLU(Σ_k w_k A_k)     (Chattopadhay et al. 2018)
 
-Maps are bilinearly resized to (H, W) and scaled to [0, 1] (all-zero maps stay zero).
-"""
+Maps are bilinearly resized to (H, W) and scaled to [0, 1] (all-zero maps stay zero)."""
 
 from __future__ import annotations
 

@@ -8,17 +8,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from training.images import (
-    ImageCache,
-    ImageSet,
-    LoadReport,
-    Preprocess,
-    discover,
-    index_images,
-    load_images,
-    sha256_of,
-)
-from training.labels import Grouping, get_grouping
+from training.common.files import sha256_of, sha256_of_array
+from training.data.arrays import digits
+from training.data.images import ImageCache, ImageSet, LoadReport, Preprocess, discover, index_images, load_images
+from training.data.labels import Grouping, get_grouping, require_two_classes
 
 
 @dataclass
@@ -37,28 +30,20 @@ class Dataset:
 
 def digits_images(pre: Preprocess) -> Dataset:
     """scikit-learn's 1,797 8×8 digits, bicubic-upscaled to ``pre.image_size`` (the embedded default)."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
+    images, target = digits()
     x = np.stack([
         np.asarray(Image.fromarray((img * (255.0 / 16.0)).astype(np.uint8), "L").resize(
             (pre.image_size, pre.image_size), Image.Resampling.BICUBIC), np.float32) / 255.0
-        for img in digits.images
+        for img in images
     ])[..., None]
     if pre.rgb:
         x = np.repeat(x, 3, axis=-1)
     names = [str(i) for i in range(10)]
-    digests = [sha256_of_array(a) for a in digits.images]
+    digests = [sha256_of_array(a) for a in images]
     report = LoadReport(found=len(x), loaded=len(x))
     grouping = Grouping("digits", {n: (n,) for n in names})
-    return Dataset(x, digits.target.astype(np.int32), names, [f"digits[{i}]" for i in range(len(x))],
+    return Dataset(x, target, names, [f"digits[{i}]" for i in range(len(x))],
                    digests, grouping, report, "sklearn-digits")
-
-
-def sha256_of_array(a: np.ndarray) -> str:
-    import hashlib
-
-    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
 def load_dataset(
@@ -85,9 +70,7 @@ def load_dataset(
         return digits_images(pre)
     ignored: list[tuple[str, str]] = []
     items = discover(source, ignored=ignored)
-    labels = sorted({label for _, label in items})
-    if len(labels) < 2:  # before any decoding
-        raise ValueError(f"{source}: only one class ({labels[0]!r}) has images: a classifier needs at least two")
+    require_two_classes((label for _, label in items), source)  # before any decoding
     if decode:
         images = load_images(items, pre, skip_bad=skip_bad, cache=ImageCache.at(cache_dir), workers=workers,
                              progress=progress)

@@ -7,8 +7,7 @@ neither maps nor excludes raises ``ValueError`` naming it, so nothing is dropped
 silently; excluded images are counted in the load report.
 
 Splits are made on unique images (by content hash, after de-duplication) and before
-any augmentation, stratified by class and seeded.
-"""
+any augmentation, stratified by class and seeded."""
 
 from __future__ import annotations
 
@@ -20,6 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+
+def require_two_classes(labels, source) -> None:
+    """``ValueError`` naming ``source`` when ``labels`` (an iterable of class names) holds fewer than two."""
+    found = sorted(set(labels))
+    if len(found) < 2:
+        raise ValueError(f"{source}: only one class ({found[0] if found else 'none'!r}) has images: "
+                         "a classifier needs at least two")
 
 
 @dataclass(frozen=True)

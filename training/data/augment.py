@@ -5,8 +5,7 @@ Applied on device inside the jitted train step, to training images only (after t
 - random crop: reflect-pad by ``crop_pad`` pixels, cut an (H, W) window at a random offset;
 - horizontal flip with probability ½;
 - rotation by an angle uniform in ±``max_degrees`` about the centre (bilinear, edges reflected);
-- brightness b ~ U(±brightness) and contrast c ~ U(1 ± contrast): x ← clip((x − x̄) c + x̄ + b, 0, 1).
-"""
+- brightness b ~ U(±brightness) and contrast c ~ U(1 ± contrast): x ← clip((x − x̄) c + x̄ + b, 0, 1)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,99 @@
+"""Every command with every model the project trains: a tiny run of each, then predict, explain, agreement.
+
+Each model kind is trained once (module-scoped fixture) on 8 photos at a small size through
+``experiments.train``, as a user would call it; the other commands then run on that run folder.
+A command that does not support a model must refuse with one line (none does today).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# (id, experiments.train flags)
+KINDS = {
+    "model1": ["--preset", "lab-2020", "--image-size", "16"],
+    "resnet50": ["--preset", "lab-2020", "--model", "resnet50", "--image-size", "32"],
+    "googlenet": ["--preset", "lab-2020", "--model", "googlenet", "--image-size", "32"],
+    "efficientnet_lite0-head": ["--model", "efficientnet_lite0", "--image-size", "32"],
+    "efficientnet_lite0-top": ["--model", "efficientnet_lite0", "--finetune", "top", "--image-size", "32",
+                               "--epochs", "1", "--lr", "1e-4"],
+}
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("matrix") / "photos"
+    rng = np.random.default_rng(0)
+    for label, shade in [("Probable", 50), ("Improbable", 200)]:
+        (root / label).mkdir(parents=True)
+        for i in range(4):
+            arr = np.clip(rng.normal(shade, 30, (36, 40, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(root / label / f"{label[:3]}{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module", params=list(KINDS))
+def trained(request, photos, tmp_path_factory):
+    """(kind, run folder, photos): a tiny run of one model kind, trained through the command line."""
+    from experiments import train
+
+    kind = request.param
+    out = tmp_path_factory.mktemp(kind) / "run"
+    train.main(["--data", str(photos), "--out", str(out), "--epochs", "1", "--batch-size", "4",
+                "--val-fraction", "0.5", "--cache-dir", str(out.parent / "cache"), "--no-progress", *KINDS[kind]])
+    assert (out / "summary.json").is_file()
+    return kind, out, photos
+
+
+def test_predict_writes_one_row_per_photo(trained, tmp_path):
+    from experiments import predict
+    from tests.helpers import read_predictions
+
+    kind, run, photos = trained
+    predict.main(["--checkpoint", str(run), "--images", str(photos), "--out", str(tmp_path / "p.csv"),
+                  "--no-progress"])
+    rows = read_predictions(tmp_path / "p.csv")
+    assert len(rows) == 8 and {r["predicted"] for r in rows} <= {"Probable", "Improbable"}
+    for r in rows:
+        p = [v for k, v in r.items() if k.startswith("p_")]
+        assert len(p) == 2 and abs(sum(p) - 1) < 1e-5
+
+
+def test_explain_writes_grad_cam_for_every_photo(trained, tmp_path):
+    import jax
+
+    from experiments import explain
+    from training.data.images import Preprocess, load_image
+    from training.evaluation.explain import grad_cam
+    from training.runs.saved import load_trained
+
+    kind, run, photos = trained
+    rows = explain.main(["--checkpoint", str(run), "--images", str(photos), "--out", str(tmp_path / "x"),
+                         "--methods", "grad_cam"])
+    assert len(rows) == 8 and all(Path(r["png"]).stat().st_size > 0 for r in rows)
+    model, params, config, _ = load_trained(run)  # the map itself, on the model's last feature map
+    x = load_image(next(photos.rglob("*.png")), Preprocess(config.image_size, config.crop, config.rgb))
+    cam = np.asarray(jax.jit(lambda x: grad_cam(model, params, x, 1))(x))
+    assert cam.shape == (config.image_size,) * 2 and np.isfinite(cam).all() and 0 <= cam.min() <= cam.max() <= 1
+
+
+def test_agreement_with_a_rater(trained, tmp_path):
+    from experiments import agreement, predict
+
+    kind, run, photos = trained
+    predict.main(["--checkpoint", str(run), "--images", str(photos), "--out", str(tmp_path / "p.csv"),
+                  "--no-progress"])
+    with open(tmp_path / "r.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "rater1"])
+        for p in sorted(photos.rglob("*.png")):
+            w.writerow([p.name, p.parent.name])
+    rows = agreement.main(["--predictions", str(tmp_path / "p.csv"), "--ratings", str(tmp_path / "r.csv"),
+                           "--order", "Improbable", "Probable", "--out", str(tmp_path / "a")])
+    assert rows and (tmp_path / "a" / "agreement.md").is_file()

@@ -1,0 +1,45 @@
+"""Timing: medians of repeated and interleaved calls, and the device a figure was measured on."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+
+def time_call(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall-clock seconds of ``fn()`` (its result blocked on), after ``warmup`` calls."""
+    for _ in range(warmup):
+        jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], *, repeats: int = 7) -> dict[str, tuple[float, float]]:
+    """``{name: (min, median)}`` seconds, calling the functions in turn ``repeats`` times.
+
+    Interleaving spreads a noisy machine's slow moments over all contenders; the
+    minimum is the least disturbed run. Each function is called once first (compile).
+    """
+    for fn in fns.values():
+        jax.block_until_ready(fn())
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - start)
+    return {name: (min(t), statistics.median(t)) for name, t in times.items()}
+
+
+def device_description() -> str:
+    """E.g. ``cpu ×1 (jax 0.10.2)``."""
+    devices = jax.devices()
+    return f"{devices[0].platform} ×{len(devices)} ({devices[0].device_kind}; jax {jax.__version__})"

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, agreement with human raters, explanations (saliency, Grad-CAM), the operating point."""

@@ -1,0 +1,191 @@
+"""Training configuration: ``TrainConfig`` (checked when built), the presets, ``get_config``."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from models.model1 import ACTIVATIONS
+from models.transfer import BACKBONES
+from training.data.images import CROPS
+
+MODELS = ("model1", "resnet50", "googlenet", *BACKBONES)
+GRADS = ("autodiff", "manual")
+FINETUNE = ("head", "top", "all")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run needs. The defaults are the best configuration measured (``PRESETS["pretrained"]``):
+    ImageNet EfficientNet-Lite1 features, a softmax head with λ and steps chosen on inner folds,
+    flip test-time averaging; ``PRESETS["lab-2020"]`` is the lab's Dec 2020 setup."""
+
+    model: str = "efficientnet_lite1"  # "model1", "resnet50", "googlenet" or an EfficientNet-Lite backbone
+    image_size: int = 240
+    rgb: bool = True
+    crop: str = "center"
+    epochs: int = 4
+    batch_size: int = 32
+    learning_rate: float = 1e-2
+    class_weights: str | None = "balanced"  # None or "balanced"
+    standardize: bool = False  # inputs ← (x − mean) / std per channel, from the training split
+    val_fraction: float = 0.2
+    folds: int = 1
+    seed: int = 0
+    first_kernel: int = 7
+    head_units: tuple[int, ...] = (128, 64)
+    dropout_rate: float = 0.5
+    activation: str = "relu"
+    augment: bool = False  # random crop, flip, rotation, brightness/contrast (training images only)
+    augment_crop_pad: int = 8
+    augment_flip: bool = True
+    augment_degrees: float = 10.0
+    augment_brightness: float = 0.1
+    augment_contrast: float = 0.1
+    lr_schedule: str | None = None  # None (constant) or "cosine" (decay to 0 over all steps)
+    patience: int | None = None  # stop after this many epochs without a better validation macro-F1
+    # "inner": the best epoch / early stop / head regularisation is chosen on data inside the training
+    # part and the validation fold is scored once; "last": no choice at all, the last epoch is scored.
+    selection: str = "inner"
+    # pretrained backbones
+    finetune: str = "head"  # "head" (frozen backbone, cached features), "top" or "all"
+    top_blocks: int = 2  # with finetune="top": how many of the last MBConv blocks train
+    weights: str | None = None  # a .pth file instead of the packaged ImageNet weights
+    tta_flip: bool = True  # average the probabilities of each photo and its mirror image
+    head_l2_grid: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+    head_steps: int = 300
+    inner_folds: int = 4
+    target_recall: tuple[str, float] | None = None  # (class, recall): the operating point's threshold
+    # "autodiff" (jax.grad) or "manual": Model 1's hand-written backward (manual_backprop.cnn) through a
+    # jax.custom_vjp; the optimizer and the jitted step are the same
+    grad: str = "autodiff"
+
+    def __post_init__(self):
+        _check_config(self)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> TrainConfig:
+        """A config from ``config.json`` (possibly someone else's): every field checked, unknown ones refused.
+
+        Only JSON values are accepted (strings, numbers, booleans, lists); names are checked against the
+        registries (models, crops, schedules …) and numbers against their ranges. Nothing is evaluated.
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"the configuration is a {type(data).__name__}, not an object")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(str(k)[:40] for k in data if k not in known)
+        if unknown:
+            raise ValueError(f"unknown configuration fields {unknown}")
+        data = dict(data)
+        for name in ("head_units", "head_l2_grid", "target_recall"):
+            if isinstance(data.get(name), list):
+                data[name] = tuple(data[name])
+        return cls(**data)
+
+    @property
+    def pretrained(self) -> bool:
+        return self.model in BACKBONES
+
+
+_CHOICES: dict[str, tuple] = {
+    "crop": CROPS, "class_weights": (None, "balanced"), "activation": tuple(ACTIVATIONS),
+    "lr_schedule": (None, "cosine"), "selection": ("inner", "last"), "finetune": FINETUNE,
+    "grad": ("autodiff", "manual"),
+}
+
+
+# field → (lowest, highest) for integers; None: unbounded above
+_INTS = {"image_size": (8, 4096), "epochs": (1, 100_000), "batch_size": (1, 1 << 20), "folds": (1, 1000),
+         "seed": (-(2**63), 2**63 - 1), "first_kernel": (1, 64), "augment_crop_pad": (0, 1024), "top_blocks": (0, 64),
+         "head_steps": (1, 1_000_000), "inner_folds": (2, 100)}
+
+
+_BOOLS = ("rgb", "standardize", "augment", "augment_flip", "tta_flip")
+
+
+def is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def is_real(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_config(c: TrainConfig) -> None:
+    """Every field of ``c`` of its type and in its range; ``ValueError`` naming the first that is not."""
+    def fail(name: str, expected: str):
+        raise ValueError(f"configuration field {name}={getattr(c, name)!r:.80}: expected {expected}")
+
+    for name, choices in {"model": MODELS, **_CHOICES}.items():
+        value = getattr(c, name)
+        if not isinstance(value, (str, type(None))) or value not in choices:
+            raise ValueError(f"unknown {name} {value!r:.80}; expected one of {list(choices)}")
+    for name, (lo, hi) in _INTS.items():
+        if not is_int(getattr(c, name)) or not lo <= getattr(c, name) <= hi:
+            fail(name, f"an integer in [{lo}, {hi}]")
+    for name in _BOOLS:
+        if not isinstance(getattr(c, name), (bool, np.bool_)):
+            fail(name, "true or false")
+    for name, lo, hi in (("learning_rate", 0, 10), ("val_fraction", 0, 1), ("dropout_rate", -1e-12, 1),
+                         ("augment_degrees", -1e-12, 180), ("augment_brightness", -1e-12, 1),
+                         ("augment_contrast", -1e-12, 1)):
+        if not is_real(getattr(c, name)) or not lo < getattr(c, name) < hi:
+            fail(name, f"a number in ({max(lo, 0)}, {hi})")
+    if c.patience is not None and not (is_int(c.patience) and c.patience >= 1):
+        fail("patience", "null or an integer ≥ 1")
+    if not (isinstance(c.head_units, tuple) and 0 < len(c.head_units) <= 8
+            and all(is_int(u) and 1 <= u <= 65536 for u in c.head_units)):
+        fail("head_units", "1 to 8 integers in [1, 65536]")
+    if not (isinstance(c.head_l2_grid, tuple) and 0 < len(c.head_l2_grid) <= 100
+            and all(is_real(v) and v >= 0 for v in c.head_l2_grid)):
+        fail("head_l2_grid", "1 to 100 numbers ≥ 0")
+    if c.weights is not None and not isinstance(c.weights, str):
+        fail("weights", "null or a file name")
+    if c.target_recall is not None and not (
+            isinstance(c.target_recall, tuple) and len(c.target_recall) == 2 and isinstance(c.target_recall[0], str)
+            and is_real(c.target_recall[1]) and 0 < c.target_recall[1] <= 1):
+        fail("target_recall", "null or [class name, recall in (0, 1]]")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # the lab's Dec 2020 deck: grayscale Model 1, Adam 1e-3, 4 epochs, batch 32, one seeded 80:20 split;
+    # the 4th epoch is scored (no choice is made on the validation split)
+    "lab-2020": dict(model="model1", image_size=108, rgb=False, crop="center", epochs=4, batch_size=32,
+                     learning_rate=1e-3, class_weights=None, standardize=False, augment=False, lr_schedule=None,
+                     patience=None, selection="last", folds=1, tta_flip=False),
+    # the best from-scratch Model 1 settings: colour, augmentation, balanced weights, standardized inputs,
+    # Adam 1e-4 with cosine decay, early stopping on an inner validation split
+    "improved": dict(model="model1", image_size=108, rgb=True, augment=True, class_weights="balanced",
+                     standardize=True, learning_rate=1e-4, lr_schedule="cosine", epochs=30, patience=6,
+                     selection="inner", batch_size=32, tta_flip=False),
+    # the best measured: ImageNet EfficientNet-Lite1 (240 px), frozen, softmax head chosen on inner folds
+    "pretrained": dict(model="efficientnet_lite1", image_size=240, rgb=True, finetune="head", learning_rate=1e-2,
+                       class_weights="balanced", standardize=False, augment=False, selection="inner",
+                       tta_flip=True),
+}
+
+
+PRESETS["default"] = PRESETS["pretrained"]
+
+
+def get_config(preset: str = "default", **overrides: Any) -> TrainConfig:
+    """The ``preset``'s config with ``overrides`` (tests shrink it this way)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+    return dataclasses.replace(TrainConfig(), **{**PRESETS[preset], **overrides})
+
+
+# Nielsen's two networks for the hand-written MLP (experiments.train_mlp): network.py's and network2.py's settings
+MLP_PRESETS: dict[str, dict[str, Any]] = {
+    "network": dict(hidden=[30], activation="sigmoid", cost="half_sse", eta=3.0, lmbda=0.0,
+                    batch_size=10, epochs=30, weight_scale="unit"),
+    "network2": dict(hidden=[100], activation="sigmoid", cost="cross_entropy", eta=0.5, lmbda=5.0,
+                     batch_size=10, epochs=30, weight_scale="fan_in"),
+}

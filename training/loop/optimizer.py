@@ -1,0 +1,50 @@
+"""The optimizer: Adam with an optional cosine schedule, and masks for what a fine-tuning mode trains."""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+from training.loop.config import FINETUNE, TrainConfig
+
+
+def make_optimizer(config: TrainConfig, steps_per_epoch: int = 1) -> optax.GradientTransformation:
+    """Adam at ``learning_rate``, constant or cosine-decayed to 0 over ``epochs × steps_per_epoch`` steps."""
+    if config.lr_schedule is None:
+        return optax.adam(config.learning_rate)
+    if config.lr_schedule != "cosine":
+        raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; expected None or 'cosine'")
+    total = max(config.epochs * steps_per_epoch, 1)
+    return optax.adam(optax.cosine_decay_schedule(config.learning_rate, decay_steps=total))
+
+
+def trainable_mask(params, finetune: str, top_blocks: int = 2):
+    """Per parameter: True if it trains. BatchNorm ``mean``/``var`` never train (inference form)."""
+    if finetune not in FINETUNE:
+        raise ValueError(f"unknown finetune {finetune!r}; expected one of {list(FINETUNE)}")
+    if "backbone" in params:  # TransferClassifier: backbone/blockN, backbone/conv_head; head
+        n_blocks = sum(1 for k in params["backbone"] if k.startswith("block"))
+        top = {f"block{i}" for i in range(n_blocks - top_blocks, n_blocks)} | {"conv_head", "bn_head"}
+    else:  # ResNet-50 (torchvision layout): stageS_blockB; logits
+        blocks = sorted((k for k in params if k.startswith("stage")),
+                        key=lambda k: tuple(int(v) for v in k.removeprefix("stage").split("_block")))
+        top = set(blocks[len(blocks) - top_blocks:])
+
+    def label(path, _):
+        names = [getattr(p, "key", str(p)) for p in path]
+        if names[-1] in ("mean", "var"):
+            return False
+        if names[0] in ("head", "logits"):
+            return True
+        name = names[1] if names[0] == "backbone" else names[0]
+        return finetune == "all" or (finetune == "top" and name in top)
+
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def masked_optimizer(tx: optax.GradientTransformation, params, finetune: str, top_blocks: int
+                     ) -> optax.GradientTransformation:
+    """``tx`` on the trainable parameters, zero updates (and no optimizer state) on the frozen ones."""
+    mask = trainable_mask(params, finetune, top_blocks)
+    labels = jax.tree_util.tree_map(lambda m: "train" if m else "frozen", mask)
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)

@@ -1,0 +1,116 @@
+"""Transfer learning from an ImageNet backbone: the classifier, cached features, the head's honest fit.
+
+``TransferClassifier`` = EfficientNet-Lite features (1280-d, pooled) → optional standardization
+→ dense head. Three ways to fine-tune (``TrainConfig.finetune``):
+
+- ``head``: the backbone is frozen. Its features of every image (and of its mirror image, for
+  flip augmentation and test-time averaging) are computed once and cached on disk under the
+  image's SHA-256, the backbone, its weights and the preprocessing, so a second run reads them.
+  The head is a softmax regression ``p = softmax(W f̂ + b)`` on standardized features
+  ``f̂ = (f − μ) / σ``, trained by full-batch Adam on the class-weighted cross-entropy
+  ``Σ_i w_{y_i} (−log p_{y_i}(f_i)) / Σ_i w_{y_i} + λ‖W‖²``.
+- ``top``: the last ``top_blocks`` MBConv blocks, the head convolution and the head train.
+- ``all``: every weight trains.
+
+BatchNorm stays in inference form in all three (running μ, σ² frozen; γ, β train in ``top``/``all``).
+
+Honest selection (:func:`select_head`): λ and the number of Adam steps are chosen by K-fold
+cross-validation *inside* the training part (the class-weighted log-loss of the flip-averaged
+probabilities on each inner validation fold); the head is then refit on the whole training part
+with that choice. The outer validation fold is scored once. With a target recall the threshold is
+picked on the inner folds' out-of-fold probabilities (:func:`recall_threshold`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from models.efficientnet_lite import EfficientNetLite
+from training.common.files import cache_root
+
+
+def feature_cache_dir(cache_dir: str | Path | None, variant: str, weights_digest: str, pre_key: str) -> Path:
+    return cache_root(cache_dir, "features") / f"{variant}-{weights_digest[:16]}-{pre_key}"
+
+
+def make_feature_fn(variant: str, depthwise: str = "shift"):
+    """``features(params, x) -> (B, 2, D)``: pooled features of each image and of its mirror image, jitted."""
+    model = EfficientNetLite(variant, depthwise=depthwise)
+
+    @jax.jit
+    def features(params, x):
+        one = lambda im: model.apply({"params": params}, im, features_only=True)  # noqa: E731
+        return jnp.stack([jax.vmap(one)(x), jax.vmap(one)(x[:, :, ::-1, :])], axis=1)
+
+    return features
+
+
+def extract_features(x: np.ndarray | Sequence[str | Path], digests: Sequence[str], variant: str, backbone_params,
+                     weights_digest: str, pre_key: str, *, pre=None, cache_dir: str | Path | None = None,
+                     batch_size: int = 32, progress: bool = False) -> tuple[np.ndarray, int]:
+    """``(features (n, 2, D), n computed)``: cached features where present, the backbone's for the rest.
+
+    ``x``: the preprocessed images (n, s, s, 3), or their files, with ``pre`` (a
+    :class:`~training.data.images.Preprocess`): then only the photos missing from the cache are read,
+    in chunks decoded by threads ahead of the backbone (:func:`training.data.prefetch.decode_chunks`),
+    so memory stays bounded however many photos there are. An unreadable photo raises
+    :class:`~training.data.images.BadImageError` naming it.
+    """
+    from tqdm.auto import tqdm
+
+    from training.common.files import save_npy_atomic
+    from training.data.images import BadImageError
+    from training.data.prefetch import decode_chunks
+
+    folder = feature_cache_dir(cache_dir, variant, weights_digest, pre_key)
+    out: list[np.ndarray | None] = []
+    for d in digests:
+        p = folder / f"{d}.npy"
+        arr = None
+        if p.is_file():
+            try:
+                arr = np.load(p, allow_pickle=False)
+            except (OSError, ValueError):
+                arr = None  # damaged entry: computed again
+            if arr is not None and (arr.ndim != 2 or arr.shape[0] != 2 or arr.dtype != np.float32):
+                arr = None
+        out.append(arr)
+    missing = [i for i, a in enumerate(out) if a is None]
+    if missing:
+        fn = make_feature_fn(variant)
+        in_memory = isinstance(x, np.ndarray)
+        if not in_memory and pre is None:
+            raise ValueError("extract_features from files needs pre (the preprocessing)")
+        # one chunk at a time either way: indexing the array copies, so it is done per chunk
+        chunks = ((x[missing[i:i + batch_size]] for i in range(0, len(missing), batch_size)) if in_memory else
+                  decode_chunks([Path(x[i]) for i in missing], pre, chunk_size=batch_size))
+        bar = tqdm(total=len(missing), desc="backbone features", unit="photo", disable=not progress)
+        for start, chunk in zip(range(0, len(missing), batch_size), chunks):
+            if not in_memory:
+                bad = [a for _, a in chunk if isinstance(a, str)]
+                if bad:
+                    raise BadImageError(bad[0])
+                chunk = np.stack([a for _, a in chunk])
+            idx = missing[start:start + batch_size]
+            if len(idx) < batch_size:  # pad to a fixed shape: one compilation
+                chunk = np.concatenate([chunk, np.zeros((batch_size - len(idx), *chunk.shape[1:]), chunk.dtype)])
+            feats = np.asarray(fn(backbone_params, chunk), np.float32)[: len(idx)]
+            for i, f in zip(idx, feats):
+                out[i] = f
+                save_npy_atomic(folder / f"{digests[i]}.npy", f)
+            bar.update(len(idx))
+        bar.close()
+    dim = out[0].shape[1] if out else 1280
+    return (np.stack(out) if out else np.zeros((0, 2, dim), np.float32)), len(missing)
+
+
+def backbone_for(config, *, cache_dir: str | Path | None = None) -> tuple[dict, str]:
+    """The pretrained backbone parameters (without the ImageNet classifier) and the weights' SHA-256."""
+    from models.pretrained import load_backbone
+
+    params, digest = load_backbone(config.model, config.weights, cache_dir=cache_dir)
+    return {k: v for k, v in params.items() if k != "fc"}, digest

@@ -1,0 +1,126 @@
+"""The softmax head on frozen features: λ and steps chosen on inner folds of the training part, then refit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+
+class HeadChoice(NamedTuple):
+    """The regularisation and step count chosen on inner folds, and what they were chosen from."""
+
+    l2: float
+    steps: int
+    curves: np.ndarray  # (n_l2, steps): mean inner-validation loss after each step
+    oof_probs: np.ndarray  # (n, K): inner out-of-fold probabilities at the choice
+
+
+def _head_run(F, y1h, cw, train_mask, val_mask, l2, lr, steps: int, keep_step):
+    """Full-batch Adam on one head; returns (val loss after each step, params at ``keep_step``, val probs).
+
+    ``F`` (n, V, D) features, ``y1h`` (n, K) one-hot, ``cw`` (K,) class weights, masks (n,) in {0, 1}.
+    Standardization μ, σ come from the training rows of ``F`` (all views).
+    """
+    n, v, d = F.shape
+    k = y1h.shape[1]
+    tm = train_mask[:, None, None]
+    count = jnp.maximum(jnp.sum(train_mask) * v, 1.0)
+    mu = jnp.sum(F * tm, axis=(0, 1)) / count
+    sd = jnp.sqrt(jnp.sum(((F - mu[None, None, :]) ** 2) * tm, axis=(0, 1)) / count) + 1e-6
+    Fs = (F - mu[None, None, :]) / sd[None, None, :]
+    w_ex = jnp.sum(y1h * cw[None, :], axis=1)
+    w_tr = w_ex * train_mask
+    w_va = w_ex * val_mask
+    params = {"W": jnp.zeros((d, k), F.dtype), "b": jnp.zeros((k,), F.dtype)}
+    tx = optax.adam(lr)
+
+    def probs_of(p):
+        return jax.nn.softmax(Fs @ p["W"] + p["b"][None, None, :], axis=-1)  # (n, V, K)
+
+    def loss(p):
+        logp = jax.nn.log_softmax(Fs @ p["W"] + p["b"][None, None, :], axis=-1)
+        ce = -jnp.sum(logp * y1h[:, None, :], axis=-1).mean(axis=1)  # mean over views
+        return jnp.sum(w_tr * ce) / jnp.maximum(jnp.sum(w_tr), 1e-12) + l2 * jnp.sum(p["W"] ** 2)
+
+    def val_loss(p):
+        pbar = probs_of(p).mean(axis=1)
+        ce = -jnp.log(jnp.clip(jnp.sum(pbar * y1h, axis=1), 1e-12, 1.0))
+        return jnp.sum(w_va * ce) / jnp.maximum(jnp.sum(w_va), 1e-12)
+
+    def step(carry, t):
+        p, s, kept = carry
+        g = jax.grad(loss)(p)
+        updates, s = tx.update(g, s, p)
+        p = optax.apply_updates(p, updates)
+        kept = jax.tree_util.tree_map(lambda a, b: jnp.where(t + 1 == keep_step, a, b), p, kept)
+        return (p, s, kept), val_loss(p)
+
+    (_, _, kept), curve = jax.lax.scan(step, (params, tx.init(params), params), jnp.arange(steps))
+    return curve, kept, probs_of(kept).mean(axis=1), (mu, sd)
+
+
+_head_grid = jax.jit(jax.vmap(jax.vmap(_head_run, in_axes=(None, None, None, None, None, 0, None, None, None)),
+                              in_axes=(None, None, None, 0, 0, None, None, None, None)),
+                     static_argnums=(7,))
+
+
+_head_one = jax.jit(_head_run, static_argnums=(7,))
+
+
+def select_head(F: np.ndarray, y: np.ndarray, n_classes: int, class_weights: np.ndarray, *, l2_grid: Sequence[float],
+                steps: int, lr: float, inner_folds: int, seed: int) -> HeadChoice:
+    """λ and the step count minimising the mean inner-validation loss over ``inner_folds`` stratified folds."""
+    from training.data.labels import stratified_folds
+
+    folds = stratified_folds(y, inner_folds, seed=seed + 1)
+    n = len(y)
+    F, y1h = _pad_rows(F, n), _pad_rows(np.eye(n_classes, dtype=np.float32)[y], n)
+    train_masks = np.zeros((len(folds), len(F)), np.float32)
+    val_masks = np.zeros_like(train_masks)
+    for j, (tr, va) in enumerate(folds):
+        train_masks[j, tr], val_masks[j, va] = 1, 1
+    grid = jnp.asarray(l2_grid, jnp.float32)
+    curves, _, _, _ = _head_grid(F, y1h, class_weights, train_masks, val_masks, grid, lr, steps, -1)
+    curves = np.asarray(curves)  # (folds, n_l2, steps)
+    if not np.all(np.isfinite(curves)):
+        raise FloatingPointError(f"the head's inner-validation loss became non-finite (learning rate {lr})")
+    mean = curves.mean(axis=0)
+    i, t = np.unravel_index(np.argmin(mean), mean.shape)
+    _, _, oof, _ = _head_grid(F, y1h, class_weights, train_masks, val_masks, grid[i:i + 1], lr, steps, int(t) + 1)
+    oof = np.asarray(oof)[:, 0]  # (folds, n, K)
+    oof_probs = np.sum(oof * val_masks[:, :, None], axis=0)[:n]
+    return HeadChoice(float(l2_grid[i]), int(t) + 1, mean, oof_probs)
+
+
+def _pad_rows(a: np.ndarray, n: int, multiple: int = 64) -> np.ndarray:
+    """``a`` with zero rows appended up to a multiple of ``multiple`` (masked out): fewer compilations."""
+    size = -(-n // multiple) * multiple
+    return np.concatenate([a, np.zeros((size - n, *a.shape[1:]), a.dtype)]) if size > n else a
+
+
+def fit_head(F: np.ndarray, y: np.ndarray, n_classes: int, class_weights: np.ndarray, *, l2: float, steps: int,
+             lr: float) -> tuple[dict, dict]:
+    """The head refit on all of ``F``: ``({"kernel", "bias"}, {"mean", "std"})`` for :class:`TransferClassifier`."""
+    y1h = _pad_rows(np.eye(n_classes, dtype=np.float32)[y], len(y))
+    ones = _pad_rows(np.ones(len(y), np.float32), len(y))
+    F = _pad_rows(F, len(y))
+    _, p, _, (mu, sd) = _head_one(F, y1h, class_weights, ones, np.zeros_like(ones), jnp.float32(l2), lr, steps, steps)
+    if not all(np.all(np.isfinite(np.asarray(a))) for a in (p["W"], p["b"])):
+        raise FloatingPointError(f"the head's weights became non-finite (learning rate {lr}, λ {l2})")
+    return ({"kernel": np.asarray(p["W"]), "bias": np.asarray(p["b"])},
+            {"mean": [float(v) for v in np.asarray(mu)], "std": [float(v) for v in np.asarray(sd)]})
+
+
+def head_probs(F: np.ndarray, head: dict, norm: dict, *, tta_flip: bool = True) -> np.ndarray:
+    """Class probabilities from features (n, 2, D): the head on each view, averaged over views with ``tta_flip``."""
+    F = F if tta_flip else F[:, :1]
+    f = (F - np.asarray(norm["mean"], np.float32)) / np.asarray(norm["std"], np.float32)
+    logits = f @ head["kernel"] + head["bias"]
+    p = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    return p.mean(axis=1)
