@@ -47,18 +47,29 @@ def trained(request, photos, tmp_path_factory):
     out = tmp_path_factory.mktemp(kind) / "run"
     train.main(["--data", str(photos), "--out", str(out), "--epochs", "1", "--batch-size", "4",
                 "--val-fraction", "0.5", "--cache-dir", str(out.parent / "cache"), "--no-progress", *KINDS[kind]])
+    history = list(csv.DictReader(open(out / "history.csv", encoding="utf-8"))) if (out / "history.csv").is_file() \
+        else []
     assert (out / "summary.json").is_file()
+    assert all(np.isfinite(float(v)) for row in history for k, v in row.items() if "loss" in k)
     return kind, out, photos
 
 
-def test_predict_writes_one_row_per_photo(trained, tmp_path):
+@pytest.fixture(scope="module")
+def predicted(trained, tmp_path_factory):
+    """(kind, run, photos, predictions CSV) after ``experiments.predict`` on the run."""
     from experiments import predict
-    from tests.helpers import read_predictions
 
     kind, run, photos = trained
-    predict.main(["--checkpoint", str(run), "--images", str(photos), "--out", str(tmp_path / "p.csv"),
-                  "--no-progress"])
-    rows = read_predictions(tmp_path / "p.csv")
+    out = tmp_path_factory.mktemp(f"{kind}-predict") / "p.csv"
+    predict.main(["--checkpoint", str(run), "--images", str(photos), "--out", str(out), "--no-progress"])
+    return kind, run, photos, out
+
+
+def test_predict_writes_one_row_per_photo(predicted):
+    from tests.helpers import read_predictions
+
+    kind, run, photos, csv_path = predicted
+    rows = read_predictions(csv_path)
     assert len(rows) == 8 and {r["predicted"] for r in rows} <= {"Probable", "Improbable"}
     for r in rows:
         p = [v for k, v in r.items() if k.startswith("p_")]
@@ -83,17 +94,15 @@ def test_explain_writes_grad_cam_for_every_photo(trained, tmp_path):
     assert cam.shape == (config.image_size,) * 2 and np.isfinite(cam).all() and 0 <= cam.min() <= cam.max() <= 1
 
 
-def test_agreement_with_a_rater(trained, tmp_path):
-    from experiments import agreement, predict
+def test_agreement_with_a_rater(predicted, tmp_path):
+    from experiments import agreement
 
-    kind, run, photos = trained
-    predict.main(["--checkpoint", str(run), "--images", str(photos), "--out", str(tmp_path / "p.csv"),
-                  "--no-progress"])
+    kind, run, photos, csv_path = predicted
     with open(tmp_path / "r.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "rater1"])
         for p in sorted(photos.rglob("*.png")):
             w.writerow([p.name, p.parent.name])
-    rows = agreement.main(["--predictions", str(tmp_path / "p.csv"), "--ratings", str(tmp_path / "r.csv"),
+    rows = agreement.main(["--predictions", str(csv_path), "--ratings", str(tmp_path / "r.csv"),
                            "--order", "Improbable", "Probable", "--out", str(tmp_path / "a")])
     assert rows and (tmp_path / "a" / "agreement.md").is_file()
