@@ -47,8 +47,10 @@ def trained(request, photos, tmp_path_factory):
     out = tmp_path_factory.mktemp(kind) / "run"
     train.main(["--data", str(photos), "--out", str(out), "--epochs", "1", "--batch-size", "4",
                 "--val-fraction", "0.5", "--cache-dir", str(out.parent / "cache"), "--no-progress", *KINDS[kind]])
-    history = list(csv.DictReader(open(out / "history.csv", encoding="utf-8"))) if (out / "history.csv").is_file() \
-        else []
+    history = []
+    if (out / "history.csv").is_file():
+        with open(out / "history.csv", encoding="utf-8") as f:
+            history = list(csv.DictReader(f))
     assert (out / "summary.json").is_file()
     assert all(np.isfinite(float(v)) for row in history for k, v in row.items() if "loss" in k)
     return kind, out, photos
