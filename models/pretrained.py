@@ -203,4 +203,3 @@ def check_weights_file(model: str, path: str | Path, *, cache_dir: str | Path | 
     else:
         raise ValueError(f"--weights {path}: {model} is trained from scratch and takes no weights file "
                          "(use --model resnet50 or an efficientnet_lite model)")
-
