@@ -66,7 +66,7 @@ def run(sizes: list[int], out: str, workers: int | None = None) -> list[dict]:
     from experiments import train
     from training.data.images import Preprocess, image_files
     from training.evaluation.decision import decide
-    from training.inference.stream import predict_folder
+    from training.inference.stream import Classifier, StreamOptions, predict_folder
     from training.loop.steps import make_eval_step
     from training.runs.saved import load_trained
 
@@ -113,9 +113,9 @@ def run(sizes: list[int], out: str, workers: int | None = None) -> list[dict]:
         n = max(sizes)
         files = image_files(folders[n])
         start = time.perf_counter()
-        predict_folder(files, folders[n], eval_step, params, pre, names, tmp / "inproc.csv",
-                       decide=lambda p: decide(p, None), signature={}, batch_size=config.batch_size,
-                       workers=workers, progress=False, dp=dp)
+        predict_folder(files, folders[n], Classifier(eval_step, params, pre, names, lambda p: decide(p, None)),
+                       tmp / "inproc.csv", signature={},
+                       options=StreamOptions(batch_size=config.batch_size, workers=workers, progress=False), dp=dp)
         end_to_end = time.perf_counter() - start
         # the forward pass alone, before and after: the faster of the two (the stricter peer)
         forward_per_photo = min(before, forward_seconds_per_photo())

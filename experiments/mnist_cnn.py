@@ -20,6 +20,7 @@ from training.common.files import output_dir
 from training.common.tables import write_table
 from training.common.timing import device_description
 from training.data.arrays import load_mnist_npz
+from training.data.augment import Augment
 from training.evaluation.metrics import classification_metrics
 from training.loop.config import get_config
 from training.loop.steps import fit, make_eval_step, predict_proba
@@ -34,8 +35,8 @@ def run(args: argparse.Namespace) -> dict:
     if args.limit:
         x_train, data = x_train[: args.limit], data._replace(train=data.train._replace(y=data.train.y[: args.limit]))
     config = get_config("lab-2020", image_size=28, first_kernel=5, epochs=args.epochs, batch_size=128,
-                        learning_rate=1e-3, lr_schedule="cosine", standardize=True, augment=True, augment_crop_pad=2,
-                        augment_flip=False, augment_degrees=8.0, augment_brightness=0.0, augment_contrast=0.0,
+                        learning_rate=1e-3, lr_schedule="cosine", standardize=True,
+                        augment=Augment(crop_pad=2, flip=False, max_degrees=8.0, brightness=0.0, contrast=0.0),
                         selection="inner", seed=args.seed, grad=args.grad)
     names = [str(i) for i in range(10)]
     start = time.perf_counter()
@@ -44,13 +45,13 @@ def run(args: argparse.Namespace) -> dict:
     model, params, _, _ = load_trained(out)
     probs = predict_proba(make_eval_step(model), params, x_test, batch_size=256)
     test = classification_metrics(data.test.y, probs, names)
-    summary = {"test_accuracy": test["accuracy"], "valid_accuracy_best_epoch": result["metrics"]["accuracy"],
-               "best_epoch": result["best_epoch"], "epochs": config.epochs, "train_images": len(x_train),
+    summary = {"test_accuracy": test["accuracy"], "valid_accuracy_best_epoch": result.metrics["accuracy"],
+               "best_epoch": result.best_epoch, "epochs": config.epochs, "train_images": len(x_train),
                "train_seconds": seconds, "grad": config.grad}
     write_table([summary], out, "mnist_test", title="Model-1-style CNN on MNIST",
                 notes=f"Target ≥ 0.992 test accuracy (LeNet-5: 0.9905). Device: {device_description()}. "
                       f"Backend devices: {jax.device_count()}.\n")
-    print(f"MNIST test accuracy {100 * test['accuracy']:.2f}% (best epoch {result['best_epoch']} on validation), "
+    print(f"MNIST test accuracy {100 * test['accuracy']:.2f}% (best epoch {result.best_epoch} on validation), "
           f"{seconds:.0f} s")
     return summary
 

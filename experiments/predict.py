@@ -26,7 +26,7 @@ from pathlib import Path
 from experiments.errors import add_common, positive_int, run_command
 from training.data.images import Preprocess, image_files
 from training.evaluation.decision import decide
-from training.inference.stream import PartialCSV, predict_folder
+from training.inference.stream import Classifier, PartialCSV, StreamOptions, predict_folder
 from training.loop.steps import make_eval_step
 from training.runs.saved import load_trained, run_config
 
@@ -54,11 +54,12 @@ def run(args: argparse.Namespace) -> dict:
     if op:
         print(f"operating point: {op['class']} when its probability ≥ {op['threshold']:.4f} "
               f"(chosen for recall ≥ {op['target_recall']:g})")
-    report = predict_folder(
-        files, root, make_eval_step(model, tta_flip=config.pretrained and config.tta_flip), params,
-        Preprocess(config.image_size, config.crop, config.rgb), class_names, out,
-        decide=lambda p: decide(p, op), signature=signature, batch_size=args.batch_size or config.batch_size,
-        workers=args.workers, resume=args.resume, skip_bad=args.skip_bad, progress=not args.no_progress)
+    classifier = Classifier(make_eval_step(model, tta_flip=config.pretrained and config.tta_flip), params,
+                            Preprocess(config.image_size, config.crop, config.rgb), class_names,
+                            decide=lambda p: decide(p, op))
+    options = StreamOptions(batch_size=args.batch_size or config.batch_size, workers=args.workers,
+                            resume=args.resume, skip_bad=args.skip_bad, progress=not args.no_progress)
+    report = predict_folder(files, root, classifier, out, signature=signature, options=options)
     for path, reason in report.skipped:
         print(f"skipped: {reason}", file=sys.stderr)
     n_rows = report.predicted + report.resumed

@@ -32,6 +32,7 @@ from models.efficientnet_lite import native_size
 from models.transfer import BACKBONES
 from training.common.files import write_json_atomic
 from training.common.tables import write_table
+from training.data.augment import Augment
 from training.data.dataset import load_dataset
 from training.data.images import Preprocess
 from training.data.labels import SCENARIOS
@@ -102,7 +103,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The preset with every flag the user gave on top."""
     flags = {"model": args.model, "finetune": args.finetune, "weights": args.weights, "image_size": args.image_size,
              "rgb": args.rgb, "crop": args.crop, "epochs": args.epochs, "batch_size": args.batch_size,
-             "learning_rate": args.lr, "standardize": args.standardize, "augment": args.augment,
+             "learning_rate": args.lr, "standardize": args.standardize,
+             "augment": Augment() if args.augment else None,
              "lr_schedule": args.lr_schedule, "patience": args.patience, "val_fraction": args.val_fraction,
              "folds": args.folds, "target_recall": args.target_recall, "grad": args.grad}
     overrides = {k: v for k, v in flags.items() if v is not None}
@@ -153,20 +155,20 @@ def _train(args: argparse.Namespace, config: TrainConfig, data, out, counts: dic
     results = run_folds(data, config, out, resume=args.resume, progress=not args.no_progress,
                         cache_dir=args.cache_dir)
     for r in results:
-        print(f"validation (scored once): accuracy {r['metrics']['accuracy']:.3f}, balanced accuracy "
-              f"{r['metrics']['balanced_accuracy']:.3f}, macro-F1 {r['metrics']['macro_f1']:.3f} "
-              f"(majority baseline {r['baseline']['accuracy']:.3f} / "
-              f"{r['baseline']['balanced_accuracy']:.3f} / {r['baseline']['macro_f1']:.3f}): {r['verdict']}")
-        if r["metrics"].get("operating_point"):
-            op = r["metrics"]["operating_point"]
+        print(f"validation (scored once): accuracy {r.metrics['accuracy']:.3f}, balanced accuracy "
+              f"{r.metrics['balanced_accuracy']:.3f}, macro-F1 {r.metrics['macro_f1']:.3f} "
+              f"(majority baseline {r.baseline['accuracy']:.3f} / "
+              f"{r.baseline['balanced_accuracy']:.3f} / {r.baseline['macro_f1']:.3f}): {r.verdict}")
+        if r.metrics.get("operating_point"):
+            op = r.metrics["operating_point"]
             print(f"operating point: {op['class']} when p ≥ {op['threshold']:.4f}: recall {op['recall']:.3f}, "
                   f"precision {op['precision']:.3f} (target recall {op['target_recall']:g})")
     y_true, y_pred = pooled_predictions(results, data.y)
     lo, hi = bootstrap_interval(y_true, y_pred, key=jax.random.PRNGKey(config.seed))
     rows = []
     for key in HEADLINE:
-        vals = [r["metrics"][key] for r in results if r["metrics"].get(key) is not None]
-        base = [r["baseline"][key] for r in results if r["baseline"].get(key) is not None]
+        vals = [r.metrics[key] for r in results if r.metrics.get(key) is not None]
+        base = [r.baseline[key] for r in results if r.baseline.get(key) is not None]
         if vals:
             rows.append({"metric": key, "mean": float(np.mean(vals)), "std": float(np.std(vals)),
                          "baseline_mean": float(np.mean(base)) if base else ""})
@@ -181,8 +183,8 @@ def _train(args: argparse.Namespace, config: TrainConfig, data, out, counts: dic
     write_json_atomic(out / "summary.json", {
         "config": config.to_json(), "balanced_accuracy": pooled["balanced_accuracy"],
         "balanced_accuracy_ci95": [lo, hi], "n_scored": int(len(y_true)),
-        "folds": [{"metrics": r["metrics"], "baseline": r["baseline"], "best_epoch": r["best_epoch"],
-                   "selection": r["selection"], "seconds": r["seconds"]} for r in results]})
+        "folds": [{"metrics": r.metrics, "baseline": r.baseline, "best_epoch": r.best_epoch,
+                   "selection": r.selection, "seconds": r.seconds} for r in results]})
     return {"results": results, "class_names": data.class_names, "out": str(out), "config": config,
             "balanced_accuracy_ci95": (lo, hi), "pooled": pooled}
 

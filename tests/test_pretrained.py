@@ -240,7 +240,7 @@ def test_target_recall_threshold_is_saved_and_applied_by_predict(tmp_path):
     result = train.run(train.parser().parse_args([
         "--data", str(root), "--model", "efficientnet_lite0", "--image-size", "32", "--target-recall", "Probable=0.9",
         "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]))
-    op = result["results"][0]["metrics"]["operating_point"]
+    op = result["results"][0].metrics["operating_point"]
     assert op["class"] == "Probable" and op["target_recall"] == 0.9 and 0 <= op["threshold"] <= 1
     saved = json.loads((out / "checkpoints" / "config.json").read_text())["operating_point"]
     assert saved["threshold"] == op["threshold"]

@@ -312,17 +312,17 @@ def test_fit_writes_checkpoints_and_resume_continues(tmp_path):
     x, y = tiny_problem()
     config = small_config(epochs=2)
     first = fit(config, x[:16], y[:16], x[16:], y[16:], ["dark", "bright"], tmp_path, progress=False)
-    assert [h["epoch"] for h in first["history"]] == [1, 2]
+    assert [h["epoch"] for h in first.history] == [1, 2]
     for which in ("best", "last"):
         assert (tmp_path / "checkpoints" / which).is_dir()
     assert json.loads((tmp_path / "checkpoints" / "config.json").read_text())["class_names"] == ["dark", "bright"]
     resumed = fit(small_config(epochs=3), x[:16], y[:16], x[16:], y[16:], ["dark", "bright"], tmp_path,
                   resume=True, progress=False)
-    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
     straight = fit(small_config(epochs=3), x[:16], y[:16], x[16:], y[16:], ["dark", "bright"], tmp_path / "s",
                    progress=False)
-    np.testing.assert_allclose([h["train_loss"] for h in resumed["history"]],
-                               [h["train_loss"] for h in straight["history"]], rtol=1e-5)
+    np.testing.assert_allclose([h["train_loss"] for h in resumed.history],
+                               [h["train_loss"] for h in straight.history], rtol=1e-5)
     model, params, cfg, names = load_trained(tmp_path)
     assert names == ["dark", "bright"] and cfg.epochs == 3
 
@@ -341,8 +341,8 @@ def test_resume_after_a_kill_between_the_best_and_the_last_checkpoint(tmp_path):
     shutil.copytree(tmp_path / "s" / "checkpoints" / "best" / "2", killed / "checkpoints" / "best" / "2")
     resumed = fit(config, x[:16], y[:16], x[16:], y[16:], ["dark", "bright"], killed, resume=True, progress=False)
     straight = json.loads((tmp_path / "s" / "history.json").read_text())
-    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
-    np.testing.assert_allclose([h["train_loss"] for h in resumed["history"]], [h["train_loss"] for h in straight],
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    np.testing.assert_allclose([h["train_loss"] for h in resumed.history], [h["train_loss"] for h in straight],
                                rtol=1e-6)
 
 
@@ -444,7 +444,34 @@ def test_lab_2020_preset_is_the_decks_setup_field_by_field():
     c = get_config("lab-2020")
     deck = {"model": "model1", "rgb": False, "learning_rate": 1e-3, "batch_size": 32, "epochs": 4,
             "val_fraction": 0.2, "folds": 1, "selection": "last", "class_weights": None, "standardize": False,
-            "augment": False, "lr_schedule": None, "patience": None, "tta_flip": False, "grad": "autodiff",
+            "augment": None, "lr_schedule": None, "patience": None, "tta_flip": False, "grad": "autodiff",
             "image_size": 108, "crop": "center"}
     assert {k: getattr(c, k) for k in deck} == deck
     assert set(PRESETS["lab-2020"]) <= set(deck)  # the preset sets nothing outside the deck's list
+
+
+@pytest.mark.parametrize("preset", ["lab-2020", "improved", "pretrained"])
+def test_a_config_survives_its_json_and_the_augmentation_is_one_object(preset):
+    import json
+
+    from training.data.augment import Augment
+    from training.loop.config import TrainConfig, get_config
+
+    config = get_config(preset)
+    assert config.augment is None or isinstance(config.augment, Augment)
+    assert TrainConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
+
+
+def test_a_config_json_with_the_old_flat_augmentation_fields_still_loads():
+    import json
+
+    from training.data.augment import Augment
+    from training.loop.config import TrainConfig, get_config
+
+    old = {k: v for k, v in get_config("improved").to_json().items() if k != "augment"}
+    old.update(augment=True, augment_crop_pad=4, augment_flip=False, augment_degrees=5.0, augment_brightness=0.2,
+               augment_contrast=0.0)
+    config = TrainConfig.from_json(json.loads(json.dumps(old)))
+    assert config.augment == Augment(crop_pad=4, flip=False, max_degrees=5.0, brightness=0.2, contrast=0.0)
+    old["augment"] = False
+    assert TrainConfig.from_json(old).augment is None

@@ -23,6 +23,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -33,6 +34,31 @@ from training.data.prefetch import decode_chunks
 from training.loop.devices import DataParallel
 
 log = logging.getLogger(__name__)  # shown by the commands (experiments.errors); silent in library use
+
+
+@dataclass(frozen=True)
+class Classifier:
+    """A trained classifier ready for photos: ``probs_fn(params, x)`` → probabilities (jitted),
+    the preprocessing its inputs need, the class names, and ``decide(probs)`` → class indices."""
+
+    probs_fn: Callable
+    params: Any
+    pre: Preprocess
+    class_names: list[str]
+    decide: Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """How to stream: photos per forward pass (rounded up to a multiple of the devices), decoding
+    threads (None: one per core), continue an interrupted ``OUT.partial``, count bad files instead of
+    stopping, show a progress bar."""
+
+    batch_size: int = 32
+    workers: int | None = None
+    resume: bool = False
+    skip_bad: bool = False
+    progress: bool = True
 
 
 @dataclass
@@ -117,26 +143,25 @@ def _csv_bytes(rows: Iterable[list]) -> bytes:
     return buffer.getvalue().encode("utf-8", errors="surrogateescape")
 
 
-def predict_folder(files: Sequence[Path], root: Path, probs_fn: Callable, params, pre: Preprocess,
-                   class_names: list[str], out: Path, *, decide: Callable[[np.ndarray], np.ndarray],
-                   signature: dict, batch_size: int = 32, workers: int | None = None, resume: bool = False,
-                   skip_bad: bool = False, progress: bool = True, dp: DataParallel | None = None) -> StreamReport:
+def predict_folder(files: Sequence[Path], root: Path, classifier: Classifier, out: Path, *, signature: dict,
+                   options: StreamOptions = StreamOptions(), dp: DataParallel | None = None) -> StreamReport:
     """Predict every file and write ``out`` (path relative to ``root``, predicted label, ``p_<class>`` …).
 
-    ``probs_fn(params, x)`` → probabilities, jitted; ``x`` is a chunk padded to a multiple of the
-    local device count and sharded over them. ``decide`` turns probabilities into class indices.
-    With ``resume`` the photos already in ``OUT.partial`` are skipped. A bad image stops the run
-    naming it, or with ``skip_bad`` is counted (rows written so far stay, and resume continues).
+    Each chunk ``x`` is padded to a multiple of the local device count and sharded over them.
+    With ``options.resume`` the photos already in ``OUT.partial`` are skipped (``signature`` must
+    match the one recorded there). A bad image stops the run naming it, or with
+    ``options.skip_bad`` is counted (rows written so far stay, and resume continues).
     """
     from tqdm.auto import tqdm
 
+    c, o = classifier, options
     dp = dp or DataParallel(jax.local_devices())
-    size = dp.padded_batch_size(batch_size)
-    header = ["path", "predicted", *[f"p_{n}" for n in class_names]]
+    size = dp.padded_batch_size(o.batch_size)
+    header = ["path", "predicted", *[f"p_{n}" for n in c.class_names]]
     partial = PartialCSV(out, header, signature)
     report = StreamReport()
     rel = {f: f.relative_to(root).as_posix() for f in files}
-    if resume and partial.exists():
+    if o.resume and partial.exists():
         done, report.skipped = partial.resume()
         todo = [f for f in files if rel[f] not in done]
         report.resumed = len(files) - len(todo)
@@ -144,24 +169,24 @@ def predict_folder(files: Sequence[Path], root: Path, probs_fn: Callable, params
     else:
         partial.start()
         todo = list(files)
-    params = dp.put_replicated(params)
-    shape = (size, pre.image_size, pre.image_size, pre.channels)
-    bar = tqdm(total=len(todo), unit="photo", desc="predict", disable=not progress, smoothing=0.1)
+    params = dp.put_replicated(c.params)
+    shape = (size, c.pre.image_size, c.pre.image_size, c.pre.channels)
+    bar = tqdm(total=len(todo), unit="photo", desc="predict", disable=not o.progress, smoothing=0.1)
     queued = None  # (paths, device result) of the chunk whose rows are written next
 
     def write(paths: list[Path], probs) -> None:
         p = np.asarray(probs)[: len(paths)]
-        k = decide(p)
-        partial.append([[rel[f], class_names[int(c)], *map(float, row)] for f, row, c in zip(paths, p, k)],
+        k = c.decide(p)
+        partial.append([[rel[f], c.class_names[int(i)], *map(float, row)] for f, row, i in zip(paths, p, k)],
                        report.skipped)
         report.predicted += len(paths)
         bar.update(len(paths))
 
-    for chunk in decode_chunks(todo, pre, chunk_size=size, workers=workers):
+    for chunk in decode_chunks(todo, c.pre, chunk_size=size, workers=o.workers):
         good = [(f, a) for f, a in chunk if not isinstance(a, str)]
         for f, a in chunk:
             if isinstance(a, str):
-                if not skip_bad:
+                if not o.skip_bad:
                     raise BadImageError(a)
                 report.skipped.append((rel[f], a))
                 bar.update(1)
@@ -169,7 +194,7 @@ def predict_folder(files: Sequence[Path], root: Path, probs_fn: Callable, params
             continue
         x = np.zeros(shape, np.float32)
         x[: len(good)] = np.stack([a for _, a in good])
-        result = probs_fn(params, dp.put_batch(x))  # dispatched; runs while the previous rows are written
+        result = c.probs_fn(params, dp.put_batch(x))  # dispatched; runs while the previous rows are written
         if queued is not None:
             write(*queued)
         queued = ([f for f, _ in good], result)

@@ -11,6 +11,7 @@ import numpy as np
 
 from models.model1 import ACTIVATIONS
 from models.transfer import BACKBONES
+from training.data.augment import Augment
 from training.data.images import CROPS
 
 MODELS = ("model1", "resnet50", "googlenet", *BACKBONES)
@@ -40,12 +41,8 @@ class TrainConfig:
     head_units: tuple[int, ...] = (128, 64)
     dropout_rate: float = 0.5
     activation: str = "relu"
-    augment: bool = False  # random crop, flip, rotation, brightness/contrast (training images only)
-    augment_crop_pad: int = 8
-    augment_flip: bool = True
-    augment_degrees: float = 10.0
-    augment_brightness: float = 0.1
-    augment_contrast: float = 0.1
+    # None: no augmentation; an Augment: random crop, flip, rotation, brightness/contrast of the training images
+    augment: Augment | None = None
     lr_schedule: str | None = None  # None (constant) or "cosine" (decay to 0 over all steps)
     patience: int | None = None  # stop after this many epochs without a better validation macro-F1
     # "inner": the best epoch / early stop / head regularisation is chosen on data inside the training
@@ -68,7 +65,9 @@ class TrainConfig:
         _check_config(self)
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        data["augment"] = None if self.augment is None else self.augment._asdict()
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> TrainConfig:
@@ -79,6 +78,7 @@ class TrainConfig:
         """
         if not isinstance(data, dict):
             raise ValueError(f"the configuration is a {type(data).__name__}, not an object")
+        data = _from_flat_augment(data)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(str(k)[:40] for k in data if k not in known)
         if unknown:
@@ -87,11 +87,31 @@ class TrainConfig:
         for name in ("head_units", "head_l2_grid", "target_recall"):
             if isinstance(data.get(name), list):
                 data[name] = tuple(data[name])
+        if isinstance(data.get("augment"), dict):
+            fields = data["augment"]
+            unknown = sorted(str(k)[:40] for k in fields if k not in Augment._fields)
+            if unknown:
+                raise ValueError(f"unknown augmentation fields {unknown}")
+            data["augment"] = Augment(**fields)
         return cls(**data)
 
     @property
     def pretrained(self) -> bool:
         return self.model in BACKBONES
+
+
+_FLAT_AUGMENT = {"augment_crop_pad": "crop_pad", "augment_flip": "flip", "augment_degrees": "max_degrees",
+                 "augment_brightness": "brightness", "augment_contrast": "contrast"}
+
+
+def _from_flat_augment(data: dict) -> dict:
+    """A config.json written before ``augment`` held an ``Augment`` (a bool and five ``augment_*`` fields)."""
+    if not isinstance(data.get("augment"), bool) or not set(_FLAT_AUGMENT) <= set(data):
+        return data
+    data = dict(data)
+    fields = {new: data.pop(old) for old, new in _FLAT_AUGMENT.items()}
+    data["augment"] = fields if data["augment"] else None
+    return data
 
 
 _CHOICES: dict[str, tuple] = {
@@ -103,11 +123,11 @@ _CHOICES: dict[str, tuple] = {
 
 # field → (lowest, highest) for integers; None: unbounded above
 _INTS = {"image_size": (8, 4096), "epochs": (1, 100_000), "batch_size": (1, 1 << 20), "folds": (1, 1000),
-         "seed": (-(2**63), 2**63 - 1), "first_kernel": (1, 64), "augment_crop_pad": (0, 1024), "top_blocks": (0, 64),
+         "seed": (-(2**63), 2**63 - 1), "first_kernel": (1, 64), "top_blocks": (0, 64),
          "head_steps": (1, 1_000_000), "inner_folds": (2, 100)}
 
 
-_BOOLS = ("rgb", "standardize", "augment", "augment_flip", "tta_flip")
+_BOOLS = ("rgb", "standardize", "tta_flip")
 
 
 def is_int(v) -> bool:
@@ -133,11 +153,16 @@ def _check_config(c: TrainConfig) -> None:
     for name in _BOOLS:
         if not isinstance(getattr(c, name), (bool, np.bool_)):
             fail(name, "true or false")
-    for name, lo, hi in (("learning_rate", 0, 10), ("val_fraction", 0, 1), ("dropout_rate", -1e-12, 1),
-                         ("augment_degrees", -1e-12, 180), ("augment_brightness", -1e-12, 1),
-                         ("augment_contrast", -1e-12, 1)):
+    for name, lo, hi in (("learning_rate", 0, 10), ("val_fraction", 0, 1), ("dropout_rate", -1e-12, 1)):
         if not is_real(getattr(c, name)) or not lo < getattr(c, name) < hi:
             fail(name, f"a number in ({max(lo, 0)}, {hi})")
+    if c.augment is not None:
+        a = c.augment
+        ranges = ((a.max_degrees, 180), (a.brightness, 1), (a.contrast, 1)) if isinstance(a, Augment) else ()
+        if not (isinstance(a, Augment) and is_int(a.crop_pad) and 0 <= a.crop_pad <= 1024
+                and isinstance(a.flip, (bool, np.bool_)) and all(is_real(v) and 0 <= v <= hi for v, hi in ranges)):
+            fail("augment", "null or {crop_pad: 0–1024, flip: true/false, max_degrees: 0–180, brightness: 0–1, "
+                            "contrast: 0–1}")
     if c.patience is not None and not (is_int(c.patience) and c.patience >= 1):
         fail("patience", "null or an integer ≥ 1")
     if not (isinstance(c.head_units, tuple) and 0 < len(c.head_units) <= 8
@@ -158,16 +183,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the lab's Dec 2020 deck: grayscale Model 1, Adam 1e-3, 4 epochs, batch 32, one seeded 80:20 split;
     # the 4th epoch is scored (no choice is made on the validation split)
     "lab-2020": dict(model="model1", image_size=108, rgb=False, crop="center", epochs=4, batch_size=32,
-                     learning_rate=1e-3, class_weights=None, standardize=False, augment=False, lr_schedule=None,
+                     learning_rate=1e-3, class_weights=None, standardize=False, augment=None, lr_schedule=None,
                      patience=None, selection="last", folds=1, tta_flip=False),
     # the best from-scratch Model 1 settings: colour, augmentation, balanced weights, standardized inputs,
     # Adam 1e-4 with cosine decay, early stopping on an inner validation split
-    "improved": dict(model="model1", image_size=108, rgb=True, augment=True, class_weights="balanced",
+    "improved": dict(model="model1", image_size=108, rgb=True, augment=Augment(), class_weights="balanced",
                      standardize=True, learning_rate=1e-4, lr_schedule="cosine", epochs=30, patience=6,
                      selection="inner", batch_size=32, tta_flip=False),
     # the best measured: ImageNet EfficientNet-Lite1 (240 px), frozen, softmax head chosen on inner folds
     "pretrained": dict(model="efficientnet_lite1", image_size=240, rgb=True, finetune="head", learning_rate=1e-2,
-                       class_weights="balanced", standardize=False, augment=False, selection="inner",
+                       class_weights="balanced", standardize=False, augment=None, selection="inner",
                        tta_flip=True),
 }
 

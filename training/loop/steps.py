@@ -12,6 +12,7 @@ import functools
 import logging
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -76,14 +77,6 @@ def input_normalization(config: TrainConfig, x_train: np.ndarray) -> dict | None
     mean = x_train.mean(axis=(0, 1, 2), dtype=np.float64)
     std = np.maximum(x_train.std(axis=(0, 1, 2), dtype=np.float64), 1e-6)
     return {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
-
-
-def augmentation(config: TrainConfig) -> Augment | None:
-    """The config's augmentation, or None when it is off."""
-    if not config.augment:
-        return None
-    return Augment(config.augment_crop_pad, config.augment_flip, config.augment_degrees, config.augment_brightness,
-                   config.augment_contrast)
 
 
 @functools.lru_cache(maxsize=8)
@@ -240,6 +233,18 @@ def _write_history(out: Path, history: list[dict]) -> None:
     write_table(history, out, "history", title="Training history")
 
 
+class FitResult(NamedTuple):
+    """What :func:`fit` returns: the chosen epoch, its parameters, and its predictions on ``x_val``."""
+
+    history: list[dict]  # one row per epoch: losses and validation metrics
+    metrics: dict  # validation metrics of the chosen epoch
+    best_epoch: int
+    baseline: dict  # the majority predictor's metrics on the same validation rows
+    best_params: Any
+    val_probs: np.ndarray  # (len(x_val), classes), of the chosen epoch
+    normalization: dict | None  # per-channel mean/std of the training inputs, or None
+
+
 def fit(
     config: TrainConfig,
     x_train: np.ndarray,
@@ -253,13 +258,12 @@ def fit(
     progress: bool = True,
     dp: DataParallel | None = None,
     backbone: dict | None = None,
-) -> dict:
+) -> FitResult:
     """Train, evaluate each epoch on ``(x_val, y_val)``, keep ``best`` and ``last`` checkpoints.
 
     ``best`` is the epoch of highest validation macro-F1 (``config.selection == "inner"``: the
     caller passes a validation split carved from its training part) or simply the last epoch
-    (``"last"``). Returns ``{"history", "metrics" (of best, on x_val), "baseline", "best_epoch",
-    "best_params", "val_probs" (of best)}``. A non-finite training loss raises
+    (``"last"``). A non-finite training loss raises
     ``FloatingPointError``; the checkpoints on disk are then those of the last good epoch.
     ``backbone``: the pretrained parameters of a transfer model.
     """
@@ -287,7 +291,7 @@ def fit(
         log.info(f"resuming after epoch {meta['epoch']} from {ckpt.directory / 'last'}")
     state = dp.put_replicated(state)
     weights = class_weight_vector(y_train, n_classes, config.class_weights)
-    train_step = make_train_step(model, augmentation(config), grad=config.grad)
+    train_step = make_train_step(model, config.augment, grad=config.grad)
     eval_step = make_eval_step(model, tta_flip=config.pretrained and config.tta_flip)
     best_params, best_probs = None, None
     size = dp.padded_batch_size(config.batch_size)
@@ -342,6 +346,5 @@ def fit(
         best_params = jax.device_get(ckpt.restore("best", template)[0].params)
         ckpt.close()
         best_probs = predict_proba(eval_step, best_params, x_val, batch_size=config.batch_size, dp=dp)
-    return {"history": history, "metrics": best_meta["metrics"], "best_epoch": best_meta["epoch"],
-            "baseline": baseline, "best_params": best_params, "val_probs": best_probs,
-            "normalization": normalization}
+    return FitResult(history=history, metrics=best_meta["metrics"], best_epoch=best_meta["epoch"], baseline=baseline,
+                     best_params=best_params, val_probs=best_probs, normalization=normalization)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -38,6 +39,28 @@ from training.transfer.head import fit_head, head_probs, select_head
 log = logging.getLogger(__name__)  # shown by the commands (experiments.errors); silent in library use
 
 
+class FoldResult(NamedTuple):
+    """One outer fold, scored once.
+
+    ``kind`` is ``"epochs"`` (a network trained by epochs: ``history`` has one row per epoch) or
+    ``"head"`` (a softmax head on frozen features: ``history`` samples the inner-CV loss curves,
+    ``curves`` holds them whole, one row per λ)."""
+
+    kind: str
+    history: list[dict]
+    metrics: dict  # on the scored fold
+    baseline: dict  # the majority predictor on the scored fold
+    best_epoch: int  # the epoch (or the head's step count) that was chosen
+    val_probs: np.ndarray  # the scored fold's probabilities, rows in ``outer_index`` order
+    normalization: dict | None
+    operating_point: dict | None
+    selection: str  # how the model was chosen, in words
+    curves: np.ndarray | None = None
+    outer_index: np.ndarray | None = None  # the scored rows of the data set
+    seconds: float = 0.0
+    verdict: str = ""
+
+
 def splits_for(data: Dataset, config: TrainConfig) -> list[tuple[np.ndarray, np.ndarray]]:
     """K stratified folds, or one stratified train/validation split, on unique images."""
     if config.folds > 1:
@@ -56,7 +79,7 @@ def score(y: np.ndarray, probs: np.ndarray, y_train: np.ndarray, class_names: li
 
 
 def _head_fold(data: Dataset, config: TrainConfig, feats: np.ndarray, backbone: dict, tr: np.ndarray,
-               va: np.ndarray, out: Path) -> dict:
+               va: np.ndarray, out: Path) -> FoldResult:
     """Choose the head on inner folds of ``tr``, refit it on ``tr``, score ``va`` once, save the classifier."""
     n_classes = len(data.class_names)
     y_tr = data.y[tr]
@@ -83,15 +106,16 @@ def _head_fold(data: Dataset, config: TrainConfig, feats: np.ndarray, backbone: 
     history = [{"step": t + 1, **{f"inner_val_loss[l2={lam:g}]": float(choice.curves[i, t])
                                   for i, lam in enumerate(config.head_l2_grid)}}
                for t in range(0, config.head_steps, max(config.head_steps // 30, 1))]
-    return {"history": history, "metrics": metrics, "baseline": majority_baseline(y_tr, data.y[va], data.class_names),
-            "best_epoch": choice.steps, "val_probs": probs, "normalization": norm, "operating_point": op,
-            "selection": f"head: λ = {choice.l2:g}, {choice.steps} Adam steps (lr {config.learning_rate:g}), "
-                         f"chosen by {inner}-fold CV inside the training part; refit on all of it",
-            "curves": choice.curves}
+    return FoldResult(
+        kind="head", history=history, metrics=metrics, baseline=majority_baseline(y_tr, data.y[va], data.class_names),
+        best_epoch=choice.steps, val_probs=probs, normalization=norm, operating_point=op,
+        selection=f"head: λ = {choice.l2:g}, {choice.steps} Adam steps (lr {config.learning_rate:g}), "
+                  f"chosen by {inner}-fold CV inside the training part; refit on all of it",
+        curves=choice.curves)
 
 
 def _network_fold(data: Dataset, config: TrainConfig, tr: np.ndarray, va: np.ndarray, out: Path, *, resume: bool,
-                  progress: bool, backbone: dict | None) -> dict:
+                  progress: bool, backbone: dict | None) -> FoldResult:
     """Train by epochs; choose the epoch on an inner split of ``tr`` (or take the last); score ``va`` once."""
     if data.x is None:
         raise ValueError("training a network by epochs needs the decoded images: load the data with decode=True")
@@ -107,27 +131,26 @@ def _network_fold(data: Dataset, config: TrainConfig, tr: np.ndarray, va: np.nda
         raise ValueError(f"unknown selection {config.selection!r}; expected 'inner' or 'last'")
     result = fit(config, data.x[fit_tr], data.y[fit_tr], data.x[fit_va], data.y[fit_va], data.class_names, out,
                  resume=resume, progress=progress, backbone=backbone)
-    op = operating_point(config.target_recall, data.class_names, result["val_probs"], data.y[fit_va]) \
+    op = operating_point(config.target_recall, data.class_names, result.val_probs, data.y[fit_va]) \
         if config.selection == "inner" else None
     if config.target_recall is not None and op is None:
         raise ValueError("a target recall needs a threshold chosen on inner data: use selection 'inner'")
-    model = create_model(config, len(data.class_names), result["normalization"])
+    model = create_model(config, len(data.class_names), result.normalization)
     eval_step = make_eval_step(model, tta_flip=config.pretrained and config.tta_flip)
-    probs = predict_proba(eval_step, result["best_params"], data.x[va], batch_size=config.batch_size)
-    result["metrics"] = score(data.y[va], probs, data.y[tr], data.class_names, op)
-    result["baseline"] = majority_baseline(data.y[tr], data.y[va], data.class_names)
-    result["val_probs"], result["operating_point"] = probs, op
-    result["selection"] = (f"epoch {result['best_epoch']} of best macro-F1 on an inner validation split "
-                           f"({len(fit_va)} images of the training part)" if config.selection == "inner"
-                           else f"the last epoch ({result['best_epoch']}); nothing chosen on data")
-    result.pop("best_params")
-    return result
+    probs = predict_proba(eval_step, result.best_params, data.x[va], batch_size=config.batch_size)
+    return FoldResult(
+        kind="epochs", history=result.history, metrics=score(data.y[va], probs, data.y[tr], data.class_names, op),
+        baseline=majority_baseline(data.y[tr], data.y[va], data.class_names), best_epoch=result.best_epoch,
+        val_probs=probs, normalization=result.normalization, operating_point=op,
+        selection=(f"epoch {result.best_epoch} of best macro-F1 on an inner validation split "
+                   f"({len(fit_va)} images of the training part)" if config.selection == "inner"
+                   else f"the last epoch ({result.best_epoch}); nothing chosen on data"))
 
 
 def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bool = False,
-              progress: bool = True, cache_dir: str | Path | None = None) -> list[dict]:
-    """Fit on every outer split; each fold's folder gets split.json and its report. Returns per-fold results
-    (each with ``outer_index`` and ``val_probs``, the scored fold's rows and probabilities)."""
+              progress: bool = True, cache_dir: str | Path | None = None) -> list[FoldResult]:
+    """Fit on every outer split; each fold's folder gets split.json and its report. Returns one
+    :class:`FoldResult` per outer fold."""
     require_two_classes((data.class_names[int(c)] for c in np.unique(data.y)), data.source)  # after grouping
     out = output_dir(out)
     splits = splits_for(data, config)
@@ -162,25 +185,22 @@ def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bo
         else:
             result = _network_fold(data, config, tr, va, fold_out, resume=resume, progress=progress,
                                    backbone=backbone)
-        result["seconds"] = time.perf_counter() - start
-        result["outer_index"] = va
+        result = result._replace(seconds=time.perf_counter() - start, outer_index=va)
         saved = {"config": config.to_json(), "class_names": data.class_names,
-                 "normalization": result["normalization"],
-                 "operating_point": result.get("operating_point")}
+                 "normalization": result.normalization, "operating_point": result.operating_point}
         write_json_atomic(fold_out / "checkpoints" / "config.json", saved)
         what = config.model + (f" ({config.finetune})" if config.pretrained else "")
         header = (f"Model: {what}. Data: {data.source} ({data.grouping.name}; "
                   f"{len(tr)} train / {len(va)} validation, scored once"
                   f"{'' if len(splits) == 1 else f', fold {k} of {len(splits)}'}). Image {config.image_size} px "
-                  f"{'RGB' if config.rgb else 'grayscale'}. Selection: {result['selection']}. "
+                  f"{'RGB' if config.rgb else 'grayscale'}. Selection: {result.selection}. "
                   f"Device: {device_description()}.")
-        result["verdict"] = write_run_report(fold_out, result, data.class_names, header)
-        results.append(result)
+        results.append(result._replace(verdict=write_run_report(fold_out, result, data.class_names, header)))
     return results
 
 
-def pooled_predictions(results: list[dict], y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def pooled_predictions(results: list[FoldResult], y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(y_true, y_pred)`` over every scored fold (each image once when the folds partition the data)."""
-    idx = np.concatenate([r["outer_index"] for r in results])
-    pred = np.concatenate([decide(r["val_probs"], r.get("operating_point")) for r in results])
+    idx = np.concatenate([r.outer_index for r in results])
+    pred = np.concatenate([decide(r.val_probs, r.operating_point) for r in results])
     return y[idx], pred

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from training.common.tables import pyplot, write_table
 from training.evaluation.metrics import beats_baseline
+
+if TYPE_CHECKING:
+    from training.runs.folds import FoldResult
 
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "roc_auc")
 
@@ -70,9 +74,10 @@ def plot_confusion(matrix, class_names: Sequence[str], path: Path, title: str = 
     plt.close(fig)
 
 
-def write_run_report(out: Path, result: dict, class_names: Sequence[str], header: str) -> str:
-    """``metrics.{md,csv}``, ``learning_curves.png``, ``confusion_matrix.png``; returns the verdict line."""
-    metrics, baseline = result["metrics"], result["baseline"]
+def write_run_report(out: Path, result: FoldResult, class_names: Sequence[str], header: str) -> str:
+    """``metrics.{md,csv}``, ``confusion_matrix.png``, and ``learning_curves.png`` (epochs) or
+    ``head_selection.png`` and ``history.*`` (a head); returns the verdict line."""
+    metrics, baseline = result.metrics, result.baseline
     verdict = ("beats the majority baseline on balanced accuracy and macro-F1"
                if beats_baseline(metrics, baseline) else
                "does NOT beat the majority baseline on balanced accuracy and macro-F1")
@@ -84,11 +89,11 @@ def write_run_report(out: Path, result: dict, class_names: Sequence[str], header
              f"fold was not used for any choice.{op_line}\n\nConfusion matrix (rows true, columns "
              f"predicted; {', '.join(class_names)}): {metrics['confusion_matrix']}\n")
     write_table(metric_rows(metrics, baseline), out, "metrics", title="Validation metrics", notes=notes)
-    if "curves" in result:
-        plot_head_selection(result["curves"], result["history"], out / "head_selection.png")
-        write_table(result["history"], out, "history", title="Head selection: mean inner-validation loss")
+    if result.kind == "head":
+        plot_head_selection(result.curves, result.history, out / "head_selection.png")
+        write_table(result.history, out, "history", title="Head selection: mean inner-validation loss")
     else:
-        plot_history(result["history"], out / "learning_curves.png")
+        plot_history(result.history, out / "learning_curves.png")
     plot_confusion(metrics["confusion_matrix"], class_names, out / "confusion_matrix.png",
-                   f"validation (scored once), {'step' if 'curves' in result else 'epoch'} {result['best_epoch']}")
+                   f"validation (scored once), {'step' if result.kind == 'head' else 'epoch'} {result.best_epoch}")
     return verdict

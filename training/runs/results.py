@@ -12,12 +12,15 @@ Probable, Probable+Possible, …); the table names it."""
 
 from __future__ import annotations
 
-import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from training.evaluation.metrics import beats_baseline
 from training.loop.config import PRESETS, TrainConfig, get_config
+
+if TYPE_CHECKING:
+    from training.runs.folds import FoldResult
 
 CONFIGS = {
     "lab-2020": dict(PRESETS["lab-2020"], folds=1),
@@ -55,20 +58,20 @@ def fmt(mean, std, folds: int) -> str:
     return f"{100 * mean:.1f}" if folds == 1 else f"{100 * mean:.1f} ± {100 * std:.1f}"
 
 
-def table_row(results: list[dict], class_names: list[str], *, positive: int = 0) -> dict:
+def table_row(results: list[FoldResult], class_names: list[str], *, positive: int = 0) -> dict:
     """Mean (± std over folds) of each metric, the majority baseline beside it, and a verdict."""
     name = class_names[positive]
     folds = len(results)
     m = {
-        "precision": [r["metrics"]["per_class"][name]["precision"] for r in results],
-        "recall": [r["metrics"]["per_class"][name]["recall"] for r in results],
-        "accuracy": [r["metrics"]["accuracy"] for r in results],
-        "balanced_accuracy": [r["metrics"]["balanced_accuracy"] for r in results],
-        "macro_f1": [r["metrics"]["macro_f1"] for r in results],
-        "roc_auc": [r["metrics"]["roc_auc"] for r in results],
-        "baseline_accuracy": [r["baseline"]["accuracy"] for r in results],
-        "baseline_balanced_accuracy": [r["baseline"]["balanced_accuracy"] for r in results],
-        "baseline_macro_f1": [r["baseline"]["macro_f1"] for r in results],
+        "precision": [r.metrics["per_class"][name]["precision"] for r in results],
+        "recall": [r.metrics["per_class"][name]["recall"] for r in results],
+        "accuracy": [r.metrics["accuracy"] for r in results],
+        "balanced_accuracy": [r.metrics["balanced_accuracy"] for r in results],
+        "macro_f1": [r.metrics["macro_f1"] for r in results],
+        "roc_auc": [r.metrics["roc_auc"] for r in results],
+        "baseline_accuracy": [r.baseline["accuracy"] for r in results],
+        "baseline_balanced_accuracy": [r.baseline["balanced_accuracy"] for r in results],
+        "baseline_macro_f1": [r.baseline["macro_f1"] for r in results],
     }
     stats = {k: _mean_std(v) for k, v in m.items()}
     beats = beats_baseline({k: stats[k][0] for k in ("balanced_accuracy", "macro_f1")},
@@ -80,15 +83,15 @@ def table_row(results: list[dict], class_names: list[str], *, positive: int = 0)
     for key, label in labels.items():
         row[label] = fmt(*stats[key], folds)
     row["beats majority?"] = "yes" if beats else "NO"
-    row["train s"] = round(sum(r.get("seconds", 0.0) for r in results), 1)
-    row["confusion (summed over folds)"] = np.sum([r["metrics"]["confusion_matrix"] for r in results],
+    row["train s"] = round(sum(r.seconds for r in results), 1)
+    row["confusion (summed over folds)"] = np.sum([r.metrics["confusion_matrix"] for r in results],
                                                   axis=0).tolist()
     row["_stats"] = {k: v for k, v in stats.items()}
     return row
 
 
 def describe(config: TrainConfig) -> dict:
-    return {k: v for k, v in dataclasses.asdict(config).items()
+    return {k: v for k, v in config.to_json().items()
             if k in ("model", "finetune", "image_size", "rgb", "augment", "class_weights", "standardize",
                      "learning_rate", "lr_schedule", "epochs", "patience", "folds", "selection", "tta_flip",
                      "target_recall", "grad")}
