@@ -269,23 +269,20 @@ def test_agreement_refuses_an_ambiguous_name_and_a_bad_map(tmp_path, capsys):
 
 # ---- damaged checkpoints and every command's one-line errors --------------------------------------------------
 
-# orbax's reader threads also fail on the truncated file; their exceptions surface when the threads' futures
-# are collected. They are collected here (gc below) so that they belong to this test, where they are expected.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-@pytest.mark.parametrize("damage", ["truncated-array", "garbage-config", "missing-step"])
+def _truncate_biggest_array(run):
+    biggest = max((p for p in (run / "checkpoints" / "best").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    with open(biggest, "r+b") as f:
+        f.truncate(biggest.stat().st_size // 3)
+
+
+@pytest.mark.parametrize("damage", ["garbage-config", "missing-step"])
 def test_a_damaged_checkpoint_is_named_in_one_line(damage, run_copy, tmp_path, capsys):
     import shutil
 
     from experiments import predict
 
     run, root = run_copy
-    if damage == "truncated-array":
-        biggest = max((p for p in (run / "checkpoints" / "best").rglob("*") if p.is_file()),
-                      key=lambda p: p.stat().st_size)
-        with open(biggest, "r+b") as f:
-            f.truncate(biggest.stat().st_size // 3)
-        named = "checkpoints/best"
-    elif damage == "garbage-config":
+    if damage == "garbage-config":
         (run / "checkpoints" / "config.json").write_text('{"config": ')
         named = "config.json"
     else:
@@ -296,9 +293,23 @@ def test_a_damaged_checkpoint_is_named_in_one_line(damage, run_copy, tmp_path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert info.value.code == 1 and len(err) == 1 and err[0].startswith("error: ") and named in err[0]
     assert not (tmp_path / "p.csv").exists()
-    import gc
 
-    gc.collect()
+
+def test_a_truncated_checkpoint_array_gives_one_line_and_nothing_after_it(run_copy, tmp_path):
+    """As a user runs it, in its own process: orbax's reader threads also fail on the truncated file, and
+    nothing of theirs may follow the one-line error (not even at interpreter exit)."""
+    import subprocess
+
+    run, root = run_copy
+    _truncate_biggest_array(run)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-m", "experiments.predict", "--checkpoint", str(run), "--images",  # noqa: S603 (argv is this interpreter and paths the test made; no shell)
+                           str(root), "--out", str(tmp_path / "p.csv"), "--no-progress"],
+                          cwd=repo, capture_output=True, text=True, timeout=300)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1, proc.stderr
+    assert len(err) == 1 and err[0].startswith("error: ") and "checkpoints/best" in err[0], proc.stderr
+    assert proc.stdout == "" and not (tmp_path / "p.csv").exists()
 
 
 COMMANDS = {

@@ -7,6 +7,10 @@ older step, so an interrupted save never replaces a good checkpoint."""
 from __future__ import annotations
 
 import contextlib
+import logging
+import sys
+import threading
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,52 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read: corrupt, truncated, or of another model. The message names it."""
 
 
+def _is_reader_noise(exc: BaseException | None) -> bool:
+    """An exception raised inside orbax/TensorStore's reader, or by its event loop after it was closed."""
+    if exc is None:
+        return False
+    if isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc):
+        return True
+    files = [frame.f_code.co_filename for frame, _ in traceback.walk_tb(exc.__traceback__)]
+    return any("/orbax/" in f or "/tensorstore/" in f for f in files)
+
+
+class _NoiseFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and _is_reader_noise(record.exc_info[1]))
+
+
+_noise_dropped = False
+
+
+def _drop_reader_noise() -> None:
+    """After a failed read, orbax's other reader coroutines still fail in the background and would print
+    their tracebacks later (unraisable coroutines, "Event loop is closed" in TensorStore's threads, asyncio's
+    "exception was never retrieved"). The failure is already reported once, as a CheckpointError: from now
+    on those reports (and only those) are dropped. Installed once per process; anything else still goes to
+    the hooks that were there before."""
+    global _noise_dropped
+    if _noise_dropped:
+        return
+    _noise_dropped = True
+    unraisable, excepthook, thread_hook = sys.unraisablehook, sys.excepthook, threading.excepthook
+
+    def on_unraisable(u):
+        if not _is_reader_noise(u.exc_value):
+            unraisable(u)
+
+    def on_exception(kind, value, tb):
+        if not _is_reader_noise(value):
+            excepthook(kind, value, tb)
+
+    def on_thread_exception(args):
+        if not _is_reader_noise(args.exc_value):
+            thread_hook(args)
+
+    sys.unraisablehook, sys.excepthook, threading.excepthook = on_unraisable, on_exception, on_thread_exception
+    logging.getLogger("asyncio").addFilter(_NoiseFilter())
+
+
 @contextlib.contextmanager
 def _naming(path: Path):
     """Reading a checkpoint: any failure of the reader becomes a :class:`CheckpointError` naming ``path``
@@ -25,6 +75,7 @@ def _naming(path: Path):
     try:
         yield
     except Exception as exc:  # orbax/TensorStore raise many types for damaged files
+        _drop_reader_noise()
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(" See full TensorStore")[0][:300]
         raise CheckpointError(f"{path}: the checkpoint cannot be read (corrupt, truncated, or written for another "
                               f"model): {type(exc).__name__}: {first}") from exc
