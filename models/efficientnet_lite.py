@@ -86,7 +86,24 @@ class FrozenBatchNorm(nn.Module):
         return x * mul.reshape(shape) + (bias - mean * mul).reshape(shape)
 
 
+class PointwiseConv(nn.Module):
+    """A 1×1 convolution without bias, ``y[i, j] = x[i, j] · K[0, 0]``, written as the contraction it is.
+
+    The kernel is (1, 1, C_in, C_out) like ``nn.Conv``'s (same name, shape and initialiser), so weights load
+    unchanged. On CPU, XLA runs this ``dot_general`` about twice as fast as the same product written as
+    ``lax.conv_general_dilated`` (benchmarks/RESULTS.md)."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (1, 1, x.shape[-1], self.features))
+        return jnp.einsum("hwc,cf->hwf", x, kernel[0, 0])
+
+
 def _conv(x, features, k, name, *, stride=1):
+    if k == 1 and stride == 1:
+        return PointwiseConv(features, name=name)(x)
     return nn.Conv(features, (k, k), strides=(stride, stride), padding="SAME", use_bias=False, name=name)(x[None])[0]
 
 

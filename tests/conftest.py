@@ -3,8 +3,16 @@
 A test (or a whole module, with ``pytestmark``) marked ``x64`` runs inside
 ``jax.enable_x64(True)``: the gradient checks compare in float64. Nothing else changes JAX's
 precision, and nothing is left set after the test.
+
+Compiled programs are shared through JAX's persistent compilation cache, in a folder made for this
+test session (and removed after it) and passed to the commands the tests start as subprocesses and to
+pytest-xdist's workers: many tests compile the same tiny training step, and the cache changes no result
+(an entry is keyed by the whole program, the backend and the JAX version).
 """
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import jax
@@ -18,8 +26,25 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+_CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+_OWNED_CACHE = None
+
+
 def pytest_configure(config):
+    global _OWNED_CACHE
     config.addinivalue_line("markers", "x64: run the test with 64-bit JAX arithmetic (scoped to the test)")
+    if not os.environ.get(_CACHE_ENV):  # the first pytest process (xdist's controller) makes it
+        _OWNED_CACHE = os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix="jax-test-cache-")
+        os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.3"
+    jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_ENV])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.3)
+
+
+def pytest_unconfigure(config):
+    if _OWNED_CACHE:
+        shutil.rmtree(_OWNED_CACHE, ignore_errors=True)
+        os.environ.pop(_CACHE_ENV, None)
+        os.environ.pop("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", None)
 
 
 @pytest.fixture(autouse=True)

@@ -22,11 +22,14 @@ def time_call(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> fl
     return statistics.median(times)
 
 
-def time_interleaved(fns: dict[str, Callable[[], Any]], *, repeats: int = 7) -> dict[str, tuple[float, float]]:
-    """``{name: (min, median)}`` seconds, calling the functions in turn ``repeats`` times.
+def time_interleaved(fns: dict[str, Callable[[], Any]], *, repeats: int = 7,
+                     calls: int = 1) -> dict[str, tuple[float, float]]:
+    """``{name: (min, median)}`` seconds per call, calling the functions in turn ``repeats`` times.
 
     Interleaving spreads a noisy machine's slow moments over all contenders; the
     minimum is the least disturbed run. Each function is called once first (compile).
+    Each sample times ``calls`` calls in a row (the last one blocked on) and divides: for functions
+    of microseconds, where one call is below the timer's and the dispatcher's noise.
     """
     for fn in fns.values():
         jax.block_until_ready(fn())
@@ -34,8 +37,10 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], *, repeats: int = 7) -> 
     for _ in range(repeats):
         for name, fn in fns.items():
             start = time.perf_counter()
+            for _ in range(calls - 1):
+                fn()
             jax.block_until_ready(fn())
-            times[name].append(time.perf_counter() - start)
+            times[name].append((time.perf_counter() - start) / calls)
     return {name: (min(t), statistics.median(t)) for name, t in times.items()}
 
 
