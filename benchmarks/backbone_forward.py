@@ -1,12 +1,13 @@
-"""EfficientNet-Lite forward pass on CPU: Flax (two depthwise formulations) against PyTorch, same weights, same run.
+"""EfficientNet-Lite forward pass on CPU: Flax (three formulations) against PyTorch, same weights, same run.
 
     python -m benchmarks.backbone_forward [--variant efficientnet_lite0] [--batch 32] [--repeats 5]
 
-Prints images/s of the jitted, vmapped Flax forward with the depthwise convolution as shifted
-slices (``shift``, the default) and as XLA's grouped convolution (``lax``), of PyTorch eager
-(``torch.inference_mode``, if installed: ``pip install -e '.[bench]'``), the ratio Flax/PyTorch,
-and the fraction of this machine's float32 matmul ceiling (measured in the same run) that the
-forward's FLOPs reach. Also per depthwise layer shape: shift vs lax milliseconds.
+Prints images/s of the jitted, vmapped Flax forward: the default (depthwise convolution as shifted
+slices, 1×1 convolutions as ``dot_general``), with the 1×1 convolutions as XLA convolutions
+(``conv``), and with the depthwise convolution as XLA's grouped convolution (``lax``); of PyTorch
+eager (``torch.inference_mode``, if installed: ``pip install -e '.[bench]'``); the ratio
+Flax/PyTorch, and the fraction of this machine's float32 matmul ceiling (measured in the same run)
+that the forward's FLOPs reach. Also per layer shape: depthwise shift vs lax, 1×1 dot vs conv.
 """
 
 from __future__ import annotations
@@ -39,16 +40,30 @@ def forward_flops(variant: str, size: int) -> int:
     return total + 2 * block_specs(variant)[-1].c_out * 1280 * side * side + 2 * 1280 * 1000
 
 
+def _pointwise_row(batch: int, side: int, c_in: int, c_out: int) -> dict:
+    """One 1×1 convolution's shape, timed as ``dot_general`` and as ``conv_general_dilated``, interleaved."""
+    xs = jnp.asarray(np.random.default_rng(1).uniform(size=(batch, side, side, c_in)), jnp.float32)
+    k = jnp.asarray(np.random.default_rng(2).normal(size=(1, 1, c_in, c_out)), jnp.float32)
+    dot = jax.jit(lambda a: jnp.einsum("bhwc,cf->bhwf", a, k[0, 0]))
+    conv = jax.jit(lambda a: jax.lax.conv_general_dilated(a, k, (1, 1), "VALID",
+                                                          dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    t = time_interleaved({"dot": lambda: dot(xs), "conv": lambda: conv(xs)}, repeats=3)
+    flops = 2 * batch * side * side * c_in * c_out
+    return {"input": f"{side}×{side}×{c_in}", "output channels": c_out, "dot ms": 1e3 * t["dot"][0],
+            "conv ms": 1e3 * t["conv"][0], "conv / dot": t["conv"][0] / t["dot"][0],
+            "dot GFLOP/s": flops / t["dot"][0] / 1e9, "conv GFLOP/s": flops / t["conv"][0] / 1e9}
+
+
 def run(variant: str, batch: int, repeats: int, out: str) -> list[dict]:
     size = native_size(variant)
     params, _ = load_backbone(variant)
     x = np.random.default_rng(0).uniform(0, 1, (batch, size, size, 3)).astype(np.float32)
     fns = {}
-    for impl in ("shift", "lax"):
-        model = EfficientNetLite(variant, depthwise=impl)
+    for depthwise, pointwise in (("shift", "dot"), ("shift", "conv"), ("lax", "dot")):
+        model = EfficientNetLite(variant, depthwise=depthwise, pointwise=pointwise)
         f = jax.jit(jax.vmap(lambda im, m=model: m.apply({"params": params}, im)))
         xj = jnp.asarray(x)
-        fns[f"flax ({impl})"] = lambda f=f, xj=xj: f(xj)
+        fns[f"flax (depthwise {depthwise}, 1×1 {pointwise})"] = lambda f=f, xj=xj: f(xj)
     try:
         import torch
 
@@ -74,7 +89,7 @@ def run(variant: str, batch: int, repeats: int, out: str) -> list[dict]:
         rows.append({"implementation": name, "images/s (best)": batch / best, "images/s (median)": batch / median,
                      "vs PyTorch (median)": (ref[1] / median) if ref else "",
                      "GFLOP/s": flops / best / 1e9, "fraction of matmul ceiling": flops / best / 1e9 / ceiling})
-    layer_rows = []
+    layer_rows, pointwise_rows = [], []
     seen = set()
     side = -(-size // 2)
     for s in block_specs(variant):
@@ -93,6 +108,10 @@ def run(variant: str, batch: int, repeats: int, out: str) -> list[dict]:
                                "shift ms": 1e3 * t["shift"][0], "lax ms": 1e3 * t["lax"][0],
                                "lax / shift": t["lax"][0] / t["shift"][0]})
         side = -(-side // s.stride)
+        key = (side, mid, s.c_out)
+        if key not in seen:  # the block's projection: a 1×1 convolution
+            seen.add(key)
+            pointwise_rows.append(_pointwise_row(batch, side, mid, s.c_out))
     notes = (f"{variant} at {size} px, batch {batch}, float32, {forward_flops(variant, size) / 1e9:.2f} GFLOP per "
              f"image. Device: {device_description()}; {torch_info}. Matmul ceiling measured in this run: "
              f"{ceiling:.0f} GFLOP/s. Ratios compare medians of interleaved runs.\n")
@@ -100,8 +119,11 @@ def run(variant: str, batch: int, repeats: int, out: str) -> list[dict]:
     write_table(rows, path, "backbone_forward", title="Backbone forward", notes=notes)
     write_table(layer_rows, path, "depthwise_layers", title="Depthwise convolution: shifted slices vs XLA grouped conv",
                 notes=f"Per distinct layer shape of {variant}, batch {batch}, best of 3.\n")
+    write_table(pointwise_rows, path, "pointwise_layers", title="1×1 convolution: dot_general vs conv_general_dilated",
+                notes=f"Each block's projection (H×W×C_in → C_out) of {variant}, batch {batch}, best of 3.\n")
     print((path / "backbone_forward.md").read_text())
     print((path / "depthwise_layers.md").read_text())
+    print((path / "pointwise_layers.md").read_text())
     return rows
 
 

@@ -94,16 +94,22 @@ class PointwiseConv(nn.Module):
     ``lax.conv_general_dilated`` (benchmarks/RESULTS.md)."""
 
     features: int
+    impl: str = "dot"  # "dot" (dot_general, the default) or "conv" (lax.conv_general_dilated, as nn.Conv)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (1, 1, x.shape[-1], self.features))
-        return jnp.einsum("hwc,cf->hwf", x, kernel[0, 0])
+        if self.impl == "dot":
+            return jnp.einsum("hwc,cf->hwf", x, kernel[0, 0])
+        if self.impl != "conv":
+            raise ValueError(f"unknown pointwise impl {self.impl!r}; expected 'dot' or 'conv'")
+        return jax.lax.conv_general_dilated(x[None], kernel, (1, 1), "VALID",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))[0]
 
 
-def _conv(x, features, k, name, *, stride=1):
+def _conv(x, features, k, name, *, stride=1, pointwise="dot"):
     if k == 1 and stride == 1:
-        return PointwiseConv(features, name=name)(x)
+        return PointwiseConv(features, pointwise, name=name)(x)
     return nn.Conv(features, (k, k), strides=(stride, stride), padding="SAME", use_bias=False, name=name)(x[None])[0]
 
 
@@ -153,6 +159,7 @@ class DepthwiseConv(nn.Module):
 class MBConv(nn.Module):
     spec: BlockSpec
     depthwise: str = "shift"
+    pointwise: str = "dot"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -160,10 +167,10 @@ class MBConv(nn.Module):
         h = x
         mid = s.c_in * s.expand
         if s.expand != 1:
-            h = nn.relu6(FrozenBatchNorm(name="bn0")(_conv(h, mid, 1, "expand_conv")))
+            h = nn.relu6(FrozenBatchNorm(name="bn0")(_conv(h, mid, 1, "expand_conv", pointwise=self.pointwise)))
         h = DepthwiseConv(s.kernel, s.stride, self.depthwise, name="depthwise_conv")(h)
         h = nn.relu6(FrozenBatchNorm(name="bn1")(h))
-        h = FrozenBatchNorm(name="bn2")(_conv(h, s.c_out, 1, "project_conv"))
+        h = FrozenBatchNorm(name="bn2")(_conv(h, s.c_out, 1, "project_conv", pointwise=self.pointwise))
         if s.stride == 1 and s.c_in == s.c_out:
             h = h + x
         return h
@@ -180,6 +187,7 @@ class EfficientNetLite(nn.Module):
     n_classes: int = 1000
     dropout_rate: float | None = None  # None: the variant's (0.2 or 0.3)
     depthwise: str = "shift"  # depthwise convolution: "shift" (fast on CPU) or "lax"
+    pointwise: str = "dot"  # 1×1 convolutions: "dot" (dot_general, fast on CPU) or "conv"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False, key: jax.Array | None = None,
@@ -191,8 +199,8 @@ class EfficientNetLite(nn.Module):
         x = x * 2.0 - 1.0
         x = nn.relu6(FrozenBatchNorm(name="bn_stem")(_conv(x, 32, 3, "conv_stem", stride=2)))
         for i, spec in enumerate(block_specs(self.variant)):
-            x = MBConv(spec, self.depthwise, name=f"block{i}")(x)
-        x = nn.relu6(FrozenBatchNorm(name="bn_head")(_conv(x, 1280, 1, "conv_head")))
+            x = MBConv(spec, self.depthwise, self.pointwise, name=f"block{i}")(x)
+        x = nn.relu6(FrozenBatchNorm(name="bn_head")(_conv(x, 1280, 1, "conv_head", pointwise=self.pointwise)))
         f = jnp.mean(mark_cam_features(self, x), axis=(0, 1))
         if features_only:
             return f

@@ -62,11 +62,11 @@ def test_flax_logits_equal_pytorch_with_the_same_weights(variant, tmp_path):
     x = np.random.default_rng(0).uniform(0, 1, (2, size, size, 3)).astype(np.float32)
     with torch.no_grad():
         ref = forward(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
-    for impl in ("shift", "lax"):
-        model = EfficientNetLite(variant, depthwise=impl)
+    for depthwise, pointwise in (("shift", "dot"), ("lax", "dot"), ("shift", "conv")):
+        model = EfficientNetLite(variant, depthwise=depthwise, pointwise=pointwise)
         ours = np.asarray(jax.jit(jax.vmap(lambda im: model.apply({"params": params}, im)))(x))
         rel = np.linalg.norm(ours - ref) / np.linalg.norm(ref)
-        assert rel <= 1e-4, (impl, rel)
+        assert rel <= 1e-4, (depthwise, pointwise, rel)
 
 
 @pytest.mark.x64
@@ -79,6 +79,22 @@ def test_depthwise_shift_equals_grouped_convolution(size, k, stride):
     ref = jax.lax.conv_general_dilated(x[None], kernel, (stride, stride), "SAME",
                                        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=4)[0]
     assert max(relative_errors(depthwise_shift(x, kernel, stride), ref)) <= 1e-12  # float64
+
+
+@pytest.mark.x64
+@pytest.mark.parametrize(("size", "c_in", "c_out"), [(7, 4, 6), (8, 16, 3)], ids=["odd-expand", "even-project"])
+def test_pointwise_dot_equals_the_1x1_convolution(size, c_in, c_out):
+    from models.efficientnet_lite import PointwiseConv
+
+    x = jnp.asarray(np.random.default_rng(size).normal(size=(size, size + 1, c_in)))
+    params = PointwiseConv(c_out).init(jax.random.key(0), x)
+    dot = PointwiseConv(c_out).apply(params, x)
+    ref = jax.lax.conv_general_dilated(x[None], params["params"]["kernel"], (1, 1), "SAME",
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))[0]
+    assert dot.shape == (size, size + 1, c_out) and max(relative_errors(dot, ref)) <= 1e-12  # float64
+    assert max(relative_errors(PointwiseConv(c_out, "conv").apply(params, x), ref)) <= 1e-12
+    with pytest.raises(ValueError, match="unknown pointwise impl 'fft'"):
+        PointwiseConv(c_out, "fft").apply(params, x)
 
 
 def test_corrupt_foreign_and_malicious_weights_files_give_one_clear_error(tmp_path):
