@@ -355,6 +355,7 @@ def test_bad_arguments_of_every_command_exit_2_before_any_work(command, argv, tm
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_sigkill_at_a_random_point_then_resume_gives_the_uninterrupted_losses(tmp_path):
     """Training is killed (SIGKILL: no cleanup runs) at a random moment, possibly inside a checkpoint write;
     ``--resume`` then finishes with exactly the losses of a run that was never interrupted."""

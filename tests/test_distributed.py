@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -16,6 +18,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_take_the_single_process_step():
     """The README's commands: each process holds half the batch; loss, gradients and the Adam step equal the
     single-process ones. Float64 arithmetic: the gradients differ by the cross-process reduction order only,

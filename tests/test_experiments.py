@@ -63,6 +63,7 @@ def test_backprop_depth_writes_its_table_and_plot(tmp_path):
     assert set(result["deep_slopes"]) == set(backprop_depth.METHODS)
 
 
+@pytest.mark.slow
 def test_compare_gradients_errors_are_tiny_in_float64(tmp_path, monkeypatch):
     monkeypatch.setattr(compare_gradients, "ARCHITECTURES", {"3-2-3-5": [3, 2, 3, 5]})
     monkeypatch.setattr(compare_gradients, "TIMED", {"3-2-3-5": [3, 2, 3, 5]})
@@ -99,6 +100,7 @@ def test_mnist_loader_names_the_bad_file(tmp_path):
         load_mnist_npz(garbage)
 
 
+@pytest.mark.slow
 def test_default_train_and_predict_on_real_tree_photos(tmp_path):
     """End to end on ../shared/data/trees (406 real photos, mixed formats), tree vs not_a_tree, with no flag
     but the data: the pretrained default beats the majority answer by a wide margin on a fold it never chose on."""
@@ -138,6 +140,7 @@ def test_default_train_and_predict_on_real_tree_photos(tmp_path):
     assert again["results"][0].metrics["balanced_accuracy"] == metrics["balanced_accuracy"]
 
 
+@pytest.mark.slow
 def test_compare_gradients_cnn_writes_per_layer_tables(tmp_path):
     result = compare_gradients.run_cnn(str(tmp_path), image_size=20, batch=2, quick=True)
     assert result["worst_float64"] <= 1e-10
@@ -175,6 +178,7 @@ def test_agreement_kappas_and_confusion(tmp_path):
     assert (tmp_path / "out" / "confusion_model_vs_rater2.md").exists()
 
 
+@pytest.mark.slow
 def test_explain_cli_writes_heat_map_pngs(tmp_path):
 
     from experiments import explain
@@ -212,6 +216,7 @@ def small_photo_folder(tmp_path):
     return root
 
 
+@pytest.mark.slow
 def test_results_table_grid_is_honest_and_resumable(small_photo_folder, tmp_path):
     """Two scenarios × the lab's row and the default (pretrained) row; the improved configuration's 5-fold
     Model 1 path is the same code (run_folds), exercised by the architectures test."""
@@ -250,6 +255,7 @@ def test_results_table_reports_rows_too_small_to_split(tmp_path):
     assert rows[0]["n images"] == 2  # the Possible photos are excluded in Pr_Im
 
 
+@pytest.mark.slow
 def test_architectures_compares_models_on_the_same_folds(small_photo_folder, tmp_path):
     from experiments import architectures
 
@@ -260,6 +266,7 @@ def test_architectures_compares_models_on_the_same_folds(small_photo_folder, tmp
     assert (tmp_path / "a" / "architectures.md").exists()
 
 
+@pytest.mark.slow
 def test_mnist_cnn_smoke(tmp_path):
     from experiments import mnist_cnn
 

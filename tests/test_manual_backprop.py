@@ -99,6 +99,7 @@ def test_backprop_equals_jax_grad(sizes, activation, cost):
     cost=st.sampled_from(COSTS),
     seed=st.integers(0, 2**31 - 1),
 )
+@pytest.mark.slow
 def test_backprop_equals_jax_grad_random_shapes(sizes, activation, cost, seed):
     params, x, y = make_problem(sizes, seed=seed, cost=cost)
     manual = mb.backprop(params, x, y, activation=activation, cost=cost)

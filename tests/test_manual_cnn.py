@@ -177,6 +177,7 @@ def test_model1_manual_rejects_other_activations():
         model1_example_grads(params, jnp.zeros((20, 20, 1)), 0, model)
 
 
+@pytest.mark.slow
 def test_adam_trajectory_with_manual_gradients_follows_jax_grad():
     """10 Adam steps on manual gradients stay on the jax.grad trajectory (float64, rel ≤ 1e-9)."""
     model, params = flax_model(20, 1, n_classes=2, head_units=(8, 4))
@@ -235,6 +236,7 @@ def test_dense_backward_batch_is_x_transpose_delta():
                                     jax.tree_util.tree_map(lambda *g: sum(g), *[g for _, g in per_row])), RTOL)
 
 
+@pytest.mark.slow
 def test_training_with_grad_manual_takes_the_same_steps_as_autodiff():
     """``--grad manual``: the jitted Optax Adam step on the hand-written backward (a custom_vjp) takes the
     same steps as jax.grad: float64, per array relative to its norm ≤ 1e-9 after 4 steps."""

@@ -38,39 +38,45 @@ def photos(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module", params=list(KINDS))
-def trained(request, photos, tmp_path_factory):
-    """(kind, run folder, photos): a tiny run of one model kind, trained through the command line."""
-    from experiments import train
-
-    kind = request.param
-    out = tmp_path_factory.mktemp(kind) / "run"
-    train.main(["--data", str(photos), "--out", str(out), "--epochs", "1", "--batch-size", "4",
-                "--val-fraction", "0.5", "--cache-dir", str(out.parent / "cache"), "--no-progress", *KINDS[kind]])
-    history = []
-    if (out / "history.csv").is_file():
-        with open(out / "history.csv", encoding="utf-8") as f:
-            history = list(csv.DictReader(f))
-    assert (out / "summary.json").is_file()
-    assert all(np.isfinite(float(v)) for row in history for k, v in row.items() if "loss" in k)
-    return kind, out, photos
+# the tests of one kind run on one pytest-xdist worker, which trains that kind once
+# (ResNet-50's and GoogLeNet's compilations are the slow ones: scheduled first)
+BY_KIND = [pytest.param(k, id=k, marks=[pytest.mark.xdist_group(f"matrix-{k}")]
+                        + ([pytest.mark.slow] if k in ("resnet50", "googlenet") else [])) for k in KINDS]
 
 
 @pytest.fixture(scope="module")
-def predicted(trained, tmp_path_factory):
-    """(kind, run, photos, predictions CSV) after ``experiments.predict`` on the run."""
-    from experiments import predict
+def runs(photos, tmp_path_factory):
+    """``run(kind)`` → (run folder, predictions CSV): a tiny run of one model kind trained through the command
+    line, then ``experiments.predict`` on it; each kind once per module, whatever order its tests run in."""
+    from experiments import predict, train
 
-    kind, run, photos = trained
-    out = tmp_path_factory.mktemp(f"{kind}-predict") / "p.csv"
-    predict.main(["--checkpoint", str(run), "--images", str(photos), "--out", str(out), "--no-progress"])
-    return kind, run, photos, out
+    done: dict[str, tuple[Path, Path]] = {}
+
+    def run(kind: str) -> tuple[Path, Path]:
+        if kind not in done:
+            out = tmp_path_factory.mktemp(kind) / "run"
+            train.main(["--data", str(photos), "--out", str(out), "--epochs", "1", "--batch-size", "4",
+                        "--val-fraction", "0.5", "--cache-dir", str(out.parent / "cache"), "--no-progress",
+                        *KINDS[kind]])
+            history = []
+            if (out / "history.csv").is_file():
+                with open(out / "history.csv", encoding="utf-8") as f:
+                    history = list(csv.DictReader(f))
+            assert (out / "summary.json").is_file()
+            assert all(np.isfinite(float(v)) for row in history for k, v in row.items() if "loss" in k)
+            csv_path = out.parent / "p.csv"
+            predict.main(["--checkpoint", str(out), "--images", str(photos), "--out", str(csv_path), "--no-progress"])
+            done[kind] = out, csv_path
+        return done[kind]
+
+    return run
 
 
-def test_predict_writes_one_row_per_photo(predicted):
+@pytest.mark.parametrize("kind", BY_KIND)
+def test_predict_writes_one_row_per_photo(kind, runs):
     from tests.helpers import read_predictions
 
-    kind, run, photos, csv_path = predicted
+    _, csv_path = runs(kind)
     rows = read_predictions(csv_path)
     assert len(rows) == 8 and {r["predicted"] for r in rows} <= {"Probable", "Improbable"}
     for r in rows:
@@ -78,7 +84,8 @@ def test_predict_writes_one_row_per_photo(predicted):
         assert len(p) == 2 and abs(sum(p) - 1) < 1e-5
 
 
-def test_explain_writes_grad_cam_for_every_photo(trained, tmp_path):
+@pytest.mark.parametrize("kind", BY_KIND)
+def test_explain_writes_grad_cam_for_every_photo(kind, runs, photos, tmp_path):
     import jax
 
     from experiments import explain
@@ -86,7 +93,7 @@ def test_explain_writes_grad_cam_for_every_photo(trained, tmp_path):
     from training.evaluation.explain import grad_cam
     from training.runs.saved import load_trained
 
-    kind, run, photos = trained
+    run, _ = runs(kind)
     rows = explain.main(["--checkpoint", str(run), "--images", str(photos), "--out", str(tmp_path / "x"),
                          "--methods", "grad_cam"])
     assert len(rows) == 8 and all(Path(r["png"]).stat().st_size > 0 for r in rows)
@@ -96,10 +103,11 @@ def test_explain_writes_grad_cam_for_every_photo(trained, tmp_path):
     assert cam.shape == (config.image_size,) * 2 and np.isfinite(cam).all() and 0 <= cam.min() <= cam.max() <= 1
 
 
-def test_agreement_with_a_rater(predicted, tmp_path):
+@pytest.mark.parametrize("kind", BY_KIND)
+def test_agreement_with_a_rater(kind, runs, photos, tmp_path):
     from experiments import agreement
 
-    kind, run, photos, csv_path = predicted
+    _, csv_path = runs(kind)
     with open(tmp_path / "r.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "rater1"])

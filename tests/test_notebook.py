@@ -9,6 +9,7 @@ from nbclient import NotebookClient
 NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "backprop_by_hand.ipynb"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", [NOTEBOOK], ids=["backprop_by_hand"])
 def test_notebook_executes_and_its_checks_hold(path, tmp_path):
     nb = nbformat.read(path, as_version=4)

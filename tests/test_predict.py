@@ -147,6 +147,7 @@ def test_decoding_stays_a_bounded_number_of_chunks_ahead(tmp_path, monkeypatch):
     assert seen == files
 
 
+@pytest.mark.slow
 def test_chunks_sharded_over_four_devices_give_the_same_csv(trained, tmp_path):
     """Each chunk is padded to a multiple of the local devices and sharded over them: 4 (simulated) CPU
     devices write the same rows as 1, up to float32 reduction order (probabilities within 1e-5)."""

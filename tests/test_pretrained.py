@@ -222,6 +222,7 @@ def test_bootstrap_interval_is_reproducible_and_brackets_the_estimate():
     assert lo < point < hi and hi - lo < 0.15
 
 
+@pytest.mark.slow
 def test_features_are_cached_by_image_digest(tmp_path, lite0):
     params, digest = lite0
     backbone = {k: v for k, v in params.items() if k != "fc"}

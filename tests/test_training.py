@@ -308,6 +308,7 @@ def test_train_step_is_finite_no_recompile_and_overfits_a_tiny_batch():
     assert all(np.isfinite(losses)) and losses[-1] < 0.05 < losses[0]
 
 
+@pytest.mark.slow
 def test_fit_writes_checkpoints_and_resume_continues(tmp_path):
     x, y = tiny_problem()
     config = small_config(epochs=2)
@@ -402,6 +403,7 @@ FOUR_DEVICES = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_one_step_on_four_devices_equals_one_device():
     """Data parallelism must give the same loss and gradients whatever the device count.
 
