@@ -38,8 +38,6 @@ def pytest_configure(config):
         os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.3"
     jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_ENV])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.3)
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        config.pluginmanager.register(_SlowFirst(), "slow-first")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -57,16 +55,6 @@ def pytest_collection_modifyitems(config, items):
             params = getattr(item, "callspec", None)
             key = sorted(f"{n}={params.params[n]}" for n in shared if params is not None and n in params.params)
             item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}[{','.join(key)}]"))
-
-
-class _SlowFirst:
-    """Under pytest-xdist the workers pull tests in collection order: the long ones (marked ``slow``) go
-    first, so that none is left running alone at the end. (After pytest's own reordering; one process
-    keeps pytest's order, which sets module-scoped fixtures up once.)"""
-
-    @pytest.hookimpl(trylast=True)
-    def pytest_collection_modifyitems(self, config, items):
-        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def pytest_unconfigure(config):

@@ -39,7 +39,6 @@ def photos(tmp_path_factory):
 
 
 # the tests of one kind run on one pytest-xdist worker, which trains that kind once
-# (ResNet-50's and GoogLeNet's compilations are the slow ones: scheduled first)
 BY_KIND = [pytest.param(k, id=k, marks=[pytest.mark.xdist_group(f"matrix-{k}")]
                         + ([pytest.mark.slow] if k in ("resnet50", "googlenet") else [])) for k in KINDS]
 
