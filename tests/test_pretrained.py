@@ -176,6 +176,27 @@ def _separable(n=60, d=16, seed=0):
     return F, y
 
 
+@pytest.mark.parametrize(("grid", "widened"), [((3.0, 10.0), "below"), ((1e-3, 1e-2, 1e-1, 1.0), "above")],
+                         ids=["too-strong", "too-weak"])
+def test_a_lambda_grid_whose_winner_is_on_an_edge_is_widened_until_it_is_not(grid, widened):
+    """Noisy labels on two informative features of 40: the best λ is moderate. A grid that stops short of it
+    is extended with its own spacing until the winner is inside. One Adam step from zero weights is the same
+    for every λ (the penalty's gradient 2λW is zero there): a tie, which extends nothing."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(64, 40)).astype(np.float32)
+    y = (X[:, 0] + X[:, 1] + rng.normal(size=64) > 0).astype(np.int64)
+    F, w = np.stack([X, X], axis=1), np.ones(2, np.float32)
+    kw = dict(steps=100, lr=1e-2, inner_folds=4, seed=0)
+    choice = select_head(F, y, 2, w, l2_grid=grid, **kw)
+    assert set(grid) < set(choice.l2_grid) and choice.curves.shape == (len(choice.l2_grid), 100)
+    assert (min(choice.l2_grid) < min(grid)) == (widened == "below")
+    assert min(choice.l2_grid) < choice.l2 < max(choice.l2_grid)  # inside: the optimum is bracketed
+    ratios = np.diff(np.log(choice.l2_grid))
+    assert np.all(ratios > 0)  # sorted, log-spaced where it was extended
+    tie = select_head(F, y, 2, w, l2_grid=grid, **{**kw, "steps": 1})
+    assert tie.l2_grid == grid and np.all(tie.curves == tie.curves[0])
+
+
 def test_head_selection_never_looks_at_the_scored_fold():
     """The choice (λ, steps) made on a training part cannot depend on the scored fold's labels or features."""
     F, y = _separable()
@@ -188,7 +209,7 @@ def test_head_selection_never_looks_at_the_scored_fold():
     b = select_head(F2[tr], y[tr], 2, w, **kw)
     assert (a.l2, a.steps) == (b.l2, b.steps) and np.array_equal(a.oof_probs, b.oof_probs)
     assert a.oof_probs.shape == (45, 2) and np.allclose(a.oof_probs.sum(axis=1), 1, atol=1e-5)
-    assert a.curves.shape == (2, 60) and np.isfinite(a.curves).all()
+    assert a.curves.shape == (len(a.l2_grid), 60) and np.isfinite(a.curves).all()
     # it learned: the inner out-of-fold predictions beat chance
     assert np.mean(a.oof_probs.argmax(axis=1) == y[tr]) > 0.8
 

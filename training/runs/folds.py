@@ -104,12 +104,13 @@ def _head_fold(data: Dataset, config: TrainConfig, feats: np.ndarray, backbone: 
     ckpt.save("best", choice.steps, state, meta)  # one model, no epochs: "best" is the refit head
     ckpt.close()
     history = [{"step": t + 1, **{f"inner_val_loss[l2={lam:g}]": float(choice.curves[i, t])
-                                  for i, lam in enumerate(config.head_l2_grid)}}
+                                  for i, lam in enumerate(choice.l2_grid)}}
                for t in range(0, config.head_steps, max(config.head_steps // 30, 1))]
     return FoldResult(
         kind="head", history=history, metrics=metrics, baseline=majority_baseline(y_tr, data.y[va], data.class_names),
         best_epoch=choice.steps, val_probs=probs, normalization=norm, operating_point=op,
-        selection=f"head: λ = {choice.l2:g}, {choice.steps} Adam steps (lr {config.learning_rate:g}), "
+        selection=f"head: λ = {choice.l2:g} (of {len(choice.l2_grid)}, {min(choice.l2_grid):g}–"
+                  f"{max(choice.l2_grid):g}), {choice.steps} Adam steps (lr {config.learning_rate:g}), "
                   f"chosen by {inner}-fold CV inside the training part; refit on all of it",
         curves=choice.curves)
 

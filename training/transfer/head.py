@@ -16,8 +16,12 @@ class HeadChoice(NamedTuple):
 
     l2: float
     steps: int
-    curves: np.ndarray  # (n_l2, steps): mean inner-validation loss after each step
+    curves: np.ndarray  # (n_l2, steps): mean inner-validation loss after each step, one row per λ of l2_grid
     oof_probs: np.ndarray  # (n, K): inner out-of-fold probabilities at the choice
+    l2_grid: tuple[float, ...] = ()  # the λ searched: the given grid, widened while its winner was on an edge
+
+
+MAX_WIDEN = 8  # at most this many λ added beyond either end of the given grid
 
 
 def _head_run(F, y1h, cw, train_mask, val_mask, l2, lr, steps: int, keep_step):
@@ -72,9 +76,29 @@ _head_grid = jax.jit(jax.vmap(jax.vmap(_head_run, in_axes=(None, None, None, Non
 _head_one = jax.jit(_head_run, static_argnums=(7,))
 
 
+def _widen(grid: list[float], mean: np.ndarray) -> float | None:
+    """The next λ beyond the edge of ``grid`` whose best loss (over steps) is strictly the lowest (the grid's
+    spacing continued geometrically), or None when the winner is inside the grid, ties with its neighbour
+    (e.g. when the best is the first step, before λ has acted), or sits on an edge that cannot be continued
+    (a single λ, or λ = 0)."""
+    best = mean.min(axis=1)
+    if len(grid) < 2 or min(grid) <= 0:
+        return None
+    winner = int(np.argmin(best))
+    if winner == len(grid) - 1 and best[-1] < best[-2] * (1 - 1e-6):
+        return grid[-1] * grid[-1] / grid[-2]
+    if winner == 0 and best[0] < best[1] * (1 - 1e-6):
+        return grid[0] * grid[0] / grid[1]
+    return None
+
+
 def select_head(F: np.ndarray, y: np.ndarray, n_classes: int, class_weights: np.ndarray, *, l2_grid: Sequence[float],
                 steps: int, lr: float, inner_folds: int, seed: int) -> HeadChoice:
-    """λ and the step count minimising the mean inner-validation loss over ``inner_folds`` stratified folds."""
+    """λ and the step count minimising the mean inner-validation loss over ``inner_folds`` stratified folds.
+
+    A λ grid whose winner lies on its first or last value has not bracketed the optimum: the grid is
+    extended beyond that end with its own spacing (log-spaced grids stay log-spaced), one λ at a time, up to
+    ``MAX_WIDEN`` times, until the winner is inside. All of it happens on the inner folds."""
     from training.data.labels import stratified_folds
 
     folds = stratified_folds(y, inner_folds, seed=seed + 1)
@@ -84,17 +108,31 @@ def select_head(F: np.ndarray, y: np.ndarray, n_classes: int, class_weights: np.
     val_masks = np.zeros_like(train_masks)
     for j, (tr, va) in enumerate(folds):
         train_masks[j, tr], val_masks[j, va] = 1, 1
-    grid = jnp.asarray(l2_grid, jnp.float32)
-    curves, _, _, _ = _head_grid(F, y1h, class_weights, train_masks, val_masks, grid, lr, steps, -1)
-    curves = np.asarray(curves)  # (folds, n_l2, steps)
-    if not np.all(np.isfinite(curves)):
-        raise FloatingPointError(f"the head's inner-validation loss became non-finite (learning rate {lr})")
-    mean = curves.mean(axis=0)
+    def mean_curves(lams: Sequence[float]) -> np.ndarray:
+        curves, _, _, _ = _head_grid(F, y1h, class_weights, train_masks, val_masks, jnp.asarray(lams, jnp.float32),
+                                     lr, steps, -1)
+        curves = np.asarray(curves)  # (folds, n_l2, steps)
+        if not np.all(np.isfinite(curves)):
+            raise FloatingPointError(f"the head's inner-validation loss became non-finite (learning rate {lr})")
+        return curves.mean(axis=0)
+
+    grid = [float(v) for v in l2_grid]
+    mean = mean_curves(grid)
+    for _ in range(MAX_WIDEN):
+        new = _widen(grid, mean)
+        if new is None:
+            break
+        row = mean_curves([new])
+        if new > grid[-1]:
+            grid, mean = [*grid, new], np.concatenate([mean, row])
+        else:
+            grid, mean = [new, *grid], np.concatenate([row, mean])
     i, t = np.unravel_index(np.argmin(mean), mean.shape)
-    _, _, oof, _ = _head_grid(F, y1h, class_weights, train_masks, val_masks, grid[i:i + 1], lr, steps, int(t) + 1)
+    _, _, oof, _ = _head_grid(F, y1h, class_weights, train_masks, val_masks, jnp.asarray(grid[i:i + 1], jnp.float32),
+                              lr, steps, int(t) + 1)
     oof = np.asarray(oof)[:, 0]  # (folds, n, K)
     oof_probs = np.sum(oof * val_masks[:, :, None], axis=0)[:n]
-    return HeadChoice(float(l2_grid[i]), int(t) + 1, mean, oof_probs)
+    return HeadChoice(grid[i], int(t) + 1, mean, oof_probs, tuple(grid))
 
 
 def _pad_rows(a: np.ndarray, n: int, multiple: int = 64) -> np.ndarray:
