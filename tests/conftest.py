@@ -40,23 +40,6 @@ def pytest_configure(config):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.3)
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    """For pytest-xdist's ``--dist loadgroup``: tests that use one of their module's module-scoped fixtures
-    (with the same parameters) form one group, run by one worker, so that the fixture is made once; the
-    other tests are dealt out one by one."""
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        if info is None:
-            continue
-        shared = [name for name in item.fixturenames
-                  if (defs := info.name2fixturedefs.get(name)) and defs[-1].scope == "module"]
-        if shared:
-            params = getattr(item, "callspec", None)
-            key = sorted(f"{n}={params.params[n]}" for n in shared if params is not None and n in params.params)
-            item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}[{','.join(key)}]"))
-
-
 def pytest_unconfigure(config):
     if _OWNED_CACHE:
         shutil.rmtree(_OWNED_CACHE, ignore_errors=True)

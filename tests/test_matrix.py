@@ -1,6 +1,6 @@
 """Every command with every model the project trains: a tiny run of each, then predict, explain, agreement.
 
-Each model kind is trained once (module-scoped fixture) on 8 photos at a small size through
+Each model kind is trained once (session-scoped fixture) on 8 photos at a small size through
 ``experiments.train``, as a user would call it; the other commands then run on that run folder.
 A command that does not support a model must refuse with one line (none does today).
 """
@@ -24,7 +24,7 @@ KINDS = {
 }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def photos(tmp_path_factory):
     from PIL import Image
 
@@ -38,15 +38,15 @@ def photos(tmp_path_factory):
     return root
 
 
-# the tests of one kind run on one pytest-xdist worker, which trains that kind once
-BY_KIND = [pytest.param(k, id=k, marks=[pytest.mark.xdist_group(f"matrix-{k}")]
-                        + ([pytest.mark.slow] if k in ("resnet50", "googlenet") else [])) for k in KINDS]
+# (pytest-xdist runs a module's tests on one worker: each kind is trained once)
+BY_KIND = [pytest.param(k, id=k, marks=[pytest.mark.slow] if k in ("resnet50", "googlenet") else []) for k in KINDS]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def runs(photos, tmp_path_factory):
     """``run(kind)`` → (run folder, predictions CSV): a tiny run of one model kind trained through the command
-    line, then ``experiments.predict`` on it; each kind once per module, whatever order its tests run in."""
+    line, then ``experiments.predict`` on it; each kind once per process (session scope: a worker that runs
+    other modules' tests in between keeps it), whatever order its tests run in."""
     from experiments import predict, train
 
     done: dict[str, tuple[Path, Path]] = {}
