@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.mlp_epoch import matmul_ceiling_gflops
-from models.efficientnet_lite import EfficientNetLite, block_specs, depthwise_shift, native_size
+from models.efficientnet_lite import EfficientNetLite, PointwiseConv, block_specs, depthwise_shift, native_size
 from models.pretrained import load_backbone, packaged_weights_file
 from models.torch_weights import load_state_dict
 from training.common.files import output_dir
@@ -41,12 +41,12 @@ def forward_flops(variant: str, size: int) -> int:
 
 
 def _pointwise_row(batch: int, side: int, c_in: int, c_out: int) -> dict:
-    """One 1×1 convolution's shape, timed as ``dot_general`` and as ``conv_general_dilated``, interleaved."""
+    """One 1×1 convolution's shape, the model's own layer (``PointwiseConv``) timed with ``impl="dot"`` and
+    ``impl="conv"``, vmapped over the batch as in the model, interleaved."""
     xs = jnp.asarray(np.random.default_rng(1).uniform(size=(batch, side, side, c_in)), jnp.float32)
-    k = jnp.asarray(np.random.default_rng(2).normal(size=(1, 1, c_in, c_out)), jnp.float32)
-    dot = jax.jit(lambda a: jnp.einsum("bhwc,cf->bhwf", a, k[0, 0]))
-    conv = jax.jit(lambda a: jax.lax.conv_general_dilated(a, k, (1, 1), "VALID",
-                                                          dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    params = PointwiseConv(c_out).init(jax.random.key(2), xs[0])
+    dot, conv = (jax.jit(jax.vmap(lambda a, m=PointwiseConv(c_out, impl): m.apply(params, a)))
+                 for impl in ("dot", "conv"))
     t = time_interleaved({"dot": lambda: dot(xs), "conv": lambda: conv(xs)}, repeats=3)
     flops = 2 * batch * side * side * c_in * c_out
     return {"input": f"{side}×{side}×{c_in}", "output channels": c_out, "dot ms": 1e3 * t["dot"][0],

@@ -70,7 +70,10 @@ def error_rows(batch: int = 16) -> list[dict]:
     return rows
 
 
-def timing_rows(batch: int = 64, repeats: int = 21, calls: int = 10) -> list[dict]:
+CALLS_PER_SAMPLE = 10
+
+
+def timing_rows(batch: int = 64, repeats: int = 21, calls: int = CALLS_PER_SAMPLE) -> list[dict]:
     """Jitted gradient times per architecture: the methods called in turn (interleaved), ``repeats``
     samples of ``calls`` calls each; the median and the fastest sample per call, and the median's ratio
     to jax.grad's. (Timing each method in a block, one after the other, let the machine's drift pass for
@@ -140,8 +143,8 @@ def run(out: str, quick: bool = False) -> dict:
     )
     write_table(
         timings, out_path, "gradient_timings", title="Jitted minibatch gradient timings (float32, sigmoid, ½‖a−y‖²)",
-        notes="Median (and fastest) per call of interleaved samples: the methods take turns, each sample 10 calls, "
-              f"after compilation. Device: {device_description()}.\n",
+        notes="Median (and fastest) per call of interleaved samples: the methods take turns, each sample "
+              f"{CALLS_PER_SAMPLE} calls, after compilation. Device: {device_description()}.\n",
     )
     plot(errors, timings, out_path / "gradient_comparison.png")
     print(f"max relative error vs jax.grad: float64 {worst64:.2e}, float32 {worst32:.2e}")
