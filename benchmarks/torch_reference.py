@@ -14,12 +14,14 @@ import numpy as np
 from models.efficientnet_lite import block_specs
 
 
-def torch_efficientnet_lite(state: dict[str, np.ndarray], variant: str) -> Callable:
-    """``forward(x NCHW float32 tensor) -> logits`` using the tensors of ``state``."""
+def torch_efficientnet_lite(state: dict[str, np.ndarray], variant: str, *, tensors: dict | None = None) -> Callable:
+    """``forward(x NCHW float32 tensor) -> logits`` using the tensors of ``state`` (or the given torch
+    ``tensors`` of the same names, e.g. some with ``requires_grad`` for training)."""
     import torch
     import torch.nn.functional as F
 
-    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
+    if tensors is None:
+        tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
 
     def same_pad(x, k, s):
         h, w = x.shape[-2:]

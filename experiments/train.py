@@ -71,7 +71,8 @@ def parser() -> argparse.ArgumentParser:
                                      "torchvision resnet50 state dict with --model resnet50 (read without "
                                      "running pickled code)")
     p.add_argument("--grad", choices=["autodiff", "manual"],
-                   help="Model 1's gradients: jax.grad (default) or the hand-written backward (manual_backprop.cnn)")
+                   help="gradients: jax.grad (default) or the hand-written backward (manual_backprop: Model 1 and "
+                        "EfficientNet-Lite with any --finetune)")
     p.add_argument("--no-tta", action="store_true", help="do not average each photo with its mirror image")
     p.add_argument("--target-recall", type=_target_recall, metavar="CLASS=R",
                    help="choose the probability threshold of CLASS for recall ≥ R on inner data")
@@ -205,9 +206,9 @@ def validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
                 require_two_classes((label for _, label in items), args.data)
             except ValueError as exc:
                 p.error(f"argument --data: {exc}")
-    if config.grad == "manual" and config.model != "model1":
-        p.error(f"argument --grad: manual gradients are written for Model 1 (--model model1 or --preset lab-2020/"
-                f"improved), not {config.model}")
+    if config.grad == "manual" and not (config.model == "model1" or config.pretrained):
+        p.error(f"argument --grad: manual gradients are written for Model 1 and the EfficientNet-Lite models, "
+                f"not {config.model}")
 
 
 def main(argv: list[str] | None = None) -> None:

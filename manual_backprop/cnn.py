@@ -150,19 +150,13 @@ def model1_batch_grads(params: dict, X: Array, labels: Array, model, *, weights:
     whole minibatch (:func:`model1_batch_backward`), each gradient one contraction over the
     batch. Equal to the mean of :func:`model1_example_grads` over the images.
     """
-    n = X.shape[0]
-    weights = jnp.ones((n,), X.dtype) if weights is None else weights
-    mask = jnp.ones((n,), X.dtype) if mask is None else mask
     if keys is None:
         logits, caches = _vmap_with_static(lambda x: model1_forward(params, x, model), X, in_axes=0)
     else:
         logits, caches = _vmap_with_static(lambda x, k: model1_forward(params, x, model, train=train, key=k),
                                            X, keys, in_axes=(0, 0))
-    losses, ce_caches = jax.vmap(layers.softmax_cross_entropy_forward)(logits, labels)
-    denom = jnp.maximum(jnp.sum(mask), 1.0)
-    scale = weights * mask / denom  # ∂(mean loss)/∂(per-image loss)
-    dlogits = jax.vmap(layers.softmax_cross_entropy_backward)(scale.astype(logits.dtype), ce_caches)[0]
-    return jnp.sum(losses * weights * mask) / denom, model1_batch_backward(params, dlogits, caches)
+    loss, dlogits = layers.batch_softmax_cross_entropy(logits, labels, weights=weights, mask=mask)
+    return loss, model1_batch_backward(params, dlogits, caches)
 
 
 def model1_loss_with_manual_grad(params: dict, X: Array, labels: Array, model, *, weights: Array | None = None,
@@ -174,19 +168,5 @@ def model1_loss_with_manual_grad(params: dict, X: Array, labels: Array, model, *
     runs :func:`model1_batch_grads` instead of autodiff. Only ``params`` may be differentiated:
     the images, labels, weights and keys are constants of the rule.
     """
-
-    def batch(p):
-        return model1_batch_grads(p, X, labels, model, weights=weights, mask=mask, train=train, keys=keys)
-
-    @jax.custom_vjp
-    def loss(p):
-        return batch(p)[0]
-
-    def loss_fwd(p):
-        return batch(p)  # (C, residuals = ∂C/∂params)
-
-    def loss_bwd(nabla, g):
-        return (jax.tree_util.tree_map(lambda n: g * n, nabla),)
-
-    loss.defvjp(loss_fwd, loss_bwd)
-    return loss(params)
+    return layers.loss_with_manual_grad(
+        lambda p: model1_batch_grads(p, X, labels, model, weights=weights, mask=mask, train=train, keys=keys), params)

@@ -211,3 +211,36 @@ def conv2d_backward_batch(dout: Array, x: Array, K: Array, stride: int, pads: tu
 def dense_backward_batch(dout: Array, x: Array, K: Array) -> tuple[Array, dict]:
     """:func:`dense_backward` for rows ``x`` (N, n_in), ``dout`` (N, n_out): ∂C/∂K = Σ_n x_n δ_nᵀ = Xᵀ Δ."""
     return dout @ K.T, {"kernel": x.T @ dout, "bias": jnp.sum(dout, axis=0)}
+
+
+def batch_softmax_cross_entropy(logits: Array, labels: Array, *, weights: Array | None = None,
+                                mask: Array | None = None) -> tuple[Array, Array]:
+    """(C, δ^L) for a minibatch: C = Σ_n m_n w_n ℓ_n / Σ_n m_n with ℓ_n = logsumexp(z_n) − z_n[y_n], and
+    δ^L_n = ∂C/∂z_n = m_n w_n (softmax(z_n) − y_n) / Σ m (``mask`` zero rows are padding)."""
+    n = logits.shape[0]
+    weights = jnp.ones((n,), logits.dtype) if weights is None else weights
+    mask = jnp.ones((n,), logits.dtype) if mask is None else mask
+    losses, ce_caches = jax.vmap(softmax_cross_entropy_forward)(logits, labels)
+    denom = jnp.maximum(jnp.sum(mask), 1.0)
+    scale = weights * mask / denom  # ∂C/∂ℓ_n
+    dlogits = jax.vmap(softmax_cross_entropy_backward)(scale.astype(logits.dtype), ce_caches)[0]
+    return jnp.sum(losses * weights * mask) / denom, dlogits
+
+
+def loss_with_manual_grad(value_and_grads, params):
+    """``value_and_grads(params)[0]`` as a ``jax.custom_vjp`` whose derivative in ``params`` is
+    ``value_and_grads(params)[1]``: ``jax.grad`` of it (inside Optax, a jitted train step, …) runs the
+    hand-written backward instead of autodiff. Only ``params`` may be differentiated."""
+
+    @jax.custom_vjp
+    def loss(p):
+        return value_and_grads(p)[0]
+
+    def loss_fwd(p):
+        return value_and_grads(p)  # (C, residuals = ∂C/∂params)
+
+    def loss_bwd(nabla, g):
+        return (jax.tree_util.tree_map(lambda n: g * n, nabla),)
+
+    loss.defvjp(loss_fwd, loss_bwd)
+    return loss(params)

@@ -32,7 +32,7 @@ _OWNED_CACHE = None
 
 def pytest_configure(config):
     global _OWNED_CACHE
-    config.addinivalue_line("markers", "x64: run the test with 64-bit JAX arithmetic (scoped to the test)")
+    config.addinivalue_line("markers", "x64(on=True): run the test with 64-bit JAX arithmetic (scoped to the test)")
     if not os.environ.get(_CACHE_ENV):  # the first pytest process (xdist's controller) makes it
         _OWNED_CACHE = os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix="jax-test-cache-")
         os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.3"
@@ -50,7 +50,8 @@ def pytest_unconfigure(config):
 @pytest.fixture(autouse=True)
 def _precision(request):
     """float64 for tests marked ``x64``; every other test runs, and is checked to end, in float32."""
-    if request.node.get_closest_marker("x64"):
+    marker = request.node.get_closest_marker("x64")
+    if marker and (marker.args[0] if marker.args else True):  # x64(False) opts one test out of a module's x64
         with float64():
             yield
     else:

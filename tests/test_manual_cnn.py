@@ -272,5 +272,5 @@ def test_grad_manual_refuses_a_network_not_written_by_hand():
 
     with pytest.raises(ValueError, match="written for Model 1 with ReLU"):
         make_train_step(create_model(get_config("lab-2020", activation="tanh"), 2), grad="manual")
-    with pytest.raises(ValueError, match="written for Model 1 with ReLU, not ResNet"):
+    with pytest.raises(ValueError, match="EfficientNet-Lite classifier, not ResNet"):
         make_train_step(create_model(get_config("lab-2020", model="resnet50"), 2), grad="manual")

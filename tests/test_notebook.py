@@ -22,5 +22,5 @@ def test_notebook_executes_and_its_checks_hold(path, tmp_path):
     errors = [o for c in code for o in c.outputs if o.get("output_type") == "error"]
     assert not errors, errors
     text = "".join(o.get("text", "") for c in code for o in c.outputs if o.get("output_type") == "stream")
-    for expected in ("δ^3 (by hand)", "closed form", "log-log slope", "stride 2: output"):
+    for expected in ("δ^3 (by hand)", "closed form", "log-log slope", "stride 2: output", "MBConv bn2/var"):
         assert expected in text

@@ -29,7 +29,7 @@ from training.evaluation.metrics import classification_metrics, majority_baselin
 from training.loop.checkpoints import Checkpoints
 from training.loop.config import GRADS, MODELS, TrainConfig
 from training.loop.devices import DataParallel
-from training.loop.optimizer import make_optimizer, masked_optimizer
+from training.loop.optimizer import make_optimizer, masked_optimizer, trainable_mask
 
 log = logging.getLogger(__name__)  # shown by the commands (experiments.errors); silent in library use
 
@@ -119,19 +119,38 @@ def example_loss(model: Model1, params, x: jax.Array, label: jax.Array, weight: 
 
 
 def check_grad(model, grad: str) -> None:
-    """``grad="manual"`` needs the network written by hand: Model 1 with ReLU."""
+    """``grad="manual"`` needs the network written by hand: Model 1 with ReLU, or the EfficientNet-Lite
+    transfer classifier."""
     if grad not in GRADS:
         raise ValueError(f"unknown gradient {grad!r}; expected one of {list(GRADS)}")
-    if grad == "manual" and not (isinstance(model, Model1) and model.activation == "relu"):
-        raise ValueError(f"--grad manual is written for Model 1 with ReLU, not {type(model).__name__}"
+    by_hand = (isinstance(model, Model1) and model.activation == "relu") or isinstance(model, TransferClassifier)
+    if grad == "manual" and not by_hand:
+        raise ValueError(f"--grad manual is written for Model 1 with ReLU and the EfficientNet-Lite classifier, "
+                         f"not {type(model).__name__}"
                          + (f" with {model.activation}" if isinstance(model, Model1) else ""))
 
 
-def make_batch_loss(model, augment: Augment | None = None, *, grad: str = "autodiff"):
+def _trains(params, finetune: str, top_blocks: int):
+    """``path -> bool``: whether any parameter of the layer at ``path`` trains under ``finetune``."""
+    mask = trainable_mask(params, finetune, top_blocks)
+
+    def trains(path: tuple[str, ...]) -> bool:
+        node = mask
+        for name in path:
+            node = node[name]
+        return any(jax.tree_util.tree_leaves(node))
+
+    return trains
+
+
+def make_batch_loss(model, augment: Augment | None = None, *, grad: str = "autodiff", finetune: str = "all",
+                    top_blocks: int = 2):
     """``batch_loss(params, batch, key) = Σ_i m_i ℓ_i / Σ_i m_i``, the per-image loss vmapped over the batch.
 
-    ``grad="manual"``: the same loss, whose ``jax.grad`` is Model 1's hand-written backward
-    (:func:`manual_backprop.cnn.model1_loss_with_manual_grad`).
+    ``grad="manual"``: the same loss, whose ``jax.grad`` is the hand-written backward
+    (:func:`manual_backprop.cnn.model1_loss_with_manual_grad` for Model 1,
+    :func:`manual_backprop.efficientnet.transfer_loss_with_manual_grad` for the EfficientNet-Lite classifier,
+    which runs backwards only as far down as ``finetune`` and ``top_blocks`` train).
     """
     check_grad(model, grad)
 
@@ -139,6 +158,12 @@ def make_batch_loss(model, augment: Augment | None = None, *, grad: str = "autod
         key_aug, key_drop = jax.random.split(key)
         x = batch["x"] if augment is None else augment_batch(batch["x"], key=key_aug, aug=augment)
         keys = jax.random.split(key_drop, x.shape[0])
+        if grad == "manual" and isinstance(model, TransferClassifier):
+            from manual_backprop.efficientnet import transfer_loss_with_manual_grad
+
+            return transfer_loss_with_manual_grad(params, x, batch["y"], model, weights=batch["w"],
+                                                  mask=batch["mask"], train=True, keys=keys,
+                                                  trainable=_trains(params, finetune, top_blocks))
         if grad == "manual":
             from manual_backprop.cnn import model1_loss_with_manual_grad
 
@@ -152,14 +177,16 @@ def make_batch_loss(model, augment: Augment | None = None, *, grad: str = "autod
     return batch_loss
 
 
-def make_train_step(model, augment: Augment | None = None, *, grad: str = "autodiff"):
+def make_train_step(model, augment: Augment | None = None, *, grad: str = "autodiff", finetune: str = "all",
+                    top_blocks: int = 2):
     """``train_step(state, batch, key) -> (state, {"loss"})``, jitted; batch = dict(x, y, w, mask).
 
     With ``augment``, each training image is randomly transformed on device first. ``grad``:
-    ``"autodiff"`` or ``"manual"`` (see :func:`make_batch_loss`).
+    ``"autodiff"`` or ``"manual"``; ``finetune``/``top_blocks``: what the manual backward must reach
+    (see :func:`make_batch_loss`).
     """
 
-    batch_loss = make_batch_loss(model, augment, grad=grad)
+    batch_loss = make_batch_loss(model, augment, grad=grad, finetune=finetune, top_blocks=top_blocks)
 
     @jax.jit
     def train_step(state: TrainState, batch: dict, key: jax.Array):
@@ -291,7 +318,8 @@ def fit(
         log.info(f"resuming after epoch {meta['epoch']} from {ckpt.directory / 'last'}")
     state = dp.put_replicated(state)
     weights = class_weight_vector(y_train, n_classes, config.class_weights)
-    train_step = make_train_step(model, config.augment, grad=config.grad)
+    train_step = make_train_step(model, config.augment, grad=config.grad, finetune=config.finetune,
+                                 top_blocks=config.top_blocks)
     eval_step = make_eval_step(model, tta_flip=config.pretrained and config.tta_flip)
     best_params, best_probs = None, None
     size = dp.padded_batch_size(config.batch_size)

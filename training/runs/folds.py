@@ -88,9 +88,9 @@ def _head_fold(data: Dataset, config: TrainConfig, feats: np.ndarray, backbone: 
     if inner < 2:
         raise ValueError(f"too few images to choose the head on inner folds: {dict(zip(data.class_names, np.bincount(y_tr, minlength=n_classes).tolist()))} in the training part (need ≥ 2 per class)")  # noqa: E501
     choice = select_head(feats[tr], y_tr, n_classes, weights, l2_grid=config.head_l2_grid, steps=config.head_steps,
-                         lr=config.learning_rate, inner_folds=inner, seed=config.seed)
+                         lr=config.learning_rate, inner_folds=inner, seed=config.seed, grad=config.grad)
     head, norm = fit_head(feats[tr], y_tr, n_classes, weights, l2=choice.l2, steps=choice.steps,
-                          lr=config.learning_rate)
+                          lr=config.learning_rate, grad=config.grad)
     op = operating_point(config.target_recall, data.class_names, choice.oof_probs, y_tr)
     probs = head_probs(feats[va], head, norm, tta_flip=config.tta_flip)
     metrics = score(data.y[va], probs, y_tr, data.class_names, op)

@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from manual_backprop.efficientnet import head_grads
+
 
 class HeadChoice(NamedTuple):
     """The regularisation and step count chosen on inner folds, and what they were chosen from."""
@@ -24,8 +26,10 @@ class HeadChoice(NamedTuple):
 MAX_WIDEN = 8  # at most this many λ added beyond either end of the given grid
 
 
-def _head_run(F, y1h, cw, train_mask, val_mask, l2, lr, steps: int, keep_step):
+def _head_run(F, y1h, cw, train_mask, val_mask, l2, lr, steps: int, keep_step, grad: str = "autodiff"):
     """Full-batch Adam on one head; returns (val loss after each step, params at ``keep_step``, val probs).
+
+    ``grad="manual"``: each step's gradient is the hand-written one (:func:`manual_backprop.efficientnet.head_grads`).
 
     ``F`` (n, V, D) features, ``y1h`` (n, K) one-hot, ``cw`` (K,) class weights, masks (n,) in {0, 1}.
     Standardization μ, σ come from the training rows of ``F`` (all views).
@@ -58,7 +62,7 @@ def _head_run(F, y1h, cw, train_mask, val_mask, l2, lr, steps: int, keep_step):
 
     def step(carry, t):
         p, s, kept = carry
-        g = jax.grad(loss)(p)
+        g = head_grads(p, Fs, y1h, w_tr, l2)[1] if grad == "manual" else jax.grad(loss)(p)
         updates, s = tx.update(g, s, p)
         p = optax.apply_updates(p, updates)
         kept = jax.tree_util.tree_map(lambda a, b: jnp.where(t + 1 == keep_step, a, b), p, kept)
@@ -68,12 +72,12 @@ def _head_run(F, y1h, cw, train_mask, val_mask, l2, lr, steps: int, keep_step):
     return curve, kept, probs_of(kept).mean(axis=1), (mu, sd)
 
 
-_head_grid = jax.jit(jax.vmap(jax.vmap(_head_run, in_axes=(None, None, None, None, None, 0, None, None, None)),
-                              in_axes=(None, None, None, 0, 0, None, None, None, None)),
-                     static_argnums=(7,))
+_head_grid = jax.jit(jax.vmap(jax.vmap(_head_run, in_axes=(None, None, None, None, None, 0, None, None, None, None)),
+                              in_axes=(None, None, None, 0, 0, None, None, None, None, None)),
+                     static_argnums=(7, 9))
 
 
-_head_one = jax.jit(_head_run, static_argnums=(7,))
+_head_one = jax.jit(_head_run, static_argnums=(7, 9))
 
 
 def _widen(grid: list[float], mean: np.ndarray) -> float | None:
@@ -93,7 +97,7 @@ def _widen(grid: list[float], mean: np.ndarray) -> float | None:
 
 
 def select_head(F: np.ndarray, y: np.ndarray, n_classes: int, class_weights: np.ndarray, *, l2_grid: Sequence[float],
-                steps: int, lr: float, inner_folds: int, seed: int) -> HeadChoice:
+                steps: int, lr: float, inner_folds: int, seed: int, grad: str = "autodiff") -> HeadChoice:
     """λ and the step count minimising the mean inner-validation loss over ``inner_folds`` stratified folds.
 
     A λ grid whose winner lies on its first or last value has not bracketed the optimum: the grid is
@@ -110,7 +114,7 @@ def select_head(F: np.ndarray, y: np.ndarray, n_classes: int, class_weights: np.
         train_masks[j, tr], val_masks[j, va] = 1, 1
     def mean_curves(lams: Sequence[float]) -> np.ndarray:
         curves, _, _, _ = _head_grid(F, y1h, class_weights, train_masks, val_masks, jnp.asarray(lams, jnp.float32),
-                                     lr, steps, -1)
+                                     lr, steps, -1, grad)
         curves = np.asarray(curves)  # (folds, n_l2, steps)
         if not np.all(np.isfinite(curves)):
             raise FloatingPointError(f"the head's inner-validation loss became non-finite (learning rate {lr})")
@@ -129,7 +133,7 @@ def select_head(F: np.ndarray, y: np.ndarray, n_classes: int, class_weights: np.
             grid, mean = [new, *grid], np.concatenate([row, mean])
     i, t = np.unravel_index(np.argmin(mean), mean.shape)
     _, _, oof, _ = _head_grid(F, y1h, class_weights, train_masks, val_masks, jnp.asarray(grid[i:i + 1], jnp.float32),
-                              lr, steps, int(t) + 1)
+                              lr, steps, int(t) + 1, grad)
     oof = np.asarray(oof)[:, 0]  # (folds, n, K)
     oof_probs = np.sum(oof * val_masks[:, :, None], axis=0)[:n]
     return HeadChoice(grid[i], int(t) + 1, mean, oof_probs, tuple(grid))
@@ -142,12 +146,13 @@ def _pad_rows(a: np.ndarray, n: int, multiple: int = 64) -> np.ndarray:
 
 
 def fit_head(F: np.ndarray, y: np.ndarray, n_classes: int, class_weights: np.ndarray, *, l2: float, steps: int,
-             lr: float) -> tuple[dict, dict]:
+             lr: float, grad: str = "autodiff") -> tuple[dict, dict]:
     """The head refit on all of ``F``: ``({"kernel", "bias"}, {"mean", "std"})`` for :class:`TransferClassifier`."""
     y1h = _pad_rows(np.eye(n_classes, dtype=np.float32)[y], len(y))
     ones = _pad_rows(np.ones(len(y), np.float32), len(y))
     F = _pad_rows(F, len(y))
-    _, p, _, (mu, sd) = _head_one(F, y1h, class_weights, ones, np.zeros_like(ones), jnp.float32(l2), lr, steps, steps)
+    _, p, _, (mu, sd) = _head_one(F, y1h, class_weights, ones, np.zeros_like(ones), jnp.float32(l2), lr, steps,
+                                  steps, grad)
     if not all(np.all(np.isfinite(np.asarray(a))) for a in (p["W"], p["b"])):
         raise FloatingPointError(f"the head's weights became non-finite (learning rate {lr}, λ {l2})")
     return ({"kernel": np.asarray(p["W"]), "bias": np.asarray(p["b"])},
