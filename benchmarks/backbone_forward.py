@@ -54,6 +54,25 @@ def _pointwise_row(batch: int, side: int, c_in: int, c_out: int) -> dict:
             "dot GFLOP/s": flops / t["dot"][0] / 1e9, "conv GFLOP/s": flops / t["conv"][0] / 1e9}
 
 
+def _add_onnxruntime(fns: dict, variant: str, params: dict, x: np.ndarray) -> str:
+    """ONNX Runtime on this project's export of the same backbone (``models.onnx_graph``; a 2-class head,
+    no flip averaging), if onnx and onnxruntime are installed (``pip install -e '.[deploy]'``)."""
+    try:
+        import onnxruntime as ort
+
+        from models.onnx_graph import classifier_to_onnx
+    except ImportError:
+        return "onnx/onnxruntime not installed: no ONNX Runtime row."
+    from models.transfer import TransferClassifier
+
+    head = {"kernel": np.zeros((1280, 2), np.float32), "bias": np.zeros(2, np.float32)}
+    proto = classifier_to_onnx(TransferClassifier(variant, 2), {"backbone": params, "head": head},
+                               image_size=x.shape[1], channels=3, tta_flip=False, metadata={})
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    fns["onnxruntime, this project's export"] = lambda: session.run(["probabilities"], {"image": x})
+    return f"ONNX Runtime {ort.__version__} ({ort.get_device()}), default threads."
+
+
 def run(variant: str, batch: int, repeats: int, out: str) -> list[dict]:
     size = native_size(variant)
     params, _ = load_backbone(variant)
@@ -80,6 +99,7 @@ def run(variant: str, batch: int, repeats: int, out: str) -> list[dict]:
         torch_info = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
     except ImportError:
         torch_info = "torch not installed: no peer measured"
+    ort_info = _add_onnxruntime(fns, variant, params, x)
     times = time_interleaved(fns, repeats=repeats)
     ceiling = matmul_ceiling_gflops()
     flops = forward_flops(variant, size) * batch
@@ -114,7 +134,7 @@ def run(variant: str, batch: int, repeats: int, out: str) -> list[dict]:
             pointwise_rows.append(_pointwise_row(batch, side, mid, s.c_out))
     notes = (f"{variant} at {size} px, batch {batch}, float32, {forward_flops(variant, size) / 1e9:.2f} GFLOP per "
              f"image. Device: {device_description()}; {torch_info}. Matmul ceiling measured in this run: "
-             f"{ceiling:.0f} GFLOP/s. Ratios compare medians of interleaved runs.\n")
+             f"{ceiling:.0f} GFLOP/s. Ratios compare medians of interleaved runs. {ort_info}\n")
     path = output_dir(out)
     write_table(rows, path, "backbone_forward", title="Backbone forward", notes=notes)
     write_table(layer_rows, path, "depthwise_layers", title="Depthwise convolution: shifted slices vs XLA grouped conv",

@@ -53,8 +53,13 @@ def pointwise_forward(K: Array, a: Array) -> tuple[Array, Array]:
 
 
 def pointwise_backward(delta: Array, a: Array, K: Array, *, input_grad: bool = True) -> tuple[Array | None, dict]:
-    """δ_a = δ Kᵀ and ∂C/∂K = Σ_{n,i,j} a[n,i,j] ⊗ δ[n,i,j], one contraction over batch and pixels."""
-    dK = jnp.einsum("nhwc,nhwf->cf", a, delta)[None, None]
+    """δ_a = δ Kᵀ and ∂C/∂K = Σ_{n,i,j} a[n,i,j] ⊗ δ[n,i,j], one contraction over batch and pixels.
+
+    ∂C/∂K is formed as (Δᵀ A)ᵀ with the pixels of the batch as the rows of A (N·H·W, C_in) and Δ (N·H·W, C_out):
+    on CPU, XLA runs that 2-D product 3× faster than the same contraction over three axes, which it lays out
+    with copies (benchmarks/RESULTS.md)."""
+    c_in, c_out = K.shape[2:]
+    dK = (delta.reshape(-1, c_out).T @ a.reshape(-1, c_in)).T[None, None]
     return (jnp.einsum("nhwf,cf->nhwc", delta, K[0, 0]) if input_grad else None), {"kernel": dK}
 
 

@@ -321,6 +321,7 @@ COMMANDS = {
     "architectures": ["--data", "{missing}", "--epochs", "1", "--folds", "2"],
     "results_table": ["--data", "{missing}", "--max-epochs", "1"],
     "train": ["--data", "{missing}"],
+    "export": ["--checkpoint", "{missing}"],
 }
 
 

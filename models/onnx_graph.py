@@ -1,0 +1,204 @@
+"""A trained classifier as an ONNX graph that ONNX Runtime (or any ONNX runtime) runs without JAX.
+
+The graph takes ``image``: float32 (N, H, W, C), NHWC, values in [0, 1], H = W = the run's image size
+(the photo decoded, EXIF-rotated, centre-cropped or squashed and bicubic-resized, exactly as
+``training.data.images.load_image`` does) and returns ``probabilities``: float32 (N, n_classes),
+softmax over the classes (for a pretrained backbone with flip averaging: the mean of the image's and
+its mirror image's, as ``experiments.predict`` does).
+
+It is written from the Flax parameters with the operators ONNX Runtime is fast on: NCHW ``Conv`` (the
+depthwise convolutions as ``Conv`` with ``group`` = channels), inference BatchNorm folded into the
+preceding convolution's weights and bias, ReLU6 as ``Clip``, TF-SAME padding as explicit pads (the
+image size is fixed), the feature standardization folded into the classifier's ``Gemm``. Needs the
+``onnx`` package (``pip install -e '.[deploy]'``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from models.common import same_padding
+
+OPSET = 17
+
+
+class UnsupportedModel(ValueError):
+    """The model kind has no ONNX writer here."""
+
+
+class _Graph:
+    """Nodes and initializers, named in order."""
+
+    def __init__(self):
+        import onnx  # noqa: F401  (fails early, with the import error, when onnx is absent)
+
+        self.nodes, self.inits, self.count = [], [], 0
+
+    def name(self, stem: str) -> str:
+        self.count += 1
+        return f"{stem}_{self.count}"
+
+    def const(self, stem: str, value) -> str:
+        from onnx import numpy_helper
+
+        name = self.name(stem)
+        arr = np.asarray(value)
+        arr = arr.astype(np.float32) if arr.dtype.kind == "f" else arr
+        self.inits.append(numpy_helper.from_array(arr, name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], stem: str | None = None, **attrs) -> str:
+        from onnx import helper
+
+        out = self.name(stem or op_type.lower())
+        self.nodes.append(helper.make_node(op_type, inputs, [out], **attrs))
+        return out
+
+    def conv(self, x: str, kernel_hwio: np.ndarray, bias: np.ndarray | None, *, size: int, stride: int = 1,
+             groups: int = 1) -> tuple[str, int]:
+        """NCHW Conv with TF-SAME pads for a ``size``×``size`` input; returns (output, output size)."""
+        k = kernel_hwio.shape[0]
+        out, lo, hi = same_padding(size, k, stride)
+        w = np.transpose(np.asarray(kernel_hwio, np.float32), (3, 2, 0, 1))  # HWIO → OIHW (I = 1 when grouped)
+        inputs = [x, self.const("W", w)] + ([self.const("B", bias)] if bias is not None else [])
+        return self.op("Conv", inputs, "conv", kernel_shape=[k, k], strides=[stride, stride],
+                       pads=[lo, lo, hi, hi], group=groups), out
+
+    def to_model(self, x: str, y: str, n_inputs: tuple, n_classes: int, metadata: dict[str, str]):
+        import onnx
+        from onnx import TensorProto, helper
+
+        graph = helper.make_graph(
+            self.nodes, "tree_risk_classifier",
+            [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", *n_inputs])],
+            [helper.make_tensor_value_info(y, TensorProto.FLOAT, ["N", n_classes])], self.inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                                  producer_name="tree-risk-jax")
+        model.ir_version = 8  # what onnxruntime ≥ 1.14 reads
+        for key, value in metadata.items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.checker.check_model(model)
+        return model
+
+
+def _fold_bn(kernel_hwio: np.ndarray, bn: dict, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Conv (no bias) then inference BatchNorm = one Conv: K' = K γ/√(σ²+ε) per output, b' = β − μ γ/√(σ²+ε)."""
+    mul = np.asarray(bn["scale"], np.float64) / np.sqrt(np.asarray(bn["var"], np.float64) + eps)
+    kernel = np.asarray(kernel_hwio, np.float64) * mul  # the output channel is the last axis of HWIO
+    return kernel.astype(np.float32), (np.asarray(bn["bias"], np.float64) - np.asarray(bn["mean"]) * mul
+                                       ).astype(np.float32)
+
+
+def _efficientnet(g: _Graph, x: str, params: dict, model, size: int) -> str:
+    from models.efficientnet_lite import BN_EPS, block_specs
+
+    bb = params["backbone"]
+    x = g.op("Add", [g.op("Mul", [x, g.const("two", np.float32(2))]), g.const("minus_one", np.float32(-1))])
+    k, b = _fold_bn(bb["conv_stem"]["kernel"], bb["bn_stem"], BN_EPS)
+    x, size = g.conv(x, k, b, size=size, stride=2)
+    lo, hi = g.const("zero", np.float32(0)), g.const("six", np.float32(6))
+
+    def relu6(t):
+        return g.op("Clip", [t, lo, hi], "relu6")
+
+    x = relu6(x)
+    for i, spec in enumerate(block_specs(model.variant)):
+        p = bb[f"block{i}"]
+        h = x
+        if spec.expand != 1:
+            h, _ = g.conv(h, *_fold_bn(p["expand_conv"]["kernel"], p["bn0"], BN_EPS), size=size)
+            h = relu6(h)
+        k, b = _fold_bn(p["depthwise_conv"]["kernel"], p["bn1"], BN_EPS)  # (k, k, 1, C): HWIO with I = 1
+        h, out = g.conv(h, k, b, size=size, stride=spec.stride, groups=k.shape[-1])
+        h = relu6(h)
+        h, _ = g.conv(h, *_fold_bn(p["project_conv"]["kernel"], p["bn2"], BN_EPS), size=out)
+        x = g.op("Add", [h, x]) if (spec.stride == 1 and spec.c_in == spec.c_out) else h
+        size = out
+    x, _ = g.conv(x, *_fold_bn(bb["conv_head"]["kernel"], bb["bn_head"], BN_EPS), size=size)
+    f = g.op("Flatten", [g.op("GlobalAveragePool", [relu6(x)])], axis=1)
+    W = np.asarray(params["head"]["kernel"], np.float64)
+    b = np.asarray(params["head"]["bias"], np.float64)
+    if model.feature_mean is not None:  # ((f − m)/s) W + b = f (W/s) + (b − (m/s) W)
+        m, s = np.asarray(model.feature_mean, np.float64), np.asarray(model.feature_std, np.float64)
+        W, b = W / s[:, None], b - (m / s) @ W
+    return g.op("Gemm", [f, g.const("W_head", W.astype(np.float32)), g.const("b_head", b.astype(np.float32))],
+                "logits")
+
+
+def _activation(g: _Graph, x: str, name: str) -> str:
+    if name == "relu":
+        return g.op("Relu", [x])
+    if name == "tanh":
+        return g.op("Tanh", [x])
+    if name == "elu":
+        return g.op("Elu", [x], alpha=1.0)
+    if name == "silu":
+        return g.op("Mul", [x, g.op("Sigmoid", [x])])
+    if name == "gelu":  # Flax's default, the tanh approximation: ½x(1 + tanh(√(2/π)(x + 0.044715x³)))
+        cube = g.op("Mul", [g.op("Mul", [x, x]), x])
+        inner = g.op("Add", [x, g.op("Mul", [cube, g.const("c", np.float32(0.044715))])])
+        t = g.op("Tanh", [g.op("Mul", [inner, g.const("k", np.float32(np.sqrt(2 / np.pi)))])])
+        half_x = g.op("Mul", [x, g.const("half", np.float32(0.5))])
+        return g.op("Mul", [half_x, g.op("Add", [t, g.const("one", np.float32(1))])])
+    raise UnsupportedModel(f"activation {name!r} has no ONNX form here")
+
+
+def _model1(g: _Graph, x: str, params: dict, model, size: int) -> str:
+    if model.input_mean is not None:
+        shape = (1, -1, 1, 1)
+        x = g.op("Div", [g.op("Sub", [x, g.const("mean", np.reshape(model.input_mean, shape))]),
+                         g.const("std", np.reshape(model.input_std, shape))])
+
+    def pool(t, size):  # 2×2, stride 2, VALID: an odd last row/column is dropped (floor), as the model does
+        return g.op("MaxPool", [t], kernel_shape=[2, 2], strides=[2, 2]), size // 2
+
+    for name in ("conv1", "conv2", "conv3", "conv4", "conv5"):
+        x, size = g.conv(x, params[name]["kernel"], params[name]["bias"], size=size, stride=2 if name == "conv1" else 1)
+        x = _activation(g, x, model.activation)
+        if name in ("conv1", "conv3", "conv5"):
+            x, size = pool(x, size)
+    x = g.op("Flatten", [g.op("Transpose", [x], perm=[0, 2, 3, 1])], axis=1)  # Flax flattens (H, W, C)
+    for i in range(1, len(model.head_units) + 1):
+        d = params[f"dense{i}"]
+        x = _activation(g, g.op("Gemm", [x, g.const("W", d["kernel"]), g.const("b", d["bias"])]), model.activation)
+    return g.op("Gemm", [x, g.const("W", params["logits"]["kernel"]), g.const("b", params["logits"]["bias"])],
+                "logits")
+
+
+def classifier_to_onnx(model, params: dict, *, image_size: int, channels: int, tta_flip: bool,
+                       metadata: dict[str, str]):
+    """The ONNX model (``onnx.ModelProto``) of a trained :class:`models.model1.Model1` or
+    :class:`models.transfer.TransferClassifier`; any other model raises :class:`UnsupportedModel`."""
+    from models.model1 import Model1
+    from models.transfer import TransferClassifier
+
+    if isinstance(model, TransferClassifier):
+        body = _efficientnet
+    elif isinstance(model, Model1):
+        body = _model1
+    else:
+        raise UnsupportedModel(f"no ONNX export for {type(model).__name__}: only Model 1 and the EfficientNet-Lite "
+                               "classifiers are written as ONNX graphs")
+    params = {k: _numpy_tree(v) for k, v in params.items()}
+    g = _Graph()
+    x = g.op("Transpose", ["image"], "nchw", perm=[0, 3, 1, 2])
+    if tta_flip:  # the image and its mirror image as one batch of 2N; their probabilities averaged
+        mirror = g.op("Slice", [x, g.const("start", np.array([-1])), g.const("end", np.array([-(2 ** 63 - 1)])),
+                                g.const("axis", np.array([3])), g.const("step", np.array([-1]))], "mirror")
+        x = g.op("Concat", [x, mirror], axis=0)
+    probs = g.op("Softmax", [body(g, x, params, model, image_size)], axis=1)
+    if tta_flip:
+        pair = g.op("Reshape", [probs, g.const("pair", np.array([2, -1, params["head"]["kernel"].shape[1]]))])
+        probs = g.op("ReduceMean", [pair], axes=[0], keepdims=0)
+    from onnx import helper
+
+    g.nodes.append(helper.make_node("Identity", [probs], ["probabilities"]))
+    n_classes = (params["head"]["kernel"] if "head" in params else params["logits"]["kernel"]).shape[1]
+    return g.to_model("image", "probabilities", (image_size, image_size, channels), n_classes, metadata)
+
+
+def _numpy_tree(tree):
+    if isinstance(tree, dict):
+        return {k: _numpy_tree(v) for k, v in tree.items()}
+    return np.asarray(tree)
