@@ -7,7 +7,9 @@ Per fine-tuning mode (``top``: the last ``--top-blocks`` MBConv blocks, the head
 classifier train; ``all``: every layer but the frozen BatchNorm statistics), with the packaged ImageNet
 weights and a fresh 2-class head, on one batch of random photos:
 - seconds per jitted Optax Adam step (``training.loop.steps.make_train_step``) with ``--grad manual``
-  (``manual_backprop.efficientnet``, through a ``jax.custom_vjp``) and with ``jax.grad``, interleaved;
+  (``manual_backprop.efficientnet``, through a ``jax.custom_vjp``) and with ``jax.grad``, interleaved, each
+  round starting with the next contender (the step that follows PyTorch's ran up to 2× slower, whichever
+  it was);
 - the same step in PyTorch eager (``benchmarks.torch_reference``, the same weights, Adam on the same
   tensors), interleaved with them, if torch is installed (``pip install -e '.[bench]'``);
 - the fraction of this machine's float32 matmul ceiling (measured in the run) that the step reaches,
@@ -117,7 +119,7 @@ def step_rows(variant: str, size: int, batch: int, modes: list[str], top_blocks:
         if not torch_info.startswith("torch not"):
             fns["pytorch eager"] = _torch_step(variant, jax.device_get(state0.params["head"]), finetune, top_blocks,
                                                x, y)
-        times = time_interleaved(fns, repeats=repeats)
+        times = time_interleaved(fns, repeats=repeats, rotate=True)
         flops = _trained_flops(variant, size, finetune, top_blocks) * batch
         auto, ref = times["jax, --grad autodiff"][1], times.get("pytorch eager", (None, None))[1]
         for name, (best, median) in times.items():
@@ -231,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--finetune", nargs="+", default=["top", "all"], choices=["top", "all"])
     p.add_argument("--top-blocks", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=6, help="rounds; each contender starts 1/3 of them (default 6)")
     p.add_argument("--out", default="runs/bench_finetune")
     args = p.parse_args(argv)
     run(args.variant, args.size, args.batch, args.finetune, args.top_blocks, args.repeats, args.out)

@@ -8,7 +8,8 @@
    (``os.wait4`` gives the child's maximum resident set). Streaming should make them equal:
    the target is the largest within 10% of the smallest.
 3. Photos/s end to end (reading, decoding, preprocessing, the device, the CSV) on the largest
-   folder, in this process after compiling, against the same jitted forward pass (with flip
+   folder, in this process after compiling, with each engine of ``predict`` (JAX; ONNX Runtime on the
+   run's ONNX graph when the ``deploy`` extra is installed); for JAX, against the same jitted forward pass (with flip
    averaging, as predict runs it) on batches already in memory, measured before and after (the
    faster is kept). Their ratio is the fraction of time the device is kept busy; the target on
    CPU is ≥ 80%. On a CPU the "device" shares its cores with the decoding threads.
@@ -32,6 +33,7 @@ from PIL import Image
 from training.common.files import output_dir
 from training.common.tables import write_table
 from training.common.timing import device_description
+from training.inference.engine import onnxruntime_available, probs_function
 
 
 def make_photos(folder: Path, n: int, *, seed: int, size=(640, 480)) -> Path:
@@ -112,11 +114,16 @@ def run(sizes: list[int], out: str, workers: int | None = None) -> list[dict]:
         before = forward_seconds_per_photo()
         n = max(sizes)
         files = image_files(folders[n])
-        start = time.perf_counter()
-        predict_folder(files, folders[n], Classifier(eval_step, params, pre, names, lambda p: decide(p, None)),
-                       tmp / "inproc.csv", signature={},
-                       options=StreamOptions(batch_size=config.batch_size, workers=workers, progress=False), dp=dp)
-        end_to_end = time.perf_counter() - start
+        end_to_end = {}
+        for engine in ("jax", "onnxruntime") if onnxruntime_available() else ("jax",):
+            probs_fn, _ = probs_function(model, params, config, engine)
+            classifier = Classifier(probs_fn, params, pre, names, lambda p: decide(p, None), on_device=engine == "jax")
+            predict_folder(files[:batch], folders[n], classifier, tmp / f"warm-{engine}.csv", signature={},
+                           options=StreamOptions(batch_size=config.batch_size, workers=workers, progress=False), dp=dp)
+            start = time.perf_counter()
+            predict_folder(files, folders[n], classifier, tmp / f"inproc-{engine}.csv", signature={},
+                           options=StreamOptions(batch_size=config.batch_size, workers=workers, progress=False), dp=dp)
+            end_to_end[engine] = time.perf_counter() - start
         # the forward pass alone, before and after: the faster of the two (the stricter peer)
         forward_per_photo = min(before, forward_seconds_per_photo())
     rss = [r["value"] for r in rows]
@@ -124,10 +131,10 @@ def run(sizes: list[int], out: str, workers: int | None = None) -> list[dict]:
         {"measure": "peak RSS, largest / smallest folder", "value": max(rss) / min(rss), "unit": "ratio"},
         {"measure": f"forward pass alone ({config.model}, {pre.image_size} px, flip-averaged, batch {batch})",
          "value": 1 / forward_per_photo, "unit": "photos/s"},
-        {"measure": f"end to end, {n} photos (decode + preprocess + forward + CSV)", "value": n / end_to_end,
-         "unit": "photos/s"},
-        {"measure": "device busy (forward time / end-to-end time)", "value": forward_per_photo * n / end_to_end,
-         "unit": "fraction"},
+        *({"measure": f"end to end, {n} photos (decode + preprocess + forward + CSV), engine {engine}",
+           "value": n / seconds, "unit": "photos/s"} for engine, seconds in end_to_end.items()),
+        {"measure": "device busy (JAX forward time / JAX end-to-end time)",
+         "value": forward_per_photo * n / end_to_end["jax"], "unit": "fraction"},
     ]
     notes = (f"Device: {device_description()}; {len(jax.local_devices())} local device(s); decoding threads: "
              f"{workers or os.cpu_count()}. Photos: 640×480 JPEG (quality 90), generated. Targets: peak RSS of "

@@ -66,7 +66,8 @@ def runs(photos, tmp_path_factory):
             assert (out / "summary.json").is_file()
             assert all(np.isfinite(float(v)) for row in history for k, v in row.items() if "loss" in k)
             csv_path = out.parent / "p.csv"
-            predict.main(["--checkpoint", str(out), "--images", str(photos), "--out", str(csv_path), "--no-progress"])
+            predict.main(["--checkpoint", str(out), "--images", str(photos), "--out", str(csv_path), "--no-progress",
+                          "--engine", "jax"])
             done[kind] = out, csv_path
         return done[kind]
 
@@ -137,12 +138,12 @@ assert not ours, ours
 @pytest.mark.parametrize("kind", BY_KIND)
 def test_export_gives_predicts_probabilities_in_onnxruntime_or_refuses(kind, runs, photos, tmp_path, capsys):
     """``experiments.export`` writes the whole classifier as ONNX: ONNX Runtime, in a fresh interpreter that imports
-    nothing of this project, gives the probabilities ``experiments.predict`` wrote, to 1e-4. ResNet-50 and GoogLeNet
-    are refused with one line."""
+    nothing of this project, gives the probabilities ``experiments.predict --engine jax`` wrote, to 1e-4, and so
+    does ``predict --engine onnxruntime``. ResNet-50 and GoogLeNet are refused with one line by both."""
     import subprocess
     import sys
 
-    from experiments import export
+    from experiments import export, predict
     from tests.helpers import read_predictions
     from training.data.images import Preprocess, load_image
     from training.loop.config import TrainConfig
@@ -150,12 +151,24 @@ def test_export_gives_predicts_probabilities_in_onnxruntime_or_refuses(kind, run
 
     run, csv_path = runs(kind)
     out = tmp_path / "model.onnx"
+    ort_csv = tmp_path / "ort.csv"
+    predict_ort = ["--checkpoint", str(run), "--images", str(photos), "--out", str(ort_csv), "--no-progress",
+                   "--engine", "onnxruntime"]
     if kind in ("resnet50", "googlenet"):
         with pytest.raises(SystemExit) as exc:
             export.main(["--checkpoint", str(run), "--out", str(out)])
         err = capsys.readouterr().err
         assert exc.value.code == 1 and err.count("\n") == 1 and "no ONNX export for" in err and not out.exists()
+        with pytest.raises(SystemExit) as exc:
+            predict.main(predict_ort)
+        err = capsys.readouterr().err
+        assert exc.value.code == 1 and err.count("\n") == 1 and "has no ONNX form" in err and not ort_csv.exists()
         return
+    predict.main(predict_ort)  # predict's ONNX Runtime engine: the same rows as its JAX engine
+    by_ort, by_jax = read_predictions(ort_csv), read_predictions(csv_path)
+    assert [r["path"] for r in by_ort] == [r["path"] for r in by_jax]
+    np.testing.assert_allclose([[v for k, v in r.items() if k.startswith("p_")] for r in by_ort],
+                               [[v for k, v in r.items() if k.startswith("p_")] for r in by_jax], atol=1e-4)
     export.main(["--checkpoint", str(run), "--out", str(out)])
     config = TrainConfig.from_json(run_config(run)[1]["config"])
     files = sorted(photos.rglob("*.png"))

@@ -38,14 +38,17 @@ log = logging.getLogger(__name__)  # shown by the commands (experiments.errors);
 
 @dataclass(frozen=True)
 class Classifier:
-    """A trained classifier ready for photos: ``probs_fn(params, x)`` → probabilities (jitted),
-    the preprocessing its inputs need, the class names, and ``decide(probs)`` → class indices."""
+    """A trained classifier ready for photos: ``probs_fn(params, x)`` → probabilities (jitted JAX, or ONNX
+    Runtime: ``training.inference.engine``), the preprocessing its inputs need, the class names, and
+    ``decide(probs)`` → class indices. ``on_device``: ``x`` and ``params`` go to the JAX devices (sharded,
+    replicated) first; ONNX Runtime takes them as they are."""
 
     probs_fn: Callable
     params: Any
     pre: Preprocess
     class_names: list[str]
     decide: Callable[[np.ndarray], np.ndarray]
+    on_device: bool = True
 
 
 @dataclass(frozen=True)
@@ -169,7 +172,7 @@ def predict_folder(files: Sequence[Path], root: Path, classifier: Classifier, ou
     else:
         partial.start()
         todo = list(files)
-    params = dp.put_replicated(c.params)
+    params = dp.put_replicated(c.params) if c.on_device else c.params
     shape = (size, c.pre.image_size, c.pre.image_size, c.pre.channels)
     bar = tqdm(total=len(todo), unit="photo", desc="predict", disable=not o.progress, smoothing=0.1)
     queued = None  # (paths, device result) of the chunk whose rows are written next
@@ -194,7 +197,8 @@ def predict_folder(files: Sequence[Path], root: Path, classifier: Classifier, ou
             continue
         x = np.zeros(shape, np.float32)
         x[: len(good)] = np.stack([a for _, a in good])
-        result = c.probs_fn(params, dp.put_batch(x))  # dispatched; runs while the previous rows are written
+        result = c.probs_fn(params, dp.put_batch(x) if c.on_device else x)  # JAX: dispatched, runs while the
+        # previous rows are written
         if queued is not None:
             write(*queued)
         queued = ([f for f, _ in good], result)
