@@ -73,6 +73,32 @@ def _add_onnxruntime(fns: dict, variant: str, params: dict, x: np.ndarray) -> st
     return f"ONNX Runtime {ort.__version__} ({ort.get_device()}), default threads."
 
 
+def _add_torch_exported(fns: dict, forward, xt) -> None:
+    """ONNX Runtime on the PyTorch reference exported by ``torch.onnx.export`` (opset 17, TorchScript tracer),
+    the graph people deploy from PyTorch, if onnxruntime is installed."""
+    import io
+
+    import torch
+
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return
+
+    class Reference(torch.nn.Module):
+        def forward(self, x):
+            return forward(x)
+
+    buffer = io.BytesIO()
+    torch.onnx.export(Reference(), (xt,), buffer, opset_version=17, input_names=["x"], output_names=["logits"],
+                      dynamo=False)
+    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    x = xt.numpy()
+    with torch.inference_mode():
+        np.testing.assert_allclose(session.run(None, {"x": x})[0], forward(xt).numpy(), atol=1e-4)
+    fns["onnxruntime, PyTorch-exported graph"] = lambda: session.run(None, {"x": x})
+
+
 def run(variant: str, batch: int, repeats: int, out: str) -> list[dict]:
     size = native_size(variant)
     params, _ = load_backbone(variant)
@@ -97,6 +123,7 @@ def run(variant: str, batch: int, repeats: int, out: str) -> list[dict]:
 
         fns["pytorch eager"] = torch_fn
         torch_info = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+        _add_torch_exported(fns, forward, xt)
     except ImportError:
         torch_info = "torch not installed: no peer measured"
     ort_info = _add_onnxruntime(fns, variant, params, x)

@@ -24,7 +24,7 @@ def torch_efficientnet_lite(state: dict[str, np.ndarray], variant: str, *, tenso
         tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
 
     def same_pad(x, k, s):
-        h, w = x.shape[-2:]
+        h, w = int(x.shape[-2]), int(x.shape[-1])  # Python ints: constants when torch.onnx traces it
         ph = max((-(-h // s) - 1) * s + k - h, 0)
         pw = max((-(-w // s) - 1) * s + k - w, 0)
         return F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))

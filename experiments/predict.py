@@ -85,7 +85,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=ENGINES, default="auto",
                    help="what computes the probabilities: jax, or onnxruntime on the run's ONNX graph (the 'deploy' "
                         "extra); auto (default): onnxruntime on CPU when installed and the model has an ONNX form "
-                        "(1.8× faster there), else jax")
+                        "(1.5–1.8× faster there), else jax")
     return p
 
 
