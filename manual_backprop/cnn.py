@@ -97,22 +97,6 @@ def model1_example_grads(params: dict, x: Array, label: Array, model, *, weight:
     return weight * loss, model1_backward(dlogits, caches)
 
 
-def _vmap_with_static(f, *args, in_axes):
-    """``jax.vmap(f)`` for an ``f`` whose output also holds Python constants (layer kinds, strides,
-    shapes): the arrays get the batch axis, the constants are returned once, as they are."""
-    static: dict = {}
-
-    def arrays_only(*a):
-        leaves, static["treedef"] = jax.tree_util.tree_flatten(f(*a))
-        static["is_array"] = [isinstance(leaf, jax.Array) for leaf in leaves]
-        static["leaves"] = [None if arr else leaf for leaf, arr in zip(leaves, static["is_array"])]
-        return [leaf for leaf, arr in zip(leaves, static["is_array"]) if arr]
-
-    arrays = iter(jax.vmap(arrays_only, in_axes=in_axes)(*args))
-    leaves = [next(arrays) if arr else leaf for leaf, arr in zip(static["leaves"], static["is_array"])]
-    return jax.tree_util.tree_unflatten(static["treedef"], leaves)
-
-
 def model1_batch_backward(params: dict, dlogits: Array, caches: list) -> dict:
     """∂C/∂params summed over the minibatch from ``dlogits`` (N, n_classes) and the batched caches.
 
@@ -150,12 +134,8 @@ def model1_batch_grads(params: dict, X: Array, labels: Array, model, *, weights:
     whole minibatch (:func:`model1_batch_backward`), each gradient one contraction over the
     batch. Equal to the mean of :func:`model1_example_grads` over the images.
     """
-    if keys is None:
-        logits, caches = _vmap_with_static(lambda x: model1_forward(params, x, model), X, in_axes=0)
-    else:
-        logits, caches = _vmap_with_static(lambda x, k: model1_forward(params, x, model, train=train, key=k),
-                                           X, keys, in_axes=(0, 0))
-    loss, dlogits = layers.batch_softmax_cross_entropy(logits, labels, weights=weights, mask=mask)
+    loss, dlogits, caches = layers.batch_forward_loss(model1_forward, params, X, labels, model, weights=weights,
+                                                      mask=mask, train=train, keys=keys)
     return loss, model1_batch_backward(params, dlogits, caches)
 
 

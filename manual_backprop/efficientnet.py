@@ -37,7 +37,6 @@ import jax
 import jax.numpy as jnp
 
 from manual_backprop import layers
-from manual_backprop.cnn import _vmap_with_static
 from models.common import same_padding
 from models.efficientnet_lite import BN_EPS, block_specs, depthwise_shift
 
@@ -299,12 +298,8 @@ def transfer_batch_grads(params: dict, X: Array, labels: Array, model, *, weight
     The per-image forward (:func:`transfer_forward`) is vmapped; the loss's δ^L = w (softmax(z) − y)/Σ mask
     (:func:`manual_backprop.layers.batch_softmax_cross_entropy`); then :func:`transfer_batch_backward`.
     """
-    if keys is None:
-        logits, caches = _vmap_with_static(lambda x: transfer_forward(params, x, model), X, in_axes=0)
-    else:
-        logits, caches = _vmap_with_static(lambda x, k: transfer_forward(params, x, model, train=train, key=k),
-                                           X, keys, in_axes=(0, 0))
-    loss, dlogits = layers.batch_softmax_cross_entropy(logits, labels, weights=weights, mask=mask)
+    loss, dlogits, caches = layers.batch_forward_loss(transfer_forward, params, X, labels, model, weights=weights,
+                                                      mask=mask, train=train, keys=keys)
     return loss, fill_zeros(params, transfer_batch_backward(params, dlogits, caches, trainable=trainable))
 
 

@@ -227,6 +227,36 @@ def batch_softmax_cross_entropy(logits: Array, labels: Array, *, weights: Array 
     return jnp.sum(losses * weights * mask) / denom, dlogits
 
 
+def vmap_with_static(f, *args, in_axes):
+    """``jax.vmap(f)`` for an ``f`` whose output also holds Python constants (layer kinds, strides,
+    shapes): the arrays get the batch axis, the constants are returned once, as they are."""
+    static: dict = {}
+
+    def arrays_only(*a):
+        leaves, static["treedef"] = jax.tree_util.tree_flatten(f(*a))
+        static["is_array"] = [isinstance(leaf, jax.Array) for leaf in leaves]
+        static["leaves"] = [None if arr else leaf for leaf, arr in zip(leaves, static["is_array"])]
+        return [leaf for leaf, arr in zip(leaves, static["is_array"]) if arr]
+
+    arrays = iter(jax.vmap(arrays_only, in_axes=in_axes)(*args))
+    leaves = [next(arrays) if arr else leaf for leaf, arr in zip(static["leaves"], static["is_array"])]
+    return jax.tree_util.tree_unflatten(static["treedef"], leaves)
+
+
+def batch_forward_loss(forward, params, X: Array, labels: Array, model, *, weights: Array | None = None,
+                       mask: Array | None = None, train: bool = False, keys: Array | None = None
+                       ) -> tuple[Array, Array, Any]:
+    """(C, δ^L, caches) of a minibatch: ``forward(params, x, model, train=, key=) -> (logits, caches)``, written for
+    one image, vmapped over ``X`` (and the per-image ``keys``), then :func:`batch_softmax_cross_entropy`."""
+    if keys is None:
+        logits, caches = vmap_with_static(lambda x: forward(params, x, model), X, in_axes=0)
+    else:
+        logits, caches = vmap_with_static(lambda x, k: forward(params, x, model, train=train, key=k),
+                                          X, keys, in_axes=(0, 0))
+    loss, dlogits = batch_softmax_cross_entropy(logits, labels, weights=weights, mask=mask)
+    return loss, dlogits, caches
+
+
 def loss_with_manual_grad(value_and_grads, params):
     """``value_and_grads(params)[0]`` as a ``jax.custom_vjp`` whose derivative in ``params`` is
     ``value_and_grads(params)[1]``: ``jax.grad`` of it (inside Optax, a jitted train step, …) runs the

@@ -15,6 +15,7 @@ image size is fixed), the feature standardization folded into the classifier's `
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 from models.common import same_padding
@@ -180,7 +181,7 @@ def classifier_to_onnx(model, params: dict, *, image_size: int, channels: int, t
     else:
         raise UnsupportedModel(f"no ONNX export for {type(model).__name__}: only Model 1 and the EfficientNet-Lite "
                                "classifiers are written as ONNX graphs")
-    params = {k: _numpy_tree(v) for k, v in params.items()}
+    params = jax.tree_util.tree_map(np.asarray, params)
     g = _Graph()
     x = g.op("Transpose", ["image"], "nchw", perm=[0, 3, 1, 2])
     if tta_flip:  # the image and its mirror image as one batch of 2N; their probabilities averaged
@@ -197,8 +198,3 @@ def classifier_to_onnx(model, params: dict, *, image_size: int, channels: int, t
     n_classes = (params["head"]["kernel"] if "head" in params else params["logits"]["kernel"]).shape[1]
     return g.to_model("image", "probabilities", (image_size, image_size, channels), n_classes, metadata)
 
-
-def _numpy_tree(tree):
-    if isinstance(tree, dict):
-        return {k: _numpy_tree(v) for k, v in tree.items()}
-    return np.asarray(tree)

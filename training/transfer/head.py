@@ -50,10 +50,8 @@ def _head_run(F, y1h, cw, train_mask, val_mask, l2, lr, steps: int, keep_step, g
     def probs_of(p):
         return jax.nn.softmax(Fs @ p["W"] + p["b"][None, None, :], axis=-1)  # (n, V, K)
 
-    def loss(p):
-        logp = jax.nn.log_softmax(Fs @ p["W"] + p["b"][None, None, :], axis=-1)
-        ce = -jnp.sum(logp * y1h[:, None, :], axis=-1).mean(axis=1)  # mean over views
-        return jnp.sum(w_tr * ce) / jnp.maximum(jnp.sum(w_tr), 1e-12) + l2 * jnp.sum(p["W"] ** 2)
+    def loss(p):  # the weighted, view-averaged cross-entropy + λ‖W‖² (stated in head_grads)
+        return head_grads(p, Fs, y1h, w_tr, l2)[0]
 
     def val_loss(p):
         pbar = probs_of(p).mean(axis=1)
