@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import numpy as np
 
-from experiments.errors import deprecated_alias, positive_int, run_command
+from experiments.errors import DISTRIBUTED, add_common, deprecated_alias, positive_int, run_command
 
 
 def run(args: argparse.Namespace) -> dict:
-    from training.loop.devices import initialize_distributed
-
-    initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     from training.loop.devices import float64
 
     with float64():  # the step is compared in float64 (see the README's bounds)
@@ -90,13 +88,16 @@ def _local(tree):
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--coordinator", required=True, help="host:port of process 0")
-    p.add_argument("--num-processes", type=positive_int, required=True)
-    p.add_argument("--process-id", type=int, required=True)
+    add_common(p, *DISTRIBUTED)
     p.add_argument("--batch-size", type=positive_int, default=8, help="global minibatch (split evenly over processes)")
     deprecated_alias(p, "--batch", "--batch-size", "batch_size", type=positive_int)
     p.add_argument("--image-size", type=positive_int, default=20)
-    return run_command(p, run, argv)
+    return run_command(p, run, argv, _validate)
+
+
+def _validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.coordinator is None and not os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        p.error("argument --coordinator: required (this command checks a job of several processes)")
 
 
 if __name__ == "__main__":

@@ -62,7 +62,36 @@ def run_command(p: argparse.ArgumentParser, run: Callable[[argparse.Namespace], 
     show_library_messages()
     if validate is not None:
         validate(p, args)
+    if hasattr(args, "join_timeout"):  # a command that can run as several processes
+        from training.loop.distributed import job_from, join
+
+        try:
+            job = job_from(args.coordinator, args.num_processes, args.process_id, timeout_s=args.join_timeout)
+        except ValueError as exc:
+            p.error(str(exc))
+        join(job)
+        if job is not None:
+            return _in_job(lambda: user_errors(lambda: run(args), debug=args.debug))
     return user_errors(lambda: run(args), debug=args.debug)
+
+
+def _in_job(fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` in a process of a job: a process that fails leaves at once (after its one line, or a bug's
+    traceback), without JAX's exit barrier, where it would wait for peers that wait for it; the others
+    notice its missing heartbeat within --join-timeout and stop."""
+    import os
+    import traceback
+
+    try:
+        return fn()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _number(kind: type, ok: Callable[[Any], bool], what: str) -> Callable[[str], Any]:
@@ -109,13 +138,22 @@ COMMON_HELP = {
     "cache-dir": "cache of preprocessed images, features and converted weights (default ~/.cache/tree-risk-jax)",
     "workers": "decoding threads (default: all cores)",
     "no-progress": "no progress bars",
+    "coordinator": "join a job of several processes: HOST:PORT of process 0 (with --num-processes and "
+                   "--process-id; or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID, or SLURM)",
+    "num-processes": "the number of processes in the job",
+    "process-id": "this process's index in the job, 0 … N−1 (0 writes the outputs)",
+    "join-timeout": "seconds to wait for every process to join (and to notice one that died) before "
+                    "stopping with an error (default 120)",
 }
+
+DISTRIBUTED = ("coordinator", "num-processes", "process-id", "join-timeout")
 
 
 def add_common(p: argparse.ArgumentParser, *names: str, out: str | None = None, data_required: bool = False,
                data_help: str | None = None) -> None:
     """Add the shared options ``names`` (``data``, ``out``, ``seed``, ``skip-bad``, ``cache-dir``, ``workers``,
-    ``no-progress``), spelled, typed and documented once; ``--debug`` is added by :func:`run_command`."""
+    ``no-progress``, and the job flags :data:`DISTRIBUTED`), spelled, typed and documented once; ``--debug`` is
+    added by :func:`run_command`, which also joins the job the job flags describe."""
     for name in names:
         flag, help_text = f"--{name}", COMMON_HELP[name]
         if name == "data":
@@ -126,8 +164,14 @@ def add_common(p: argparse.ArgumentParser, *names: str, out: str | None = None, 
             p.add_argument(flag, type=int, default=0, help=f"{help_text} (default 0)")
         elif name == "workers":
             p.add_argument(flag, type=positive_int, help=help_text)
-        elif name == "cache-dir":
+        elif name in ("cache-dir", "coordinator"):
             p.add_argument(flag, help=help_text)
+        elif name == "num-processes":
+            p.add_argument(flag, type=positive_int, help=help_text)
+        elif name == "process-id":
+            p.add_argument(flag, type=nonnegative_int, help=help_text)
+        elif name == "join-timeout":
+            p.add_argument(flag, type=positive_float, default=120.0, help=help_text)
         else:
             p.add_argument(flag, action="store_true", help=help_text)
 

@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from experiments.errors import run_command
+from experiments.errors import DISTRIBUTED, add_common, run_command
 from training.common.files import atomic_open
 from training.runs.saved import load_trained, run_config
 
@@ -41,6 +41,10 @@ def export_metadata(config, class_names: list[str], op: dict | None) -> dict[str
 
 
 def run(args: argparse.Namespace) -> dict:
+    from training.loop.distributed import process_index
+
+    if process_index() != 0:  # one small file: process 0 writes it, the others have nothing to do
+        return {"out": None, "classes": None}
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists: pass --overwrite to replace it (or choose another --out)")
@@ -68,6 +72,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a run folder written by experiments.train")
     p.add_argument("--out", default="model.onnx", help="the ONNX file to write (default model.onnx)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    add_common(p, *DISTRIBUTED)
     return p
 
 

@@ -15,6 +15,12 @@ does not grow with the folder. Rows are appended to OUT.partial as chunks finish
 interruption, --resume continues where it stopped. OUT appears (renamed into place) only when
 complete; an existing OUT is replaced only with --overwrite. An unreadable photo stops the run
 naming it, or with --skip-bad is listed on stderr and counted.
+
+As N processes (--coordinator HOST:PORT --num-processes N --process-id I, or a scheduler's
+environment; README "Scaling"): each predicts a contiguous shard of the sorted files into
+OUT.shard-I-of-N (with its own partial file and --resume), and process 0 joins the shards into
+OUT when all are complete: the same bytes as one process writes. OUT must be on a file system
+every process sees.
 """
 
 from __future__ import annotations
@@ -24,11 +30,12 @@ import hashlib
 import sys
 from pathlib import Path
 
-from experiments.errors import add_common, positive_int, run_command
+from experiments.errors import DISTRIBUTED, add_common, positive_int, run_command
 from training.data.images import Preprocess, image_files
 from training.evaluation.decision import decide
 from training.inference.engine import ENGINES, probs_function
-from training.inference.stream import Classifier, PartialCSV, StreamOptions, predict_folder
+from training.inference.stream import Classifier, PartialCSV, StreamOptions, predict_sharded, shard_path
+from training.loop.distributed import process_count, process_index
 from training.runs.saved import load_trained, run_config
 
 
@@ -41,7 +48,9 @@ def run(args: argparse.Namespace) -> dict:
     header = ["path", "predicted", *[f"p_{n}" for n in class_names]]
     signature = {"checkpoint": str(Path(args.checkpoint).resolve()), "images": str(root.resolve()),
                  "checkpoint_config_sha256": hashlib.sha256((ckpt_dir / "config.json").read_bytes()).hexdigest()}
-    partial = PartialCSV(out, header, signature)
+    count, index = process_count(), process_index()
+    # this process's partial output: of OUT, or of its shard of OUT in a job of several processes
+    partial = PartialCSV(out if count == 1 else shard_path(out, index, count), header, signature)
     if args.overwrite:
         partial.discard()
     elif partial.exists() and not args.resume:
@@ -60,11 +69,14 @@ def run(args: argparse.Namespace) -> dict:
                             decide=lambda p: decide(p, op), on_device=engine == "jax")
     options = StreamOptions(batch_size=args.batch_size or config.batch_size, workers=args.workers,
                             resume=args.resume, skip_bad=args.skip_bad, progress=not args.no_progress)
-    report = predict_folder(files, root, classifier, out, signature=signature, options=options)
+    report = predict_sharded(files, root, classifier, out, signature=signature, options=options,
+                             overwrite=args.overwrite)
     for path, reason in report.skipped:
         print(f"skipped: {reason}", file=sys.stderr)
     n_rows = report.predicted + report.resumed
-    print(f"{n_rows} predictions written to {out}"
+    where = str(out) if count == 1 else f"shard {index} of {count} of {out}" + (" (joined into it)" if index == 0
+                                                                                 else "")
+    print(f"{n_rows} predictions written to {where}"
           + (f" ({report.resumed} from the interrupted run)" if report.resumed else "")
           + (f"; {len(report.skipped)} bad files skipped" if report.skipped else "")
           + (f"; {len(ignored)} entries left out (not photos: {', '.join(sorted({r for _, r in ignored}))})"
@@ -77,7 +89,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a run folder written by experiments.train")
     p.add_argument("--images", required=True, help="folder of photos (read recursively)")
     p.add_argument("--out", default="predictions.csv", help="the CSV to write (default predictions.csv)")
-    add_common(p, "skip-bad", "workers", "no-progress")
+    add_common(p, "skip-bad", "workers", "no-progress", *DISTRIBUTED)
     p.add_argument("--resume", action="store_true", help="continue an interrupted prediction into --out")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out (or its partial file)")
     p.add_argument("--batch-size", type=positive_int,

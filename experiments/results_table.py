@@ -9,7 +9,9 @@ balanced accuracy, macro-F1, ROC-AUC (two classes), the majority-class baseline,
 folds, training seconds, and whether the row beats the baseline. Writes results.{md,csv} and a
 confusion-matrix PNG per row; each finished row is saved under rows/, so a re-run skips it.
 ``--grouping`` files replace the scenarios (e.g. tree vs not_a_tree). A row whose classes are
-too small to split is reported as such, not trained.
+too small to split is reported as such, not trained. As N processes (--coordinator …, README
+"Scaling"), each row's features are computed by shard of photos and its networks train
+data-parallel; process 0 writes the table.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import jax
 
-from experiments.errors import add_common, deprecated_alias, image_size, positive_int, run_command
+from experiments.errors import DISTRIBUTED, add_common, deprecated_alias, image_size, positive_int, run_command
 from training.common.files import output_dir, write_json_atomic
 from training.common.tables import write_table
 from training.common.timing import device_description
@@ -28,6 +30,7 @@ from training.data.dataset import load_dataset
 from training.data.images import Preprocess
 from training.data.labels import SCENARIOS
 from training.evaluation.metrics import bootstrap_interval
+from training.loop.distributed import from_process_0, outputs_of_this_process, process_index
 from training.runs.folds import pooled_predictions, run_folds
 from training.runs.report import plot_confusion
 from training.runs.results import CONFIGS, config_for, describe, table_row
@@ -39,7 +42,11 @@ COLUMNS = ["classes", "size", "config", "positive class", "Prec.", "Recall", "Ac
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    out = output_dir(args.out)
+    with outputs_of_this_process(args.out) as out:  # process 0 writes; the others compute alongside it
+        return _run(args, output_dir(out))
+
+
+def _run(args: argparse.Namespace, out: Path) -> list[dict]:
     if args.grouping:
         groupings = [("grouping", g) for g in args.grouping]
     else:
@@ -56,8 +63,8 @@ def run(args: argparse.Namespace) -> list[dict]:
         if any(r.get("_key") == key for r in rows):
             continue  # the pretrained row runs at its backbone's size, once
         row_file = out / "rows" / f"{key}.json"
-        if row_file.exists():
-            rows.append(json.loads(row_file.read_text()))
+        if from_process_0(row_file.exists()):  # process 0 holds the rows: every process skips the same ones
+            rows.append(json.loads(row_file.read_text()) if process_index() == 0 else {"_key": key})
             print(f"[{i}/{len(grid)}] {key}: done earlier, skipped")
             continue
         print(f"[{i}/{len(grid)}] {key}")
@@ -107,7 +114,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common(p, "data", "out", "seed", "skip-bad", "cache-dir", "no-progress",
+    add_common(p, "data", "out", "seed", "skip-bad", "cache-dir", "no-progress", *DISTRIBUTED,
                out="reports/results",
                data_required=True)
     p.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=sorted(SCENARIOS))

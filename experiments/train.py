@@ -16,6 +16,11 @@ learning_curves.png, confusion_matrix.png, checkpoints/{best,last,config.json}
 (with --folds K: one fold_k/ folder each and summary.{md,csv} with mean ± std), and run.json.
 A folder that holds a run is refused unless --resume (same settings and data; the differences
 are named) or --overwrite (the new run replaces it whole, only once complete).
+
+As N processes (--coordinator HOST:PORT --num-processes N --process-id I, or a scheduler's
+environment; README "Scaling"): the frozen backbone's features are computed by shard of photos and
+gathered, networks train data-parallel over every process's devices, and only process 0 writes
+the run folder (the others compute the same and keep nothing).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import hashlib
 import jax
 import numpy as np
 
-from experiments.errors import add_common, fraction, image_size, positive_float, positive_int, run_command
+from experiments.errors import DISTRIBUTED, add_common, fraction, image_size, positive_float, positive_int, run_command
 from models.efficientnet_lite import native_size
 from models.transfer import BACKBONES
 from training.common.files import write_json_atomic
@@ -38,6 +43,7 @@ from training.data.images import Preprocess
 from training.data.labels import SCENARIOS
 from training.evaluation.metrics import bootstrap_interval, classification_metrics
 from training.loop.config import FINETUNE, MODELS, PRESETS, TrainConfig, get_config
+from training.loop.distributed import outputs_of_this_process, process_count, process_index
 from training.runs.folder import RunFolder
 from training.runs.folds import pooled_predictions, run_folds
 from training.runs.report import HEADLINE
@@ -57,7 +63,7 @@ def _target_recall(text: str) -> tuple[str, float]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common(p, "data", "out", "seed", "skip-bad", "cache-dir", "workers", "no-progress",
+    add_common(p, "data", "out", "seed", "skip-bad", "cache-dir", "workers", "no-progress", *DISTRIBUTED,
                out="runs/train",
                data_help="folder with one subfolder per label, or a CSV manifest (path,label)")
     p.add_argument("--preset", choices=sorted(k for k in PRESETS if k != "default"), default="pretrained",
@@ -129,7 +135,18 @@ def data_record(data) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    folder = RunFolder(args.out, resume=args.resume, overwrite=args.overwrite)
+    if args.resume and process_count() > 1:
+        raise ValueError("--resume: a job of several processes cannot resume (process 0 alone holds the run); "
+                         "resume it as one process, or start again with --overwrite")
+    with outputs_of_this_process(args.out) as out:
+        result = _run(args, out)
+    if process_index() == 0:
+        print(f"run written to {args.out}")
+    return result
+
+
+def _run(args: argparse.Namespace, out_path) -> dict:
+    folder = RunFolder(out_path, resume=args.resume, overwrite=args.overwrite)
     folder.check()  # before any work
     config = config_from_args(args)
     if config.weights:  # a user's weights file is read, safely, before any photo
@@ -146,7 +163,6 @@ def run(args: argparse.Namespace) -> dict:
     print(f"configuration: {describe(config)}")
     with folder.writing({"config": config.to_json(), "data": data_record(data)}) as out:
         result = _train(args, config, data, out, counts)
-    print(f"run written to {folder.target}")
     return {**result, "out": str(folder.target)}
 
 

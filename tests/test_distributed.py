@@ -1,21 +1,112 @@
-"""Two processes train as one: jax.distributed on the loopback address, JAX's CPU collectives (gloo)."""
+"""Two processes as one job: jax.distributed on the loopback address, JAX's CPU collectives (gloo), started
+through the command lines a user types."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
+ENV.pop("XLA_FLAGS", None)  # one CPU device per process
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _job(module: str, args: list[str], n: int = 2, *, timeout: float = 20, slow_decode: dict | None = None
+         ) -> list[subprocess.Popen]:
+    """``python -m module args --coordinator 127.0.0.1:PORT --num-processes n --process-id i`` for each i.
+    ``slow_decode``: process id → seconds each photo's decoding is delayed by (the test's harness, not a flag)."""
+    port, procs = _free_port(), []
+    for i in range(n):
+        argv = [*args, "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(n), "--process-id", str(i),
+                "--join-timeout", str(timeout)]
+        delay = (slow_decode or {}).get(i)
+        code = ["-m", module] if delay is None else ["-c", (
+            "import sys, time, runpy; from training.data import prefetch; real = prefetch.load_image\n"
+            f"prefetch.load_image = lambda p, pre: (time.sleep({delay}), real(p, pre))[1]\n"
+            f"sys.argv[0] = {module!r}; runpy.run_module({module!r}, run_name='__main__')")]
+        procs.append(subprocess.Popen([sys.executable, *code, *argv], cwd=REPO, env=ENV, stdout=subprocess.PIPE,  # noqa: S603 (argv is this interpreter and paths the test made; no shell)
+                                      stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def _wait(procs: list[subprocess.Popen], timeout: float = 240) -> list[tuple[int, str, str]]:
+    results = []
+    for p in procs:
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+        results.append((p.returncode, out, err))
+    return results
+
+
+@pytest.fixture(scope="module")
+def model1_run(tmp_path_factory):
+    from experiments import train
+
+    tmp = tmp_path_factory.mktemp("job")
+    rng = np.random.default_rng(3)
+    for k, label in enumerate("ab"):
+        (tmp / "photos" / label).mkdir(parents=True)
+        for i in range(9):
+            arr = np.clip(rng.normal(60 + 120 * k, 30, (12, 12, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(tmp / "photos" / label / f"{label}{i}.png")
+    train.main(["--data", str(tmp / "photos"), "--preset", "lab-2020", "--image-size", "16", "--epochs", "1",
+                "--out", str(tmp / "run"), "--cache-dir", str(tmp / "c"), "--no-progress"])
+    return tmp / "run", tmp / "photos"
+
+
+@pytest.mark.slow
+def test_predict_as_two_processes_writes_the_one_process_csv_and_resumes_a_killed_shard(model1_run, tmp_path):
+    """Each process predicts a contiguous shard of the sorted photos in whole chunks, so the joined CSV is
+    byte-identical to one process's. Process 1 is then SIGKILLed inside its shard: process 0 finishes its own,
+    notices the dead peer (heartbeat, --join-timeout) and stops on its own; rerun with --resume, process 0 keeps
+    its complete shard, process 1 continues its partial one, and the CSV is again byte-identical."""
+    from experiments import predict
+
+    run, photos = model1_run
+    common = ["--checkpoint", str(run), "--images", str(photos), "--batch-size", "2", "--no-progress"]
+    predict.main([*common, "--out", str(tmp_path / "one.csv")])
+    one = (tmp_path / "one.csv").read_bytes()
+    results = _wait(_job("experiments.predict", [*common, "--out", str(tmp_path / "two.csv")]))
+    assert all(rc == 0 for rc, _, _ in results), [err[-2000:] for _, _, err in results]
+    assert (tmp_path / "two.csv").read_bytes() == one
+    assert "shard 0 of 2" in results[0][1] and "(joined into it)" in results[0][1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.csv", "two.csv"]  # no shard or partial left
+
+    out = tmp_path / "three.csv"
+    procs = _job("experiments.predict", [*common, "--out", str(out)], timeout=10, slow_decode={1: 0.4})
+    meta = out.with_name("three.csv.shard-1-of-2.partial.json")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # kill process 1 once a chunk of its shard is durable, before its last
+        if meta.exists() and json.loads(meta.read_text())["complete_bytes"] > one.index(b"\n") + 1:
+            break
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGKILL)
+    (rc0, _, err0), _ = _wait(procs, timeout=120)  # process 0 stops by itself: no hang
+    assert rc0 != 0 and not out.exists()
+    assert (tmp_path / "three.csv.shard-0-of-2").exists() and meta.exists()
+    results = _wait(_job("experiments.predict", [*common, "--out", str(out), "--resume"]))
+    assert all(rc == 0 for rc, _, _ in results), [err[-2000:] for _, _, err in results]
+    assert out.read_bytes() == one
+    assert "from the interrupted run" in results[1][1]
+    assert not list(tmp_path.glob("three.csv.*"))
 
 
 @pytest.mark.slow
@@ -48,3 +139,60 @@ def test_two_processes_take_the_single_process_step():
         assert abs(r["step_loss"] - r["step_loss_single"]) <= 1e-12 * abs(r["step_loss_single"])
         assert r["worst_grad_rel"] <= 1e-12
         assert r["worst_param_rel"] <= 1e-9
+
+
+def _trained(run: Path):
+    from training.runs.saved import load_trained
+
+    _, params, _, names = load_trained(run)
+    return json.loads((run / "summary.json").read_text()), params, names
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["pretrained", "lab-2020"], ids=["default-features-sharded", "model1-data-parallel"])
+def test_train_as_two_processes_gives_the_one_process_run(model1_run, tmp_path, preset):
+    """``experiments.train`` as 2 processes: process 0 alone writes the run folder, and its metrics and
+    parameters are the one-process run's.
+
+    default (frozen EfficientNet-Lite, softmax head): each process computes the features of a contiguous
+    shard of the photos, in the chunks one process uses, and they are gathered; the head is then fitted on
+    the same numbers in the same order, so the parameters are equal bit for bit.
+
+    Model 1 (lab-2020, one Adam step per epoch here): the batch is split over the 2 processes' devices, so
+    only the order of the float32 sums differs. The loss, a weighted mean over m = 14 rows, then differs by at
+    most γ_m = m·2⁻²⁴ ≈ 1e-6 relative (bound 1e-5). Adam's first update of each weight is lr·g/(|g| + ε): two
+    gradients that differ in rounding move a weight by amounts that differ by at most 2·lr (opposite signs,
+    g ≈ 0), and by about lr·ε·|Δg|/g² otherwise. So after T steps no weight differs by more than 2·lr·T
+    (the bound checked), and the probabilities, hence the metrics, agree to rounding."""
+    from experiments import train
+
+    _, photos = model1_run
+    args = ["--data", str(photos), "--preset", preset, "--epochs", "2", "--folds", "1", "--cache-dir",
+            str(tmp_path / "c"), "--no-progress"]
+    if preset == "lab-2020":
+        args += ["--image-size", "16"]
+    train.main([*args, "--out", str(tmp_path / "one")])
+    results = _wait(_job("experiments.train", [*args, "--out", str(tmp_path / "two"), "--cache-dir",
+                                               str(tmp_path / "c2")]))
+    assert all(rc == 0 for rc, _, _ in results), [err[-2000:] for _, _, err in results]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "c2", "one", "two"]  # process 1 kept nothing
+    (s1, p1, n1), (s2, p2, n2) = _trained(tmp_path / "one"), _trained(tmp_path / "two")
+    assert n1 == n2
+    if preset == "pretrained":
+        assert [{k: v for k, v in f.items() if k != "seconds"} for f in s2["folds"]] == \
+            [{k: v for k, v in f.items() if k != "seconds"} for f in s1["folds"]]
+        assert all(np.array_equal(a, b) for a, b in zip(jax_leaves(p1), jax_leaves(p2)))
+    else:
+        np.testing.assert_allclose([f["metrics"]["accuracy"] for f in s2["folds"]],
+                                   [f["metrics"]["accuracy"] for f in s1["folds"]])
+        lr, steps = 1e-3, 2  # lab-2020's Adam rate; 2 epochs of one step (14 photos < batch 32)
+        assert max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in
+                   zip(jax_leaves(p1), jax_leaves(p2))) <= 2 * lr * steps
+        h1, h2 = (json.loads((tmp_path / r / "history.json").read_text()) for r in ("one", "two"))
+        np.testing.assert_allclose([h["train_loss"] for h in h2], [h["train_loss"] for h in h1], rtol=1e-5)
+
+
+def jax_leaves(tree):
+    import jax
+
+    return jax.tree_util.tree_leaves(tree)

@@ -366,10 +366,10 @@ def test_predict_on_a_hostile_run_folder_prints_one_line(tmp_path, capsys):
 def test_the_coordinator_listens_only_on_the_address_given(monkeypatch):
     import jax
 
-    from training.loop import devices
+    from training.loop import distributed
 
     seen = {}
     monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: seen.update(kw))
     monkeypatch.setattr(jax.config, "update", lambda *a: None)
-    devices.initialize_distributed("127.0.0.1:12355", 2, 0)
+    distributed.join(distributed.Job("127.0.0.1:12355", 2, 0))
     assert seen["coordinator_bind_address"] == "127.0.0.1:12355"

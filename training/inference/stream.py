@@ -12,7 +12,12 @@ Finished rows are appended to ``OUT.partial`` and flushed to disk chunk by chunk
 length that is complete is then recorded (atomically) in ``OUT.partial.json``. After a crash
 ``resume`` cuts the partial file back to that length and skips the photos already there. At the
 end the partial file is renamed over ``OUT`` in one step: ``OUT`` is either absent, the old
-file, or the complete new one."""
+file, or the complete new one.
+
+Several processes (:func:`predict_sharded`): each takes a contiguous shard of the sorted files, in
+whole chunks, and streams it into its own ``OUT.shard-I-of-N`` (with its own partial file, so a
+killed process resumes its shard only); process 0 joins the shards into ``OUT`` when all are
+complete. The chunks are those of a one-process run, so the CSV is byte-identical to one."""
 
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from training.common.files import atomic_open
 from training.data.images import BadImageError, Preprocess
 from training.data.prefetch import decode_chunks
 from training.loop.devices import DataParallel
+from training.loop.distributed import barrier, process_count, process_index, shard
 
 log = logging.getLogger(__name__)  # shown by the commands (experiments.errors); silent in library use
 
@@ -166,8 +172,9 @@ def predict_folder(files: Sequence[Path], root: Path, classifier: Classifier, ou
     rel = {f: f.relative_to(root).as_posix() for f in files}
     if o.resume and partial.exists():
         done, report.skipped = partial.resume()
-        todo = [f for f in files if rel[f] not in done]
-        report.resumed = len(files) - len(todo)
+        skipped = {path for path, _ in report.skipped}  # counted once, not tried again
+        todo = [f for f in files if rel[f] not in done and rel[f] not in skipped]
+        report.resumed = sum(rel[f] in done for f in files)
         log.info(f"resuming: {report.resumed} photos already predicted in {partial.path}")
     else:
         partial.start()
@@ -206,4 +213,59 @@ def predict_folder(files: Sequence[Path], root: Path, classifier: Classifier, ou
         write(*queued)
     bar.close()
     partial.finish()
+    return report
+
+
+def shard_path(out: Path, index: int, count: int) -> Path:
+    """Where process ``index`` of ``count`` writes its shard of ``out`` (a complete shard; its partial
+    file is beside it, named as :class:`PartialCSV` names it)."""
+    return out.with_name(f"{out.name}.shard-{index}-of-{count}")
+
+
+def predict_sharded(files: Sequence[Path], root: Path, classifier: Classifier, out: Path, *, signature: dict,
+                    options: StreamOptions = StreamOptions(), overwrite: bool = False) -> StreamReport:
+    """:func:`predict_folder` as one process of a job (one process: the same call).
+
+    Process ``i`` of ``N`` predicts :func:`~training.loop.distributed.shard` ``(len(files), block=B)``
+    of the files, ``B`` the padded chunk size, into :func:`shard_path` ``(out, i, N)``; a shard that
+    is complete already is kept with ``options.resume``. Then every process waits for the others,
+    and process 0 writes ``out`` (atomically): the header once, then each shard's rows in process
+    order, and removes the shards. Every process returns its own shard's report.
+    """
+    count, index = process_count(), process_index()
+    if count == 1:
+        return predict_folder(files, root, classifier, out, signature=signature, options=options)
+    dp = DataParallel(jax.local_devices())
+    part = shard(len(files), block=dp.padded_batch_size(options.batch_size))
+    mine = shard_path(out, index, count)
+    report_file = mine.with_name(mine.name + ".json")
+    sig = {**signature, "shard": f"{index} of {count}", "chunk": dp.padded_batch_size(options.batch_size)}
+    if overwrite:
+        PartialCSV(mine, [], sig).discard()
+        mine.unlink(missing_ok=True)
+    if options.resume and mine.is_file() and report_file.is_file():
+        import json
+
+        skipped = [tuple(s) for s in json.loads(report_file.read_text(encoding="utf-8"))["skipped"]]
+        report = StreamReport(resumed=len(files[part]) - len(skipped), skipped=skipped)
+        log.info(f"process {index}: its shard is complete already ({mine})")
+    else:
+        report = predict_folder(files[part], root, classifier, mine, signature=sig, options=options, dp=dp)
+        from training.common.files import write_json_atomic
+
+        write_json_atomic(report_file, {"skipped": [list(s) for s in report.skipped]})
+    barrier(f"predict {out}")
+    if index == 0:
+        header = _csv_bytes([["path", "predicted", *[f"p_{n}" for n in classifier.class_names]]])
+        with atomic_open(out, "wb") as f:
+            f.write(header)
+            for k in range(count):
+                data = shard_path(out, k, count).read_bytes()
+                if not data.startswith(header):
+                    raise ValueError(f"{shard_path(out, k, count)}: not a shard of this prediction")
+                f.write(data[len(header):])
+        for k in range(count):
+            shard_path(out, k, count).unlink()
+            path = shard_path(out, k, count)
+            path.with_name(path.name + ".json").unlink(missing_ok=True)
     return report

@@ -86,7 +86,15 @@ class Checkpoints:
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory).absolute()
-        options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True, enable_async_checkpointing=False)
+        # In a job of several processes every process reads, and process 0 alone writes, with the state copied to
+        # the host; orbax runs in each as in one process (no cross-process barriers). The others keep what they
+        # would write in memory.
+        me = jax.process_index()
+        self.alone = jax.process_count() > 1
+        self.memory: dict[str, tuple[int, Any, dict]] | None = {} if self.alone and me else None
+        jobs = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me}) if self.alone else None
+        options = ocp.CheckpointManagerOptions(max_to_keep=1, create=not self.alone, enable_async_checkpointing=False,
+                                               **({"multiprocessing_options": jobs} if jobs else {}))
         self.managers = {
             which: ocp.CheckpointManager(self.directory / which, options=options) for which in ("best", "last")
         }
@@ -94,6 +102,13 @@ class Checkpoints:
     def save(self, which: str, step: int, state, meta: dict) -> None:
         """Save ``step``; a step already there (written just before a kill, then recomputed after
         ``--resume`` from an earlier ``last``) is replaced."""
+        if self.alone:
+            state = jax.device_get(state)  # replicated over the job's devices: this process's copy
+        if self.memory is not None:
+            self.memory[which] = (step, state, meta)
+            return
+        if self.alone:
+            (self.directory / which).mkdir(parents=True, exist_ok=True)  # orbax's create=True is one-process only
         manager = self.managers[which]
         if step in manager.all_steps():
             manager.delete(step)
@@ -102,10 +117,14 @@ class Checkpoints:
         manager.wait_until_finished()
 
     def latest_step(self, which: str) -> int | None:
+        if self.memory is not None and which in self.memory:
+            return self.memory[which][0]
         return self.managers[which].latest_step()
 
     def restore(self, which: str, template) -> tuple[Any, dict]:
         """(state, meta) of the checkpoint, shaped like ``template`` (e.g. a freshly initialised state)."""
+        if self.memory is not None and which in self.memory:
+            return self.memory[which][1], self.memory[which][2]
         manager = self.managers[which]
         step = manager.latest_step()
         if step is None:
@@ -118,6 +137,8 @@ class Checkpoints:
 
     def meta(self, which: str) -> dict:
         """The JSON metadata saved with the checkpoint (the arrays are not read)."""
+        if self.memory is not None and which in self.memory:
+            return self.memory[which][2]
         manager = self.managers[which]
         step = manager.latest_step()
         if step is None:

@@ -1,8 +1,7 @@
 """Data parallelism over all local devices with ``jax.sharding``: batch axis sharded, parameters replicated.
 
-The same code runs on CPU, GPU and TPU. For several hosts, call
-``jax.distributed.initialize()`` first on every host (see README); ``jax.devices()``
-then lists all hosts' devices and each host feeds its own slice of the batch."""
+The same code runs on CPU, GPU and TPU. For several processes or hosts, join the job first
+(:mod:`training.loop.distributed`); ``jax.devices()`` then lists every process's devices."""
 
 from __future__ import annotations
 
@@ -44,22 +43,6 @@ class DataParallel:
 
     def put_replicated(self, tree):
         return jax.device_put(tree, self.replicated)
-
-
-def initialize_distributed(coordinator: str, num_processes: int, process_id: int) -> None:
-    """Join a multi-process JAX job (one call per process, before any computation).
-
-    ``coordinator``: ``host:port`` of process 0 (e.g. ``127.0.0.1:12355`` on one machine). On CPU
-    the processes exchange data through JAX's CPU collectives (gloo); on GPU/TPU through the
-    accelerator's own. Afterwards ``jax.devices()`` lists every process's devices.
-
-    Process 0's coordinator listens on ``coordinator``'s own address only (``coordinator_bind_address``),
-    not on every interface as JAX's default ``[::]`` would: the job has no authentication, so it
-    belongs on a private network, and ``127.0.0.1:PORT`` keeps a one-machine job on loopback.
-    """
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # used by CPU devices only
-    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id,
-                               coordinator_bind_address=coordinator)
 
 
 def put_process_batch(dp: DataParallel, tree):

@@ -29,6 +29,7 @@ from training.evaluation.metrics import classification_metrics, majority_baselin
 from training.loop.checkpoints import Checkpoints
 from training.loop.config import GRADS, MODELS, TrainConfig
 from training.loop.devices import DataParallel
+from training.loop.distributed import to_host
 from training.loop.optimizer import make_optimizer, masked_optimizer, trainable_mask
 
 log = logging.getLogger(__name__)  # shown by the commands (experiments.errors); silent in library use
@@ -251,7 +252,7 @@ def predict_proba(eval_step, params, x: np.ndarray, *, batch_size: int = 64, dp:
     ones = np.ones(1, np.float32)
     for idx in batches(len(x), size, key=None):
         batch = make_batch(x, np.zeros(len(x), np.int32), idx, size, ones)
-        out.append(np.asarray(eval_step(params, dp.put_batch(batch["x"])))[: len(idx)])
+        out.append(to_host(eval_step(params, dp.put_batch(batch["x"])))[: len(idx)])
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from models.efficientnet_lite import EfficientNetLite
 from training.common.files import cache_root
+from training.loop.distributed import any_process, gather_rows, process_count, shard
 
 
 def feature_cache_dir(cache_dir: str | Path | None, variant: str, weights_digest: str, pre_key: str) -> Path:
@@ -58,7 +59,9 @@ def extract_features(x: np.ndarray | Sequence[str | Path], digests: Sequence[str
     :class:`~training.data.images.Preprocess`): then only the photos missing from the cache are read,
     in chunks decoded by threads ahead of the backbone (:func:`training.data.prefetch.decode_chunks`),
     so memory stays bounded however many photos there are. An unreadable photo raises
-    :class:`~training.data.images.BadImageError` naming it.
+    :class:`~training.data.images.BadImageError` naming it. In a job of several processes each computes
+    a contiguous shard of the missing photos (:func:`~training.loop.distributed.shard`, whole chunks) and
+    every process returns all of them (``n computed``: by the whole job).
     """
     from tqdm.auto import tqdm
 
@@ -79,7 +82,10 @@ def extract_features(x: np.ndarray | Sequence[str | Path], digests: Sequence[str
             if arr is not None and (arr.ndim != 2 or arr.shape[0] != 2 or arr.dtype != np.float32):
                 arr = None
         out.append(arr)
-    missing = [i for i, a in enumerate(out) if a is None]
+    # in a job of several processes: the photos missing from any process's cache, each process computing a
+    # contiguous shard of them in whole chunks (the chunks of one process), then every process gets them all
+    everyone = np.flatnonzero(any_process(np.array([a is None for a in out], bool))).tolist()
+    missing = everyone[shard(len(everyone), block=batch_size)]
     if missing:
         fn = make_feature_fn(variant)
         in_memory = isinstance(x, np.ndarray)
@@ -104,8 +110,13 @@ def extract_features(x: np.ndarray | Sequence[str | Path], digests: Sequence[str
                 save_npy_atomic(folder / f"{digests[i]}.npy", f)
             bar.update(len(idx))
         bar.close()
+    if process_count() > 1 and everyone:
+        dim = next((a.shape[1] for a in out if a is not None), 1280)
+        mine = np.stack([out[i] for i in missing]) if missing else np.zeros((0, 2, dim), np.float32)
+        for i, f in zip(everyone, gather_rows(mine)):
+            out[i] = f
     dim = out[0].shape[1] if out else 1280
-    return (np.stack(out) if out else np.zeros((0, 2, dim), np.float32)), len(missing)
+    return (np.stack(out) if out else np.zeros((0, 2, dim), np.float32)), len(everyone)
 
 
 def backbone_for(config, *, cache_dir: str | Path | None = None) -> tuple[dict, str]:
