@@ -154,9 +154,9 @@ def test_train_as_two_processes_gives_the_one_process_run(model1_run, tmp_path, 
     """``experiments.train`` as 2 processes: process 0 alone writes the run folder, and its metrics and
     parameters are the one-process run's.
 
-    default (frozen EfficientNet-Lite, softmax head): each process computes the features of a contiguous
-    shard of the photos, in the chunks one process uses, and they are gathered; the head is then fitted on
-    the same numbers in the same order, so the parameters are equal bit for bit.
+    default (frozen EfficientNet-Lite, here Lite0 at 64 px, softmax head): each process computes the features
+    of a contiguous shard of the photos, in the chunks one process uses, and they are gathered; the head is
+    then fitted on the same numbers in the same order, so the parameters are equal bit for bit.
 
     Model 1 (lab-2020, one Adam step per epoch here): the batch is split over the 2 processes' devices, so
     only the order of the float32 sums differs. The loss, a weighted mean over m = 14 rows, then differs by at
@@ -169,8 +169,7 @@ def test_train_as_two_processes_gives_the_one_process_run(model1_run, tmp_path, 
     _, photos = model1_run
     args = ["--data", str(photos), "--preset", preset, "--epochs", "2", "--folds", "1", "--cache-dir",
             str(tmp_path / "c"), "--no-progress"]
-    if preset == "lab-2020":
-        args += ["--image-size", "16"]
+    args += ["--image-size", "16"] if preset == "lab-2020" else ["--model", "efficientnet_lite0", "--image-size", "64"]
     train.main([*args, "--out", str(tmp_path / "one")])
     results = _wait(_job("experiments.train", [*args, "--out", str(tmp_path / "two"), "--cache-dir",
                                                str(tmp_path / "c2")]))
@@ -196,3 +195,77 @@ def jax_leaves(tree):
     import jax
 
     return jax.tree_util.tree_leaves(tree)
+
+
+@pytest.mark.parametrize("argv, env, expected", [
+    ([], {}, None),
+    ([], {"SLURM_NTASKS": "1"}, None),
+    (["127.0.0.1:9", 1, 0], {}, None),  # a job of one process: nothing to join
+    (["10.0.0.1:12355", 4, 3], {}, ("10.0.0.1:12355", 4, 3)),
+    ([], {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}, ("h:1", 2, 1)),
+    (["a:2", 3, 0], {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"},
+     ("a:2", 3, 0)),  # flags win
+    ([], {"SLURM_NTASKS": "8"}, (None, None, None)),  # JAX reads the rest from SLURM
+    ([], {"OMPI_COMM_WORLD_SIZE": "2"}, (None, None, None)),
+], ids=["none", "slurm-one-task", "one-process", "flags", "environment", "flags-over-environment", "slurm",
+        "open-mpi"])
+def test_the_job_comes_from_the_flags_or_the_environment(argv, env, expected):
+    from training.loop.distributed import job_from
+
+    job = job_from(*argv, environ=env)
+    assert (job if job is None else (job.coordinator, job.num_processes, job.process_id)) == expected
+
+
+@pytest.mark.parametrize("argv, env, message", [
+    (["127.0.0.1:9", None, None], {}, "--num-processes, --process-id: needed with --coordinator"),
+    ([None, 2, 0], {}, "--coordinator: needed"),
+    (["127.0.0.1", 2, 0], {}, "--coordinator: expected HOST:PORT"),
+    (["127.0.0.1:99999", 2, 0], {}, "expected HOST:PORT"),
+    (["127.0.0.1:9", 2, 2], {}, "--process-id: expected 0 ≤ id < 2"),
+    ([], {"JAX_COORDINATOR_ADDRESS": "h:1"}, "JAX_NUM_PROCESSES: not set"),
+    ([], {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "two", "JAX_PROCESS_ID": "0"},
+     "JAX_NUM_PROCESSES: expected an integer, got 'two'"),
+], ids=["coordinator-alone", "no-coordinator", "no-port", "port-range", "id-range", "env-partial", "env-not-int"])
+def test_a_partial_or_wrong_job_is_named(argv, env, message):
+    from training.loop.distributed import job_from
+
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        job_from(*argv, environ=env)
+
+
+def test_shards_are_contiguous_whole_chunks_that_cover_every_file_once():
+    from training.loop.distributed import shard
+
+    for n in (0, 1, 7, 18, 100):
+        for count in (1, 2, 3, 8):
+            parts = [shard(n, block=4, index=i, count=count) for i in range(count)]
+            assert [i for p in parts for i in range(n)[p]] == list(range(n))
+            assert all(p.start % 4 == 0 or p.start == p.stop == n for p in parts)  # on a chunk boundary
+            sizes = [-(-(p.stop - p.start) // 4) for p in parts]
+            assert max(sizes) - min(sizes) <= 1
+
+
+def test_a_process_that_cannot_join_stops_with_one_line_within_its_timeout(tmp_path):
+    """Process 1 of 2, and no process 0: one line naming the job, exit 1, within --join-timeout (2 s) plus
+    start-up; JAX's own failure would be an abort with a C++ stack trace after 5 minutes."""
+    port = _free_port()
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "experiments.predict", "--checkpoint", str(tmp_path), "--images",  # noqa: S603 (argv is this interpreter and paths the test made; no shell)
+                           str(tmp_path), "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+                           "--process-id", "1", "--join-timeout", "2"], cwd=REPO, env=ENV, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1 and time.monotonic() - start < 60
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines == [f"error: could not join the job at 127.0.0.1:{port} as process 1 of 2 within 2 s: is every "
+                     "process started, and the coordinator reachable from here? (--join-timeout sets the wait)"]
+
+
+def test_the_gpu_check_script_starts_on_a_cpu(tmp_path):
+    """benchmarks/gpu_check.sh --dry-run: the device is described and every benchmark it runs imports and
+    parses its arguments (the full script is run where a GPU is lent: benchmarks/RESULTS.md)."""
+    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--dry-run", str(tmp_path)],  # noqa: S603, S607 (bash and the project's script; no user input)
+                          cwd=REPO, env={**ENV, "PYTHON": sys.executable}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "cpu" in (tmp_path / "device.txt").read_text()
+    assert done.stdout.count("would run") == 5

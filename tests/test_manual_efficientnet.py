@@ -170,10 +170,12 @@ def test_whole_lite0_classifier_gradient_equals_jax_grad(lite0_case):
                for a in jax.tree_util.tree_leaves(v))
 
 
-@pytest.mark.parametrize("finetune", ["top", "all"])
+@pytest.mark.parametrize("finetune", ["all"])
 def test_adam_steps_on_the_manual_backward_equal_autodiffs(lite0_case, finetune):
-    """``--grad manual --finetune top|all``: 4 jitted Optax Adam steps through the custom_vjp equal jax.grad's
-    (float64, per array ≤ 1e-9), the frozen layers stay as they were, and the loss falls."""
+    """``--grad manual --finetune all``: 4 jitted Optax Adam steps through the custom_vjp equal jax.grad's
+    (float64, per array ≤ 1e-9), and the loss falls. (``top`` takes the same path with the optimizer's mask
+    and the partial backward; the partial backward is checked against jax.grad above, and the matrix trains
+    ``top`` with ``--grad manual``: a second 30 s compilation here would check little more.)"""
     from training.loop.config import get_config
     from training.loop.optimizer import make_optimizer, masked_optimizer
     from training.loop.steps import TrainState, make_train_step
