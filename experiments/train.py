@@ -42,7 +42,7 @@ from training.data.dataset import load_dataset
 from training.data.images import Preprocess
 from training.data.labels import SCENARIOS
 from training.evaluation.metrics import bootstrap_interval, classification_metrics
-from training.loop.config import FINETUNE, MODELS, PRESETS, TrainConfig, get_config
+from training.loop.config import FINETUNE, FINETUNE_RECIPE, MODELS, PRESETS, TrainConfig, get_config
 from training.loop.distributed import outputs_of_this_process, process_count, process_index
 from training.runs.folder import RunFolder
 from training.runs.folds import pooled_predictions, run_folds
@@ -119,6 +119,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         overrides["class_weights"] = None if args.class_weights == "none" else args.class_weights
     if args.no_tta:
         overrides["tta_flip"] = False
+    preset = PRESETS[args.preset]
+    if (overrides.get("model", preset.get("model")) in BACKBONES
+            and overrides.get("finetune", preset.get("finetune", "head")) != "head"):
+        overrides = {**FINETUNE_RECIPE, **overrides}  # fine-tuning's own recipe; the user's flags win
     config = get_config(args.preset, seed=args.seed, **overrides)
     if config.model in BACKBONES and args.image_size is None:
         config = dataclasses.replace(config, image_size=native_size(config.model))

@@ -415,3 +415,4 @@ def test_features_read_from_files_in_chunks_equal_those_of_decoded_images(tmp_pa
     with pytest.raises(BadImageError, match="3.png"):
         extract_features([str(f) for f in files], digests, "efficientnet_lite0", backbone, digest, "k",
                          pre=pre, cache_dir=tmp_path / "c", batch_size=2)
+

@@ -477,3 +477,42 @@ def test_a_config_json_with_the_old_flat_augmentation_fields_still_loads():
     assert config.augment == Augment(crop_pad=4, flip=False, max_degrees=5.0, brightness=0.2, contrast=0.0)
     old["augment"] = False
     assert TrainConfig.from_json(old).augment is None
+
+
+def test_warmup_then_cosine_and_weight_decay_of_kernels_only():
+    """warmup_epochs: the rate rises linearly from 0 over the first epoch, peaks at learning_rate, then decays
+    (cosine) to 0. weight_decay λ (AdamW): with a zero gradient a kernel moves by −η_t λ w, a bias not at all."""
+    import optax
+
+    from training.loop.config import get_config
+    from training.loop.optimizer import make_optimizer
+
+    config = get_config("pretrained", learning_rate=1e-2, lr_schedule="cosine", warmup_epochs=1, epochs=4,
+                        weight_decay=0.1)
+    tx = make_optimizer(config, steps_per_epoch=10)
+    params = {"kernel": jnp.full((2, 3), 2.0), "bias": jnp.full((3,), 2.0)}
+    state = tx.init(params)
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    moves = []
+    for _ in range(40):
+        updates, state = tx.update(zeros, state, params)
+        moves.append(float(updates["kernel"][0, 0]))
+        assert not np.any(np.asarray(updates["bias"]))
+    rates = -np.array(moves) / (0.1 * 2.0)  # η_t
+    expected = np.asarray([optax.warmup_cosine_decay_schedule(0.0, 1e-2, 10, 40)(t) for t in range(40)])
+    np.testing.assert_allclose(rates, expected, rtol=1e-5, atol=1e-9)
+    assert rates[0] == 0 and np.argmax(rates) == 10 and rates[-1] < rates[20] < rates[10]
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--finetune", "top"], {"learning_rate": 3e-4, "lr_schedule": "cosine", "warmup_epochs": 1, "head_init": True}),
+    (["--finetune", "all", "--lr", "1e-3", "--epochs", "3"], {"learning_rate": 1e-3, "epochs": 3, "head_init": True}),
+    ([], {"learning_rate": 1e-2, "lr_schedule": None, "head_init": False, "augment": None}),
+    (["--finetune", "head"], {"learning_rate": 1e-2, "head_init": False}),
+    (["--preset", "lab-2020"], {"learning_rate": 1e-3, "head_init": False}),
+], ids=["top", "all-with-flags", "no-flag", "head", "lab-2020"])
+def test_finetune_gets_its_own_recipe_and_the_users_flags_win(flags, expected):
+    from experiments import train
+
+    config = train.config_from_args(train.parser().parse_args(flags))
+    assert {k: getattr(config, k) for k in expected} == expected

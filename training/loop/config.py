@@ -44,6 +44,8 @@ class TrainConfig:
     # None: no augmentation; an Augment: random crop, flip, rotation, brightness/contrast of the training images
     augment: Augment | None = None
     lr_schedule: str | None = None  # None (constant) or "cosine" (decay to 0 over all steps)
+    warmup_epochs: int = 0  # with "cosine": the rate rises linearly from 0 over these first epochs
+    weight_decay: float = 0.0  # > 0: AdamW's decoupled decay of the kernels (not biases, BatchNorm, …)
     patience: int | None = None  # stop after this many epochs without a better validation macro-F1
     # "inner": the best epoch / early stop / head regularisation is chosen on data inside the training
     # part and the validation fold is scored once; "last": no choice at all, the last epoch is scored.
@@ -51,6 +53,9 @@ class TrainConfig:
     # pretrained backbones
     finetune: str = "head"  # "head" (frozen backbone, cached features), "top" or "all"
     top_blocks: int = 2  # with finetune="top": how many of the last MBConv blocks train
+    # with finetune="top"/"all": start from the frozen-feature softmax head (λ and steps chosen by inner CV on
+    # the training part), as fastai's fine_tune trains the head first, instead of a random head
+    head_init: bool = False
     weights: str | None = None  # a .pth file instead of the packaged ImageNet weights
     tta_flip: bool = True  # average the probabilities of each photo and its mirror image
     head_l2_grid: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
@@ -124,10 +129,10 @@ _CHOICES: dict[str, tuple] = {
 # field → (lowest, highest) for integers; None: unbounded above
 _INTS = {"image_size": (8, 4096), "epochs": (1, 100_000), "batch_size": (1, 1 << 20), "folds": (1, 1000),
          "seed": (-(2**63), 2**63 - 1), "first_kernel": (1, 64), "top_blocks": (0, 64),
-         "head_steps": (1, 1_000_000), "inner_folds": (2, 100)}
+         "head_steps": (1, 1_000_000), "inner_folds": (2, 100), "warmup_epochs": (0, 100_000)}
 
 
-_BOOLS = ("rgb", "standardize", "tta_flip")
+_BOOLS = ("rgb", "standardize", "tta_flip", "head_init")
 
 
 def is_int(v) -> bool:
@@ -153,7 +158,8 @@ def _check_config(c: TrainConfig) -> None:
     for name in _BOOLS:
         if not isinstance(getattr(c, name), (bool, np.bool_)):
             fail(name, "true or false")
-    for name, lo, hi in (("learning_rate", 0, 10), ("val_fraction", 0, 1), ("dropout_rate", -1e-12, 1)):
+    for name, lo, hi in (("learning_rate", 0, 10), ("val_fraction", 0, 1), ("dropout_rate", -1e-12, 1),
+                         ("weight_decay", -1e-12, 1)):
         if not is_real(getattr(c, name)) or not lo < getattr(c, name) < hi:
             fail(name, f"a number in ({max(lo, 0)}, {hi})")
     if c.augment is not None:
@@ -198,6 +204,15 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 PRESETS["default"] = PRESETS["pretrained"]
+
+# What ``--finetune top|all`` changes in the pretrained preset (each flag the user gives still wins): Keras' and
+# fastai's recipe. The head first (the frozen-feature head chosen by inner CV), then the top blocks (or all) with
+# it at a 30× lower rate, warmed up over one epoch and cosine-decayed, AdamW weight decay, augmented training
+# photos, and the epoch chosen (with early stopping) on an inner split of the training part. BatchNorm stays
+# in inference form. Adam at the head's 1e-2 on a random head collapses to the constant predictor (issue 17).
+FINETUNE_RECIPE: dict[str, Any] = dict(learning_rate=3e-4, lr_schedule="cosine", warmup_epochs=1, epochs=10,
+                                       weight_decay=1e-4, augment=Augment(crop_pad=16), patience=4,
+                                       selection="inner", head_init=True)
 
 
 def get_config(preset: str = "default", **overrides: Any) -> TrainConfig:

@@ -43,12 +43,3 @@ class DataParallel:
 
     def put_replicated(self, tree):
         return jax.device_put(tree, self.replicated)
-
-
-def put_process_batch(dp: DataParallel, tree):
-    """A global batch sharded over ``dp``'s devices from each process's own rows.
-
-    Every process passes its slice (rows ``[i·m/P, (i+1)·m/P)`` of the global batch of ``m`` for
-    process ``i`` of ``P``); the result is one array of ``m`` rows spanning all processes.
-    """
-    return jax.tree_util.tree_map(lambda a: jax.make_array_from_process_local_data(dp.batch, np.asarray(a)), tree)

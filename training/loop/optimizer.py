@@ -9,13 +9,24 @@ from training.loop.config import FINETUNE, TrainConfig
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int = 1) -> optax.GradientTransformation:
-    """Adam at ``learning_rate``, constant or cosine-decayed to 0 over ``epochs × steps_per_epoch`` steps."""
-    if config.lr_schedule is None:
-        return optax.adam(config.learning_rate)
-    if config.lr_schedule != "cosine":
+    """Adam at ``learning_rate``, constant or cosine-decayed to 0 over ``epochs × steps_per_epoch`` steps.
+
+    With ``warmup_epochs`` w (cosine only) the rate first rises linearly from 0 to ``learning_rate`` over
+    w × ``steps_per_epoch`` steps. With ``weight_decay`` λ > 0 it is AdamW: each kernel (an array of 2 or
+    more axes) also moves by −η_t λ w (decoupled decay); biases and BatchNorm's γ, β do not decay.
+    """
+    if config.lr_schedule not in (None, "cosine"):
         raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; expected None or 'cosine'")
-    total = max(config.epochs * steps_per_epoch, 1)
-    return optax.adam(optax.cosine_decay_schedule(config.learning_rate, decay_steps=total))
+    rate: float | optax.Schedule = config.learning_rate
+    if config.lr_schedule == "cosine":
+        total = max(config.epochs * steps_per_epoch, 1)
+        warmup = min(config.warmup_epochs * steps_per_epoch, total - 1)
+        rate = (optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup_steps=warmup, decay_steps=total)
+                if warmup > 0 else optax.cosine_decay_schedule(config.learning_rate, decay_steps=total))
+    if config.weight_decay > 0:
+        kernels = lambda params: jax.tree_util.tree_map(lambda a: a.ndim >= 2, params)  # noqa: E731
+        return optax.adamw(rate, weight_decay=config.weight_decay, mask=kernels)
+    return optax.adam(rate)
 
 
 def trainable_mask(params, finetune: str, top_blocks: int = 2):

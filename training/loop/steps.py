@@ -286,6 +286,7 @@ def fit(
     progress: bool = True,
     dp: DataParallel | None = None,
     backbone: dict | None = None,
+    head: tuple[dict, dict] | None = None,
 ) -> FitResult:
     """Train, evaluate each epoch on ``(x_val, y_val)``, keep ``best`` and ``last`` checkpoints.
 
@@ -293,7 +294,8 @@ def fit(
     caller passes a validation split carved from its training part) or simply the last epoch
     (``"last"``). A non-finite training loss raises
     ``FloatingPointError``; the checkpoints on disk are then those of the last good epoch.
-    ``backbone``: the pretrained parameters of a transfer model.
+    ``backbone``: the pretrained parameters of a transfer model; ``head``: its starting head and feature
+    standardization (``(params, {"mean", "std"})``, e.g. the frozen-feature head), instead of a random head.
     """
     from tqdm.auto import tqdm
 
@@ -301,12 +303,14 @@ def fit(
     out.mkdir(parents=True, exist_ok=True)
     dp = dp or DataParallel()
     n_classes = len(class_names)
-    normalization = input_normalization(config, x_train)
+    normalization = head[1] if head is not None else input_normalization(config, x_train)
     model = create_model(config, n_classes, normalization)
     key_init, key_shuffle, key_dropout = jax.random.split(jax.random.PRNGKey(config.seed), 3)
     steps_per_epoch = -(-len(x_train) // config.batch_size)
     state = create_state(model, config, x_train.shape[1:], key=key_init, steps_per_epoch=steps_per_epoch,
                          backbone=backbone)
+    if head is not None:  # the optimizer's state depends on the shapes only: it stays as initialised
+        state = state.replace(params={**state.params, "head": jax.tree_util.tree_map(jnp.asarray, head[0])})
     ckpt = Checkpoints(out / "checkpoints")
     write_json_atomic(out / "checkpoints" / "config.json", {"config": config.to_json(), "class_names": class_names,
                                                            "normalization": normalization})

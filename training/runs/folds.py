@@ -115,9 +115,33 @@ def _head_fold(data: Dataset, config: TrainConfig, feats: np.ndarray, backbone: 
         curves=choice.curves)
 
 
+def _initial_head(data: Dataset, config: TrainConfig, feats: np.ndarray, rows: np.ndarray
+                  ) -> tuple[dict, dict] | None:
+    """The frozen-feature softmax head of ``rows`` (λ and steps by inner CV on them, then refit on all of
+    them) and its feature standardization: where fine-tuning starts (``config.head_init``). None, said in
+    the log, when a class has fewer than 2 photos there (no inner CV possible): a random head then."""
+    n_classes = len(data.class_names)
+    y = data.y[rows]
+    weights = class_weight_vector(y, n_classes, config.class_weights)
+    smallest = int(np.bincount(y, minlength=n_classes).min())
+    if smallest < 2:
+        log.info(f"fine-tuning starts from a random head: a class has {smallest} photo(s) in the {len(rows)} it "
+                 "trains on, too few to choose the frozen-feature head by inner CV")
+        return None
+    inner = min(config.inner_folds, smallest)
+    choice = select_head(feats[rows], y, n_classes, weights, l2_grid=config.head_l2_grid, steps=config.head_steps,
+                         lr=1e-2, inner_folds=inner, seed=config.seed, grad=config.grad)
+    head, norm = fit_head(feats[rows], y, n_classes, weights, l2=choice.l2, steps=choice.steps, lr=1e-2,
+                          grad=config.grad)
+    log.info(f"fine-tuning starts from the frozen-feature head: λ = {choice.l2:g}, {choice.steps} steps "
+             f"(chosen by {inner}-fold CV on the {len(rows)} photos it trains on)")
+    return head, norm
+
+
 def _network_fold(data: Dataset, config: TrainConfig, tr: np.ndarray, va: np.ndarray, out: Path, *, resume: bool,
-                  progress: bool, backbone: dict | None) -> FoldResult:
-    """Train by epochs; choose the epoch on an inner split of ``tr`` (or take the last); score ``va`` once."""
+                  progress: bool, backbone: dict | None, feats: np.ndarray | None = None) -> FoldResult:
+    """Train by epochs; choose the epoch on an inner split of ``tr`` (or take the last); score ``va`` once.
+    ``feats``: the frozen backbone's features, for a fine-tuned model that starts from the head."""
     if data.x is None:
         raise ValueError("training a network by epochs needs the decoded images: load the data with decode=True")
     if config.selection == "inner":
@@ -130,8 +154,9 @@ def _network_fold(data: Dataset, config: TrainConfig, tr: np.ndarray, va: np.nda
         fit_tr, fit_va = tr, va  # the outer fold only draws the curves: nothing is chosen on it
     else:
         raise ValueError(f"unknown selection {config.selection!r}; expected 'inner' or 'last'")
+    head = _initial_head(data, config, feats, fit_tr) if feats is not None else None
     result = fit(config, data.x[fit_tr], data.y[fit_tr], data.x[fit_va], data.y[fit_va], data.class_names, out,
-                 resume=resume, progress=progress, backbone=backbone)
+                 resume=resume, progress=progress, backbone=backbone, head=head)
     op = operating_point(config.target_recall, data.class_names, result.val_probs, data.y[fit_va]) \
         if config.selection == "inner" else None
     if config.target_recall is not None and op is None:
@@ -164,7 +189,7 @@ def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bo
         if not config.rgb:
             raise ValueError(f"{config.model} is an RGB network: grayscale input is not supported")
         backbone, digest = backbone_for(config, cache_dir=cache_dir)
-        if config.finetune == "head":
+        if config.finetune == "head" or config.head_init:
             from training.data.images import Preprocess
 
             pre = Preprocess(config.image_size, config.crop, True)
@@ -181,11 +206,11 @@ def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bo
         write_json_atomic(fold_out / "split.json", {"train": [data.paths[i] for i in tr],
                                                     "validation": [data.paths[i] for i in va]})
         start = time.perf_counter()
-        if feats is not None:
+        if config.pretrained and config.finetune == "head":
             result = _head_fold(data, config, feats, backbone, tr, va, fold_out)
         else:
             result = _network_fold(data, config, tr, va, fold_out, resume=resume, progress=progress,
-                                   backbone=backbone)
+                                   backbone=backbone, feats=feats)
         result = result._replace(seconds=time.perf_counter() - start, outer_index=va)
         saved = {"config": config.to_json(), "class_names": data.class_names,
                  "normalization": result.normalization, "operating_point": result.operating_point}

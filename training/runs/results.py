@@ -91,7 +91,10 @@ def table_row(results: list[FoldResult], class_names: list[str], *, positive: in
 
 
 def describe(config: TrainConfig) -> dict:
+    """The settings a reader of a report needs (fine-tuning's own only when it fine-tunes)."""
+    tuning = ("top_blocks", "warmup_epochs", "weight_decay", "head_init") \
+        if config.pretrained and config.finetune != "head" else ()
     return {k: v for k, v in config.to_json().items()
             if k in ("model", "finetune", "image_size", "rgb", "augment", "class_weights", "standardize",
                      "learning_rate", "lr_schedule", "epochs", "patience", "folds", "selection", "tta_flip",
-                     "target_recall", "grad")}
+                     "target_recall", "grad", *tuning)}
