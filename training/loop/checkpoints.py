@@ -82,7 +82,10 @@ def _naming(path: Path):
 
 
 class Checkpoints:
-    """``directory/best`` and ``directory/last``, one step each; ``directory/config.json`` beside."""
+    """``directory/best`` and ``directory/last``, one step each; ``directory/config.json`` beside.
+
+    In a job of several processes (:mod:`training.loop.distributed`) every process reads, process 0 alone
+    writes, and the others keep what they save in memory (``restore`` and ``meta`` return it)."""
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory).absolute()
