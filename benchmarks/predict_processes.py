@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.predict_stream import make_photos
+from benchmarks.predict_stream import make_photos, train_default_run
 from training.common.files import output_dir
 from training.common.tables import write_table
 from training.common.timing import device_description
@@ -68,21 +68,16 @@ def predict_as(n: int, run_dir: Path, photos: Path, out: Path) -> float:
 
 
 def run(photos: int, processes: list[int], out: str) -> list[dict]:
-    from experiments import train
-
     out_path = output_dir(out)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for k, label in enumerate(("a", "b")):
-            make_photos(tmp / "labelled" / label, 12, seed=100 + k)
-        train.main(["--data", str(tmp / "labelled"), "--out", str(tmp / "run"), "--cache-dir", str(tmp / "cache"),
-                    "--no-progress"])
+        run_dir = train_default_run(tmp)
         folder = make_photos(tmp / "photos", photos, seed=7)
         reference = None
         for n in sorted(set(processes) | {1}):
             csv = tmp / f"p{n}.csv"
-            seconds = predict_as(n, tmp / "run", folder, csv)
+            seconds = predict_as(n, run_dir, folder, csv)
             reference = reference if reference is not None else csv.read_bytes()
             same = csv.read_bytes() == reference
             rows.append({"processes": n, "wall s": seconds, "photos/s": photos / seconds,

@@ -64,8 +64,19 @@ def peak_rss_mb(argv: list[str]) -> tuple[float, float]:
     return usage.ru_maxrss * scale / 2**20, time.perf_counter() - start
 
 
-def run(sizes: list[int], out: str, workers: int | None = None) -> list[dict]:
+def train_default_run(tmp: Path) -> Path:
+    """``tmp/run``: the default model (no flag) trained by ``experiments.train`` on 24 generated photos of 2
+    classes, so the checkpoint is real."""
     from experiments import train
+
+    for k, label in enumerate(("a", "b")):
+        make_photos(tmp / "labelled" / label, 12, seed=100 + k)
+    train.main(["--data", str(tmp / "labelled"), "--out", str(tmp / "run"), "--cache-dir", str(tmp / "cache"),
+                "--no-progress"])
+    return tmp / "run"
+
+
+def run(sizes: list[int], out: str, workers: int | None = None) -> list[dict]:
     from training.data.images import Preprocess, image_files
     from training.evaluation.decision import decide
     from training.inference.stream import Classifier, StreamOptions, predict_folder
@@ -76,12 +87,7 @@ def run(sizes: list[int], out: str, workers: int | None = None) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        labelled = tmp / "labelled"
-        for k, label in enumerate(("a", "b")):
-            make_photos(labelled / label, 12, seed=100 + k)
-        run_dir = tmp / "run"
-        train.main(["--data", str(labelled), "--out", str(run_dir), "--cache-dir", str(tmp / "cache"),
-                    "--no-progress"])
+        run_dir = train_default_run(tmp)
         folders = {n: make_photos(tmp / f"photos_{n}", n, seed=n) for n in sizes}
         for n, folder in folders.items():
             rss, wall = peak_rss_mb([sys.executable, "-m", "experiments.predict", "--checkpoint", str(run_dir),

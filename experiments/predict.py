@@ -34,7 +34,7 @@ from experiments.errors import DISTRIBUTED, add_common, positive_int, run_comman
 from training.data.images import Preprocess, image_files
 from training.evaluation.decision import decide
 from training.inference.engine import ENGINES, probs_function
-from training.inference.stream import Classifier, PartialCSV, StreamOptions, predict_sharded, shard_path
+from training.inference.stream import Classifier, PartialCSV, StreamOptions, csv_header, predict_sharded, shard_path
 from training.loop.distributed import process_count, process_index
 from training.runs.saved import load_trained, run_config
 
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> dict:
     model, params, config, class_names = load_trained(args.checkpoint)
     ckpt_dir, saved = run_config(args.checkpoint)
     op = saved.get("operating_point")
-    header = ["path", "predicted", *[f"p_{n}" for n in class_names]]
+    header = csv_header(class_names)
     signature = {"checkpoint": str(Path(args.checkpoint).resolve()), "images": str(root.resolve()),
                  "checkpoint_config_sha256": hashlib.sha256((ckpt_dir / "config.json").read_bytes()).hexdigest()}
     count, index = process_count(), process_index()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -33,7 +34,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from training.common.files import atomic_open
+from training.common.files import atomic_open, write_json_atomic
 from training.data.images import BadImageError, Preprocess
 from training.data.prefetch import decode_chunks
 from training.loop.devices import DataParallel
@@ -95,8 +96,6 @@ class PartialCSV:
         self.meta.unlink(missing_ok=True)
 
     def _write_meta(self, length: int, skipped: list) -> None:
-        import json
-
         with atomic_open(self.meta, encoding="utf-8") as f:
             json.dump({"signature": self.signature, "complete_bytes": length, "skipped": skipped}, f)
 
@@ -109,8 +108,6 @@ class PartialCSV:
 
     def resume(self) -> tuple[set[str], list]:
         """The paths already written (after cutting the file back to its last complete chunk) and the skips."""
-        import json
-
         try:
             meta = json.loads(self.meta.read_text(encoding="utf-8"))
             length = int(meta["complete_bytes"])
@@ -166,8 +163,7 @@ def predict_folder(files: Sequence[Path], root: Path, classifier: Classifier, ou
     c, o = classifier, options
     dp = dp or DataParallel(jax.local_devices())
     size = dp.padded_batch_size(o.batch_size)
-    header = ["path", "predicted", *[f"p_{n}" for n in c.class_names]]
-    partial = PartialCSV(out, header, signature)
+    partial = PartialCSV(out, csv_header(c.class_names), signature)
     report = StreamReport()
     rel = {f: f.relative_to(root).as_posix() for f in files}
     if o.resume and partial.exists():
@@ -216,10 +212,19 @@ def predict_folder(files: Sequence[Path], root: Path, classifier: Classifier, ou
     return report
 
 
+def csv_header(class_names: Sequence[str]) -> list[str]:
+    """The prediction CSV's columns: path, predicted, then ``p_<class>`` per class."""
+    return ["path", "predicted", *[f"p_{n}" for n in class_names]]
+
+
 def shard_path(out: Path, index: int, count: int) -> Path:
     """Where process ``index`` of ``count`` writes its shard of ``out`` (a complete shard; its partial
-    file is beside it, named as :class:`PartialCSV` names it)."""
+    file is beside it, named as :class:`PartialCSV` names it, and its report beside as ``….json``)."""
     return out.with_name(f"{out.name}.shard-{index}-of-{count}")
+
+
+def _shard_report(shard: Path) -> Path:
+    return shard.with_name(shard.name + ".json")
 
 
 def predict_sharded(files: Sequence[Path], root: Path, classifier: Classifier, out: Path, *, signature: dict,
@@ -236,36 +241,32 @@ def predict_sharded(files: Sequence[Path], root: Path, classifier: Classifier, o
     if count == 1:
         return predict_folder(files, root, classifier, out, signature=signature, options=options)
     dp = DataParallel(jax.local_devices())
-    part = shard(len(files), block=dp.padded_batch_size(options.batch_size))
-    mine = shard_path(out, index, count)
-    report_file = mine.with_name(mine.name + ".json")
-    sig = {**signature, "shard": f"{index} of {count}", "chunk": dp.padded_batch_size(options.batch_size)}
+    chunk = dp.padded_batch_size(options.batch_size)
+    part = shard(len(files), block=chunk)
+    shards = [shard_path(out, k, count) for k in range(count)]
+    mine = shards[index]
+    sig = {**signature, "shard": f"{index} of {count}", "chunk": chunk}
     if overwrite:
         PartialCSV(mine, [], sig).discard()
         mine.unlink(missing_ok=True)
-    if options.resume and mine.is_file() and report_file.is_file():
-        import json
-
-        skipped = [tuple(s) for s in json.loads(report_file.read_text(encoding="utf-8"))["skipped"]]
+    if options.resume and mine.is_file() and _shard_report(mine).is_file():
+        skipped = [tuple(s) for s in json.loads(_shard_report(mine).read_text(encoding="utf-8"))["skipped"]]
         report = StreamReport(resumed=len(files[part]) - len(skipped), skipped=skipped)
         log.info(f"process {index}: its shard is complete already ({mine})")
     else:
         report = predict_folder(files[part], root, classifier, mine, signature=sig, options=options, dp=dp)
-        from training.common.files import write_json_atomic
-
-        write_json_atomic(report_file, {"skipped": [list(s) for s in report.skipped]})
+        write_json_atomic(_shard_report(mine), {"skipped": [list(s) for s in report.skipped]})
     barrier(f"predict {out}")
     if index == 0:
-        header = _csv_bytes([["path", "predicted", *[f"p_{n}" for n in classifier.class_names]]])
+        header = _csv_bytes([csv_header(classifier.class_names)])
         with atomic_open(out, "wb") as f:
             f.write(header)
-            for k in range(count):
-                data = shard_path(out, k, count).read_bytes()
+            for path in shards:
+                data = path.read_bytes()
                 if not data.startswith(header):
-                    raise ValueError(f"{shard_path(out, k, count)}: not a shard of this prediction")
+                    raise ValueError(f"{path}: not a shard of this prediction")
                 f.write(data[len(header):])
-        for k in range(count):
-            shard_path(out, k, count).unlink()
-            path = shard_path(out, k, count)
-            path.with_name(path.name + ".json").unlink(missing_ok=True)
+        for path in shards:
+            path.unlink()
+            _shard_report(path).unlink(missing_ok=True)
     return report

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 
 @dataclass(frozen=True)
@@ -158,8 +159,6 @@ def shard(n: int, *, block: int = 1, index: int | None = None, count: int | None
 def barrier(name: str) -> None:
     """Wait until every process of the job reaches ``barrier(name)`` (nothing for one process)."""
     if process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
 
 
@@ -168,8 +167,6 @@ def gather_rows(local: np.ndarray) -> np.ndarray:
     concatenated in process order, in every process. One process: ``local`` itself."""
     if process_count() == 1:
         return local
-    from jax.experimental import multihost_utils
-
     counts = np.asarray(multihost_utils.process_allgather(np.array([len(local)], np.int64))).reshape(-1)
     padded = np.zeros((int(counts.max()), *local.shape[1:]), local.dtype)
     padded[: len(local)] = local
@@ -181,8 +178,6 @@ def any_process(flags: np.ndarray) -> np.ndarray:
     """Elementwise OR of a boolean vector over every process (the same length in each)."""
     if process_count() == 1:
         return flags
-    from jax.experimental import multihost_utils
-
     every = np.asarray(multihost_utils.process_allgather(flags.astype(np.int32)))
     return every.reshape(process_count(), -1).any(axis=0)
 
@@ -191,8 +186,6 @@ def from_process_0(flag: bool) -> bool:
     """Process 0's ``flag`` in every process (for choices that must be the same everywhere)."""
     if process_count() == 1:
         return flag
-    from jax.experimental import multihost_utils
-
     return bool(multihost_utils.broadcast_one_to_all(np.array(flag, np.int32)))
 
 
@@ -200,8 +193,6 @@ def to_host(a) -> np.ndarray:
     """A JAX array as NumPy, whole: gathered from every process when it spans devices of other processes."""
     if getattr(a, "is_fully_addressable", True):
         return np.asarray(a)
-    from jax.experimental import multihost_utils
-
     return np.asarray(multihost_utils.process_allgather(a, tiled=True))
 
 

@@ -30,7 +30,7 @@ from training.data.labels import require_two_classes, stratified_folds, stratifi
 from training.evaluation.decision import decide, operating_point
 from training.evaluation.metrics import classification_metrics, majority_baseline
 from training.loop.checkpoints import Checkpoints
-from training.loop.config import TrainConfig
+from training.loop.config import PRESETS, TrainConfig
 from training.loop.steps import class_weight_vector, create_model, create_state, fit, make_eval_step, predict_proba
 from training.runs.report import write_run_report
 from training.transfer.features import backbone_for, extract_features
@@ -83,14 +83,7 @@ def _head_fold(data: Dataset, config: TrainConfig, feats: np.ndarray, backbone: 
     """Choose the head on inner folds of ``tr``, refit it on ``tr``, score ``va`` once, save the classifier."""
     n_classes = len(data.class_names)
     y_tr = data.y[tr]
-    weights = class_weight_vector(y_tr, n_classes, config.class_weights)
-    inner = min(config.inner_folds, int(np.bincount(y_tr, minlength=n_classes).min()))
-    if inner < 2:
-        raise ValueError(f"too few images to choose the head on inner folds: {dict(zip(data.class_names, np.bincount(y_tr, minlength=n_classes).tolist()))} in the training part (need ≥ 2 per class)")  # noqa: E501
-    choice = select_head(feats[tr], y_tr, n_classes, weights, l2_grid=config.head_l2_grid, steps=config.head_steps,
-                         lr=config.learning_rate, inner_folds=inner, seed=config.seed, grad=config.grad)
-    head, norm = fit_head(feats[tr], y_tr, n_classes, weights, l2=choice.l2, steps=choice.steps,
-                          lr=config.learning_rate, grad=config.grad)
+    choice, head, norm, inner = _frozen_head(data, config, feats, tr, lr=config.learning_rate)
     op = operating_point(config.target_recall, data.class_names, choice.oof_probs, y_tr)
     probs = head_probs(feats[va], head, norm, tta_flip=config.tta_flip)
     metrics = score(data.y[va], probs, y_tr, data.class_names, op)
@@ -115,24 +108,35 @@ def _head_fold(data: Dataset, config: TrainConfig, feats: np.ndarray, backbone: 
         curves=choice.curves)
 
 
-def _initial_head(data: Dataset, config: TrainConfig, feats: np.ndarray, rows: np.ndarray
-                  ) -> tuple[dict, dict] | None:
-    """The frozen-feature softmax head of ``rows`` (λ and steps by inner CV on them, then refit on all of
-    them) and its feature standardization: where fine-tuning starts (``config.head_init``). None, said in
-    the log, when a class has fewer than 2 photos there (no inner CV possible): a random head then."""
+def _frozen_head(data: Dataset, config: TrainConfig, feats: np.ndarray, rows: np.ndarray, *, lr: float):
+    """The softmax head on the frozen features of ``rows``: λ and steps chosen by inner CV on them, then refit
+    on all of them. ``(choice, head, feature standardization, inner folds)``; ``ValueError`` when a class has
+    fewer than 2 photos in ``rows``."""
     n_classes = len(data.class_names)
     y = data.y[rows]
+    counts = np.bincount(y, minlength=n_classes)
+    inner = min(config.inner_folds, int(counts.min()))
+    if inner < 2:
+        raise ValueError(f"too few images to choose the head on inner folds: {dict(zip(data.class_names, counts.tolist()))} in the training part (need ≥ 2 per class)")  # noqa: E501
     weights = class_weight_vector(y, n_classes, config.class_weights)
-    smallest = int(np.bincount(y, minlength=n_classes).min())
+    choice = select_head(feats[rows], y, n_classes, weights, l2_grid=config.head_l2_grid, steps=config.head_steps,
+                         lr=lr, inner_folds=inner, seed=config.seed, grad=config.grad)
+    head, norm = fit_head(feats[rows], y, n_classes, weights, l2=choice.l2, steps=choice.steps, lr=lr,
+                          grad=config.grad)
+    return choice, head, norm, inner
+
+
+def _initial_head(data: Dataset, config: TrainConfig, feats: np.ndarray, rows: np.ndarray
+                  ) -> tuple[dict, dict] | None:
+    """Where fine-tuning starts (``config.head_init``): :func:`_frozen_head` of ``rows`` at the head-only
+    preset's rate, and its feature standardization. None, said in the log, when a class has fewer than 2
+    photos there (no inner CV possible): a random head then."""
+    smallest = int(np.bincount(data.y[rows], minlength=len(data.class_names)).min())
     if smallest < 2:
         log.info(f"fine-tuning starts from a random head: a class has {smallest} photo(s) in the {len(rows)} it "
                  "trains on, too few to choose the frozen-feature head by inner CV")
         return None
-    inner = min(config.inner_folds, smallest)
-    choice = select_head(feats[rows], y, n_classes, weights, l2_grid=config.head_l2_grid, steps=config.head_steps,
-                         lr=1e-2, inner_folds=inner, seed=config.seed, grad=config.grad)
-    head, norm = fit_head(feats[rows], y, n_classes, weights, l2=choice.l2, steps=choice.steps, lr=1e-2,
-                          grad=config.grad)
+    choice, head, norm, inner = _frozen_head(data, config, feats, rows, lr=PRESETS["pretrained"]["learning_rate"])
     log.info(f"fine-tuning starts from the frozen-feature head: λ = {choice.l2:g}, {choice.steps} steps "
              f"(chosen by {inner}-fold CV on the {len(rows)} photos it trains on)")
     return head, norm
