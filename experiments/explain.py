@@ -28,13 +28,13 @@ def run(args: argparse.Namespace) -> list[dict]:
     images = load_unlabelled(args.images, Preprocess(config.image_size, config.crop, config.rgb),
                              skip_bad=args.skip_bad, cache_dir=args.cache_dir)
     out = output_dir(args.out)
-    probs_fn = jax.jit(lambda x: jax.nn.softmax(model.apply({"params": params}, x)))
-    maps = {name: jax.jit(lambda x, c, f=METHODS[name]: f(model, params, x, c), static_argnums=1)
-            for name in args.methods}
+    # the parameters and the class are arguments, not constants: one compilation per method, for every class
+    probs_fn = jax.jit(lambda p, x: jax.nn.softmax(model.apply({"params": p}, x)))
+    maps = {name: jax.jit(lambda p, x, c, f=METHODS[name]: f(model, p, x, c)) for name in args.methods}
     plt = pyplot()
     rows = []
     for path, x in zip(images.paths, images.x):
-        probs = np.asarray(probs_fn(x))
+        probs = np.asarray(probs_fn(params, x))
         cls = int(probs.argmax())
         fig, axes = plt.subplots(1, 1 + len(maps), figsize=(3.2 * (1 + len(maps)), 3.6))
         shown = x[:, :, 0] if x.shape[-1] == 1 else x
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         axes[0].set_title(f"{class_names[cls]} {probs[cls]:.2f}", fontsize=9)
         for ax, (name, f) in zip(axes[1:], maps.items()):
             ax.imshow(shown, cmap="gray" if x.shape[-1] == 1 else None)
-            ax.imshow(np.asarray(f(x, cls)), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            ax.imshow(np.asarray(f(params, x, cls)), cmap="jet", alpha=0.45, vmin=0, vmax=1)
             ax.set_title(name, fontsize=9)
         for ax in axes:
             ax.axis("off")

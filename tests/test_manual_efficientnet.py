@@ -143,7 +143,15 @@ def autodiff_loss(model, params, batch, keys):
     return jnp.sum(losses * batch["mask"]) / jnp.sum(batch["mask"])
 
 
-def test_whole_lite0_classifier_gradient_equals_jax_grad(lite0_case):
+@pytest.fixture(scope="module")
+def autodiff_grad(lite0_case):
+    """``(params, dropout keys) -> (loss, ∂loss/∂params)`` by jax.grad of the Flax model, jitted once for the
+    module: the reference of both tests below (one 30 s float64 compilation instead of two)."""
+    model, _, batch, _ = lite0_case
+    return jax.jit(jax.value_and_grad(lambda p, keys: autodiff_loss(model, p, batch, keys)))
+
+
+def test_whole_lite0_classifier_gradient_equals_jax_grad(lite0_case, autodiff_grad):
     """Backbone (stem, 16 MBConv blocks, head conv) + standardization + dropout + dense + weighted loss:
     every array of the hand-written gradient equals jax.grad's to 1e-10 of its norm, in float64. With
     ``trainable`` naming the top layers only, those get the same gradient and every layer below gets zeros."""
@@ -160,7 +168,7 @@ def test_whole_lite0_classifier_gradient_equals_jax_grad(lite0_case):
                 transfer_batch_grads(p, batch["x"], batch["y"], model, trainable=trainable, **kw)[1])
 
     (loss, grads), partial = manual(params)
-    ref_loss, ref = jax.jit(jax.value_and_grad(lambda p: autodiff_loss(model, p, batch, keys)))(params)
+    ref_loss, ref = autodiff_grad(params, keys)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-13)
     assert_tree_close(grads, ref, RTOL)
     assert float(jnp.linalg.norm(grads["backbone"]["conv_stem"]["kernel"])) > 0  # δ reaches the first layer
@@ -171,11 +179,12 @@ def test_whole_lite0_classifier_gradient_equals_jax_grad(lite0_case):
 
 
 @pytest.mark.parametrize("finetune", ["all"])
-def test_adam_steps_on_the_manual_backward_equal_autodiffs(lite0_case, finetune):
-    """``--grad manual --finetune all``: 4 jitted Optax Adam steps through the custom_vjp equal jax.grad's
-    (float64, per array ≤ 1e-9), and the loss falls. (``top`` takes the same path with the optimizer's mask
-    and the partial backward; the partial backward is checked against jax.grad above, and the matrix trains
-    ``top`` with ``--grad manual``: a second 30 s compilation here would check little more.)"""
+def test_adam_steps_on_the_manual_backward_equal_autodiffs(lite0_case, autodiff_grad, finetune):
+    """``--grad manual --finetune all``: 4 Optax Adam steps of the project's jitted train step, through the
+    custom_vjp, equal 4 steps written here from jax.grad of the Flax model and the same optimizer (float64,
+    per array ≤ 1e-9), and the loss falls. (``top`` takes the same path with the optimizer's mask and the
+    partial backward; the partial backward is checked against jax.grad above, and the matrix trains ``top``
+    with ``--grad manual``: a second 30 s compilation here would check little more.)"""
     from training.loop.config import get_config
     from training.loop.optimizer import make_optimizer, masked_optimizer
     from training.loop.steps import TrainState, make_train_step
@@ -184,19 +193,23 @@ def test_adam_steps_on_the_manual_backward_equal_autodiffs(lite0_case, finetune)
     config = get_config(model="efficientnet_lite0", finetune=finetune, top_blocks=1, learning_rate=1e-3)
     tx = masked_optimizer(make_optimizer(config), params, finetune, config.top_blocks)
     state0 = TrainState.create(apply_fn=model.apply, params=params, tx=tx).replace(step=jnp.zeros((), jnp.int32))
-    states, losses = {}, {}
-    for grad in ("manual", "autodiff"):
-        step = make_train_step(model, grad=grad, finetune=finetune, top_blocks=config.top_blocks)
-        state, losses[grad] = state0, []
-        for i in range(4):
-            state, m = step(state, batch, jax.random.PRNGKey(10 + i))
-            losses[grad].append(float(m["loss"]))
-        states[grad] = state
+    step = make_train_step(model, grad="manual", finetune=finetune, top_blocks=config.top_blocks)
+    apply = jax.jit(lambda state, grads: state.apply_gradients(grads=grads))
+    manual, reference = state0, state0
+    losses = {"manual": [], "autodiff": []}
+    for i in range(4):
+        key = jax.random.PRNGKey(10 + i)
+        manual, m = step(manual, batch, key)
+        losses["manual"].append(float(m["loss"]))
+        keys = jax.random.split(jax.random.split(key)[1], batch["x"].shape[0])  # the step's dropout keys
+        loss, grads = autodiff_grad(reference.params, keys)
+        reference = apply(reference, grads)
+        losses["autodiff"].append(float(loss))
     np.testing.assert_allclose(losses["manual"], losses["autodiff"], rtol=1e-12)
     assert losses["manual"][-1] < losses["manual"][0]
-    assert_tree_close(states["manual"].params, states["autodiff"].params, 1e-9)
-    frozen = states["manual"].params["backbone"]["block0"]["depthwise_conv"]["kernel"]
-    moved = states["manual"].params["backbone"]["block15"]["project_conv"]["kernel"]
+    assert_tree_close(manual.params, reference.params, 1e-9)
+    frozen = manual.params["backbone"]["block0"]["depthwise_conv"]["kernel"]
+    moved = manual.params["backbone"]["block15"]["project_conv"]["kernel"]
     assert np.array_equal(frozen, params["backbone"]["block0"]["depthwise_conv"]["kernel"]) == (finetune == "top")
     assert not np.array_equal(moved, params["backbone"]["block15"]["project_conv"]["kernel"])
 

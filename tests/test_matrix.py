@@ -104,7 +104,7 @@ def test_explain_writes_grad_cam_for_every_photo(kind, runs, photos, tmp_path):
     assert len(rows) == 16 and all(Path(r["png"]).stat().st_size > 0 for r in rows)
     model, params, config, _ = load_trained(run)  # the map itself, on the model's last feature map
     x = load_image(next(photos.rglob("*.png")), Preprocess(config.image_size, config.crop, config.rgb))
-    cam = np.asarray(jax.jit(lambda x: grad_cam(model, params, x, 1))(x))
+    cam = np.asarray(jax.jit(lambda p, x: grad_cam(model, p, x, 1))(params, x))
     assert cam.shape == (config.image_size,) * 2 and np.isfinite(cam).all() and 0 <= cam.min() <= cam.max() <= 1
 
 

@@ -44,7 +44,7 @@ def test_banana_photos_are_bananas(lite0):
     params, _ = lite0
     model = EfficientNetLite("efficientnet_lite0")
     x = np.stack([load_image(p, Preprocess(224, "center", True)) for p in sorted(folder.iterdir())])
-    logits = np.asarray(jax.jit(jax.vmap(lambda im: model.apply({"params": params}, im)))(x))
+    logits = np.asarray(jax.jit(jax.vmap(lambda p, im: model.apply({"params": p}, im), (None, 0)))(params, x))
     top5 = np.argsort(-logits, axis=1)[:, :5]
     assert np.isfinite(logits).all() and len(x) == 7
     assert sum(954 in row for row in top5) >= 4
@@ -255,7 +255,7 @@ def test_features_are_cached_by_image_digest(tmp_path, lite0):
                               batch_size=2)
     assert (n1, n2) == (3, 0) and f1.shape == (3, 2, 1280) and np.array_equal(f1, f2)
     model = EfficientNetLite("efficientnet_lite0")
-    direct = model.apply({"params": params}, jnp.asarray(x[1][:, ::-1]), features_only=True)
+    direct = jax.jit(lambda p, im: model.apply({"params": p}, im, features_only=True))(params, x[1][:, ::-1])
     assert max(relative_errors(f1[1, 1], direct)) <= 1e-5  # view 1 is the mirror image
 
 

@@ -125,14 +125,16 @@ class Checkpoints:
         return self.managers[which].latest_step()
 
     def restore(self, which: str, template) -> tuple[Any, dict]:
-        """(state, meta) of the checkpoint, shaped like ``template`` (e.g. a freshly initialised state)."""
+        """(state, meta) of the checkpoint, shaped like ``template`` (a state, or its ``jax.eval_shape``)."""
         if self.memory is not None and which in self.memory:
             return self.memory[which][1], self.memory[which][2]
         manager = self.managers[which]
         step = manager.latest_step()
         if step is None:
             raise FileNotFoundError(f"no {which!r} checkpoint in {self.directory}")
-        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+        # read onto this process's first device, whatever the template holds (arrays or shapes only)
+        here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=here), template)
         with _naming(self.directory / which / str(step)):
             restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                                      meta=ocp.args.JsonRestore()))

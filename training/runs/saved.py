@@ -65,7 +65,8 @@ def load_trained(run_dir: str | Path, which: str = "best"):
     config, class_names = TrainConfig.from_json(saved["config"]), saved["class_names"]  # checked by run_config
     model = create_model(config, len(class_names), saved.get("normalization"))
     shape = (config.image_size, config.image_size, 3 if config.rgb else 1)
-    template = create_state(model, config, shape, key=jax.random.PRNGKey(0))
+    # the checkpoint's structure only: nothing is initialised or computed
+    template = jax.eval_shape(lambda: create_state(model, config, shape, key=jax.random.PRNGKey(0)))
     ckpt = Checkpoints(ckpt_dir)
     try:
         state, _ = ckpt.restore(which, template)

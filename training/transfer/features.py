@@ -22,6 +22,7 @@ picked on the inner folds' out-of-fold probabilities (:func:`recall_threshold`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,8 +39,10 @@ def feature_cache_dir(cache_dir: str | Path | None, variant: str, weights_digest
     return cache_root(cache_dir, "features") / f"{variant}-{weights_digest[:16]}-{pre_key}"
 
 
+@functools.lru_cache(maxsize=8)
 def make_feature_fn(variant: str, depthwise: str = "shift"):
-    """``features(params, x) -> (B, 2, D)``: pooled features of each image and of its mirror image, jitted."""
+    """``features(params, x) -> (B, 2, D)``: pooled features of each image and of its mirror image, jitted
+    (one function per backbone: a second extraction in the same process compiles nothing)."""
     model = EfficientNetLite(variant, depthwise=depthwise)
 
     @jax.jit
