@@ -19,7 +19,7 @@ from experiments.errors import add_common, run_command
 from training.common.files import atomic_open, output_dir
 from training.common.tables import pyplot
 from training.data.images import Preprocess, load_unlabelled
-from training.evaluation.explain import METHODS
+from training.evaluation.explain import METHODS, jitted
 from training.runs.saved import load_trained
 
 
@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     out = output_dir(args.out)
     # the parameters and the class are arguments, not constants: one compilation per method, for every class
     probs_fn = jax.jit(lambda p, x: jax.nn.softmax(model.apply({"params": p}, x)))
-    maps = {name: jax.jit(lambda p, x, c, f=METHODS[name]: f(model, p, x, c)) for name in args.methods}
+    maps = {name: jitted(model, name) for name in args.methods}
     plt = pyplot()
     rows = []
     for path, x in zip(images.paths, images.x):

@@ -91,11 +91,9 @@ def test_predict_writes_one_row_per_photo(kind, runs):
 
 @pytest.mark.parametrize("kind", BY_KIND)
 def test_explain_writes_grad_cam_for_every_photo(kind, runs, photos, tmp_path):
-    import jax
-
     from experiments import explain
     from training.data.images import Preprocess, load_image
-    from training.evaluation.explain import grad_cam
+    from training.evaluation.explain import jitted
     from training.runs.saved import load_trained
 
     run, _ = runs(kind)
@@ -104,7 +102,7 @@ def test_explain_writes_grad_cam_for_every_photo(kind, runs, photos, tmp_path):
     assert len(rows) == 16 and all(Path(r["png"]).stat().st_size > 0 for r in rows)
     model, params, config, _ = load_trained(run)  # the map itself, on the model's last feature map
     x = load_image(next(photos.rglob("*.png")), Preprocess(config.image_size, config.crop, config.rgb))
-    cam = np.asarray(jax.jit(lambda p, x: grad_cam(model, p, x, 1))(params, x))
+    cam = np.asarray(jitted(model, "grad_cam")(params, x, 1))  # explain's own compiled map
     assert cam.shape == (config.image_size,) * 2 and np.isfinite(cam).all() and 0 <= cam.min() <= cam.max() <= 1
 
 

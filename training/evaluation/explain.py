@@ -12,6 +12,8 @@ Maps are bilinearly resized to (H, W) and scaled to [0, 1] (all-zero maps stay z
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax.core import unfreeze
@@ -67,3 +69,11 @@ def grad_cam_plus_plus(model, params, x: jax.Array, cls: int) -> jax.Array:
 
 
 METHODS = {"saliency": saliency, "grad_cam": grad_cam, "grad_cam_plus_plus": grad_cam_plus_plus}
+
+
+@functools.lru_cache(maxsize=16)
+def jitted(model, method: str):
+    """``f(params, x, cls) -> map``: ``METHODS[method]`` for ``model``, jitted once per (model, method): the
+    parameters and the class are arguments, so one compilation serves every class and every caller."""
+    f = METHODS[method]
+    return jax.jit(lambda params, x, cls: f(model, params, x, cls))
