@@ -32,8 +32,11 @@ def run(args: argparse.Namespace) -> dict:
     data = load_mnist_npz(args.data)
     shape = (-1, 28, 28, 1)
     x_train, x_valid, x_test = (data.train.x.reshape(shape), data.valid.x.reshape(shape), data.test.x.reshape(shape))
-    if args.limit:
-        x_train, data = x_train[: args.limit], data._replace(train=data.train._replace(y=data.train.y[: args.limit]))
+    if args.limit:  # the first N images of each split
+        n = args.limit
+        x_train, x_valid, x_test = x_train[:n], x_valid[:n], x_test[:n]
+        data = data._replace(**{split: getattr(data, split)._replace(y=getattr(data, split).y[:n])
+                                for split in ("train", "valid", "test")})
     config = get_config("lab-2020", image_size=28, first_kernel=5, epochs=args.epochs, batch_size=128,
                         learning_rate=1e-3, lr_schedule="cosine", standardize=True,
                         augment=Augment(crop_pad=2, flip=False, max_degrees=8.0, brightness=0.0, contrast=0.0),
@@ -47,6 +50,7 @@ def run(args: argparse.Namespace) -> dict:
     test = classification_metrics(data.test.y, probs, names)
     summary = {"test_accuracy": test["accuracy"], "valid_accuracy_best_epoch": result.metrics["accuracy"],
                "best_epoch": result.best_epoch, "epochs": config.epochs, "train_images": len(x_train),
+               "test_images": len(x_test),
                "train_seconds": seconds, "grad": config.grad}
     write_table([summary], out, "mnist_test", title="Model-1-style CNN on MNIST",
                 notes=f"Target ≥ 0.992 test accuracy (LeNet-5: 0.9905). Device: {device_description()}. "
@@ -60,7 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common(p, "data", "out", "seed", "no-progress", out="runs/mnist_cnn", data_required=True)
     p.add_argument("--epochs", type=positive_int, default=12)
-    p.add_argument("--limit", type=positive_int, help="use only the first N training images (smoke tests)")
+    p.add_argument("--limit", type=positive_int,
+                   help="use only the first N images of each split: training, validation, test (smoke tests)")
     p.add_argument("--grad", choices=["autodiff", "manual"], default="autodiff",
                    help="jax.grad, or Model 1's hand-written backward through a jax.custom_vjp")
     run_command(p, run, argv)

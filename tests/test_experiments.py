@@ -272,5 +272,5 @@ def test_mnist_cnn_smoke(tmp_path):
 
     summary = mnist_cnn.run(argparse.Namespace(data=str(shared_path("mnist.npz")), epochs=1, limit=600, seed=0,
                                                 out=str(tmp_path), no_progress=True, grad="autodiff"))
-    assert summary["train_images"] == 600 and 0.1 < summary["test_accuracy"] <= 1.0
+    assert summary["train_images"] == summary["test_images"] == 600 and 0.1 < summary["test_accuracy"] <= 1.0
     assert (tmp_path / "mnist_test.md").exists()
