@@ -1,5 +1,7 @@
 """EfficientNet-Lite's hand-written layers and the whole classifier against jax.vjp / jax.grad (float64)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -186,7 +188,7 @@ def test_adam_steps_on_the_manual_backward_equal_autodiffs(lite0_case, autodiff_
     partial backward; the partial backward is checked against jax.grad above, and the matrix trains ``top``
     with ``--grad manual``: a second 30 s compilation here would check little more.)"""
     from training.loop.config import get_config
-    from training.loop.optimizer import make_optimizer, masked_optimizer
+    from training.loop.optimizer import make_optimizer, masked_optimizer, trainable_mask
     from training.loop.steps import TrainState, make_train_step
 
     model, params, batch, _ = lite0_case
@@ -208,10 +210,19 @@ def test_adam_steps_on_the_manual_backward_equal_autodiffs(lite0_case, autodiff_
     np.testing.assert_allclose(losses["manual"], losses["autodiff"], rtol=1e-12)
     assert losses["manual"][-1] < losses["manual"][0]
     assert_tree_close(manual.params, reference.params, 1e-9)
-    frozen = manual.params["backbone"]["block0"]["depthwise_conv"]["kernel"]
-    moved = manual.params["backbone"]["block15"]["project_conv"]["kernel"]
-    assert np.array_equal(frozen, params["backbone"]["block0"]["depthwise_conv"]["kernel"]) == (finetune == "top")
-    assert not np.array_equal(moved, params["backbone"]["block15"]["project_conv"]["kernel"])
+    # what trains (tests/test_pretrained.py checks head and top in float32): every weight but the BatchNorm
+    # statistics, which stay frozen in both trajectories
+    trains = dict(jax.tree_util.tree_leaves_with_path(trainable_mask(params, finetune, config.top_blocks)))
+    for new in (manual.params, reference.params):
+        for path, after in jax.tree_util.tree_leaves_with_path(new):
+            before = functools.reduce(lambda tree, k: tree[k.key], path, params)
+            if path[-1].key in ("mean", "var"):
+                assert not trains[path] and np.array_equal(after, before), path
+            else:
+                assert trains[path], path  # all: every other weight
+    assert not np.array_equal(manual.params["backbone"]["block0"]["depthwise_conv"]["kernel"],
+                              params["backbone"]["block0"]["depthwise_conv"]["kernel"])  # the bottom moves
+    assert not np.array_equal(manual.params["head"]["kernel"], params["head"]["kernel"])
 
 
 def test_head_rule_equals_jax_grad_of_the_head_loss():

@@ -131,8 +131,12 @@ def test_weights_are_converted_once_and_cached(tmp_path):
     assert max(relative_errors(again, first)) == 0.0
 
 
-@pytest.mark.parametrize("finetune", ["head", "top", "all"])
+@pytest.mark.parametrize("finetune", ["head", "top"])
 def test_finetune_modes_train_what_they_say_and_batchnorm_stays_frozen(finetune, lite0):
+    """One float32 Adam step of the project's train step: what the mode names moves, nothing else does, and the
+    BatchNorm statistics never do. (``all`` is checked so in tests/test_manual_efficientnet.py, on the 4 float64
+    steps it takes there with the same optimizer mask: a third compilation of Lite0's whole backward here
+    would check nothing more.)"""
     import optax
 
     from training.loop.config import get_config
