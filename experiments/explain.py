@@ -12,7 +12,6 @@ import argparse
 import csv
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from experiments.errors import add_common, run_command
@@ -20,6 +19,7 @@ from training.common.files import atomic_open, output_dir
 from training.common.tables import pyplot
 from training.data.images import Preprocess, load_unlabelled
 from training.evaluation.explain import METHODS, jitted
+from training.loop.steps import make_eval_step
 from training.runs.saved import load_trained
 
 
@@ -28,13 +28,12 @@ def run(args: argparse.Namespace) -> list[dict]:
     images = load_unlabelled(args.images, Preprocess(config.image_size, config.crop, config.rgb),
                              skip_bad=args.skip_bad, cache_dir=args.cache_dir)
     out = output_dir(args.out)
-    # the parameters and the class are arguments, not constants: one compilation per method, for every class
-    probs_fn = jax.jit(lambda p, x: jax.nn.softmax(model.apply({"params": p}, x)))
+    probs_fn = make_eval_step(model)  # (params, batch) -> softmax probabilities
     maps = {name: jitted(model, name) for name in args.methods}
     plt = pyplot()
     rows = []
     for path, x in zip(images.paths, images.x):
-        probs = np.asarray(probs_fn(params, x))
+        probs = np.asarray(probs_fn(params, x[None]))[0]
         cls = int(probs.argmax())
         fig, axes = plt.subplots(1, 1 + len(maps), figsize=(3.2 * (1 + len(maps)), 3.6))
         shown = x[:, :, 0] if x.shape[-1] == 1 else x

@@ -1,7 +1,5 @@
 """EfficientNet-Lite's hand-written layers and the whole classifier against jax.vjp / jax.grad (float64)."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -214,8 +212,7 @@ def test_adam_steps_on_the_manual_backward_equal_autodiffs(lite0_case, autodiff_
     # statistics, which stay frozen in both trajectories
     trains = dict(jax.tree_util.tree_leaves_with_path(trainable_mask(params, finetune, config.top_blocks)))
     for new in (manual.params, reference.params):
-        for path, after in jax.tree_util.tree_leaves_with_path(new):
-            before = functools.reduce(lambda tree, k: tree[k.key], path, params)
+        for (path, after), before in zip(jax.tree_util.tree_leaves_with_path(new), jax.tree_util.tree_leaves(params)):
             if path[-1].key in ("mean", "var"):
                 assert not trains[path] and np.array_equal(after, before), path
             else:

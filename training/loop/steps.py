@@ -119,6 +119,12 @@ def create_state(model, config: TrainConfig, image_shape: tuple[int, int, int], 
     return state.replace(step=jnp.zeros((), jnp.int32))
 
 
+def state_template(model, config: TrainConfig, image_shape: tuple[int, int, int], **kw) -> TrainState:
+    """:func:`create_state`'s structure, shapes and dtypes only (``jax.eval_shape``: nothing is initialised or
+    computed): what a checkpoint is read into."""
+    return jax.eval_shape(lambda: create_state(model, config, image_shape, key=jax.random.PRNGKey(0), **kw))
+
+
 def example_loss(model: Model1, params, x: jax.Array, label: jax.Array, weight: jax.Array, *,
                  key: jax.Array | None, train: bool) -> tuple[jax.Array, jax.Array]:
     """``(w_y (logsumexp(z) − z_y), z)`` for one image."""
@@ -380,8 +386,8 @@ def fit(
     best_meta = ckpt.meta("best")
     ckpt.close()
     if best_params is None:  # resumed after the best epoch: read it back
-        template = jax.eval_shape(lambda: create_state(model, config, x_train.shape[1:], key=key_init,
-                                                       steps_per_epoch=steps_per_epoch, backbone=backbone))
+        template = state_template(model, config, x_train.shape[1:], steps_per_epoch=steps_per_epoch,
+                                  backbone=backbone)
         ckpt = Checkpoints(out / "checkpoints")
         best_params = jax.device_get(ckpt.restore("best", template)[0].params)
         ckpt.close()

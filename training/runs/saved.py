@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import jax
-
 from training.common.files import read_json
 from training.loop.checkpoints import Checkpoints
 from training.loop.config import TrainConfig, is_int, is_real
-from training.loop.steps import create_model, create_state
+from training.loop.steps import create_model, state_template
 
 
 def run_config(run_dir: str | Path) -> tuple[Path, dict]:
@@ -65,8 +63,7 @@ def load_trained(run_dir: str | Path, which: str = "best"):
     config, class_names = TrainConfig.from_json(saved["config"]), saved["class_names"]  # checked by run_config
     model = create_model(config, len(class_names), saved.get("normalization"))
     shape = (config.image_size, config.image_size, 3 if config.rgb else 1)
-    # the checkpoint's structure only: nothing is initialised or computed
-    template = jax.eval_shape(lambda: create_state(model, config, shape, key=jax.random.PRNGKey(0)))
+    template = state_template(model, config, shape)
     ckpt = Checkpoints(ckpt_dir)
     try:
         state, _ = ckpt.restore(which, template)
