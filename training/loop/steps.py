@@ -210,9 +210,11 @@ def make_train_step(model, augment: Augment | None = None, *, grad: str = "autod
     return train_step
 
 
+@functools.lru_cache(maxsize=16)
 def make_eval_step(model, *, tta_flip: bool = False):
     """``eval_step(params, x) -> softmax probabilities`` (no dropout), jitted; with ``tta_flip`` the mean of
-    the probabilities of each image and its mirror image."""
+    the probabilities of each image and its mirror image. One function per (model, tta_flip): ``fit``'s
+    epochs and the fold's scoring of the chosen epoch share its compiled program."""
 
     def probs(params, x):
         logits = jax.vmap(lambda xi: model.apply({"params": params}, xi, train=False))(x)
@@ -258,9 +260,11 @@ def make_batch(x: np.ndarray, y: np.ndarray, idx: np.ndarray, size: int, weights
 
 def predict_proba(eval_step, params, x: np.ndarray, *, batch_size: int = 64, dp: DataParallel | None = None
                   ) -> np.ndarray:
-    """Class probabilities for every row of ``x``."""
+    """Class probabilities for every row of ``x``. The parameters are replicated over ``dp``'s devices, as
+    ``fit`` holds them, so host parameters and a training state's run the same compiled ``eval_step``."""
     dp = dp or DataParallel()
     size = dp.padded_batch_size(batch_size)
+    params = dp.put_replicated(params)
     out = []
     ones = np.ones(1, np.float32)
     for idx in batches(len(x), size, key=None):
