@@ -1,9 +1,10 @@
-"""EfficientNet-Lite forward pass on CPU: Flax (three formulations) against PyTorch, same weights, same run.
+"""EfficientNet-Lite forward pass on CPU: Flax (four formulations) against PyTorch, same weights, same run.
 
     python -m benchmarks.backbone_forward [--variant efficientnet_lite0] [--batch 32] [--repeats 5]
 
 Prints images/s of the jitted, vmapped Flax forward: the default (depthwise convolution as shifted
-slices, 1×1 convolutions as ``dot_general``), with the 1×1 convolutions as XLA convolutions
+slices, 1×1 convolutions as ``dot_general``), the same with BatchNorm folded into the convolutions
+(``fold_batchnorm``: what prediction and feature extraction run), with the 1×1 convolutions as XLA convolutions
 (``conv``), and with the depthwise convolution as XLA's grouped convolution (``lax``); of PyTorch
 eager (``torch.inference_mode``, if installed: ``pip install -e '.[bench]'``); the ratio
 Flax/PyTorch, and the fraction of this machine's float32 matmul ceiling (measured in the same run)
@@ -19,7 +20,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.mlp_epoch import matmul_ceiling_gflops
-from models.efficientnet_lite import EfficientNetLite, PointwiseConv, block_specs, depthwise_shift, native_size
+from models.efficientnet_lite import (
+    EfficientNetLite,
+    PointwiseConv,
+    block_specs,
+    depthwise_shift,
+    fold_batchnorm,
+    native_size,
+)
 from models.pretrained import load_backbone, packaged_weights_file
 from models.torch_weights import load_state_dict
 from training.common.files import output_dir
@@ -104,11 +112,14 @@ def run(variant: str, batch: int, repeats: int, out: str) -> list[dict]:
     params, _ = load_backbone(variant)
     x = np.random.default_rng(0).uniform(0, 1, (batch, size, size, 3)).astype(np.float32)
     fns = {}
-    for depthwise, pointwise in (("shift", "dot"), ("shift", "conv"), ("lax", "dot")):
-        model = EfficientNetLite(variant, depthwise=depthwise, pointwise=pointwise)
-        f = jax.jit(jax.vmap(lambda im, m=model: m.apply({"params": params}, im)))
-        xj = jnp.asarray(x)
-        fns[f"flax (depthwise {depthwise}, 1×1 {pointwise})"] = lambda f=f, xj=xj: f(xj)
+    xj = jnp.asarray(x)
+    folded = jax.device_put(fold_batchnorm(params))
+    for depthwise, pointwise, fold in (("shift", "dot", True), ("shift", "dot", False), ("shift", "conv", False),
+                                       ("lax", "dot", False)):
+        model = EfficientNetLite(variant, depthwise=depthwise, pointwise=pointwise, folded=fold)
+        f = jax.jit(jax.vmap(lambda p, im, m=model: m.apply({"params": p}, im), (None, 0)))
+        name = f"flax (depthwise {depthwise}, 1×1 {pointwise}{', BatchNorm folded' if fold else ''})"
+        fns[name] = lambda f=f, p=(folded if fold else params): f(p, xj)
     try:
         import torch
 

@@ -80,7 +80,6 @@ def run(sizes: list[int], out: str, workers: int | None = None) -> list[dict]:
     from training.data.images import Preprocess, image_files
     from training.evaluation.decision import decide
     from training.inference.stream import Classifier, StreamOptions, predict_folder
-    from training.loop.steps import make_eval_step
     from training.runs.saved import load_trained
 
     out_path = output_dir(out)
@@ -98,7 +97,7 @@ def run(sizes: list[int], out: str, workers: int | None = None) -> list[dict]:
 
         # throughput in this process, compiled first
         model, params, config, names = load_trained(run_dir)
-        eval_step = make_eval_step(model, tta_flip=config.pretrained and config.tta_flip)
+        eval_step, jax_params, _ = probs_function(model, params, config, "jax")  # what predict runs in JAX
         from training.loop.devices import DataParallel
 
         dp = DataParallel(jax.local_devices())
@@ -106,7 +105,7 @@ def run(sizes: list[int], out: str, workers: int | None = None) -> list[dict]:
         pre = Preprocess(config.image_size, config.crop, config.rgb)
         x = dp.put_batch(np.random.default_rng(0).uniform(0, 1, (batch, *(pre.image_size,) * 2, 3))
                          .astype(np.float32))
-        replicated = dp.put_replicated(params)
+        replicated = dp.put_replicated(jax_params)
         jax.block_until_ready(eval_step(replicated, x))
 
         def forward_seconds_per_photo(reps: int = 8) -> float:
@@ -122,8 +121,9 @@ def run(sizes: list[int], out: str, workers: int | None = None) -> list[dict]:
         files = image_files(folders[n])
         end_to_end = {}
         for engine in ("jax", "onnxruntime") if onnxruntime_available() else ("jax",):
-            probs_fn, _ = probs_function(model, params, config, engine)
-            classifier = Classifier(probs_fn, params, pre, names, lambda p: decide(p, None), on_device=engine == "jax")
+            probs_fn, fn_params, _ = probs_function(model, params, config, engine)
+            classifier = Classifier(probs_fn, fn_params, pre, names, lambda p: decide(p, None),
+                                    on_device=engine == "jax")
             predict_folder(files[:batch], folders[n], classifier, tmp / f"warm-{engine}.csv", signature={},
                            options=StreamOptions(batch_size=config.batch_size, workers=workers, progress=False), dp=dp)
             start = time.perf_counter()

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         config = config_for("improved", args.image_size, rgb=args.rgb, seed=args.seed, model=name, folds=args.folds,
                             epochs=args.epochs)
         print(f"== {name}")
-        results = run_folds(data, config, out / name, progress=not args.no_progress)
+        results = run_folds(data, config, out / name, progress=not args.no_progress, engine=args.engine)
         row = table_row(results, data.class_names)
         row.pop("_stats")
         row.pop("confusion (summed over folds)")
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common(p, "data", "out", "seed", "skip-bad", "cache-dir", "no-progress",
+    add_common(p, "data", "out", "seed", "skip-bad", "cache-dir", "no-progress", "engine",
                out="reports/architectures",
                data_required=True)
     p.add_argument("--scenario", choices=sorted(SCENARIOS))

@@ -138,6 +138,9 @@ COMMON_HELP = {
     "cache-dir": "cache of preprocessed images, features and converted weights (default ~/.cache/tree-risk-jax)",
     "workers": "decoding threads (default: all cores)",
     "no-progress": "no progress bars",
+    "engine": "what runs the frozen network forward (predict's probabilities, the backbone's features): jax, or "
+              "onnxruntime on this project's ONNX graph (the 'deploy' extra); auto (default): onnxruntime on CPU "
+              "when installed and the model has an ONNX form (1.5–1.8× faster there), else jax. Both agree to 1e-4",
     "coordinator": "join a job of several processes: HOST:PORT of process 0 (with --num-processes and "
                    "--process-id; or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID, or SLURM)",
     "num-processes": "the number of processes in the job",
@@ -152,8 +155,8 @@ DISTRIBUTED = ("coordinator", "num-processes", "process-id", "join-timeout")
 def add_common(p: argparse.ArgumentParser, *names: str, out: str | None = None, data_required: bool = False,
                data_help: str | None = None) -> None:
     """Add the shared options ``names`` (``data``, ``out``, ``seed``, ``skip-bad``, ``cache-dir``, ``workers``,
-    ``no-progress``, and the job flags :data:`DISTRIBUTED`), spelled, typed and documented once; ``--debug`` is
-    added by :func:`run_command`, which also joins the job the job flags describe."""
+    ``no-progress``, ``engine``, and the job flags :data:`DISTRIBUTED`), spelled, typed and documented once;
+    ``--debug`` is added by :func:`run_command`, which also joins the job the job flags describe."""
     for name in names:
         flag, help_text = f"--{name}", COMMON_HELP[name]
         if name == "data":
@@ -164,6 +167,10 @@ def add_common(p: argparse.ArgumentParser, *names: str, out: str | None = None, 
             p.add_argument(flag, type=int, default=0, help=f"{help_text} (default 0)")
         elif name == "workers":
             p.add_argument(flag, type=positive_int, help=help_text)
+        elif name == "engine":
+            from training.loop.devices import ENGINES
+
+            p.add_argument(flag, choices=ENGINES, default="auto", help=help_text)
         elif name in ("cache-dir", "coordinator"):
             p.add_argument(flag, help=help_text)
         elif name == "num-processes":

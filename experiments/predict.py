@@ -33,7 +33,7 @@ from pathlib import Path
 from experiments.errors import DISTRIBUTED, add_common, positive_int, run_command
 from training.data.images import Preprocess, image_files
 from training.evaluation.decision import decide
-from training.inference.engine import ENGINES, probs_function
+from training.inference.engine import probs_function
 from training.inference.stream import Classifier, PartialCSV, StreamOptions, csv_header, predict_sharded, shard_path
 from training.loop.distributed import process_count, process_index
 from training.runs.saved import load_trained, run_config
@@ -64,8 +64,8 @@ def run(args: argparse.Namespace) -> dict:
     if op:
         print(f"operating point: {op['class']} when its probability ≥ {op['threshold']:.4f} "
               f"(chosen for recall ≥ {op['target_recall']:g})")
-    probs_fn, engine = probs_function(model, params, config, args.engine)
-    classifier = Classifier(probs_fn, params, Preprocess(config.image_size, config.crop, config.rgb), class_names,
+    probs_fn, fn_params, engine = probs_function(model, params, config, args.engine)
+    classifier = Classifier(probs_fn, fn_params, Preprocess(config.image_size, config.crop, config.rgb), class_names,
                             decide=lambda p: decide(p, op), on_device=engine == "jax")
     options = StreamOptions(batch_size=args.batch_size or config.batch_size, workers=args.workers,
                             resume=args.resume, skip_bad=args.skip_bad, progress=not args.no_progress)
@@ -89,15 +89,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a run folder written by experiments.train")
     p.add_argument("--images", required=True, help="folder of photos (read recursively)")
     p.add_argument("--out", default="predictions.csv", help="the CSV to write (default predictions.csv)")
-    add_common(p, "skip-bad", "workers", "no-progress", *DISTRIBUTED)
+    add_common(p, "skip-bad", "workers", "no-progress", "engine", *DISTRIBUTED)
     p.add_argument("--resume", action="store_true", help="continue an interrupted prediction into --out")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out (or its partial file)")
     p.add_argument("--batch-size", type=positive_int,
                    help="photos per forward pass (default: the run's), rounded up to a multiple of the devices")
-    p.add_argument("--engine", choices=ENGINES, default="auto",
-                   help="what computes the probabilities: jax, or onnxruntime on the run's ONNX graph (the 'deploy' "
-                        "extra); auto (default): onnxruntime on CPU when installed and the model has an ONNX form "
-                        "(1.5–1.8× faster there), else jax")
     return p
 
 

@@ -79,7 +79,7 @@ def _run(args: argparse.Namespace, out: Path) -> list[dict]:
                "n images": len(data.y)}
         try:
             results = run_folds(data, config, out / "runs" / key, progress=not args.no_progress,
-                                cache_dir=args.cache_dir)
+                                cache_dir=args.cache_dir, engine=args.engine)
         except ValueError as exc:  # e.g. too few images per class to split
             row.update({"positive class": data.class_names[0], "beats majority?": f"not run: {exc}"})
         else:
@@ -114,7 +114,7 @@ def _run(args: argparse.Namespace, out: Path) -> list[dict]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common(p, "data", "out", "seed", "skip-bad", "cache-dir", "no-progress", *DISTRIBUTED,
+    add_common(p, "data", "out", "seed", "skip-bad", "cache-dir", "no-progress", "engine", *DISTRIBUTED,
                out="reports/results",
                data_required=True)
     p.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=sorted(SCENARIOS))

@@ -63,7 +63,7 @@ def _target_recall(text: str) -> tuple[str, float]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common(p, "data", "out", "seed", "skip-bad", "cache-dir", "workers", "no-progress", *DISTRIBUTED,
+    add_common(p, "data", "out", "seed", "skip-bad", "cache-dir", "workers", "no-progress", "engine", *DISTRIBUTED,
                out="runs/train",
                data_help="folder with one subfolder per label, or a CSV manifest (path,label)")
     p.add_argument("--preset", choices=sorted(k for k in PRESETS if k != "default"), default="pretrained",
@@ -174,7 +174,7 @@ def _train(args: argparse.Namespace, config: TrainConfig, data, out, counts: dic
     write_json_atomic(out / "data_report.json", {"source": data.source, "grouping": data.grouping.name,
                                                  "class_counts": counts, **data.report.as_dict()})
     results = run_folds(data, config, out, resume=args.resume, progress=not args.no_progress,
-                        cache_dir=args.cache_dir)
+                        cache_dir=args.cache_dir, engine=args.engine)
     for r in results:
         print(f"validation (scored once): accuracy {r.metrics['accuracy']:.3f}, balanced accuracy "
               f"{r.metrics['balanced_accuracy']:.3f}, macro-F1 {r.metrics['macro_f1']:.3f} "

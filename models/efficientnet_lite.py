@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from models.common import mark_cam_features, same_padding
 
@@ -84,6 +85,56 @@ class FrozenBatchNorm(nn.Module):
         mul = scale * jax.lax.rsqrt(var + self.eps)
         shape = (1,) * (x.ndim - 1) + (c,)
         return x * mul.reshape(shape) + (bias - mean * mul).reshape(shape)
+
+
+class FoldedBatchNorm(nn.Module):
+    """What is left of an inference BatchNorm folded into the convolution before it: ``y = x + b'`` (per
+    channel), with ``b' = β − μ γ/√(σ²+ε)`` from :func:`fold_batchnorm` (the scale went into the kernel)."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],))
+        return x + bias.reshape((1,) * (x.ndim - 1) + (-1,))
+
+
+def fold_bn(kernel, bn: dict, eps: float = BN_EPS) -> tuple[np.ndarray, np.ndarray]:
+    """A convolution without bias then inference BatchNorm = one convolution with a bias:
+    ``K' = K γ/√(σ²+ε)`` per output channel (the last axis of an HWIO or depthwise (k, k, 1, C) kernel),
+    ``b' = β − μ γ/√(σ²+ε)``; computed in float64, returned in the kernel's dtype."""
+    dtype = np.asarray(kernel).dtype
+    mul = np.asarray(bn["scale"], np.float64) / np.sqrt(np.asarray(bn["var"], np.float64) + eps)
+    folded = np.asarray(kernel, np.float64) * mul
+    bias = np.asarray(bn["bias"], np.float64) - np.asarray(bn["mean"], np.float64) * mul
+    return folded.astype(dtype), bias.astype(dtype)
+
+
+# (convolution, the BatchNorm after it) in a block, and at the top level
+_BLOCK_PAIRS = (("expand_conv", "bn0"), ("depthwise_conv", "bn1"), ("project_conv", "bn2"))
+_TOP_PAIRS = (("conv_stem", "bn_stem"), ("conv_head", "bn_head"))
+
+
+def fold_batchnorm(params: dict) -> dict:
+    """EfficientNet-Lite parameters (one backbone's, ``fc`` optional) for ``EfficientNetLite(folded=True)``:
+    every inference BatchNorm folded into the convolution before it (:func:`fold_bn`), once, at load time.
+    The folded network computes the same function with one pass fewer over each activation; it is for
+    frozen weights (feature extraction, prediction), not for training γ and β."""
+    def fold(tree: dict, pairs) -> dict:
+        out = dict(tree)
+        for conv, bn in pairs:
+            if conv in tree:
+                kernel, bias = fold_bn(tree[conv]["kernel"], tree[bn])
+                out[conv], out[bn] = {"kernel": kernel}, {"bias": bias}
+        return out
+
+    folded = fold(params, _TOP_PAIRS)
+    for name in params:
+        if name.startswith("block"):
+            folded[name] = fold(params[name], _BLOCK_PAIRS)
+    return folded
+
+
+def _bn(folded: bool, name: str) -> nn.Module:
+    return FoldedBatchNorm(name=name) if folded else FrozenBatchNorm(name=name)
 
 
 class PointwiseConv(nn.Module):
@@ -160,6 +211,7 @@ class MBConv(nn.Module):
     spec: BlockSpec
     depthwise: str = "shift"
     pointwise: str = "dot"
+    folded: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -167,10 +219,10 @@ class MBConv(nn.Module):
         h = x
         mid = s.c_in * s.expand
         if s.expand != 1:
-            h = nn.relu6(FrozenBatchNorm(name="bn0")(_conv(h, mid, 1, "expand_conv", pointwise=self.pointwise)))
+            h = nn.relu6(_bn(self.folded, "bn0")(_conv(h, mid, 1, "expand_conv", pointwise=self.pointwise)))
         h = DepthwiseConv(s.kernel, s.stride, self.depthwise, name="depthwise_conv")(h)
-        h = nn.relu6(FrozenBatchNorm(name="bn1")(h))
-        h = FrozenBatchNorm(name="bn2")(_conv(h, s.c_out, 1, "project_conv", pointwise=self.pointwise))
+        h = nn.relu6(_bn(self.folded, "bn1")(h))
+        h = _bn(self.folded, "bn2")(_conv(h, s.c_out, 1, "project_conv", pointwise=self.pointwise))
         if s.stride == 1 and s.c_in == s.c_out:
             h = h + x
         return h
@@ -180,7 +232,7 @@ class EfficientNetLite(nn.Module):
     """Logits (``n_classes``; 1000 for the ImageNet head) for one (H, W, 3) image in [0, 1].
 
     With ``features_only=True`` the 1280-d pooled features the classifier reads are returned
-    instead (``fc`` is then unused).
+    instead (``fc`` is then unused). With ``folded=True`` it takes :func:`fold_batchnorm`'s parameters.
     """
 
     variant: str = "efficientnet_lite0"
@@ -188,6 +240,7 @@ class EfficientNetLite(nn.Module):
     dropout_rate: float | None = None  # None: the variant's (0.2 or 0.3)
     depthwise: str = "shift"  # depthwise convolution: "shift" (fast on CPU) or "lax"
     pointwise: str = "dot"  # 1×1 convolutions: "dot" (dot_general, fast on CPU) or "conv"
+    folded: bool = False  # BatchNorm folded into the convolutions (fold_batchnorm's parameters)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False, key: jax.Array | None = None,
@@ -197,10 +250,10 @@ class EfficientNetLite(nn.Module):
         if x.ndim != 3 or x.shape[-1] != 3:
             raise ValueError(f"EfficientNetLite takes one RGB image (H, W, 3); got shape {tuple(x.shape)}")
         x = x * 2.0 - 1.0
-        x = nn.relu6(FrozenBatchNorm(name="bn_stem")(_conv(x, 32, 3, "conv_stem", stride=2)))
+        x = nn.relu6(_bn(self.folded, "bn_stem")(_conv(x, 32, 3, "conv_stem", stride=2)))
         for i, spec in enumerate(block_specs(self.variant)):
-            x = MBConv(spec, self.depthwise, self.pointwise, name=f"block{i}")(x)
-        x = nn.relu6(FrozenBatchNorm(name="bn_head")(_conv(x, 1280, 1, "conv_head", pointwise=self.pointwise)))
+            x = MBConv(spec, self.depthwise, self.pointwise, self.folded, name=f"block{i}")(x)
+        x = nn.relu6(_bn(self.folded, "bn_head")(_conv(x, 1280, 1, "conv_head", pointwise=self.pointwise)))
         f = jnp.mean(mark_cam_features(self, x), axis=(0, 1))
         if features_only:
             return f

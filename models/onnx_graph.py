@@ -65,14 +65,16 @@ class _Graph:
         return self.op("Conv", inputs, "conv", kernel_shape=[k, k], strides=[stride, stride],
                        pads=[lo, lo, hi, hi], group=groups), out
 
-    def to_model(self, x: str, y: str, n_inputs: tuple, n_classes: int, metadata: dict[str, str]):
+    def to_model(self, x: str, y: str, n_inputs: tuple, n_outputs: int | tuple, metadata: dict[str, str],
+                 name: str = "tree_risk_classifier"):
         import onnx
         from onnx import TensorProto, helper
 
+        n_outputs = n_outputs if isinstance(n_outputs, tuple) else (n_outputs,)
         graph = helper.make_graph(
-            self.nodes, "tree_risk_classifier",
+            self.nodes, name,
             [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", *n_inputs])],
-            [helper.make_tensor_value_info(y, TensorProto.FLOAT, ["N", n_classes])], self.inits)
+            [helper.make_tensor_value_info(y, TensorProto.FLOAT, ["N", *n_outputs])], self.inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                                   producer_name="tree-risk-jax")
         model.ir_version = 8  # what onnxruntime ≥ 1.14 reads
@@ -83,41 +85,37 @@ class _Graph:
         return model
 
 
-def _fold_bn(kernel_hwio: np.ndarray, bn: dict, eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """Conv (no bias) then inference BatchNorm = one Conv: K' = K γ/√(σ²+ε) per output, b' = β − μ γ/√(σ²+ε)."""
-    mul = np.asarray(bn["scale"], np.float64) / np.sqrt(np.asarray(bn["var"], np.float64) + eps)
-    kernel = np.asarray(kernel_hwio, np.float64) * mul  # the output channel is the last axis of HWIO
-    return kernel.astype(np.float32), (np.asarray(bn["bias"], np.float64) - np.asarray(bn["mean"]) * mul
-                                       ).astype(np.float32)
+def _efficientnet_features(g: _Graph, x: str, backbone: dict, variant: str, size: int) -> str:
+    """The pooled (N, 1280) features of NCHW ``x``; BatchNorm folded (:func:`fold_batchnorm`)."""
+    from models.efficientnet_lite import block_specs, fold_batchnorm
 
-
-def _efficientnet(g: _Graph, x: str, params: dict, model, size: int) -> str:
-    from models.efficientnet_lite import BN_EPS, block_specs
-
-    bb = params["backbone"]
+    bb = fold_batchnorm(backbone)
     x = g.op("Add", [g.op("Mul", [x, g.const("two", np.float32(2))]), g.const("minus_one", np.float32(-1))])
-    k, b = _fold_bn(bb["conv_stem"]["kernel"], bb["bn_stem"], BN_EPS)
-    x, size = g.conv(x, k, b, size=size, stride=2)
+    x, size = g.conv(x, bb["conv_stem"]["kernel"], bb["bn_stem"]["bias"], size=size, stride=2)
     lo, hi = g.const("zero", np.float32(0)), g.const("six", np.float32(6))
 
     def relu6(t):
         return g.op("Clip", [t, lo, hi], "relu6")
 
     x = relu6(x)
-    for i, spec in enumerate(block_specs(model.variant)):
+    for i, spec in enumerate(block_specs(variant)):
         p = bb[f"block{i}"]
         h = x
         if spec.expand != 1:
-            h, _ = g.conv(h, *_fold_bn(p["expand_conv"]["kernel"], p["bn0"], BN_EPS), size=size)
+            h, _ = g.conv(h, p["expand_conv"]["kernel"], p["bn0"]["bias"], size=size)
             h = relu6(h)
-        k, b = _fold_bn(p["depthwise_conv"]["kernel"], p["bn1"], BN_EPS)  # (k, k, 1, C): HWIO with I = 1
-        h, out = g.conv(h, k, b, size=size, stride=spec.stride, groups=k.shape[-1])
+        k = p["depthwise_conv"]["kernel"]  # (k, k, 1, C): HWIO with I = 1
+        h, out = g.conv(h, k, p["bn1"]["bias"], size=size, stride=spec.stride, groups=k.shape[-1])
         h = relu6(h)
-        h, _ = g.conv(h, *_fold_bn(p["project_conv"]["kernel"], p["bn2"], BN_EPS), size=out)
+        h, _ = g.conv(h, p["project_conv"]["kernel"], p["bn2"]["bias"], size=out)
         x = g.op("Add", [h, x]) if (spec.stride == 1 and spec.c_in == spec.c_out) else h
         size = out
-    x, _ = g.conv(x, *_fold_bn(bb["conv_head"]["kernel"], bb["bn_head"], BN_EPS), size=size)
-    f = g.op("Flatten", [g.op("GlobalAveragePool", [relu6(x)])], axis=1)
+    x, _ = g.conv(x, bb["conv_head"]["kernel"], bb["bn_head"]["bias"], size=size)
+    return g.op("Flatten", [g.op("GlobalAveragePool", [relu6(x)])], axis=1)
+
+
+def _efficientnet(g: _Graph, x: str, params: dict, model, size: int) -> str:
+    f = _efficientnet_features(g, x, params["backbone"], model.variant, size)
     W = np.asarray(params["head"]["kernel"], np.float64)
     b = np.asarray(params["head"]["bias"], np.float64)
     if model.feature_mean is not None:  # ((f − m)/s) W + b = f (W/s) + (b − (m/s) W)
@@ -167,6 +165,29 @@ def _model1(g: _Graph, x: str, params: dict, model, size: int) -> str:
                 "logits")
 
 
+def _with_mirror(g: _Graph, x: str) -> str:
+    """NCHW ``x`` (N images) → the 2N images: ``x``, then each image's mirror image (width reversed)."""
+    mirror = g.op("Slice", [x, g.const("start", np.array([-1])), g.const("end", np.array([-(2 ** 63 - 1)])),
+                            g.const("axis", np.array([3])), g.const("step", np.array([-1]))], "mirror")
+    return g.op("Concat", [x, mirror], axis=0)
+
+
+def features_to_onnx(variant: str, backbone: dict, *, image_size: int):
+    """The frozen backbone's feature extractor as ONNX: ``image`` (N, H, W, 3) in [0, 1] → ``features``
+    (N, 2, 1280), the pooled features of each image and of its mirror image, as
+    :func:`training.transfer.features.make_feature_fn` computes them in JAX."""
+    backbone = jax.tree_util.tree_map(np.asarray, {k: v for k, v in backbone.items() if k != "fc"})
+    g = _Graph()
+    x = _with_mirror(g, g.op("Transpose", ["image"], "nchw", perm=[0, 3, 1, 2]))
+    f = _efficientnet_features(g, x, backbone, variant, image_size)  # (2N, D): images, then mirrors
+    dim = np.asarray(backbone["conv_head"]["kernel"]).shape[-1]
+    pair = g.op("Reshape", [f, g.const("pair", np.array([2, -1, dim]))])
+    from onnx import helper
+
+    g.nodes.append(helper.make_node("Transpose", [pair], ["features"], perm=[1, 0, 2]))
+    return g.to_model("image", "features", (image_size, image_size, 3), (2, dim), {}, name="backbone_features")
+
+
 def classifier_to_onnx(model, params: dict, *, image_size: int, channels: int, tta_flip: bool,
                        metadata: dict[str, str]):
     """The ONNX model (``onnx.ModelProto``) of a trained :class:`models.model1.Model1` or
@@ -185,9 +206,7 @@ def classifier_to_onnx(model, params: dict, *, image_size: int, channels: int, t
     g = _Graph()
     x = g.op("Transpose", ["image"], "nchw", perm=[0, 3, 1, 2])
     if tta_flip:  # the image and its mirror image as one batch of 2N; their probabilities averaged
-        mirror = g.op("Slice", [x, g.const("start", np.array([-1])), g.const("end", np.array([-(2 ** 63 - 1)])),
-                                g.const("axis", np.array([3])), g.const("step", np.array([-1]))], "mirror")
-        x = g.op("Concat", [x, mirror], axis=0)
+        x = _with_mirror(g, x)
     probs = g.op("Softmax", [body(g, x, params, model, image_size)], axis=1)
     if tta_flip:
         pair = g.op("Reshape", [probs, g.const("pair", np.array([2, -1, params["head"]["kernel"].shape[1]]))])

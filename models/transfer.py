@@ -22,10 +22,12 @@ class TransferClassifier(nn.Module):
     feature_std: Sequence[float] | None = None
     dropout_rate: float = 0.0
     depthwise: str = "shift"
+    folded: bool = False  # the backbone's BatchNorm folded (models.efficientnet_lite.fold_batchnorm): inference
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False, key: jax.Array | None = None) -> jax.Array:
-        f = EfficientNetLite(self.variant, depthwise=self.depthwise, name="backbone")(x, features_only=True)
+        f = EfficientNetLite(self.variant, depthwise=self.depthwise, folded=self.folded,
+                             name="backbone")(x, features_only=True)
         return self.head_logits(f, train=train, key=key)
 
     def head_logits(self, f: jax.Array, *, train: bool = False, key: jax.Array | None = None) -> jax.Array:

@@ -248,19 +248,49 @@ def test_bootstrap_interval_is_reproducible_and_brackets_the_estimate():
 
 
 @pytest.mark.slow
-def test_features_are_cached_by_image_digest(tmp_path, lite0):
+@pytest.mark.parametrize("engine", ["jax", "onnxruntime"])
+def test_features_are_cached_by_image_digest(tmp_path, lite0, engine):
+    """Each engine's features (JAX, or ONNX Runtime on the exported backbone; both with BatchNorm folded) equal the
+    unfolded Flax forward's, are cached by image digest, and are cached apart from the other engine's."""
+    if engine == "onnxruntime":
+        pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e '.[deploy]')")
     params, digest = lite0
     backbone = {k: v for k, v in params.items() if k != "fc"}
     x = np.random.default_rng(0).uniform(0, 1, (3, 32, 32, 3)).astype(np.float32)
     digests = ["a" * 64, "b" * 64, "c" * 64]
     f1, n1 = extract_features(x, digests, "efficientnet_lite0", backbone, digest, "k", cache_dir=tmp_path,
-                              batch_size=2)
+                              batch_size=2, engine=engine)
     f2, n2 = extract_features(x, digests, "efficientnet_lite0", backbone, digest, "k", cache_dir=tmp_path,
-                              batch_size=2)
+                              batch_size=2, engine=engine)
     assert (n1, n2) == (3, 0) and f1.shape == (3, 2, 1280) and np.array_equal(f1, f2)
+    assert [p.name.rsplit("-", 1)[1] for p in (tmp_path / "features").iterdir()] == [engine]  # not the other's
     model = EfficientNetLite("efficientnet_lite0")
-    direct = jax.jit(lambda p, im: model.apply({"params": p}, im, features_only=True))(params, x[1][:, ::-1])
-    assert max(relative_errors(f1[1, 1], direct)) <= 1e-5  # view 1 is the mirror image
+    direct = jax.jit(jax.vmap(lambda p, im: model.apply({"params": p}, im, features_only=True), (None, 0)))
+    for view, images in enumerate((x, x[:, :, ::-1])):  # view 1 is the mirror image
+        assert max(relative_errors(f1[:, view], direct(params, images))) <= 1e-5, (engine, view)
+
+
+@pytest.mark.x64
+def test_batchnorm_folded_into_the_convolutions_computes_the_same_network(lite0):
+    """``fold_batchnorm`` + ``folded=True`` (prediction and feature extraction) = the unfolded network, float64,
+    on the packaged weights, at an odd size (TF-SAME pads on both strides); the tree keeps only b' per BatchNorm."""
+    from models.efficientnet_lite import fold_batchnorm
+
+    params64 = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), lite0[0])
+    folded = fold_batchnorm(params64)
+    assert set(folded["bn_stem"]) == {"bias"} and set(folded["block3"]["bn1"]) == {"bias"}
+    assert jax.tree_util.tree_structure(folded) == jax.tree_util.tree_structure(jax.eval_shape(
+        lambda: EfficientNetLite("efficientnet_lite0", folded=True).init(jax.random.PRNGKey(0),
+                                                                        jnp.zeros((33, 33, 3)))["params"]))
+    x = np.random.default_rng(3).uniform(0, 1, (2, 33, 33, 3))
+
+
+    def features(folded_bn: bool):  # (the classifier ``fc`` after them is not folded: it is left as it is)
+        model = EfficientNetLite("efficientnet_lite0", folded=folded_bn)
+        return jax.jit(jax.vmap(lambda p, im: model.apply({"params": p}, im, features_only=True), (None, 0)))
+
+    ref, ours = features(False)(params64, x), features(True)(folded, x)
+    assert ours.dtype == jnp.float64 and max(relative_errors(ours, ref)) <= 1e-12
 
 
 def test_target_recall_threshold_is_saved_and_applied_by_predict(tmp_path):

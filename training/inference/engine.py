@@ -10,20 +10,13 @@ EfficientNet-Lite); otherwise, and on GPU or TPU, JAX. Both give the same probab
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-import jax
 import numpy as np
 
-ENGINES = ("auto", "jax", "onnxruntime")
+from training.loop.devices import ENGINES, onnxruntime_available, resolve_engine
 
-
-def onnxruntime_available() -> bool:
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+__all__ = ["ENGINES", "choose_engine", "onnxruntime_available", "onnxruntime_probs", "probs_function"]
 
 
 def choose_engine(requested: str, model) -> str:
@@ -31,20 +24,8 @@ def choose_engine(requested: str, model) -> str:
     from models.model1 import Model1
     from models.transfer import TransferClassifier
 
-    if requested not in ENGINES:
-        raise ValueError(f"unknown engine {requested!r}; expected one of {list(ENGINES)}")
-    exportable = isinstance(model, Model1 | TransferClassifier)
-    if requested == "onnxruntime":
-        if not onnxruntime_available():
-            raise ValueError("--engine onnxruntime needs the onnx and onnxruntime packages: "
-                             "pip install -e '.[deploy]'")
-        if not exportable:
-            raise ValueError(f"--engine onnxruntime: {type(model).__name__} has no ONNX form (Model 1 and "
-                             "EfficientNet-Lite do); use --engine jax")
-        return requested
-    if requested == "auto" and exportable and jax.default_backend() == "cpu" and onnxruntime_available():
-        return "onnxruntime"
-    return "jax"
+    return resolve_engine(requested, exportable=isinstance(model, Model1 | TransferClassifier),
+                          what=type(model).__name__)
 
 
 def onnxruntime_probs(model, params, *, image_size: int, channels: int, tta_flip: bool,
@@ -67,14 +48,20 @@ def onnxruntime_probs(model, params, *, image_size: int, channels: int, tta_flip
     return probs_fn
 
 
-def probs_function(model, params, config, engine: str = "auto") -> tuple[Callable, str]:
-    """``(probs_fn(params, x), engine used)`` for a trained run's model (``config``: its ``TrainConfig``): the
-    jitted JAX eval step, or ONNX Runtime (takes NumPy input; ``params`` is ignored, they are in the graph)."""
+def probs_function(model, params, config, engine: str = "auto") -> tuple[Callable, Any, str]:
+    """``(probs_fn, its_params, engine used)`` for a trained run's model (``config``: its ``TrainConfig``):
+    ``probs_fn(its_params, x)`` → probabilities. JAX: the jitted eval step; for an EfficientNet-Lite classifier
+    on the backbone with its BatchNorm folded into the convolutions once, here (the same function, one pass
+    fewer per layer). ONNX Runtime: the graph holds the weights (``its_params`` is None; NumPy input)."""
+    from models.efficientnet_lite import fold_batchnorm
+    from models.transfer import TransferClassifier
     from training.loop.steps import make_eval_step
 
     used = choose_engine(engine, model)
     tta_flip = config.pretrained and config.tta_flip
     if used == "onnxruntime":
         return onnxruntime_probs(model, params, image_size=config.image_size, channels=3 if config.rgb else 1,
-                                 tta_flip=tta_flip), used
-    return make_eval_step(model, tta_flip=tta_flip), used
+                                 tta_flip=tta_flip), None, used
+    if isinstance(model, TransferClassifier) and not model.folded:
+        model, params = model.clone(folded=True), {**params, "backbone": fold_batchnorm(params["backbone"])}
+    return make_eval_step(model, tta_flip=tta_flip), params, used

@@ -1,4 +1,5 @@
-"""Data parallelism over all local devices with ``jax.sharding``: batch axis sharded, parameters replicated.
+"""Data parallelism over all local devices with ``jax.sharding``: batch axis sharded, parameters replicated;
+and which engine runs a frozen network forward (:func:`resolve_engine`: ONNX Runtime on CPU, JAX elsewhere).
 
 The same code runs on CPU, GPU and TPU. For several processes or hosts, join the job first
 (:mod:`training.loop.distributed`); ``jax.devices()`` then lists every process's devices."""
@@ -11,6 +12,38 @@ from collections.abc import Iterator
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+ENGINES = ("auto", "jax", "onnxruntime")
+
+
+def onnxruntime_available() -> bool:
+    """Whether ``onnx`` and ``onnxruntime`` import (the ``deploy`` extra)."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_engine(requested: str, *, exportable: bool = True, what: str = "the model") -> str:
+    """``"jax"`` or ``"onnxruntime"`` for ``requested`` (one of :data:`ENGINES`). ``"auto"``: ONNX Runtime on a
+    CPU backend when it is installed and ``exportable`` (it ran this project's EfficientNet-Lite graphs at
+    1.5–1.8× the JAX forward on CPU, benchmarks/RESULTS.md), else JAX (and always JAX on GPU or TPU). An
+    impossible request raises ``ValueError`` naming it."""
+    if requested not in ENGINES:
+        raise ValueError(f"unknown engine {requested!r}; expected one of {list(ENGINES)}")
+    if requested == "onnxruntime":
+        if not onnxruntime_available():
+            raise ValueError("--engine onnxruntime needs the onnx and onnxruntime packages: "
+                             "pip install -e '.[deploy]'")
+        if not exportable:
+            raise ValueError(f"--engine onnxruntime: {what} has no ONNX form (Model 1 and "
+                             "EfficientNet-Lite do); use --engine jax")
+        return requested
+    if requested == "auto" and exportable and jax.default_backend() == "cpu" and onnxruntime_available():
+        return "onnxruntime"
+    return "jax"
 
 
 @contextlib.contextmanager

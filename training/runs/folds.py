@@ -178,9 +178,11 @@ def _network_fold(data: Dataset, config: TrainConfig, tr: np.ndarray, va: np.nda
 
 
 def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bool = False,
-              progress: bool = True, cache_dir: str | Path | None = None) -> list[FoldResult]:
+              progress: bool = True, cache_dir: str | Path | None = None, engine: str = "auto"
+              ) -> list[FoldResult]:
     """Fit on every outer split; each fold's folder gets split.json and its report. Returns one
-    :class:`FoldResult` per outer fold."""
+    :class:`FoldResult` per outer fold. ``engine``: what computes a frozen backbone's features
+    (:func:`~training.transfer.features.extract_features`)."""
     require_two_classes((data.class_names[int(c)] for c in np.unique(data.y)), data.source)  # after grouping
     out = output_dir(out)
     splits = splits_for(data, config)
@@ -201,7 +203,7 @@ def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bo
             source = data.x if data.x is not None else data.paths  # files: read in chunks, bounded memory
             feats, computed = extract_features(source, data.digests, config.model, backbone, digest,
                                                pre.cache_key(), pre=pre, cache_dir=cache_dir,
-                                               batch_size=config.batch_size, progress=progress)
+                                               batch_size=config.batch_size, progress=progress, engine=engine)
             log.info(f"backbone features: {computed} computed, {len(feats) - computed} from cache "
                   f"({time.perf_counter() - start:.1f} s)")
     results = []
