@@ -73,6 +73,10 @@ def test_compare_gradients_errors_are_tiny_in_float64(tmp_path, monkeypatch):
     rows = read_csv(tmp_path / "gradient_errors.csv")
     assert len(rows) == 16  # 4 activations × 4 costs
     assert (tmp_path / "gradient_comparison.png").stat().st_size > 0
+    timings = {r["method"]: r for r in read_csv(tmp_path / "gradient_timings.csv")}
+    assert set(timings) == {"manual (matrix)", "manual (vmap)", "jax.grad", "naive chain (vmap)"}
+    assert float(timings["jax.grad"]["ratio_vs_jax_grad"]) == 1.0
+    assert all(float(r["ms"]) > 0 and int(float(r["calls per sample"])) >= 10 for r in timings.values())
 
 
 def test_mnist_loader_reads_the_shared_file():
