@@ -5,7 +5,8 @@
 
 - ``head``: the backbone is frozen. Its features of every image (and of its mirror image, for
   flip augmentation and test-time averaging) are computed once and cached on disk under the
-  image's SHA-256, the backbone, its weights and the preprocessing, so a second run reads them.
+  image's SHA-256, the backbone, its weights, the preprocessing and the engine (ONNX Runtime on CPU,
+  JAX elsewhere; BatchNorm folded either way), so a second run reads them.
   The head is a softmax regression ``p = softmax(W f̂ + b)`` on standardized features
   ``f̂ = (f − μ) / σ``, trained by full-batch Adam on the class-weighted cross-entropy
   ``Σ_i w_{y_i} (−log p_{y_i}(f_i)) / Σ_i w_{y_i} + λ‖W‖²``.
