@@ -33,7 +33,8 @@ from PIL import Image
 from training.common.files import output_dir
 from training.common.tables import write_table
 from training.common.timing import device_description
-from training.inference.engine import onnxruntime_available, probs_function
+from training.inference.engine import probs_function
+from training.loop.devices import onnxruntime_available
 
 
 def make_photos(folder: Path, n: int, *, seed: int, size=(640, 480)) -> Path:

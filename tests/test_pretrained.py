@@ -247,6 +247,11 @@ def test_bootstrap_interval_is_reproducible_and_brackets_the_estimate():
     assert lo < point < hi and hi - lo < 0.15
 
 
+def jitted_features(model):
+    """``(params, images) -> pooled features`` of an EfficientNetLite, vmapped and jitted."""
+    return jax.jit(jax.vmap(lambda p, im: model.apply({"params": p}, im, features_only=True), (None, 0)))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["jax", "onnxruntime"])
 def test_features_are_cached_by_image_digest(tmp_path, lite0, engine):
@@ -264,8 +269,7 @@ def test_features_are_cached_by_image_digest(tmp_path, lite0, engine):
                               batch_size=2, engine=engine)
     assert (n1, n2) == (3, 0) and f1.shape == (3, 2, 1280) and np.array_equal(f1, f2)
     assert [p.name.rsplit("-", 1)[1] for p in (tmp_path / "features").iterdir()] == [engine]  # not the other's
-    model = EfficientNetLite("efficientnet_lite0")
-    direct = jax.jit(jax.vmap(lambda p, im: model.apply({"params": p}, im, features_only=True), (None, 0)))
+    direct = jitted_features(EfficientNetLite("efficientnet_lite0"))
     for view, images in enumerate((x, x[:, :, ::-1])):  # view 1 is the mirror image
         assert max(relative_errors(f1[:, view], direct(params, images))) <= 1e-5, (engine, view)
 
@@ -283,13 +287,9 @@ def test_batchnorm_folded_into_the_convolutions_computes_the_same_network(lite0)
         lambda: EfficientNetLite("efficientnet_lite0", folded=True).init(jax.random.PRNGKey(0),
                                                                         jnp.zeros((33, 33, 3)))["params"]))
     x = np.random.default_rng(3).uniform(0, 1, (2, 33, 33, 3))
-
-
-    def features(folded_bn: bool):  # (the classifier ``fc`` after them is not folded: it is left as it is)
-        model = EfficientNetLite("efficientnet_lite0", folded=folded_bn)
-        return jax.jit(jax.vmap(lambda p, im: model.apply({"params": p}, im, features_only=True), (None, 0)))
-
-    ref, ours = features(False)(params64, x), features(True)(folded, x)
+    # the features (the classifier ``fc`` after them is not folded: it is left as it is)
+    ref = jitted_features(EfficientNetLite("efficientnet_lite0"))(params64, x)
+    ours = jitted_features(EfficientNetLite("efficientnet_lite0", folded=True))(folded, x)
     assert ours.dtype == jnp.float64 and max(relative_errors(ours, ref)) <= 1e-12
 
 

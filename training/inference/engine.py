@@ -14,13 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from training.loop.devices import ENGINES, onnxruntime_available, resolve_engine
-
-__all__ = ["ENGINES", "choose_engine", "onnxruntime_available", "onnxruntime_probs", "probs_function"]
+from training.loop.devices import resolve_engine
 
 
 def choose_engine(requested: str, model) -> str:
-    """``"jax"`` or ``"onnxruntime"`` for ``requested`` (one of :data:`ENGINES`); an impossible request raises."""
+    """``"jax"`` or ``"onnxruntime"`` for ``requested`` (one of ``training.loop.devices.ENGINES``); an impossible
+    request raises."""
     from models.model1 import Model1
     from models.transfer import TransferClassifier
 

@@ -45,11 +45,11 @@ def feature_cache_dir(cache_dir: str | Path | None, variant: str, weights_digest
 
 
 @functools.lru_cache(maxsize=8)
-def make_feature_fn(variant: str, depthwise: str = "shift", folded: bool = False):
+def make_feature_fn(variant: str, depthwise: str = "shift"):
     """``features(params, x) -> (B, 2, D)``: pooled features of each image and of its mirror image, jitted
-    (one function per backbone: a second extraction in the same process compiles nothing). ``folded``: the
-    backbone takes :func:`~models.efficientnet_lite.fold_batchnorm`'s parameters."""
-    model = EfficientNetLite(variant, depthwise=depthwise, folded=folded)
+    (one function per backbone: a second extraction in the same process compiles nothing). ``params``: the
+    backbone's with BatchNorm folded (:func:`~models.efficientnet_lite.fold_batchnorm`)."""
+    model = EfficientNetLite(variant, depthwise=depthwise, folded=True)
 
     @jax.jit
     def features(params, x):
@@ -76,7 +76,7 @@ def feature_function(variant: str, backbone_params, *, image_size: int, engine: 
         return lambda x: session.run(["features"], {"image": np.asarray(x, np.float32)})[0]
     if engine != "jax":
         raise ValueError(f"unknown feature engine {engine!r}; expected 'jax' or 'onnxruntime'")
-    fn = make_feature_fn(variant, folded=True)
+    fn = make_feature_fn(variant)
     params = jax.device_put(fold_batchnorm({k: v for k, v in backbone_params.items() if k != "fc"}))
     return lambda x: np.asarray(fn(params, x), np.float32)
 
