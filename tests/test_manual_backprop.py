@@ -56,15 +56,18 @@ def reference_batch_cost(params, X, Y, activation, cost):
 
 
 def make_problem(sizes, seed, batch=None, cost="half_sse", dtype=jnp.float64):
-    key_p, key_x, key_y = jax.random.split(jax.random.PRNGKey(seed), 3)
-    params = mb.init_mlp(key_p, sizes, weight_scale="fan_in", dtype=dtype)
+    """Parameters as ``init_mlp(weight_scale="fan_in")`` draws them (W ~ N(0, 1/n_in), b ~ N(0, 1)), an input and
+    a target, drawn by NumPy: a new shape costs no compilation of a random-number program."""
+    rng = np.random.default_rng(seed)
+    params = [(jnp.asarray(rng.normal(size=(n_out, n_in)) / np.sqrt(n_in), dtype),
+               jnp.asarray(rng.normal(size=n_out), dtype)) for n_in, n_out in zip(sizes[:-1], sizes[1:])]
     shape_x = (sizes[0],) if batch is None else (batch, sizes[0])
     shape_y = (sizes[-1],) if batch is None else (batch, sizes[-1])
-    x = jax.random.uniform(key_x, shape_x, dtype)
-    y = jax.random.uniform(key_y, shape_y, dtype, 0.05, 0.95)
+    x = jnp.asarray(rng.uniform(size=shape_x), dtype)
+    y = rng.uniform(0.05, 0.95, size=shape_y)
     if cost == "softmax_cross_entropy":  # a probability vector per example
-        y = y / jnp.sum(y, axis=-1, keepdims=True)
-    return params, x, y
+        y = y / np.sum(y, axis=-1, keepdims=True)
+    return params, x, jnp.asarray(y, dtype)
 
 
 def assert_nonvacuous(tree):
@@ -76,7 +79,7 @@ def assert_nonvacuous(tree):
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("sizes", list(ARCHITECTURES.values()), ids=list(ARCHITECTURES))
 def test_backprop_equals_jax_grad(sizes, activation, cost):
-    params, x, y = make_problem(sizes, seed=len(sizes), cost=cost)
+    params, x, y = make_problem(sizes, seed=len(sizes) + 8, cost=cost)  # (seed 12: the 1-1-1-1 ReLU chain is alive)
     manual = mb.backprop(params, x, y, activation=activation, cost=cost)
     expected = jax.grad(reference_cost)(params, x, y, activation, cost)
     if cost == "softmax_cross_entropy" and sizes[-1] == 1:  # softmax of one output is constant: C ≡ 0
@@ -192,7 +195,9 @@ def test_weighted_minibatch_equals_the_subset():
 def test_backprop_under_jit_equals_eager():
     params, x, y = make_problem([3, 2, 3, 5], seed=0)
     jitted = jax.jit(mb.backprop, static_argnames=("activation", "cost"))
-    assert_tree_close(jitted(params, x, y, activation="tanh"), mb.backprop(params, x, y, activation="tanh"), 1e-15)
+    # the same arithmetic, fused differently (XLA's tanh and its FMAs): a few ulps per layer, not bit for bit
+    assert_tree_close(jitted(params, x, y, activation="tanh"), mb.backprop(params, x, y, activation="tanh"),
+                      50 * np.finfo(np.float64).eps)
 
 
 def test_float32_gradients_are_close_to_float64():

@@ -25,8 +25,9 @@ def vjp_reference(forward, params, x, dout):
     return dx, d_params
 
 
-def rand(key, shape):
-    return jax.random.normal(jax.random.PRNGKey(key), shape, jnp.float64)
+def rand(seed, shape):
+    """N(0, 1) in float64, drawn by NumPy (a new shape compiles no random-number program)."""
+    return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float64)
 
 
 CONV_CASES = {
@@ -61,7 +62,7 @@ def test_conv2d_matches_flax_conv():
 
     conv = nn.Conv(6, (7, 7), strides=(2, 2), padding="SAME")
     x = rand(0, (19, 19, 3))
-    variables = jax.tree_util.tree_map(lambda p: p.astype(jnp.float64), conv.init(jax.random.PRNGKey(0), x))
+    variables = jax.tree_util.tree_map(lambda p: p.astype(jnp.float64), jax.jit(conv.init)(jax.random.PRNGKey(0), x))
     out, _ = layers.conv2d_forward(variables["params"], x, stride=2)
     np.testing.assert_allclose(out, conv.apply(variables, x), rtol=1e-12, atol=1e-12)
 
@@ -133,7 +134,7 @@ def test_dropout_mask_is_flax_dropout_mask():
 # --- the whole Model 1 ---
 def flax_model(size, channels, n_classes=3, **kw):
     model = Model1(n_classes, **kw)
-    params = model.init(jax.random.PRNGKey(0), jnp.zeros((size, size, channels)))["params"]
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((size, size, channels)))["params"]
     return model, jax.tree_util.tree_map(lambda p: p.astype(jnp.float64), params)
 
 
@@ -150,7 +151,7 @@ def flax_batch_loss(model, params, X, y, keys, weights=None):
                          ids=["24px-gray", "37px-gray", "24px-rgb", "37px-rgb"])
 def test_model1_manual_gradients_equal_jax_grad(size, channels, train):
     model, params = flax_model(size, channels, head_units=(16, 8))
-    X = jax.random.uniform(jax.random.PRNGKey(1), (4, size, size, channels), jnp.float64)
+    X = jnp.asarray(np.random.default_rng(1).uniform(size=(4, size, size, channels)))
     y = jnp.array([0, 1, 2, 1])
     keys = jax.random.split(jax.random.PRNGKey(2), 4) if train else None
     loss, grads = model1_batch_grads(params, X, y, model, train=train, keys=keys)
@@ -163,7 +164,7 @@ def test_model1_manual_gradients_equal_jax_grad(size, channels, train):
 def test_model1_manual_gradients_with_standardization_and_weights():
     model, params = flax_model(20, 3, n_classes=2, head_units=(8, 4), input_mean=(0.4, 0.5, 0.6),
                                input_std=(0.2, 0.25, 0.3))
-    X = jax.random.uniform(jax.random.PRNGKey(1), (3, 20, 20, 3), jnp.float64)
+    X = jnp.asarray(np.random.default_rng(1).uniform(size=(3, 20, 20, 3)))
     y, w = jnp.array([0, 1, 1]), jnp.array([2.0, 0.5, 0.5])
     keys = jax.random.split(jax.random.PRNGKey(2), 3)
     _, grads = model1_batch_grads(params, X, y, model, weights=w, train=True, keys=keys)
@@ -181,7 +182,7 @@ def test_model1_manual_rejects_other_activations():
 def test_adam_trajectory_with_manual_gradients_follows_jax_grad():
     """10 Adam steps on manual gradients stay on the jax.grad trajectory (float64, rel ≤ 1e-9)."""
     model, params = flax_model(20, 1, n_classes=2, head_units=(8, 4))
-    X = jax.random.uniform(jax.random.PRNGKey(1), (6, 20, 20, 1), jnp.float64)
+    X = jnp.asarray(np.random.default_rng(1).uniform(size=(6, 20, 20, 1)))
     y = jnp.array([0, 1, 0, 1, 1, 0])
     tx = optax.adam(1e-3)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import optax
 
@@ -17,15 +19,27 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int = 1) -> optax.Gradi
     """
     if config.lr_schedule not in (None, "cosine"):
         raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; expected None or 'cosine'")
-    rate: float | optax.Schedule = config.learning_rate
-    if config.lr_schedule == "cosine":
-        total = max(config.epochs * steps_per_epoch, 1)
-        warmup = min(config.warmup_epochs * steps_per_epoch, total - 1)
-        rate = (optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup_steps=warmup, decay_steps=total)
-                if warmup > 0 else optax.cosine_decay_schedule(config.learning_rate, decay_steps=total))
-    if config.weight_decay > 0:
-        kernels = lambda params: jax.tree_util.tree_map(lambda a: a.ndim >= 2, params)  # noqa: E731
-        return optax.adamw(rate, weight_decay=config.weight_decay, mask=kernels)
+    return _optimizer(config.learning_rate, config.lr_schedule, config.epochs * steps_per_epoch,
+                      config.warmup_epochs * steps_per_epoch, config.weight_decay)
+
+
+def _kernels(params):
+    return jax.tree_util.tree_map(lambda a: a.ndim >= 2, params)
+
+
+@functools.lru_cache(maxsize=32)
+def _optimizer(learning_rate: float, schedule: str | None, steps: int, warmup_steps: int, weight_decay: float
+               ) -> optax.GradientTransformation:
+    """One transformation per setting: a train state built again with it (the next fold) has the same
+    structure, so the jitted train step runs it without compiling again."""
+    rate: float | optax.Schedule = learning_rate
+    if schedule == "cosine":
+        total = max(steps, 1)
+        warmup = min(warmup_steps, total - 1)
+        rate = (optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps=warmup, decay_steps=total)
+                if warmup > 0 else optax.cosine_decay_schedule(learning_rate, decay_steps=total))
+    if weight_decay > 0:
+        return optax.adamw(rate, weight_decay=weight_decay, mask=_kernels)
     return optax.adam(rate)
 
 
