@@ -32,7 +32,16 @@ import hashlib
 import jax
 import numpy as np
 
-from experiments.errors import DISTRIBUTED, add_common, fraction, image_size, positive_float, positive_int, run_command
+from experiments.errors import (
+    DISTRIBUTED,
+    add_common,
+    fraction,
+    image_size,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    run_command,
+)
 from models.efficientnet_lite import native_size
 from models.transfer import BACKBONES
 from training.common.files import write_json_atomic
@@ -95,6 +104,9 @@ def parser() -> argparse.ArgumentParser:
                    help="scale inputs by the training split's per-channel mean and std (saved with the model)")
     p.add_argument("--augment", action="store_true", default=None,
                    help="random crop/flip/rotation/brightness on training images")
+    p.add_argument("--head-views", type=nonnegative_int, metavar="N",
+                   help="--finetune head: N augmented views of each training photo (and their mirror images), "
+                        "cached like the features, join the head's training (0: the photo and its mirror only)")
     p.add_argument("--lr-schedule", choices=["cosine"], help="decay the learning rate to 0 over the run")
     p.add_argument("--patience", type=positive_int,
                    help="early stopping: epochs without a better inner-validation macro-F1")
@@ -113,7 +125,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
              "learning_rate": args.lr, "standardize": args.standardize,
              "augment": Augment() if args.augment else None,
              "lr_schedule": args.lr_schedule, "patience": args.patience, "val_fraction": args.val_fraction,
-             "folds": args.folds, "target_recall": args.target_recall, "grad": args.grad}
+             "folds": args.folds, "target_recall": args.target_recall, "grad": args.grad,
+             "head_views": args.head_views}
     overrides = {k: v for k, v in flags.items() if v is not None}
     if args.class_weights is not None:
         overrides["class_weights"] = None if args.class_weights == "none" else args.class_weights

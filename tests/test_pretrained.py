@@ -274,6 +274,59 @@ def test_features_are_cached_by_image_digest(tmp_path, lite0, engine):
         assert max(relative_errors(f1[:, view], direct(params, images))) <= 1e-5, (engine, view)
 
 
+@pytest.mark.slow
+def test_augmented_views_are_the_backbones_features_of_each_view_and_are_cached_per_view(tmp_path, lite0):
+    """View i of a photo = the Flax forward on ``augment_image`` with the key (seed, photo hash, i), and on its
+    mirror image; a second extraction computes nothing, and a lost view file is computed again alone."""
+    from training.data.augment import Augment, augment_image
+    from training.transfer.features import Views
+
+    params, digest = lite0
+    backbone = {k: v for k, v in params.items() if k != "fc"}
+    x = np.random.default_rng(1).uniform(0, 1, (3, 32, 32, 3)).astype(np.float32)
+    digests = ["1f" * 32, "2e" * 32, "3d" * 32]
+    views = Views(2, Augment(crop_pad=3, flip=False, max_degrees=8.0), seed=5)
+    kw = dict(cache_dir=tmp_path, batch_size=2, engine="jax", views=views)
+    f1, n1 = extract_features(x, digests, "efficientnet_lite0", backbone, digest, "k", **kw)
+    assert n1 == 3 and f1.shape == (3, 4, 1280)
+    direct = jitted_features(EfficientNetLite("efficientnet_lite0"))
+    one = jax.jit(augment_image, static_argnames="aug")
+    for i in range(2):
+        keys = [jax.random.fold_in(jax.random.fold_in(jax.random.key(5), int(d[:8], 16)), i) for d in digests]
+        aug = np.stack([one(im, key=k, aug=views.augment) for im, k in zip(x, keys)])
+        for m, images in enumerate((aug, aug[:, :, ::-1])):
+            assert max(relative_errors(f1[:, 2 * i + m], direct(params, images))) <= 1e-5, (i, m)
+    assert not np.allclose(f1[:, 0], f1[:, 2])  # two views, two augmentations
+    f2, n2 = extract_features(x, digests, "efficientnet_lite0", backbone, digest, "k", **kw)
+    assert n2 == 0 and np.array_equal(f1, f2)
+    next(tmp_path.rglob(f"{digests[1]}-1.npy")).unlink()
+    f3, n3 = extract_features(x, digests, "efficientnet_lite0", backbone, digest, "k", **kw)
+    assert n3 == 1 and max(relative_errors(f3, f1)) <= 1e-5  # (another row of the batch: not bit for bit)
+    plain, n = extract_features(x, digests, "efficientnet_lite0", backbone, digest, "k", **{**kw, "views": None})
+    assert n == 3 and plain.shape == (3, 2, 1280)  # the photos' own features are cached apart
+
+
+def test_augmented_views_join_the_heads_training_as_more_views():
+    """Views that repeat the photo and its mirror image leave the view-averaged loss, the standardization
+    and so the whole fit unchanged; views that differ change it, and validation still reads ``F`` alone."""
+    from training.transfer.head import fit_head
+
+    F, y = _separable()
+    w = np.ones(2, np.float32)
+    kw = dict(l2_grid=(1e-3, 1e-1), steps=40, lr=1e-2, inner_folds=3, seed=0)
+    a = select_head(F, y, 2, w, **kw)
+    b = select_head(F, y, 2, w, views=np.concatenate([F, F], axis=1), **kw)
+    assert (a.l2, a.steps) == (b.l2, b.steps)
+    assert np.allclose(a.curves, b.curves, rtol=1e-4, atol=1e-6) and np.allclose(a.oof_probs, b.oof_probs, atol=1e-5)
+    (ha, na), (hb, nb) = (fit_head(F, y, 2, w, l2=a.l2, steps=a.steps, lr=1e-2, views=v) for v in (None, F))
+    for key in ("kernel", "bias"):
+        assert max(relative_errors(hb[key], ha[key])) <= 1e-4
+    assert max(relative_errors(np.array(nb["std"]), np.array(na["std"]))) <= 1e-5
+    noisy = F + np.random.default_rng(2).normal(0, 1, F.shape).astype(np.float32)
+    c = select_head(F, y, 2, w, views=noisy, **kw)
+    assert not np.allclose(c.curves, a.curves, rtol=1e-3) and c.oof_probs.shape == a.oof_probs.shape
+
+
 @pytest.mark.x64
 def test_batchnorm_folded_into_the_convolutions_computes_the_same_network(lite0):
     """``fold_batchnorm`` + ``folded=True`` (prediction and feature extraction) = the unfolded network, float64,

@@ -60,6 +60,10 @@ class TrainConfig:
     tta_flip: bool = True  # average the probabilities of each photo and its mirror image
     head_l2_grid: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
     head_steps: int = 300
+    # with finetune="head": this many augmented views of each photo (``augment``, or shifts of up to a tenth of
+    # the image, ±10°, brightness and contrast; and each view's mirror image), computed once by the frozen
+    # backbone and cached, join the head's training loss (training photos only; nothing is scored on them)
+    head_views: int = 0
     inner_folds: int = 4
     target_recall: tuple[str, float] | None = None  # (class, recall): the operating point's threshold
     # "autodiff" (jax.grad) or "manual": Model 1's hand-written backward (manual_backprop.cnn) through a
@@ -129,7 +133,8 @@ _CHOICES: dict[str, tuple] = {
 # field → (lowest, highest) for integers; None: unbounded above
 _INTS = {"image_size": (8, 4096), "epochs": (1, 100_000), "batch_size": (1, 1 << 20), "folds": (1, 1000),
          "seed": (-(2**63), 2**63 - 1), "first_kernel": (1, 64), "top_blocks": (0, 64),
-         "head_steps": (1, 1_000_000), "inner_folds": (2, 100), "warmup_epochs": (0, 100_000)}
+         "head_steps": (1, 1_000_000), "inner_folds": (2, 100), "warmup_epochs": (0, 100_000),
+         "head_views": (0, 64)}
 
 
 _BOOLS = ("rgb", "standardize", "tta_flip", "head_init")

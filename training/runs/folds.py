@@ -33,7 +33,7 @@ from training.loop.checkpoints import Checkpoints
 from training.loop.config import PRESETS, TrainConfig
 from training.loop.steps import class_weight_vector, create_model, create_state, fit, make_eval_step, predict_proba
 from training.runs.report import write_run_report
-from training.transfer.features import backbone_for, extract_features
+from training.transfer.features import backbone_for, extract_features, views_for
 from training.transfer.head import fit_head, head_probs, select_head
 
 log = logging.getLogger(__name__)  # shown by the commands (experiments.errors); silent in library use
@@ -79,11 +79,11 @@ def score(y: np.ndarray, probs: np.ndarray, y_train: np.ndarray, class_names: li
 
 
 def _head_fold(data: Dataset, config: TrainConfig, feats: np.ndarray, backbone: dict, tr: np.ndarray,
-               va: np.ndarray, out: Path) -> FoldResult:
+               va: np.ndarray, out: Path, views: np.ndarray | None = None) -> FoldResult:
     """Choose the head on inner folds of ``tr``, refit it on ``tr``, score ``va`` once, save the classifier."""
     n_classes = len(data.class_names)
     y_tr = data.y[tr]
-    choice, head, norm, inner = _frozen_head(data, config, feats, tr, lr=config.learning_rate)
+    choice, head, norm, inner = _frozen_head(data, config, feats, tr, lr=config.learning_rate, views=views)
     op = operating_point(config.target_recall, data.class_names, choice.oof_probs, y_tr)
     probs = head_probs(feats[va], head, norm, tta_flip=config.tta_flip)
     metrics = score(data.y[va], probs, y_tr, data.class_names, op)
@@ -108,10 +108,11 @@ def _head_fold(data: Dataset, config: TrainConfig, feats: np.ndarray, backbone: 
         curves=choice.curves)
 
 
-def _frozen_head(data: Dataset, config: TrainConfig, feats: np.ndarray, rows: np.ndarray, *, lr: float):
-    """The softmax head on the frozen features of ``rows``: λ and steps chosen by inner CV on them, then refit
-    on all of them. ``(choice, head, feature standardization, inner folds)``; ``ValueError`` when a class has
-    fewer than 2 photos in ``rows``."""
+def _frozen_head(data: Dataset, config: TrainConfig, feats: np.ndarray, rows: np.ndarray, *, lr: float,
+                 views: np.ndarray | None = None):
+    """The softmax head on the frozen features of ``rows`` (and their augmented ``views``, which only train):
+    λ and steps chosen by inner CV on them, then refit on all of them. ``(choice, head, feature
+    standardization, inner folds)``; ``ValueError`` when a class has fewer than 2 photos in ``rows``."""
     n_classes = len(data.class_names)
     y = data.y[rows]
     counts = np.bincount(y, minlength=n_classes)
@@ -120,9 +121,10 @@ def _frozen_head(data: Dataset, config: TrainConfig, feats: np.ndarray, rows: np
         raise ValueError(f"too few images to choose the head on inner folds: {dict(zip(data.class_names, counts.tolist()))} in the training part (need ≥ 2 per class)")  # noqa: E501
     weights = class_weight_vector(y, n_classes, config.class_weights)
     choice = select_head(feats[rows], y, n_classes, weights, l2_grid=config.head_l2_grid, steps=config.head_steps,
-                         lr=lr, inner_folds=inner, seed=config.seed, grad=config.grad)
+                         lr=lr, inner_folds=inner, seed=config.seed, grad=config.grad,
+                         views=None if views is None else views[rows])
     head, norm = fit_head(feats[rows], y, n_classes, weights, l2=choice.l2, steps=choice.steps, lr=lr,
-                          grad=config.grad)
+                          grad=config.grad, views=None if views is None else views[rows])
     return choice, head, norm, inner
 
 
@@ -186,7 +188,7 @@ def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bo
     require_two_classes((data.class_names[int(c)] for c in np.unique(data.y)), data.source)  # after grouping
     out = output_dir(out)
     splits = splits_for(data, config)
-    backbone, feats = None, None
+    backbone, feats, views = None, None, None
     if config.model == "resnet50" and config.weights:
         from models.pretrained import load_torchvision_resnet50
 
@@ -205,7 +207,15 @@ def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bo
                                                pre.cache_key(), pre=pre, cache_dir=cache_dir,
                                                batch_size=config.batch_size, progress=progress, engine=engine)
             log.info(f"backbone features: {computed} computed, {len(feats) - computed} from cache "
-                  f"({time.perf_counter() - start:.1f} s)")
+                     f"({time.perf_counter() - start:.1f} s)")
+            if views_for(config) is not None and config.finetune == "head":
+                start = time.perf_counter()
+                views, computed = extract_features(source, data.digests, config.model, backbone, digest,
+                                                   pre.cache_key(), pre=pre, cache_dir=cache_dir,
+                                                   batch_size=config.batch_size, progress=progress, engine=engine,
+                                                   views=views_for(config))
+                log.info(f"{config.head_views} augmented views of each photo: {computed} photos computed, "
+                         f"{len(views) - computed} from cache ({time.perf_counter() - start:.1f} s)")
     results = []
     for k, (tr, va) in enumerate(splits, start=1):
         fold_out = out if len(splits) == 1 else output_dir(out / f"fold_{k}")
@@ -213,7 +223,7 @@ def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bo
                                                     "validation": [data.paths[i] for i in va]})
         start = time.perf_counter()
         if config.pretrained and config.finetune == "head":
-            result = _head_fold(data, config, feats, backbone, tr, va, fold_out)
+            result = _head_fold(data, config, feats, backbone, tr, va, fold_out, views)
         else:
             result = _network_fold(data, config, tr, va, fold_out, resume=resume, progress=progress,
                                    backbone=backbone, feats=feats)

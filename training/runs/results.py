@@ -94,6 +94,8 @@ def describe(config: TrainConfig) -> dict:
     """The settings a reader of a report needs (fine-tuning's own only when it fine-tunes)."""
     tuning = ("top_blocks", "warmup_epochs", "weight_decay", "head_init") \
         if config.pretrained and config.finetune != "head" else ()
+    if config.pretrained and config.finetune == "head" and config.head_views:
+        tuning = ("head_views",)
     return {k: v for k, v in config.to_json().items()
             if k in ("model", "finetune", "image_size", "rgb", "augment", "class_weights", "standardize",
                      "learning_rate", "lr_schedule", "epochs", "patience", "folds", "selection", "tta_flip",

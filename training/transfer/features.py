@@ -24,8 +24,11 @@ picked on the inner folds' out-of-fold probabilities (:func:`recall_threshold`).
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +36,7 @@ import numpy as np
 
 from models.efficientnet_lite import EfficientNetLite
 from training.common.files import cache_root
+from training.data.augment import Augment, augment_image
 from training.loop.devices import resolve_engine
 from training.loop.distributed import any_process, gather_rows, process_count, shard
 
@@ -81,13 +85,62 @@ def feature_function(variant: str, backbone_params, *, image_size: int, engine: 
     return lambda x: np.asarray(fn(params, x), np.float32)
 
 
+class Views(NamedTuple):
+    """Augmented views of every photo, for the head's training loss (``TrainConfig.head_views``).
+
+    View ``i`` of a photo is ``augment_image(x, key=fold_in(fold_in(key(seed), h), i))`` with ``h`` the first 32
+    bits of the photo's SHA-256, so it depends on the photo and ``i`` alone and is cached like the plain
+    features; the backbone sees it and its mirror image (``augment.flip`` is therefore off)."""
+
+    count: int
+    augment: Augment
+    seed: int = 0
+
+    def cache_key(self) -> str:
+        spec = json.dumps([list(self.augment), self.seed], separators=(",", ":"))
+        return "views-" + hashlib.sha256(spec.encode()).hexdigest()[:16]
+
+
+@functools.partial(jax.jit, static_argnames="augment")
+def _augmented(x, photo, view, seed, *, augment: Augment):
+    """Each row of ``x`` augmented with its own key, from ``(seed, photo hash, view index)``."""
+    def one(image, h, i):
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), h), i)
+        return augment_image(image, key=key, aug=augment)
+
+    return jax.vmap(one)(x, photo, view)
+
+
+def views_for(config) -> Views | None:
+    """The augmented views a :class:`~training.loop.config.TrainConfig` asks for (``head_views``), or None."""
+    if config.head_views == 0:
+        return None
+    augment = config.augment or Augment(crop_pad=max(config.image_size // 10, 1))
+    return Views(config.head_views, augment._replace(flip=False), config.seed)
+
+
+def _load_cached(path: Path) -> np.ndarray | None:
+    """A cached (2, D) float32 entry, or None when absent or damaged (it is then computed again)."""
+    if not path.is_file():
+        return None
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    return arr if arr.ndim == 2 and arr.shape[0] == 2 and arr.dtype == np.float32 else None
+
+
 def extract_features(x: np.ndarray | Sequence[str | Path], digests: Sequence[str], variant: str, backbone_params,
                      weights_digest: str, pre_key: str, *, pre=None, cache_dir: str | Path | None = None,
-                     batch_size: int = 32, progress: bool = False, engine: str = "auto") -> tuple[np.ndarray, int]:
+                     batch_size: int = 32, progress: bool = False, engine: str = "auto",
+                     views: Views | None = None) -> tuple[np.ndarray, int]:
     """``(features (n, 2, D), n computed)``: cached features where present, the backbone's for the rest.
 
     ``engine``: ``"auto"`` (ONNX Runtime on CPU when installed: 1.5–1.8× the JAX forward there; JAX otherwise
     and on GPU/TPU), ``"jax"`` or ``"onnxruntime"`` (:func:`training.loop.devices.resolve_engine`).
+
+    ``views``: instead, the features of ``views.count`` augmented views of each photo and of their mirror
+    images, ``(n, 2·count, D)`` (:class:`Views`), each view cached on its own.
 
     ``x``: the preprocessed images (n, s, s, 3), or their files, with ``pre`` (a
     :class:`~training.data.images.Preprocess`): then only the photos missing from the cache are read,
@@ -95,7 +148,7 @@ def extract_features(x: np.ndarray | Sequence[str | Path], digests: Sequence[str
     so memory stays bounded however many photos there are. An unreadable photo raises
     :class:`~training.data.images.BadImageError` naming it. In a job of several processes each computes
     a contiguous shard of the missing photos (:func:`~training.loop.distributed.shard`, whole chunks) and
-    every process returns all of them (``n computed``: by the whole job).
+    every process returns all of them (``n computed``: photos, by the whole job).
     """
     from tqdm.auto import tqdm
 
@@ -105,21 +158,13 @@ def extract_features(x: np.ndarray | Sequence[str | Path], digests: Sequence[str
 
     engine = resolve_engine(engine)
     folder = feature_cache_dir(cache_dir, variant, weights_digest, pre_key, engine)
-    out: list[np.ndarray | None] = []
-    for d in digests:
-        p = folder / f"{d}.npy"
-        arr = None
-        if p.is_file():
-            try:
-                arr = np.load(p, allow_pickle=False)
-            except (OSError, ValueError):
-                arr = None  # damaged entry: computed again
-            if arr is not None and (arr.ndim != 2 or arr.shape[0] != 2 or arr.dtype != np.float32):
-                arr = None
-        out.append(arr)
+    if views is not None:
+        folder = folder / views.cache_key()
+    names = [""] if views is None else [f"-{i}" for i in range(views.count)]  # one cache file per view
+    out: list[list[np.ndarray | None]] = [[_load_cached(folder / f"{d}{v}.npy") for v in names] for d in digests]
     # in a job of several processes: the photos missing from any process's cache, each process computing a
     # contiguous shard of them in whole chunks (the chunks of one process), then every process gets them all
-    everyone = np.flatnonzero(any_process(np.array([a is None for a in out], bool))).tolist()
+    everyone = np.flatnonzero(any_process(np.array([any(a is None for a in row) for row in out], bool))).tolist()
     missing = everyone[shard(len(everyone), block=batch_size)]
     if missing:
         fn = feature_function(variant, backbone_params, image_size=_image_size(x, pre), engine=engine)
@@ -137,21 +182,33 @@ def extract_features(x: np.ndarray | Sequence[str | Path], digests: Sequence[str
                     raise BadImageError(bad[0])
                 chunk = np.stack([a for _, a in chunk])
             idx = missing[start:start + batch_size]
-            if len(idx) < batch_size:  # pad to a fixed shape: one compilation
-                chunk = np.concatenate([chunk, np.zeros((batch_size - len(idx), *chunk.shape[1:]), chunk.dtype)])
-            feats = fn(chunk)[: len(idx)]
-            for i, f in zip(idx, feats):
-                out[i] = f
-                save_npy_atomic(folder / f"{digests[i]}.npy", f)
+            for v, name in enumerate(names):
+                images = chunk if views is None else np.asarray(_augmented(
+                    chunk, np.array([int(digests[i][:8], 16) for i in idx], np.uint32),
+                    np.full(len(idx), v, np.uint32), views.seed, augment=views.augment))
+                feats = _padded(fn, images, batch_size)
+                for i, f in zip(idx, feats):
+                    out[i][v] = f
+                    save_npy_atomic(folder / f"{digests[i]}{name}.npy", f)
             bar.update(len(idx))
         bar.close()
+    rows = [np.concatenate(row) if all(a is not None for a in row) else None for row in out]
     if process_count() > 1 and everyone:
-        dim = next((a.shape[1] for a in out if a is not None), 1280)
-        mine = np.stack([out[i] for i in missing]) if missing else np.zeros((0, 2, dim), np.float32)
+        width = 2 * len(names)
+        dim = next((a.shape[1] for a in rows if a is not None), 1280)
+        mine = np.stack([rows[i] for i in missing]) if missing else np.zeros((0, width, dim), np.float32)
         for i, f in zip(everyone, gather_rows(mine)):
-            out[i] = f
-    dim = out[0].shape[1] if out else 1280
-    return (np.stack(out) if out else np.zeros((0, 2, dim), np.float32)), len(everyone)
+            rows[i] = f
+    dim = rows[0].shape[1] if rows else 1280
+    return (np.stack(rows) if rows else np.zeros((0, 2 * len(names), dim), np.float32)), len(everyone)
+
+
+def _padded(fn, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """``fn`` on ``images`` padded with zeros to ``batch_size`` rows (one shape: one compilation), unpadded."""
+    n = len(images)
+    if n < batch_size:
+        images = np.concatenate([images, np.zeros((batch_size - n, *images.shape[1:]), images.dtype)])
+    return fn(images)[:n]
 
 
 def _image_size(x, pre) -> int:

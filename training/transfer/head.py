@@ -26,21 +26,25 @@ class HeadChoice(NamedTuple):
 MAX_WIDEN = 8  # at most this many λ added beyond either end of the given grid
 
 
-def _head_run(F, y1h, cw, train_mask, val_mask, l2, lr, steps: int, keep_step, grad: str = "autodiff"):
+def _head_run(F, A, y1h, cw, train_mask, val_mask, l2, lr, steps: int, keep_step, grad: str = "autodiff"):
     """Full-batch Adam on one head; returns (val loss after each step, params at ``keep_step``, val probs).
 
     ``grad="manual"``: each step's gradient is the hand-written one (:func:`manual_backprop.efficientnet.head_grads`).
 
-    ``F`` (n, V, D) features, ``y1h`` (n, K) one-hot, ``cw`` (K,) class weights, masks (n,) in {0, 1}.
-    Standardization μ, σ come from the training rows of ``F`` (all views).
+    ``F`` (n, V, D) features of each photo and its mirror image, ``A`` (n, V', D) features of augmented views
+    of it that only train (V' may be 0), ``y1h`` (n, K) one-hot, ``cw`` (K,) class weights, masks (n,) in
+    {0, 1}. The training loss averages over all V + V' views; validation and the returned probabilities use
+    ``F``'s views only, as prediction does. Standardization μ, σ come from the training rows' V + V' views.
     """
-    n, v, d = F.shape
+    T = jnp.concatenate([F, A], axis=1)
+    n, v, d = T.shape
     k = y1h.shape[1]
     tm = train_mask[:, None, None]
     count = jnp.maximum(jnp.sum(train_mask) * v, 1.0)
-    mu = jnp.sum(F * tm, axis=(0, 1)) / count
-    sd = jnp.sqrt(jnp.sum(((F - mu[None, None, :]) ** 2) * tm, axis=(0, 1)) / count) + 1e-6
+    mu = jnp.sum(T * tm, axis=(0, 1)) / count
+    sd = jnp.sqrt(jnp.sum(((T - mu[None, None, :]) ** 2) * tm, axis=(0, 1)) / count) + 1e-6
     Fs = (F - mu[None, None, :]) / sd[None, None, :]
+    Ts = (T - mu[None, None, :]) / sd[None, None, :]
     w_ex = jnp.sum(y1h * cw[None, :], axis=1)
     w_tr = w_ex * train_mask
     w_va = w_ex * val_mask
@@ -51,7 +55,7 @@ def _head_run(F, y1h, cw, train_mask, val_mask, l2, lr, steps: int, keep_step, g
         return jax.nn.softmax(Fs @ p["W"] + p["b"][None, None, :], axis=-1)  # (n, V, K)
 
     def loss(p):  # the weighted, view-averaged cross-entropy + λ‖W‖² (stated in head_grads)
-        return head_grads(p, Fs, y1h, w_tr, l2)[0]
+        return head_grads(p, Ts, y1h, w_tr, l2)[0]
 
     def val_loss(p):
         pbar = probs_of(p).mean(axis=1)
@@ -60,7 +64,7 @@ def _head_run(F, y1h, cw, train_mask, val_mask, l2, lr, steps: int, keep_step, g
 
     def step(carry, t):
         p, s, kept = carry
-        g = head_grads(p, Fs, y1h, w_tr, l2)[1] if grad == "manual" else jax.grad(loss)(p)
+        g = head_grads(p, Ts, y1h, w_tr, l2)[1] if grad == "manual" else jax.grad(loss)(p)
         updates, s = tx.update(g, s, p)
         p = optax.apply_updates(p, updates)
         kept = jax.tree_util.tree_map(lambda a, b: jnp.where(t + 1 == keep_step, a, b), p, kept)
@@ -70,12 +74,12 @@ def _head_run(F, y1h, cw, train_mask, val_mask, l2, lr, steps: int, keep_step, g
     return curve, kept, probs_of(kept).mean(axis=1), (mu, sd)
 
 
-_head_grid = jax.jit(jax.vmap(jax.vmap(_head_run, in_axes=(None, None, None, None, None, 0, None, None, None, None)),
-                              in_axes=(None, None, None, 0, 0, None, None, None, None, None)),
-                     static_argnums=(7, 9))
+_head_grid = jax.jit(jax.vmap(jax.vmap(_head_run, in_axes=(None,) * 6 + (0,) + (None,) * 4),  # over λ
+                              in_axes=(None,) * 4 + (0, 0) + (None,) * 5),  # over inner folds
+                     static_argnums=(8, 10))
 
 
-_head_one = jax.jit(_head_run, static_argnums=(7, 9))
+_head_one = jax.jit(_head_run, static_argnums=(8, 10))
 
 
 def _widen(grid: list[float], mean: np.ndarray) -> float | None:
@@ -95,8 +99,12 @@ def _widen(grid: list[float], mean: np.ndarray) -> float | None:
 
 
 def select_head(F: np.ndarray, y: np.ndarray, n_classes: int, class_weights: np.ndarray, *, l2_grid: Sequence[float],
-                steps: int, lr: float, inner_folds: int, seed: int, grad: str = "autodiff") -> HeadChoice:
+                steps: int, lr: float, inner_folds: int, seed: int, grad: str = "autodiff",
+                views: np.ndarray | None = None) -> HeadChoice:
     """λ and the step count minimising the mean inner-validation loss over ``inner_folds`` stratified folds.
+
+    ``F`` (n, 2, D): each photo's features and its mirror image's; ``views`` (n, V', D): features of augmented
+    views that join the training loss only (an inner fold's validation photos are scored on ``F`` alone).
 
     A λ grid whose winner lies on its first or last value has not bracketed the optimum: the grid is
     extended beyond that end with its own spacing (log-spaced grids stay log-spaced), one λ at a time, up to
@@ -105,13 +113,14 @@ def select_head(F: np.ndarray, y: np.ndarray, n_classes: int, class_weights: np.
 
     folds = stratified_folds(y, inner_folds, seed=seed + 1)
     n = len(y)
+    A = _pad_rows(_no_views(F) if views is None else views, n)
     F, y1h = _pad_rows(F, n), _pad_rows(np.eye(n_classes, dtype=np.float32)[y], n)
     train_masks = np.zeros((len(folds), len(F)), np.float32)
     val_masks = np.zeros_like(train_masks)
     for j, (tr, va) in enumerate(folds):
         train_masks[j, tr], val_masks[j, va] = 1, 1
     def mean_curves(lams: Sequence[float]) -> np.ndarray:
-        curves, _, _, _ = _head_grid(F, y1h, class_weights, train_masks, val_masks, jnp.asarray(lams, jnp.float32),
+        curves, _, _, _ = _head_grid(F, A, y1h, class_weights, train_masks, val_masks, jnp.asarray(lams, jnp.float32),
                                      lr, steps, -1, grad)
         curves = np.asarray(curves)  # (folds, n_l2, steps)
         if not np.all(np.isfinite(curves)):
@@ -130,11 +139,15 @@ def select_head(F: np.ndarray, y: np.ndarray, n_classes: int, class_weights: np.
         else:
             grid, mean = [new, *grid], np.concatenate([row, mean])
     i, t = np.unravel_index(np.argmin(mean), mean.shape)
-    _, _, oof, _ = _head_grid(F, y1h, class_weights, train_masks, val_masks, jnp.asarray(grid[i:i + 1], jnp.float32),
+    _, _, oof, _ = _head_grid(F, A, y1h, class_weights, train_masks, val_masks, jnp.asarray(grid[i:i + 1], jnp.float32),
                               lr, steps, int(t) + 1, grad)
     oof = np.asarray(oof)[:, 0]  # (folds, n, K)
     oof_probs = np.sum(oof * val_masks[:, :, None], axis=0)[:n]
     return HeadChoice(grid[i], int(t) + 1, mean, oof_probs, tuple(grid))
+
+
+def _no_views(F: np.ndarray) -> np.ndarray:
+    return np.zeros((F.shape[0], 0, F.shape[2]), F.dtype)
 
 
 def _pad_rows(a: np.ndarray, n: int, multiple: int = 64) -> np.ndarray:
@@ -144,12 +157,14 @@ def _pad_rows(a: np.ndarray, n: int, multiple: int = 64) -> np.ndarray:
 
 
 def fit_head(F: np.ndarray, y: np.ndarray, n_classes: int, class_weights: np.ndarray, *, l2: float, steps: int,
-             lr: float, grad: str = "autodiff") -> tuple[dict, dict]:
-    """The head refit on all of ``F``: ``({"kernel", "bias"}, {"mean", "std"})`` for :class:`TransferClassifier`."""
+             lr: float, grad: str = "autodiff", views: np.ndarray | None = None) -> tuple[dict, dict]:
+    """The head refit on all of ``F`` (and ``views``, as in :func:`select_head`):
+    ``({"kernel", "bias"}, {"mean", "std"})`` for :class:`TransferClassifier`."""
     y1h = _pad_rows(np.eye(n_classes, dtype=np.float32)[y], len(y))
     ones = _pad_rows(np.ones(len(y), np.float32), len(y))
+    A = _pad_rows(_no_views(F) if views is None else views, len(y))
     F = _pad_rows(F, len(y))
-    _, p, _, (mu, sd) = _head_one(F, y1h, class_weights, ones, np.zeros_like(ones), jnp.float32(l2), lr, steps,
+    _, p, _, (mu, sd) = _head_one(F, A, y1h, class_weights, ones, np.zeros_like(ones), jnp.float32(l2), lr, steps,
                                   steps, grad)
     if not all(np.all(np.isfinite(np.asarray(a))) for a in (p["W"], p["b"])):
         raise FloatingPointError(f"the head's weights became non-finite (learning rate {lr}, λ {l2})")
