@@ -19,7 +19,8 @@ KINDS = {
     "model1": ["--preset", "lab-2020", "--image-size", "16"],
     "resnet50": ["--preset", "lab-2020", "--model", "resnet50", "--image-size", "32"],
     "googlenet": ["--preset", "lab-2020", "--model", "googlenet", "--image-size", "32"],
-    "efficientnet_lite0-head": ["--model", "efficientnet_lite0", "--image-size", "32"],
+    # (with one augmented view of each photo for the head's training: the flag, end to end)
+    "efficientnet_lite0-head": ["--model", "efficientnet_lite0", "--image-size", "32", "--head-views", "1"],
     # top is trained on the hand-written backward (manual_backprop.efficientnet), as a user may ask, with
     # fine-tuning's own recipe (it starts from the frozen-feature head: 2 photos a class for its inner CV)
     "efficientnet_lite0-top": ["--model", "efficientnet_lite0", "--finetune", "top", "--image-size", "32",
@@ -82,6 +83,8 @@ def test_predict_writes_one_row_per_photo(kind, runs):
     run, csv_path = runs(kind)
     if kind.endswith("-top"):  # started from the frozen-feature head: its feature standardization is saved
         assert len(json.loads((run / "checkpoints" / "config.json").read_text())["normalization"]["mean"]) == 1280
+    if kind.endswith("-head"):
+        assert json.loads((run / "checkpoints" / "config.json").read_text())["config"]["head_views"] == 1
     rows = read_predictions(csv_path)
     assert len(rows) == 16 and {r["predicted"] for r in rows} <= {"Probable", "Improbable"}
     for r in rows:
