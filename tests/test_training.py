@@ -308,6 +308,30 @@ def test_train_step_is_finite_no_recompile_and_overfits_a_tiny_batch():
     assert all(np.isfinite(losses)) and losses[-1] < 0.05 < losses[0]
 
 
+@pytest.mark.parametrize("schedule", [None, "cosine"], ids=["constant", "cosine"])
+def test_the_next_folds_state_runs_the_compiled_step_and_init_compiles_once(schedule):
+    """A second fold (another seed, another number of steps per epoch) builds its state and trains with the
+    programs the first one compiled: one initializer, one train step (with a schedule, one per number of
+    steps: the rate depends on it)."""
+    x, y = tiny_problem(n=8)
+    config = small_config(dropout_rate=0.0, lr_schedule=schedule)
+    model = create_model(config, 2)
+    batch = make_batch(x, y, np.arange(8), 8, np.ones(2, np.float32))
+    step = make_train_step(model)
+    assert make_train_step(create_model(config, 2)) is step  # an equal model: the same function
+    start, sizes = step._cache_size(), []  # (another test in this process may have compiled it already)
+    for fold, steps_per_epoch in enumerate((3, 3, 4)):
+        state = create_state(model, config, x.shape[1:], key=jax.random.PRNGKey(fold), steps_per_epoch=steps_per_epoch)
+        step(state, batch, jax.random.PRNGKey(0))
+        sizes.append(step._cache_size())
+    assert sizes[0] <= start + 1 and sizes[1] == sizes[0]
+    assert sizes[2] == sizes[1] + (0 if schedule is None else 1)
+    from training.loop.steps import _initializer
+
+    assert _initializer(model, tuple(x.shape[1:]))._cache_size() == 1  # three keys, one compiled initializer
+    assert state.step.dtype == jnp.int32 and np.isfinite(float(step(state, batch, jax.random.PRNGKey(1))[1]["loss"]))
+
+
 @pytest.mark.slow
 def test_fit_writes_checkpoints_and_resume_continues(tmp_path):
     x, y = tiny_problem()

@@ -19,6 +19,8 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int = 1) -> optax.Gradi
     """
     if config.lr_schedule not in (None, "cosine"):
         raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; expected None or 'cosine'")
+    if config.lr_schedule is None:  # the number of steps does not matter: one optimizer for every fold
+        return _optimizer(config.learning_rate, None, 0, 0, config.weight_decay)
     return _optimizer(config.learning_rate, config.lr_schedule, config.epochs * steps_per_epoch,
                       config.warmup_epochs * steps_per_epoch, config.weight_decay)
 
