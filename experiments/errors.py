@@ -113,6 +113,7 @@ nonnegative_int = _number(int, lambda v: v >= 0, "an integer ≥ 0")
 positive_float = _number(float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
 nonnegative_float = _number(float, lambda v: math.isfinite(v) and v >= 0, "a finite number ≥ 0")
 fraction = _number(float, lambda v: 0 < v < 1, "a number between 0 and 1")
+fraction_or_one = _number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 
 
 def image_size(text: str) -> int:

@@ -36,6 +36,7 @@ from experiments.errors import (
     DISTRIBUTED,
     add_common,
     fraction,
+    fraction_or_one,
     image_size,
     nonnegative_int,
     positive_float,
@@ -104,6 +105,9 @@ def parser() -> argparse.ArgumentParser:
                    help="scale inputs by the training split's per-channel mean and std (saved with the model)")
     p.add_argument("--augment", action="store_true", default=None,
                    help="random crop/flip/rotation/brightness on training images")
+    p.add_argument("--block-lr-decay", type=fraction_or_one, metavar="D",
+                   help="--finetune top|all: discriminative rates; each stage further below the classifier trains "
+                        "at D times the rate of the one above (default 1: one rate)")
     p.add_argument("--head-views", type=nonnegative_int, metavar="N",
                    help="--finetune head: N augmented views of each training photo (and their mirror images), "
                         "cached like the features, join the head's training (0: the photo and its mirror only)")
@@ -126,7 +130,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
              "augment": Augment() if args.augment else None,
              "lr_schedule": args.lr_schedule, "patience": args.patience, "val_fraction": args.val_fraction,
              "folds": args.folds, "target_recall": args.target_recall, "grad": args.grad,
-             "head_views": args.head_views}
+             "head_views": args.head_views, "block_lr_decay": args.block_lr_decay}
     overrides = {k: v for k, v in flags.items() if v is not None}
     if args.class_weights is not None:
         overrides["class_weights"] = None if args.class_weights == "none" else args.class_weights

@@ -503,6 +503,30 @@ def test_a_config_json_with_the_old_flat_augmentation_fields_still_loads():
     assert TrainConfig.from_json(old).augment is None
 
 
+@pytest.mark.parametrize("finetune", ["top", "all"])
+def test_discriminative_rates_scale_each_stage_by_its_depth_below_the_classifier(finetune):
+    """``block_lr_decay`` d: with plain SGD at rate 1 and unit gradients, a trainable parameter k stages below
+    the classifier moves by exactly −d^k; frozen ones and the BatchNorm statistics do not move."""
+    import optax
+
+    from training.loop.optimizer import masked_optimizer
+
+    leaf = lambda: {"kernel": np.ones((2, 2), np.float32)}  # noqa: E731
+    bn = {"scale": np.ones(2, np.float32), "mean": np.ones(2, np.float32), "var": np.ones(2, np.float32)}
+    params = {"backbone": {"conv_stem": leaf(), "bn_stem": dict(bn), **{f"block{i}": leaf() for i in range(4)},
+                           "conv_head": leaf(), "bn_head": dict(bn)}, "head": leaf()}
+    tx = masked_optimizer(optax.sgd(1.0), params, finetune, 2, block_lr_decay=0.5)
+    grads = jax.tree_util.tree_map(np.ones_like, params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    depth = {"head": 0, "conv_head": 1, "bn_head": 1, "block3": 2, "block2": 3, "block1": 4, "block0": 5,
+             "conv_stem": 6, "bn_stem": 6}
+    for path, u in jax.tree_util.tree_leaves_with_path(updates):
+        names = [p.key for p in path]
+        stage = names[1] if names[0] == "backbone" else names[0]
+        trains = names[-1] not in ("mean", "var") and (finetune == "all" or depth[stage] <= 3)
+        np.testing.assert_array_equal(u, -(0.5 ** depth[stage]) * np.ones_like(u) if trains else 0 * u, str(names))
+
+
 def test_warmup_then_cosine_and_weight_decay_of_kernels_only():
     """warmup_epochs: the rate rises linearly from 0 over the first epoch, peaks at learning_rate, then decays
     (cosine) to 0. weight_decay λ (AdamW): with a zero gradient a kernel moves by −η_t λ w, a bias not at all."""

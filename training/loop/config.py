@@ -53,6 +53,8 @@ class TrainConfig:
     # pretrained backbones
     finetune: str = "head"  # "head" (frozen backbone, cached features), "top" or "all"
     top_blocks: int = 2  # with finetune="top": how many of the last MBConv blocks train
+    # with finetune="top"/"all": discriminative rates; a stage k below the classifier trains at decay^k × the rate
+    block_lr_decay: float = 1.0
     # with finetune="top"/"all": start from the frozen-feature softmax head (λ and steps chosen by inner CV on
     # the training part), as fastai's fine_tune trains the head first, instead of a random head
     head_init: bool = False
@@ -167,6 +169,8 @@ def _check_config(c: TrainConfig) -> None:
                          ("weight_decay", -1e-12, 1)):
         if not is_real(getattr(c, name)) or not lo < getattr(c, name) < hi:
             fail(name, f"a number in ({max(lo, 0)}, {hi})")
+    if not (is_real(c.block_lr_decay) and 0 < c.block_lr_decay <= 1):
+        fail("block_lr_decay", "a number in (0, 1]")
     if c.augment is not None:
         a = c.augment
         ranges = ((a.max_degrees, 180), (a.brightness, 1), (a.contrast, 1)) if isinstance(a, Augment) else ()

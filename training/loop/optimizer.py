@@ -69,9 +69,42 @@ def trainable_mask(params, finetune: str, top_blocks: int = 2):
     return jax.tree_util.tree_map_with_path(label, params)
 
 
-def masked_optimizer(tx: optax.GradientTransformation, params, finetune: str, top_blocks: int
-                     ) -> optax.GradientTransformation:
-    """``tx`` on the trainable parameters, zero updates (and no optimizer state) on the frozen ones."""
+def block_depths(params):
+    """Per parameter: how many stages it lies below the classifier, top first. A TransferClassifier: ``head``
+    0, ``conv_head``/``bn_head`` 1, the last block 2, …, block 0 n + 1, the stem n + 2. ResNet-50 (torchvision
+    layout): ``logits`` 0, the last block 1, …, the stem last."""
+    if "backbone" in params:
+        n = sum(1 for k in params["backbone"] if k.startswith("block"))
+        order = ["conv_head", "bn_head", *(f"block{i}" for i in reversed(range(n)))]
+        depth = {"conv_head": 1, "bn_head": 1, **{f"block{i}": n + 1 - i for i in range(n)}}
+    else:
+        order = sorted((k for k in params if k.startswith("stage")),
+                       key=lambda k: tuple(int(v) for v in k.removeprefix("stage").split("_block")), reverse=True)
+        depth = {k: i + 1 for i, k in enumerate(order)}
+    bottom = max(depth.values(), default=0) + 1
+
+    def of(path, _):
+        names = [getattr(p, "key", str(p)) for p in path]
+        if names[0] in ("head", "logits"):
+            return 0
+        return depth.get(names[1] if names[0] == "backbone" else names[0], bottom)
+
+    return jax.tree_util.tree_map_with_path(of, params)
+
+
+def masked_optimizer(tx: optax.GradientTransformation, params, finetune: str, top_blocks: int,
+                     block_lr_decay: float = 1.0) -> optax.GradientTransformation:
+    """``tx`` on the trainable parameters, zero updates (and no optimizer state) on the frozen ones.
+
+    ``block_lr_decay`` d < 1: discriminative rates (fastai's): a parameter ``k`` stages below the classifier
+    (:func:`block_depths`) moves by d^k times ``tx``'s update, as if its learning rate were d^k η (with AdamW
+    its weight decay scales the same way)."""
     mask = trainable_mask(params, finetune, top_blocks)
-    labels = jax.tree_util.tree_map(lambda m: "train" if m else "frozen", mask)
-    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+    if block_lr_decay == 1.0:
+        labels = jax.tree_util.tree_map(lambda m: "train" if m else "frozen", mask)
+        return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+    depths = block_depths(params)
+    labels = jax.tree_util.tree_map(lambda m, k: f"depth{k}" if m else "frozen", mask, depths)
+    used = {lab for lab in jax.tree_util.tree_leaves(labels) if lab != "frozen"}
+    transforms = {lab: optax.chain(tx, optax.scale(block_lr_decay ** int(lab.removeprefix("depth")))) for lab in used}
+    return optax.multi_transform({**transforms, "frozen": optax.set_to_zero()}, labels)

@@ -113,13 +113,13 @@ def create_state(model, config: TrainConfig, image_shape: tuple[int, int, int], 
             params["backbone"] = backbone
         n_features = shapes["head"]["kernel"].shape[0]
         params["head"] = nn.Dense(shapes["head"]["kernel"].shape[1]).init(key, jnp.zeros(n_features))["params"]
-        tx = masked_optimizer(tx, params, config.finetune, config.top_blocks)
+        tx = masked_optimizer(tx, params, config.finetune, config.top_blocks, config.block_lr_decay)
     else:
         params = _initializer(model, tuple(image_shape))(key)
         if config.model == "resnet50" and config.weights:  # ImageNet weights, a new classifier
             if backbone is not None:
                 params = {**params, **{k: v for k, v in backbone.items() if k != "logits"}}
-            tx = masked_optimizer(tx, params, config.finetune, config.top_blocks)
+            tx = masked_optimizer(tx, params, config.finetune, config.top_blocks, config.block_lr_decay)
     state = TrainState.create(apply_fn=model.apply, params=params, tx=tx)
     # a typed step counter: a weakly typed Python 0 would make the second step compile again
     return state.replace(step=jnp.zeros((), jnp.int32))
