@@ -34,14 +34,31 @@ steps=(
   nproc
 } | tee "$OUT/device.txt"
 
+if [[ $DRY == 1 ]]; then
+  modules=()
+  for step in "${steps[@]}"; do
+    read -r limit module args <<<"$step"
+    echo "would run (≤ ${limit} s): $PY -m $module $args"
+    modules+=("$module")
+  done
+  # every module imports and its arguments parse (one interpreter for all of them)
+  "$PY" - "${modules[@]}" <<'EOF'
+import contextlib, io, runpy, sys
+for module in sys.argv[1:]:
+    sys.argv = [module, "--help"]
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise
+EOF
+  exit 0
+fi
+
 status=0
 for step in "${steps[@]}"; do
   read -r limit module args <<<"$step"
-  if [[ $DRY == 1 ]]; then
-    echo "would run (≤ ${limit} s): $PY -m $module $args"
-    "$PY" -m "$module" --help >/dev/null  # the module imports and its arguments parse
-    continue
-  fi
   echo "== $module $args"
   start=$(date +%s)
   # shellcheck disable=SC2086  # args is a list of words
