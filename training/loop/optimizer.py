@@ -45,17 +45,29 @@ def _optimizer(learning_rate: float, schedule: str | None, steps: int, warmup_st
     return optax.adam(rate)
 
 
+def _blocks_top_first(params) -> tuple[list[str], set[str]]:
+    """The network's blocks, the one nearest the classifier first, and the layers above them that train with
+    the top blocks. A TransferClassifier: ``backbone/blockN`` (``conv_head``/``bn_head`` above them); ResNet-50
+    (torchvision layout): ``stageS_blockB`` (nothing above them but ``logits``)."""
+    if "backbone" in params:
+        n = sum(1 for k in params["backbone"] if k.startswith("block"))
+        return [f"block{i}" for i in reversed(range(n))], {"conv_head", "bn_head"}
+    blocks = sorted((k for k in params if k.startswith("stage")),
+                    key=lambda k: tuple(int(v) for v in k.removeprefix("stage").split("_block")), reverse=True)
+    return blocks, set()
+
+
+def _stage(names: list[str]) -> str:
+    """The top-level layer a parameter path belongs to (inside ``backbone`` for a TransferClassifier)."""
+    return names[1] if names[0] == "backbone" else names[0]
+
+
 def trainable_mask(params, finetune: str, top_blocks: int = 2):
     """Per parameter: True if it trains. BatchNorm ``mean``/``var`` never train (inference form)."""
     if finetune not in FINETUNE:
         raise ValueError(f"unknown finetune {finetune!r}; expected one of {list(FINETUNE)}")
-    if "backbone" in params:  # TransferClassifier: backbone/blockN, backbone/conv_head; head
-        n_blocks = sum(1 for k in params["backbone"] if k.startswith("block"))
-        top = {f"block{i}" for i in range(n_blocks - top_blocks, n_blocks)} | {"conv_head", "bn_head"}
-    else:  # ResNet-50 (torchvision layout): stageS_blockB; logits
-        blocks = sorted((k for k in params if k.startswith("stage")),
-                        key=lambda k: tuple(int(v) for v in k.removeprefix("stage").split("_block")))
-        top = set(blocks[len(blocks) - top_blocks:])
+    blocks, above = _blocks_top_first(params)
+    top = set(blocks[:top_blocks]) | above
 
     def label(path, _):
         names = [getattr(p, "key", str(p)) for p in path]
@@ -63,31 +75,22 @@ def trainable_mask(params, finetune: str, top_blocks: int = 2):
             return False
         if names[0] in ("head", "logits"):
             return True
-        name = names[1] if names[0] == "backbone" else names[0]
-        return finetune == "all" or (finetune == "top" and name in top)
+        return finetune == "all" or (finetune == "top" and _stage(names) in top)
 
     return jax.tree_util.tree_map_with_path(label, params)
 
 
 def block_depths(params):
-    """Per parameter: how many stages it lies below the classifier, top first. A TransferClassifier: ``head``
-    0, ``conv_head``/``bn_head`` 1, the last block 2, …, block 0 n + 1, the stem n + 2. ResNet-50 (torchvision
+    """Per parameter: how many stages it lies below the classifier. A TransferClassifier: ``head`` 0,
+    ``conv_head``/``bn_head`` 1, the last block 2, …, block 0 n + 1, the stem n + 2. ResNet-50 (torchvision
     layout): ``logits`` 0, the last block 1, …, the stem last."""
-    if "backbone" in params:
-        n = sum(1 for k in params["backbone"] if k.startswith("block"))
-        order = ["conv_head", "bn_head", *(f"block{i}" for i in reversed(range(n)))]
-        depth = {"conv_head": 1, "bn_head": 1, **{f"block{i}": n + 1 - i for i in range(n)}}
-    else:
-        order = sorted((k for k in params if k.startswith("stage")),
-                       key=lambda k: tuple(int(v) for v in k.removeprefix("stage").split("_block")), reverse=True)
-        depth = {k: i + 1 for i, k in enumerate(order)}
+    blocks, above = _blocks_top_first(params)
+    depth = {**{name: 1 for name in above}, **{b: i + 1 + bool(above) for i, b in enumerate(blocks)}}
     bottom = max(depth.values(), default=0) + 1
 
     def of(path, _):
         names = [getattr(p, "key", str(p)) for p in path]
-        if names[0] in ("head", "logits"):
-            return 0
-        return depth.get(names[1] if names[0] == "backbone" else names[0], bottom)
+        return 0 if names[0] in ("head", "logits") else depth.get(_stage(names), bottom)
 
     return jax.tree_util.tree_map_with_path(of, params)
 
@@ -103,8 +106,7 @@ def masked_optimizer(tx: optax.GradientTransformation, params, finetune: str, to
     if block_lr_decay == 1.0:
         labels = jax.tree_util.tree_map(lambda m: "train" if m else "frozen", mask)
         return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
-    depths = block_depths(params)
-    labels = jax.tree_util.tree_map(lambda m, k: f"depth{k}" if m else "frozen", mask, depths)
-    used = {lab for lab in jax.tree_util.tree_leaves(labels) if lab != "frozen"}
-    transforms = {lab: optax.chain(tx, optax.scale(block_lr_decay ** int(lab.removeprefix("depth")))) for lab in used}
+    labels = jax.tree_util.tree_map(lambda m, k: k if m else "frozen", mask, block_depths(params))  # depth k
+    depths = set(jax.tree_util.tree_leaves(labels)) - {"frozen"}
+    transforms = {k: optax.chain(tx, optax.scale(block_lr_decay ** k)) for k in depths}
     return optax.multi_transform({**transforms, "frozen": optax.set_to_zero()}, labels)

@@ -208,12 +208,13 @@ def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bo
                                                batch_size=config.batch_size, progress=progress, engine=engine)
             log.info(f"backbone features: {computed} computed, {len(feats) - computed} from cache "
                      f"({time.perf_counter() - start:.1f} s)")
-            if views_for(config) is not None and config.finetune == "head":
+            spec = views_for(config) if config.finetune == "head" else None
+            if spec is not None:
                 start = time.perf_counter()
                 views, computed = extract_features(source, data.digests, config.model, backbone, digest,
                                                    pre.cache_key(), pre=pre, cache_dir=cache_dir,
                                                    batch_size=config.batch_size, progress=progress, engine=engine,
-                                                   views=views_for(config))
+                                                   views=spec)
                 log.info(f"{config.head_views} augmented views of each photo: {computed} photos computed, "
                          f"{len(views) - computed} from cache ({time.perf_counter() - start:.1f} s)")
     results = []
