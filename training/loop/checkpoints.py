@@ -34,34 +34,42 @@ def _is_reader_noise(exc: BaseException | None) -> bool:
 
 class _NoiseFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and _is_reader_noise(record.exc_info[1]))
+        return not (_noise_expected() and record.exc_info and _is_reader_noise(record.exc_info[1]))
 
 
-_noise_dropped = False
+_reads = 0  # checkpoint reads in progress in this process
+_failed = False  # a read has failed in this process
+_filter_installed = False
 
 
-def _drop_reader_noise() -> None:
-    """After a failed read, orbax's other reader coroutines still fail in the background and would print
-    their tracebacks later (unraisable coroutines, "Event loop is closed" in TensorStore's threads, asyncio's
-    "exception was never retrieved"). The failure is already reported once, as a CheckpointError: from now
-    on those reports (and only those) are dropped. Installed once per process; anything else still goes to
-    the hooks that were there before."""
-    global _noise_dropped
-    if _noise_dropped:
+def _noise_expected() -> bool:
+    return bool(_reads) or _failed
+
+
+def _install_noise_filter() -> None:
+    """Orbax reads through TensorStore futures whose callbacks run on TensorStore's threads. When one read
+    fails, the others still complete in the background and fail to reach orbax's event loop, already closed:
+    unraisable coroutines, "Event loop is closed" printed from those threads (sometimes before the failure
+    has even reached the caller), asyncio's "exception was never retrieved". The failure is reported once, as
+    a CheckpointError. So while a read is in progress, and after one has failed, those reports (and only
+    those) are dropped; anything else still goes to the hooks that were there before. Installed once per
+    process; outside a read, before any failure, the hooks pass everything on."""
+    global _filter_installed
+    if _filter_installed:
         return
-    _noise_dropped = True
+    _filter_installed = True
     unraisable, excepthook, thread_hook = sys.unraisablehook, sys.excepthook, threading.excepthook
 
     def on_unraisable(u):
-        if not _is_reader_noise(u.exc_value):
+        if not (_noise_expected() and _is_reader_noise(u.exc_value)):
             unraisable(u)
 
     def on_exception(kind, value, tb):
-        if not _is_reader_noise(value):
+        if not (_noise_expected() and _is_reader_noise(value)):
             excepthook(kind, value, tb)
 
     def on_thread_exception(args):
-        if not _is_reader_noise(args.exc_value):
+        if not (_noise_expected() and _is_reader_noise(args.exc_value)):
             thread_hook(args)
 
     sys.unraisablehook, sys.excepthook, threading.excepthook = on_unraisable, on_exception, on_thread_exception
@@ -72,13 +80,18 @@ def _drop_reader_noise() -> None:
 def _naming(path: Path):
     """Reading a checkpoint: any failure of the reader becomes a :class:`CheckpointError` naming ``path``
     (the original exception is chained; ``--debug`` shows it)."""
+    global _reads, _failed
+    _install_noise_filter()
+    _reads += 1
     try:
         yield
     except Exception as exc:  # orbax/TensorStore raise many types for damaged files
-        _drop_reader_noise()
+        _failed = True
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(" See full TensorStore")[0][:300]
         raise CheckpointError(f"{path}: the checkpoint cannot be read (corrupt, truncated, or written for another "
                               f"model): {type(exc).__name__}: {first}") from exc
+    finally:
+        _reads -= 1
 
 
 class Checkpoints:
