@@ -9,6 +9,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from manual_backprop import layers
 from manual_backprop.cnn import model1_batch_grads
@@ -24,12 +25,19 @@ def flax_loss(model, params, X, y, keys):
 
 def setup(image_size: int, channels: int, batch: int, dtype, seed: int = 0):
     model = Model1(2)
+    params, X, keys = _draw(model, image_size, channels, batch, jnp.dtype(dtype), seed)
+    y = jnp.arange(batch, dtype=jnp.int32) % 2
+    return model, params, X, y, keys
+
+
+@partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
+def _draw(model, image_size: int, channels: int, batch: int, dtype, seed: int):
+    """Model 1's initial parameters, the inputs and the dropout keys: one compiled program (drawn one by
+    one outside ``jit``, each parameter's shape compiled a program of its own)."""
     params = model.init(jax.random.PRNGKey(seed), jnp.zeros((image_size, image_size, channels)))["params"]
     params = jax.tree_util.tree_map(lambda p: p.astype(dtype), params)
     X = jax.random.uniform(jax.random.PRNGKey(seed + 1), (batch, image_size, image_size, channels), dtype)
-    y = jnp.arange(batch, dtype=jnp.int32) % 2
-    keys = jax.random.split(jax.random.PRNGKey(seed + 2), batch)
-    return model, params, X, y, keys
+    return params, X, jax.random.split(jax.random.PRNGKey(seed + 2), batch)
 
 
 def error_rows(image_size: int = 108, channels: int = 1, batch: int = 4) -> list[dict]:
@@ -41,11 +49,20 @@ def error_rows(image_size: int = 108, channels: int = 1, batch: int = 4) -> list
         auto = jax.jit(jax.grad(partial(flax_loss, model)))(params, X, y, keys)
         for layer in auto:
             for name in ("kernel", "bias"):
-                a, m = auto[layer][name], manual[layer][name]
-                err = float(jnp.linalg.norm(m - a) / jnp.linalg.norm(a)) if float(jnp.linalg.norm(a)) else 0.0
+                a, m = np.asarray(auto[layer][name], np.float64), np.asarray(manual[layer][name], np.float64)
+                err = float(np.linalg.norm(m - a) / np.linalg.norm(a)) if np.linalg.norm(a) else 0.0
                 row = rows.setdefault(f"{layer}/{name}", {"parameter": f"{layer}/{name}", "shape": str(a.shape)})
                 row[f"rel_err_{jnp.dtype(dtype).name}"] = err
     return list(rows.values())
+
+
+@partial(jax.jit, static_argnums=(0, 1, 2))
+def _layer_case(fwd, x_shape: tuple[int, ...], k_shape: tuple[int, ...]):
+    """A layer's parameters, a batch of inputs and its output (the cotangent fed back), in one program."""
+    X = jax.random.normal(jax.random.PRNGKey(0), x_shape, jnp.float32)
+    p = {"kernel": jax.random.normal(jax.random.PRNGKey(1), k_shape, jnp.float32) * 0.1,
+         "bias": jnp.zeros(k_shape[-1], jnp.float32)}
+    return p, X, fwd(p, X)
 
 
 def timing_rows(image_size: int = 108, channels: int = 1, batch: int = 32, repeats: int = 5) -> list[dict]:
@@ -54,11 +71,8 @@ def timing_rows(image_size: int = 108, channels: int = 1, batch: int = 32, repea
     rows = []
     for L in model1_layer_shapes(image_size, channels):
         k, s, c, o = L["k"], L["stride"], L["in"][2], L["out"][2]
-        X = jax.random.normal(jax.random.PRNGKey(0), (batch, *L["in"]), jnp.float32)
-        p = {"kernel": jax.random.normal(jax.random.PRNGKey(1), (k, k, c, o), jnp.float32) * 0.1,
-             "bias": jnp.zeros(o, jnp.float32)}
         fwd = jax.vmap(lambda p, x, s=s: layers.conv2d_forward(p, x, stride=s)[0], in_axes=(None, 0))
-        dout = fwd(p, X)
+        p, X, dout = _layer_case(fwd, (batch, *L["in"]), (k, k, c, o))
         need_dx = L["name"] != "conv1"
         if need_dx:
             auto = jax.jit(lambda p, X, g: jax.vjp(fwd, p, X)[1](g))

@@ -26,6 +26,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from manual_backprop.functions import get_activation, get_cost, output_function
 
@@ -45,17 +46,28 @@ def init_mlp(
     ``weight_scale="unit"``: W, b ~ N(0, 1) (Nielsen's ``network.py``).
     ``weight_scale="fan_in"``: W ~ N(0, 1/n_{l-1}), b ~ N(0, 1) (his ``network2.py``).
     """
-    sizes = [int(n) for n in sizes]
+    sizes = tuple(int(n) for n in sizes)
     if len(sizes) < 2 or any(n < 1 for n in sizes):
-        raise ValueError(f"sizes must list at least two positive layer widths, got {sizes}")
+        raise ValueError(f"sizes must list at least two positive layer widths, got {list(sizes)}")
     if weight_scale not in ("unit", "fan_in"):
         raise ValueError(f"unknown weight_scale {weight_scale!r}; expected 'unit' or 'fan_in'")
+    dtype = jnp.dtype(dtype)
+    # √n_{l-1} as an argument and the draw behind a barrier: XLA would otherwise fold the division into the
+    # draw's own scaling, and the weights would differ from one drawn at a time in the last bit
+    divisors = np.sqrt(np.asarray(sizes[:-1], dtype)) if weight_scale == "fan_in" else None
+    return _draw_mlp(key, divisors, sizes, dtype)
+
+
+@partial(jax.jit, static_argnums=(2, 3))
+def _draw_mlp(key: Array, divisors: Array | None, sizes: tuple[int, ...], dtype) -> Params:
+    """All the draws of :func:`init_mlp` in one compiled program per architecture (drawn one by one,
+    every new shape compiled a program of its own)."""
     params = []
-    for key_l, n_in, n_out in zip(jax.random.split(key, len(sizes) - 1), sizes[:-1], sizes[1:]):
+    for l, (key_l, n_in, n_out) in enumerate(zip(jax.random.split(key, len(sizes) - 1), sizes[:-1], sizes[1:])):
         key_w, key_b = jax.random.split(key_l)
         W = jax.random.normal(key_w, (n_out, n_in), dtype)
-        if weight_scale == "fan_in":
-            W = W / jnp.sqrt(jnp.asarray(n_in, dtype))
+        if divisors is not None:
+            W = jax.lax.optimization_barrier(W) / divisors[l]
         b = jax.random.normal(key_b, (n_out,), dtype)
         params.append((W, b))
     return params

@@ -128,7 +128,7 @@ def lite0_case(tmp_path_factory):
         model = TransferClassifier("efficientnet_lite0", 3, feature_mean=tuple(rng.uniform(0, 1, 1280)),
                                    feature_std=tuple(rng.uniform(0.5, 2, 1280)), dropout_rate=0.3)
         params = {"backbone": backbone, "head": {"kernel": rng.normal(size=(1280, 3)) * 0.05, "bias": np.zeros(3)}}
-        params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), params)
+        params = jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a, np.float64)), params)  # (in NumPy)
         batch = {"x": jnp.asarray(rng.uniform(size=(3, 37, 37, 3))), "y": jnp.array([0, 2, 1]),
                  "w": jnp.array([1.0, 2.0, 0.5]), "mask": jnp.array([1.0, 1.0, 0.0])}
     return model, params, batch, jax.random.split(jax.random.PRNGKey(5), 3)
@@ -174,7 +174,7 @@ def test_whole_lite0_classifier_gradient_equals_jax_grad(lite0_case, autodiff_gr
     assert float(jnp.linalg.norm(grads["backbone"]["conv_stem"]["kernel"])) > 0  # δ reaches the first layer
     assert_tree_close({k: partial["backbone"][k] for k in top}, {k: ref["backbone"][k] for k in top}, RTOL)
     assert_tree_close(partial["head"], ref["head"], RTOL)
-    assert all(not np.any(a) for k, v in partial["backbone"].items() if k not in top
+    assert all(not np.asarray(a).any() for k, v in partial["backbone"].items() if k not in top
                for a in jax.tree_util.tree_leaves(v))
 
 

@@ -1,8 +1,11 @@
 """ResNet-50 and GoogLeNet: exact parameter counts, a training step through the same code; explanations."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from models import count_params
@@ -79,13 +82,18 @@ def test_cam_lights_up_the_object_that_drives_the_score(method):
     assert float(method(model, params, x, 0).max()) == 0.0
 
 
+@functools.cache
+def _model1_init(model, shape):
+    return jax.jit(lambda key: model.init(key, jnp.zeros(shape))["params"])
+
+
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_explanations_on_model1_are_finite_maps(name):
     from models import Model1
 
     model = Model1(2)
-    x = jax.random.uniform(jax.random.PRNGKey(0), (40, 40, 3))
-    params = model.init(jax.random.PRNGKey(1), x)["params"]
+    x = jnp.asarray(np.random.default_rng(0).uniform(size=(40, 40, 3)), jnp.float32)
+    params = _model1_init(model, x.shape)(jax.random.PRNGKey(1))  # once for all the methods
     heat = METHODS[name](model, params, x, 0)
     assert heat.shape == (40, 40) and bool(jnp.all(jnp.isfinite(heat)))
     assert 0.0 <= float(heat.min()) and float(heat.max()) <= 1.0 + 1e-6
