@@ -52,25 +52,24 @@ def init_mlp(
     if weight_scale not in ("unit", "fan_in"):
         raise ValueError(f"unknown weight_scale {weight_scale!r}; expected 'unit' or 'fan_in'")
     dtype = jnp.dtype(dtype)
-    # √n_{l-1} as an argument and the draw behind a barrier: XLA would otherwise fold the division into the
-    # draw's own scaling, and the weights would differ from one drawn at a time in the last bit
-    divisors = np.sqrt(np.asarray(sizes[:-1], dtype)) if weight_scale == "fan_in" else None
-    return _draw_mlp(key, divisors, sizes, dtype)
-
-
-@partial(jax.jit, static_argnums=(2, 3))
-def _draw_mlp(key: Array, divisors: Array | None, sizes: tuple[int, ...], dtype) -> Params:
-    """All the draws of :func:`init_mlp` in one compiled program per architecture (drawn one by one,
-    every new shape compiled a program of its own)."""
     params = []
-    for l, (key_l, n_in, n_out) in enumerate(zip(jax.random.split(key, len(sizes) - 1), sizes[:-1], sizes[1:])):
-        key_w, key_b = jax.random.split(key_l)
-        W = jax.random.normal(key_w, (n_out, n_in), dtype)
-        if divisors is not None:
-            W = jax.lax.optimization_barrier(W) / divisors[l]
-        b = jax.random.normal(key_b, (n_out,), dtype)
-        params.append((W, b))
+    for key_l, n_in, n_out in zip(jax.random.split(key, len(sizes) - 1), sizes[:-1], sizes[1:]):
+        # √n_{l-1} as an argument: XLA would otherwise fold the division into the draw's own scaling
+        divisor = np.sqrt(np.asarray(n_in, dtype)) if weight_scale == "fan_in" else None
+        params.append(_draw_layer(key_l, divisor, n_in, n_out, dtype))
     return params
+
+
+@partial(jax.jit, static_argnums=(2, 3, 4))
+def _draw_layer(key: Array, divisor: Array | None, n_in: int, n_out: int, dtype) -> tuple[Array, Array]:
+    """(W^l, b^l) in one compiled program per layer shape, so a deep network of equal widths compiles one
+    (drawn operation by operation outside ``jit``, each compiled a program of its own). The draw stays
+    behind a barrier: the weights are bitwise those of the draws made one at a time."""
+    key_w, key_b = jax.random.split(key)
+    W = jax.random.normal(key_w, (n_out, n_in), dtype)
+    if divisor is not None:
+        W = jax.lax.optimization_barrier(W) / divisor
+    return W, jax.random.normal(key_b, (n_out,), dtype)
 
 
 def layer_sizes(params: Params) -> list[int]:

@@ -331,3 +331,20 @@ def test_bad_architecture_is_named():
     broken = [params[0], (params[1][0][:, :1], params[1][1])]
     with pytest.raises(ValueError, match=r"layer 2: W\(5, 1\) takes 1 inputs but layer 1 has 2 outputs"):
         mb.backprop(broken, x, y)
+
+
+@pytest.mark.parametrize("weight_scale", ["unit", "fan_in"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_init_mlp_draws_what_the_keys_give_one_array_at_a_time(weight_scale, dtype):
+    """init_mlp draws each layer in one compiled program: its weights are bit for bit those drawn one array
+    at a time, N(0, 1) by jax.random.normal with the layer's keys, W divided by √n_{l-1} for fan_in."""
+    sizes = [5, 7, 7, 3]
+    with jax.enable_x64(dtype == "float64"):
+        params = mb.init_mlp(jax.random.PRNGKey(4), sizes, weight_scale=weight_scale, dtype=jnp.dtype(dtype))
+        for (W, b), key_l, n_in, n_out in zip(params, jax.random.split(jax.random.PRNGKey(4), 3), sizes, sizes[1:]):
+            key_w, key_b = jax.random.split(key_l)
+            ref_W = jax.random.normal(key_w, (n_out, n_in), dtype)
+            if weight_scale == "fan_in":
+                ref_W = ref_W / jnp.sqrt(jnp.asarray(n_in, dtype))
+            assert W.dtype == jnp.dtype(dtype) and np.array_equal(W, ref_W) and np.array_equal(b, jax.random.normal(
+                key_b, (n_out,), dtype))
