@@ -26,7 +26,6 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from manual_backprop.functions import get_activation, get_cost, output_function
 
@@ -52,23 +51,20 @@ def init_mlp(
     if weight_scale not in ("unit", "fan_in"):
         raise ValueError(f"unknown weight_scale {weight_scale!r}; expected 'unit' or 'fan_in'")
     dtype = jnp.dtype(dtype)
-    params = []
-    for key_l, n_in, n_out in zip(jax.random.split(key, len(sizes) - 1), sizes[:-1], sizes[1:]):
-        # √n_{l-1} as an argument: XLA would otherwise fold the division into the draw's own scaling
-        divisor = np.sqrt(np.asarray(n_in, dtype)) if weight_scale == "fan_in" else None
-        params.append(_draw_layer(key_l, divisor, n_in, n_out, dtype))
-    return params
+    return [_draw_layer(key_l, n_in, n_out, dtype, weight_scale == "fan_in")
+            for key_l, n_in, n_out in zip(jax.random.split(key, len(sizes) - 1), sizes[:-1], sizes[1:])]
 
 
-@partial(jax.jit, static_argnums=(2, 3, 4))
-def _draw_layer(key: Array, divisor: Array | None, n_in: int, n_out: int, dtype) -> tuple[Array, Array]:
+@partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def _draw_layer(key: Array, n_in: int, n_out: int, dtype, fan_in: bool) -> tuple[Array, Array]:
     """(W^l, b^l) in one compiled program per layer shape, so a deep network of equal widths compiles one
     (drawn operation by operation outside ``jit``, each compiled a program of its own). The draw stays
-    behind a barrier: the weights are bitwise those of the draws made one at a time."""
+    behind a barrier, or XLA folds the division by √n_{l-1} into the draw's own scaling: the weights are
+    bitwise those of the draws made one at a time."""
     key_w, key_b = jax.random.split(key)
     W = jax.random.normal(key_w, (n_out, n_in), dtype)
-    if divisor is not None:
-        W = jax.lax.optimization_barrier(W) / divisor
+    if fan_in:
+        W = jax.lax.optimization_barrier(W) / jnp.sqrt(jnp.asarray(n_in, dtype))
     return W, jax.random.normal(key_b, (n_out,), dtype)
 
 

@@ -1,7 +1,5 @@
 """ResNet-50 and GoogLeNet: exact parameter counts, a training step through the same code; explanations."""
 
-import functools
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -82,18 +80,14 @@ def test_cam_lights_up_the_object_that_drives_the_score(method):
     assert float(method(model, params, x, 0).max()) == 0.0
 
 
-@functools.cache
-def _model1_init(model, shape):
-    return jax.jit(lambda key: model.init(key, jnp.zeros(shape))["params"])
-
-
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_explanations_on_model1_are_finite_maps(name):
     from models import Model1
+    from training.loop.steps import _initializer
 
     model = Model1(2)
     x = jnp.asarray(np.random.default_rng(0).uniform(size=(40, 40, 3)), jnp.float32)
-    params = _model1_init(model, x.shape)(jax.random.PRNGKey(1))  # once for all the methods
+    params = _initializer(model, x.shape)(jax.random.PRNGKey(1))  # compiled once for all the methods
     heat = METHODS[name](model, params, x, 0)
     assert heat.shape == (40, 40) and bool(jnp.all(jnp.isfinite(heat)))
     assert 0.0 <= float(heat.min()) and float(heat.max()) <= 1.0 + 1e-6
