@@ -52,7 +52,7 @@ from training.data.dataset import load_dataset
 from training.data.images import Preprocess
 from training.data.labels import SCENARIOS
 from training.evaluation.metrics import bootstrap_interval, classification_metrics
-from training.loop.config import FINETUNE, FINETUNE_RECIPE, MODELS, PRESETS, TrainConfig, get_config
+from training.loop.config import FINETUNE, FINETUNE_RECIPE, MODELS, PRESETS, TOP_RECIPE, TrainConfig, get_config
 from training.loop.distributed import outputs_of_this_process, process_count, process_index
 from training.runs.folder import RunFolder
 from training.runs.folds import pooled_predictions, run_folds
@@ -111,6 +111,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--head-views", type=nonnegative_int, metavar="N",
                    help="--finetune head: N augmented views of each training photo (and their mirror images), "
                         "cached like the features, join the head's training (0: the photo and its mirror only)")
+    p.add_argument("--top-views", type=nonnegative_int, metavar="N",
+                   help="--finetune top: the frozen blocks' activation maps of each photo and of N augmented views "
+                        "(and their mirror images) are computed once and cached; each step runs only the trainable "
+                        "top (default 8; 0: the whole network at every step, on images augmented on the device)")
     p.add_argument("--lr-schedule", choices=["cosine"], help="decay the learning rate to 0 over the run")
     p.add_argument("--patience", type=positive_int,
                    help="early stopping: epochs without a better inner-validation macro-F1")
@@ -130,16 +134,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
              "augment": Augment() if args.augment else None,
              "lr_schedule": args.lr_schedule, "patience": args.patience, "val_fraction": args.val_fraction,
              "folds": args.folds, "target_recall": args.target_recall, "grad": args.grad,
-             "head_views": args.head_views, "block_lr_decay": args.block_lr_decay}
+             "head_views": args.head_views, "top_views": args.top_views, "block_lr_decay": args.block_lr_decay}
     overrides = {k: v for k, v in flags.items() if v is not None}
     if args.class_weights is not None:
         overrides["class_weights"] = None if args.class_weights == "none" else args.class_weights
     if args.no_tta:
         overrides["tta_flip"] = False
     preset = PRESETS[args.preset]
-    if (overrides.get("model", preset.get("model")) in BACKBONES
-            and overrides.get("finetune", preset.get("finetune", "head")) != "head"):
-        overrides = {**FINETUNE_RECIPE, **overrides}  # fine-tuning's own recipe; the user's flags win
+    finetune = overrides.get("finetune", preset.get("finetune", "head"))
+    if overrides.get("model", preset.get("model")) in BACKBONES and finetune != "head":
+        recipe = {**FINETUNE_RECIPE, **(TOP_RECIPE if finetune == "top" else {})}
+        overrides = {**recipe, **overrides}  # fine-tuning's own recipe; the user's flags win
     config = get_config(args.preset, seed=args.seed, **overrides)
     if config.model in BACKBONES and args.image_size is None:
         config = dataclasses.replace(config, image_size=native_size(config.model))
@@ -178,7 +183,8 @@ def _run(args: argparse.Namespace, out_path) -> dict:
                         grouping_file=args.grouping, skip_bad=args.skip_bad, cache_dir=args.cache_dir,
                         workers=args.workers, progress=not args.no_progress,
                         # a frozen backbone needs only features: photos are read in chunks, never all at once
-                        decode=not (config.pretrained and config.finetune == "head") or args.skip_bad)
+                        decode=not (config.pretrained and (config.finetune == "head" or config.top_views))
+                        or args.skip_bad)
     counts = {name: int(np.sum(data.y == i)) for i, name in enumerate(data.class_names)}
     print(f"{data.source}: {data.report.summary()}; classes {counts}")
     print(f"configuration: {describe(config)}")

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 
 from manual_backprop import layers
 from models.common import same_padding
-from models.efficientnet_lite import BN_EPS, block_specs, depthwise_shift
+from models.efficientnet_lite import BN_EPS, block_input_channels, block_specs, check_block_range, depthwise_shift
 
 Array = jax.Array
 Path = tuple[str, ...]
@@ -156,10 +156,18 @@ def _check_model(model) -> None:
 
 def transfer_forward(params: dict, x: Array, model, *, train: bool = False, key: Array | None = None
                      ) -> tuple[Array, list]:
-    """Logits for one image (H, W, 3) in [0, 1] and the caches ``(kind, path, cache, static)``, layer by layer."""
+    """Logits for one image (H, W, 3) in [0, 1] and the caches ``(kind, path, cache, static)``, layer by layer.
+    With ``model.start_block = k``, ``x`` is the activation map at the input of block ``k`` instead (the
+    frozen blocks below it ran once, ahead): the pass starts there."""
     _check_model(model)
-    if x.ndim != 3 or x.shape[-1] != 3:
+    specs = block_specs(model.variant)
+    start = model.start_block
+    check_block_range(model.variant, start or 0, None)
+    if start is None and (x.ndim != 3 or x.shape[-1] != 3):
         raise ValueError(f"EfficientNetLite takes one RGB image (H, W, 3); got shape {tuple(x.shape)}")
+    if start is not None and (x.ndim != 3 or x.shape[-1] != block_input_channels(model.variant, start)):
+        raise ValueError(f"block {start} of {model.variant} takes an activation map (h, w, "
+                         f"{block_input_channels(model.variant, start)}); got shape {tuple(x.shape)}")
     bb = params["backbone"]
     caches: list[tuple[str, Path, Any, Any]] = []
 
@@ -171,12 +179,16 @@ def transfer_forward(params: dict, x: Array, model, *, train: bool = False, key:
             caches.append(("relu6", path, c, None))
         return h
 
-    a = x * 2.0 - 1.0  # no parameters, and the image needs no gradient
-    stem = {"kernel": bb["conv_stem"]["kernel"], "bias": jnp.zeros(bb["conv_stem"]["kernel"].shape[-1], a.dtype)}
-    a, (a_in, _, stride, pads) = layers.conv2d_forward(stem, a, stride=2, padding="SAME")
-    caches.append(("conv", ("backbone", "conv_stem"), a_in, (stride, pads)))
-    a = bn_relu6(a, ("backbone", "bn_stem"))
-    for i, spec in enumerate(block_specs(model.variant)):
+    if start is None:
+        a = x * 2.0 - 1.0  # no parameters, and the image needs no gradient
+        stem = {"kernel": bb["conv_stem"]["kernel"],
+                "bias": jnp.zeros(bb["conv_stem"]["kernel"].shape[-1], a.dtype)}
+        a, (a_in, _, stride, pads) = layers.conv2d_forward(stem, a, stride=2, padding="SAME")
+        caches.append(("conv", ("backbone", "conv_stem"), a_in, (stride, pads)))
+        a = bn_relu6(a, ("backbone", "bn_stem"))
+    else:
+        a = x
+    for i, spec in enumerate(specs[start or 0:], start=start or 0):
         block = ("backbone", f"block{i}")
         residual = spec.stride == 1 and spec.c_in == spec.c_out
         if residual:

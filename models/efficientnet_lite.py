@@ -233,6 +233,11 @@ class EfficientNetLite(nn.Module):
 
     With ``features_only=True`` the 1280-d pooled features the classifier reads are returned
     instead (``fc`` is then unused). With ``folded=True`` it takes :func:`fold_batchnorm`'s parameters.
+
+    Part of the network: ``stop_block=k`` returns the activation map at the input of MBConv block ``k``
+    (what the frozen blocks below a fine-tuned top compute, cached once per photo); ``start_block=k`` takes
+    that map (h, w, C_in of block ``k``) instead of an image and runs the rest. The parameter tree is the whole
+    network's either way. ``start_block=None``: an image.
     """
 
     variant: str = "efficientnet_lite0"
@@ -244,15 +249,24 @@ class EfficientNetLite(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False, key: jax.Array | None = None,
-                 features_only: bool = False) -> jax.Array:
+                 features_only: bool = False, start_block: int | None = None, stop_block: int | None = None
+                 ) -> jax.Array:
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown EfficientNet-Lite variant {self.variant!r}; expected one of {sorted(VARIANTS)}")
-        if x.ndim != 3 or x.shape[-1] != 3:
-            raise ValueError(f"EfficientNetLite takes one RGB image (H, W, 3); got shape {tuple(x.shape)}")
-        x = x * 2.0 - 1.0
-        x = nn.relu6(_bn(self.folded, "bn_stem")(_conv(x, 32, 3, "conv_stem", stride=2)))
-        for i, spec in enumerate(block_specs(self.variant)):
-            x = MBConv(spec, self.depthwise, self.pointwise, self.folded, name=f"block{i}")(x)
+        specs = block_specs(self.variant)
+        check_block_range(self.variant, start_block or 0, stop_block)
+        if start_block is None:
+            if x.ndim != 3 or x.shape[-1] != 3:
+                raise ValueError(f"EfficientNetLite takes one RGB image (H, W, 3); got shape {tuple(x.shape)}")
+            x = x * 2.0 - 1.0
+            x = nn.relu6(_bn(self.folded, "bn_stem")(_conv(x, 32, 3, "conv_stem", stride=2)))
+        elif x.ndim != 3 or x.shape[-1] != block_input_channels(self.variant, start_block):
+            raise ValueError(f"block {start_block} of {self.variant} takes an activation map (h, w, "
+                             f"{block_input_channels(self.variant, start_block)}); got shape {tuple(x.shape)}")
+        for i in range(start_block or 0, len(specs) if stop_block is None else stop_block):
+            x = MBConv(specs[i], self.depthwise, self.pointwise, self.folded, name=f"block{i}")(x)
+        if stop_block is not None:
+            return x
         x = nn.relu6(_bn(self.folded, "bn_head")(_conv(x, 1280, 1, "conv_head", pointwise=self.pointwise)))
         f = jnp.mean(mark_cam_features(self, x), axis=(0, 1))
         if features_only:
@@ -261,6 +275,21 @@ class EfficientNetLite(nn.Module):
         rng = jax.random.fold_in(key, 1) if (train and key is not None) else None
         f = nn.Dropout(rate, deterministic=not train)(f, rng=rng)
         return nn.Dense(self.n_classes, name="fc")(f)
+
+
+def check_block_range(variant: str, start_block: int, stop_block: int | None) -> None:
+    """``ValueError`` unless ``0 ≤ start_block ≤ stop_block ≤`` the variant's number of blocks."""
+    n = len(block_specs(variant))
+    stop = n if stop_block is None else stop_block
+    if not (isinstance(start_block, int) and isinstance(stop, int) and 0 <= start_block <= stop <= n):
+        raise ValueError(f"{variant} has blocks 0–{n - 1}: cannot run from block {start_block!r} to {stop_block!r}")
+
+
+def block_input_channels(variant: str, block: int) -> int:
+    """The channels of the activation map at the input of MBConv block ``block`` (for ``block`` = the number
+    of blocks: at the input of the head convolution)."""
+    specs = block_specs(variant)
+    return specs[block].c_in if block < len(specs) else specs[-1].c_out
 
 
 def native_size(variant: str) -> int:

@@ -23,11 +23,14 @@ class TransferClassifier(nn.Module):
     dropout_rate: float = 0.0
     depthwise: str = "shift"
     folded: bool = False  # the backbone's BatchNorm folded (models.efficientnet_lite.fold_batchnorm): inference
+    # an index k: ``x`` is the activation map at the input of MBConv block k (cached from the frozen blocks
+    # below it), not an image; the parameters are the whole classifier's either way
+    start_block: int | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False, key: jax.Array | None = None) -> jax.Array:
         f = EfficientNetLite(self.variant, depthwise=self.depthwise, folded=self.folded,
-                             name="backbone")(x, features_only=True)
+                             name="backbone")(x, features_only=True, start_block=self.start_block)
         return self.head_logits(f, train=train, key=key)
 
     def head_logits(self, f: jax.Array, *, train: bool = False, key: jax.Array | None = None) -> jax.Array:

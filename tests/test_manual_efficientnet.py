@@ -178,6 +178,37 @@ def test_whole_lite0_classifier_gradient_equals_jax_grad(lite0_case, autodiff_gr
                for a in jax.tree_util.tree_leaves(v))
 
 
+def test_manual_backward_from_cached_block_maps_equals_jax_grad_and_the_whole_classifiers(lite0_case, autodiff_grad):
+    """``--finetune top`` on cached maps (``TransferClassifier.start_block``): the hand-written pass from the
+    input of block 15, on the frozen blocks' map of each image, equals jax.grad of the Flax model on those maps,
+    and the top's gradients equal those of the whole classifier on the images (float64, ≤ 1e-10 per array);
+    every layer below block 15 gets zeros."""
+    from models.efficientnet_lite import EfficientNetLite
+
+    model, params, batch, keys = lite0_case
+    block = 15
+    below = EfficientNetLite("efficientnet_lite0")
+    maps = jax.jit(jax.vmap(lambda im: below.apply({"params": params["backbone"]}, im, stop_block=block)))(batch["x"])
+    top_model = model.clone(start_block=block)
+    top = {"block15", "conv_head", "bn_head"}
+
+    def trainable(path):
+        return path[0] == "head" or path[1] in top
+
+    kw = dict(weights=batch["w"], mask=batch["mask"], train=True, keys=keys)
+    loss, grads = jax.jit(lambda p: transfer_batch_grads(p, maps, batch["y"], top_model, trainable=trainable,
+                                                         **kw))(params)
+    ref_loss, ref = jax.jit(jax.value_and_grad(lambda p: autodiff_loss(top_model, p, {**batch, "x": maps}, keys)))(
+        params)
+    whole_loss, whole = autodiff_grad(params, keys)
+    np.testing.assert_allclose([loss, ref_loss], [whole_loss, whole_loss], rtol=1e-12)
+    assert_tree_close(grads, ref, RTOL)  # zeros below block 15 in both
+    assert_tree_close({k: grads["backbone"][k] for k in top}, {k: whole["backbone"][k] for k in top}, RTOL)
+    assert_tree_close(grads["head"], whole["head"], RTOL)
+    assert all(not np.asarray(a).any() for k, v in grads["backbone"].items() if k not in top
+               for a in jax.tree_util.tree_leaves(v))
+
+
 @pytest.mark.parametrize("finetune", ["all"])
 def test_adam_steps_on_the_manual_backward_equal_autodiffs(lite0_case, autodiff_grad, finetune):
     """``--grad manual --finetune all``: 4 Optax Adam steps of the project's jitted train step, through the

@@ -22,7 +22,8 @@ KINDS = {
     # (with one augmented view of each photo for the head's training: the flag, end to end)
     "efficientnet_lite0-head": ["--model", "efficientnet_lite0", "--image-size", "32", "--head-views", "1"],
     # top is trained on the hand-written backward (manual_backprop.efficientnet), as a user may ask, with
-    # fine-tuning's own recipe (it starts from the frozen-feature head: 2 photos a class for its inner CV)
+    # fine-tuning's own recipe (it starts from the frozen-feature head: 2 photos a class for its inner CV; the
+    # frozen blocks' maps of each photo and 8 views are cached, and the top trains on them)
     "efficientnet_lite0-top": ["--model", "efficientnet_lite0", "--finetune", "top", "--image-size", "32",
                                "--epochs", "1", "--lr", "1e-4", "--grad", "manual"],
 }
@@ -82,7 +83,8 @@ def test_predict_writes_one_row_per_photo(kind, runs):
 
     run, csv_path = runs(kind)
     if kind.endswith("-top"):  # started from the frozen-feature head: its feature standardization is saved
-        assert len(json.loads((run / "checkpoints" / "config.json").read_text())["normalization"]["mean"]) == 1280
+        saved = json.loads((run / "checkpoints" / "config.json").read_text())
+        assert len(saved["normalization"]["mean"]) == 1280 and saved["config"]["top_views"] == 8
     if kind.endswith("-head"):
         assert json.loads((run / "checkpoints" / "config.json").read_text())["config"]["head_views"] == 1
     rows = read_predictions(csv_path)

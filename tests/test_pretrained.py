@@ -11,9 +11,11 @@ import pytest
 from models.efficientnet_lite import EfficientNetLite, block_specs, depthwise_shift, native_size
 from models.pretrained import load_backbone, packaged_weights_file
 from models.torch_weights import WeightsFileError, load_state_dict
+from models.transfer import TransferClassifier
 from tests.conftest import shared_path
 from tests.helpers import read_predictions, relative_errors
 from training.evaluation.decision import decide, recall_threshold
+from training.loop.config import get_config
 from training.loop.optimizer import trainable_mask
 from training.transfer.features import extract_features
 from training.transfer.head import select_head
@@ -304,6 +306,80 @@ def test_augmented_views_are_the_backbones_features_of_each_view_and_are_cached_
     assert n3 == 1 and max(relative_errors(f3, f1)) <= 1e-5  # (another row of the batch: not bit for bit)
     plain, n = extract_features(x, digests, "efficientnet_lite0", backbone, digest, "k", **{**kw, "views": None})
     assert n == 3 and plain.shape == (3, 2, 1280)  # the photos' own features are cached apart
+
+
+def test_block_maps_are_cached_and_the_top_from_them_is_the_whole_classifier(tmp_path, lite0):
+    """``extract_features(block=k)``: the activation maps at the input of block k of each photo and its mirror
+    image, cached (a second call computes nothing; a damaged entry, or one of another shape, is computed again).
+    The classifier run from those maps (``start_block=k``) gives the whole classifier's logits on the photos,
+    and the eval step's mirrored pairs give its flip-averaged probabilities. Too few or too many blocks, or a
+    map of the wrong width, are refused by name."""
+    from training.loop.steps import make_eval_step
+
+    params, digest = lite0
+    backbone = {k: v for k, v in params.items() if k != "fc"}
+    n_blocks = len(block_specs("efficientnet_lite0"))
+    x = np.random.default_rng(2).uniform(0, 1, (3, 32, 32, 3)).astype(np.float32)
+    digests = ["4c" * 32, "5b" * 32, "6a" * 32]
+    kw = dict(cache_dir=tmp_path, batch_size=2, block=n_blocks - 2)
+    maps, n1 = extract_features(x, digests, "efficientnet_lite0", backbone, digest, "k", **kw)
+    assert n1 == 3 and maps.shape == (3, 2, 1, 1, 192)  # 32 px: 1×1 at stride 32
+    again, n2 = extract_features(x, digests, "efficientnet_lite0", backbone, digest, "k", **kw)
+    assert n2 == 0 and np.array_equal(again, maps)
+    entry = next(tmp_path.rglob(f"{digests[2]}.npy"))
+    np.save(entry, np.zeros((2, 1280), np.float32))  # a features entry where a map belongs: computed again
+    fixed, n3 = extract_features(x, digests, "efficientnet_lite0", backbone, digest, "k", **kw)
+    assert n3 == 1 and max(relative_errors(fixed, maps)) <= 1e-5
+    whole = TransferClassifier("efficientnet_lite0", 2)
+    head = {"kernel": np.random.default_rng(3).normal(size=(1280, 2)).astype(np.float32) * 0.1,
+            "bias": np.zeros(2, np.float32)}
+    p = {"backbone": backbone, "head": head}
+    top = whole.clone(start_block=n_blocks - 2)
+    ref = jax.jit(jax.vmap(lambda im: whole.apply({"params": p}, im)))(np.concatenate([x, x[:, :, ::-1]]))
+    got = jax.jit(jax.vmap(lambda m: top.apply({"params": p}, m)))(np.concatenate([maps[:, 0], maps[:, 1]]))
+    assert max(relative_errors(got, ref)) <= 1e-5  # the photos', then their mirror images'
+    probs = make_eval_step(top, tta_flip=True, mirrored=True)(p, maps)
+    flip_mean = 0.5 * (jax.nn.softmax(ref[:3]) + jax.nn.softmax(ref[3:]))
+    np.testing.assert_allclose(probs, flip_mean, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="block 14 of efficientnet_lite0 takes an activation map \\(h, w, 192\\)"):
+        top.apply({"params": p}, maps[0, 0, :, :, :100])
+    with pytest.raises(ValueError, match=f"blocks 0–{n_blocks - 1}: cannot run from block {n_blocks + 1}"):
+        whole.clone(start_block=n_blocks + 1).apply({"params": p}, maps[0, 0])
+
+
+def test_fine_tuning_the_top_on_cached_maps_is_fine_tuning_it_on_the_photos(tmp_path, lite0):
+    """``fit(maps_from=k)``, one map per photo and no augmentation: two epochs on the frozen blocks' cached maps
+    are two epochs of the whole classifier on the photos, with the same shuffles and keys. The first step's loss
+    is the same to float32 rounding (the frozen blocks ran in another program); then Adam's first update,
+    lr·g/(|g| + ε), moves a weight by at most 2·lr more or less per step where gradients differ in rounding, so
+    no weight differs by more than 2·lr·T after T steps (the bound checked), and the frozen ones not at all."""
+    from training.loop.steps import fit
+    from training.transfer.features import make_block_input_fn
+
+    params, _ = lite0
+    backbone = {k: v for k, v in params.items() if k != "fc"}
+    block = len(block_specs("efficientnet_lite0")) - 2
+    config = get_config(model="efficientnet_lite0", finetune="top", image_size=32, learning_rate=1e-3, batch_size=2,
+                        epochs=2, selection="last", tta_flip=True)
+    rng = np.random.default_rng(4)
+    x, xv = (rng.uniform(0, 1, (n, 32, 32, 3)).astype(np.float32) for n in (4, 2))
+    y, yv = np.arange(4, dtype=np.int32) % 2, np.arange(2, dtype=np.int32) % 2
+    maps_of = make_block_input_fn("efficientnet_lite0", block)
+    maps, vmaps = (np.asarray(maps_of(backbone, a)) for a in (x, xv))  # (n, 2, 1, 1, 192): photo, mirror
+    kw = dict(progress=False, backbone=backbone)
+    photos = fit(config, x, y, xv, yv, ["a", "b"], tmp_path / "photos", **kw)
+    cached = fit(config, maps[:, :1], y, vmaps, yv, ["a", "b"], tmp_path / "maps", maps_from=block, **kw)
+    first = [h["train_loss"] for h in (photos.history[0], cached.history[0])]
+    np.testing.assert_allclose(first[1], first[0], rtol=1e-5)
+    steps = 2 * 2  # 2 epochs of 2 batches
+    diff = jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
+                                  cached.best_params, photos.best_params)
+    assert max(jax.tree_util.tree_leaves(diff)) <= 2 * 1e-3 * steps
+    frozen = [diff["backbone"][k] for k in ("conv_stem", "bn_stem", *(f"block{i}" for i in range(block)))]
+    assert max(jax.tree_util.tree_leaves(frozen)) == 0.0
+    moved = jax.tree_util.tree_map(lambda a, b: not np.array_equal(a, b), cached.best_params["backbone"],
+                                   backbone)
+    assert any(jax.tree_util.tree_leaves(moved[f"block{block}"]))  # the top trained on the maps
 
 
 def test_augmented_views_join_the_heads_training_as_more_views():

@@ -553,14 +553,26 @@ def test_warmup_then_cosine_and_weight_decay_of_kernels_only():
 
 
 @pytest.mark.parametrize("flags, expected", [
-    (["--finetune", "top"], {"learning_rate": 3e-4, "lr_schedule": "cosine", "warmup_epochs": 1, "head_init": True}),
-    (["--finetune", "all", "--lr", "1e-3", "--epochs", "3"], {"learning_rate": 1e-3, "epochs": 3, "head_init": True}),
-    ([], {"learning_rate": 1e-2, "lr_schedule": None, "head_init": False, "augment": None}),
+    (["--finetune", "top"], {"learning_rate": 3e-4, "lr_schedule": "cosine", "warmup_epochs": 1, "head_init": True,
+                             "top_views": 8}),
+    (["--finetune", "top", "--top-views", "0"], {"learning_rate": 3e-4, "top_views": 0}),
+    (["--finetune", "all", "--lr", "1e-3", "--epochs", "3"], {"learning_rate": 1e-3, "epochs": 3, "head_init": True,
+                                                            "top_views": 0}),
+    ([], {"learning_rate": 1e-2, "lr_schedule": None, "head_init": False, "augment": None, "top_views": 0}),
     (["--finetune", "head"], {"learning_rate": 1e-2, "head_init": False}),
     (["--preset", "lab-2020"], {"learning_rate": 1e-3, "head_init": False}),
-], ids=["top", "all-with-flags", "no-flag", "head", "lab-2020"])
+], ids=["top", "top-without-cached-maps", "all-with-flags", "no-flag", "head", "lab-2020"])
 def test_finetune_gets_its_own_recipe_and_the_users_flags_win(flags, expected):
     from experiments import train
 
     config = train.config_from_args(train.parser().parse_args(flags))
     assert {k: getattr(config, k) for k in expected} == expected
+
+
+@pytest.mark.parametrize("overrides", [dict(finetune="all"), dict(finetune="head"), dict(model="model1")],
+                         ids=["all", "head", "model1"])
+def test_cached_maps_are_refused_where_nothing_below_a_top_is_frozen(overrides):
+    """``top_views`` caches the frozen blocks below a fine-tuned top: with anything else it is refused by name."""
+    with pytest.raises(ValueError, match="top_views=2 caches the frozen blocks below a fine-tuned top"):
+        get_config("pretrained", top_views=2, **{"finetune": "top", **overrides})
+    assert get_config("pretrained", finetune="top", top_views=2).top_views == 2

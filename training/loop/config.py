@@ -66,6 +66,12 @@ class TrainConfig:
     # the image, ±10°, brightness and contrast; and each view's mirror image), computed once by the frozen
     # backbone and cached, join the head's training loss (training photos only; nothing is scored on them)
     head_views: int = 0
+    # with finetune="top": > 0 caches what the frozen blocks compute. The activation maps at the input of the
+    # first trainable block, of each photo and of this many augmented views of it (``augment``, as head_views
+    # draws them), each with its mirror image, are computed once (and cached on disk like the features); each
+    # epoch trains every photo on one of its maps, drawn at random, so only the trainable top runs forward and
+    # backward at each step. 0: the whole network runs at every step, on images augmented on the device.
+    top_views: int = 0
     inner_folds: int = 4
     target_recall: tuple[str, float] | None = None  # (class, recall): the operating point's threshold
     # "autodiff" (jax.grad) or "manual": Model 1's hand-written backward (manual_backprop.cnn) through a
@@ -136,7 +142,7 @@ _CHOICES: dict[str, tuple] = {
 _INTS = {"image_size": (8, 4096), "epochs": (1, 100_000), "batch_size": (1, 1 << 20), "folds": (1, 1000),
          "seed": (-(2**63), 2**63 - 1), "first_kernel": (1, 64), "top_blocks": (0, 64),
          "head_steps": (1, 1_000_000), "inner_folds": (2, 100), "warmup_epochs": (0, 100_000),
-         "head_views": (0, 64)}
+         "head_views": (0, 64), "top_views": (0, 64)}
 
 
 _BOOLS = ("rgb", "standardize", "tta_flip", "head_init")
@@ -178,6 +184,10 @@ def _check_config(c: TrainConfig) -> None:
                 and isinstance(a.flip, (bool, np.bool_)) and all(is_real(v) and 0 <= v <= hi for v, hi in ranges)):
             fail("augment", "null or {crop_pad: 0–1024, flip: true/false, max_degrees: 0–180, brightness: 0–1, "
                             "contrast: 0–1}")
+    if c.top_views and not (c.pretrained and c.finetune == "top"):
+        raise ValueError(f"top_views={c.top_views} caches the frozen blocks below a fine-tuned top: it needs "
+                         f"finetune 'top' with an EfficientNet-Lite backbone (here {c.model}, finetune "
+                         f"{c.finetune!r}); use 0")
     if c.patience is not None and not (is_int(c.patience) and c.patience >= 1):
         fail("patience", "null or an integer ≥ 1")
     if not (isinstance(c.head_units, tuple) and 0 < len(c.head_units) <= 8
@@ -222,6 +232,9 @@ PRESETS["default"] = PRESETS["pretrained"]
 FINETUNE_RECIPE: dict[str, Any] = dict(learning_rate=3e-4, lr_schedule="cosine", warmup_epochs=1, epochs=10,
                                        weight_decay=1e-4, augment=Augment(crop_pad=16), patience=4,
                                        selection="inner", head_init=True)
+# ``--finetune top`` on top of that: the frozen blocks' maps of each photo and of 8 augmented views (and their
+# mirror images) are computed once and cached, and each step runs the trainable top alone (issue 17, item 2)
+TOP_RECIPE: dict[str, Any] = dict(top_views=8)
 
 
 def get_config(preset: str = "default", **overrides: Any) -> TrainConfig:

@@ -220,10 +220,13 @@ def make_train_step(model, augment: Augment | None = None, *, grad: str = "autod
 
 
 @functools.lru_cache(maxsize=16)
-def make_eval_step(model, *, tta_flip: bool = False):
+def make_eval_step(model, *, tta_flip: bool = False, mirrored: bool = False):
     """``eval_step(params, x) -> softmax probabilities`` (no dropout), jitted; with ``tta_flip`` the mean of
     the probabilities of each image and its mirror image. One function per (model, tta_flip): ``fit``'s
-    epochs and the fold's scoring of the chosen epoch share its compiled program."""
+    epochs and the fold's scoring of the chosen epoch share its compiled program.
+
+    ``mirrored``: each row of ``x`` is a pair (input, its mirror image's) on axis 1, as cached activation maps
+    are (a map of the mirror image is not the mirrored map)."""
 
     def probs(params, x):
         logits = jax.vmap(lambda xi: model.apply({"params": params}, xi, train=False))(x)
@@ -231,6 +234,9 @@ def make_eval_step(model, *, tta_flip: bool = False):
 
     @jax.jit
     def eval_step(params, x):
+        if mirrored:
+            p = probs(params, x[:, 0])
+            return 0.5 * (p + probs(params, x[:, 1])) if tta_flip else p
         p = probs(params, x)
         return 0.5 * (p + probs(params, x[:, :, ::-1, :])) if tta_flip else p
 
@@ -313,6 +319,7 @@ def fit(
     dp: DataParallel | None = None,
     backbone: dict | None = None,
     head: tuple[dict, dict] | None = None,
+    maps_from: int | None = None,
 ) -> FitResult:
     """Train, evaluate each epoch on ``(x_val, y_val)``, keep ``best`` and ``last`` checkpoints.
 
@@ -322,6 +329,12 @@ def fit(
     ``FloatingPointError``; the checkpoints on disk are then those of the last good epoch.
     ``backbone``: the pretrained parameters of a transfer model; ``head``: its starting head and feature
     standardization (``(params, {"mean", "std"})``, e.g. the frozen-feature head), instead of a random head.
+
+    ``maps_from=k`` (a transfer classifier whose blocks below ``k`` are frozen, ``config.top_views``): the
+    inputs are activation maps at the input of block ``k``, not images. ``x_train`` is (n, V, h, w, C): V maps
+    of each photo (its views and their mirror images), of which each epoch trains on one per photo, drawn at
+    random; ``x_val`` is (n, 2, h, w, C): each photo's map and its mirror image's. Only the top of the
+    classifier runs (``TransferClassifier.start_block``); the parameters are the whole classifier's.
     """
     from tqdm.auto import tqdm
 
@@ -331,9 +344,18 @@ def fit(
     n_classes = len(class_names)
     normalization = head[1] if head is not None else input_normalization(config, x_train)
     model = create_model(config, n_classes, normalization)
+    image_shape = x_train.shape[1:]
+    if maps_from is not None:
+        if not (isinstance(model, TransferClassifier) and x_train.ndim == 5 and x_val.ndim == 5
+                and x_val.shape[1] == 2):
+            raise ValueError(f"maps_from: a transfer classifier trains on activation maps (n, V, h, w, C) and "
+                             f"validates on (n, 2, h, w, C); got {type(model).__name__}, {x_train.shape}, "
+                             f"{x_val.shape}")
+        model = model.clone(start_block=maps_from)
+        image_shape = (config.image_size, config.image_size, 3)
     key_init, key_shuffle, key_dropout = jax.random.split(jax.random.PRNGKey(config.seed), 3)
     steps_per_epoch = -(-len(x_train) // config.batch_size)
-    state = create_state(model, config, x_train.shape[1:], key=key_init, steps_per_epoch=steps_per_epoch,
+    state = create_state(model, config, image_shape, key=key_init, steps_per_epoch=steps_per_epoch,
                          backbone=backbone)
     if head is not None:  # the optimizer's state depends on the shapes only: it stays as initialised
         state = state.replace(params={**state.params, "head": jax.tree_util.tree_map(jnp.asarray, head[0])})
@@ -349,9 +371,10 @@ def fit(
         log.info(f"resuming after epoch {meta['epoch']} from {ckpt.directory / 'last'}")
     state = dp.put_replicated(state)
     weights = class_weight_vector(y_train, n_classes, config.class_weights)
-    train_step = make_train_step(model, config.augment, grad=config.grad, finetune=config.finetune,
-                                 top_blocks=config.top_blocks)
-    eval_step = make_eval_step(model, tta_flip=config.pretrained and config.tta_flip)
+    train_step = make_train_step(model, None if maps_from is not None else config.augment, grad=config.grad,
+                                 finetune=config.finetune, top_blocks=config.top_blocks)
+    eval_step = make_eval_step(model, tta_flip=config.pretrained and config.tta_flip, mirrored=maps_from is not None)
+    key_view = jax.random.fold_in(key_shuffle, 0)  # the epochs' shuffles fold in 1, 2, …
     best_params, best_probs = None, None
     size = dp.padded_batch_size(config.batch_size)
     baseline = majority_baseline(y_train, y_val, class_names)
@@ -359,9 +382,14 @@ def fit(
         start = time.perf_counter()
         losses = []
         steps = list(batches(len(x_train), config.batch_size, key=jax.random.fold_in(key_shuffle, epoch)))
+        x_epoch = x_train
+        if maps_from is not None:  # one map of each photo this epoch
+            view = np.asarray(jax.random.randint(jax.random.fold_in(key_view, epoch), (len(x_train),), 0,
+                                                 x_train.shape[1]))
+            x_epoch = x_train[np.arange(len(x_train)), view]
         bar = tqdm(steps, desc=f"epoch {epoch}/{config.epochs}", disable=not progress, leave=False)
         for step, idx in enumerate(bar):
-            batch = dp.put_batch(make_batch(x_train, y_train, idx, size, weights))
+            batch = dp.put_batch(make_batch(x_epoch, y_train, idx, size, weights))
             key = jax.random.fold_in(jax.random.fold_in(key_dropout, epoch), step)
             state, m = train_step(state, batch, key)
             losses.append((m["loss"], len(idx)))
@@ -399,8 +427,7 @@ def fit(
     best_meta = ckpt.meta("best")
     ckpt.close()
     if best_params is None:  # resumed after the best epoch: read it back
-        template = state_template(model, config, x_train.shape[1:], steps_per_epoch=steps_per_epoch,
-                                  backbone=backbone)
+        template = state_template(model, config, image_shape, steps_per_epoch=steps_per_epoch, backbone=backbone)
         ckpt = Checkpoints(out / "checkpoints")
         best_params = jax.device_get(ckpt.restore("best", template)[0].params)
         ckpt.close()

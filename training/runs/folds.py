@@ -144,11 +144,30 @@ def _initial_head(data: Dataset, config: TrainConfig, feats: np.ndarray, rows: n
     return head, norm
 
 
+class Maps(NamedTuple):
+    """The frozen blocks' activation maps at the input of block ``block`` (``config.top_views``), cached:
+    ``plain`` (n, 2, h, w, C), each photo's and its mirror image's; ``views`` (n, 2·top_views, h, w, C), its
+    augmented views' and theirs. Training draws from both; validation and scoring read ``plain``."""
+
+    block: int
+    plain: np.ndarray
+    views: np.ndarray
+
+
+def top_start_block(config: TrainConfig) -> int:
+    """The first MBConv block that trains with ``finetune="top"``: the last ``top_blocks`` blocks train."""
+    from models.efficientnet_lite import block_specs
+
+    return max(len(block_specs(config.model)) - config.top_blocks, 0)
+
+
 def _network_fold(data: Dataset, config: TrainConfig, tr: np.ndarray, va: np.ndarray, out: Path, *, resume: bool,
-                  progress: bool, backbone: dict | None, feats: np.ndarray | None = None) -> FoldResult:
+                  progress: bool, backbone: dict | None, feats: np.ndarray | None = None,
+                  maps: Maps | None = None) -> FoldResult:
     """Train by epochs; choose the epoch on an inner split of ``tr`` (or take the last); score ``va`` once.
-    ``feats``: the frozen backbone's features, for a fine-tuned model that starts from the head."""
-    if data.x is None:
+    ``feats``: the frozen backbone's features, for a fine-tuned model that starts from the head; ``maps``:
+    the frozen blocks' cached activation maps, which the trainable top then trains and is scored on."""
+    if data.x is None and maps is None:
         raise ValueError("training a network by epochs needs the decoded images: load the data with decode=True")
     if config.selection == "inner":
         rel_tr, rel_va = stratified_split(data.y[tr], val_fraction=config.val_fraction, seed=config.seed + 1,
@@ -161,15 +180,24 @@ def _network_fold(data: Dataset, config: TrainConfig, tr: np.ndarray, va: np.nda
     else:
         raise ValueError(f"unknown selection {config.selection!r}; expected 'inner' or 'last'")
     head = _initial_head(data, config, feats, fit_tr) if feats is not None else None
-    result = fit(config, data.x[fit_tr], data.y[fit_tr], data.x[fit_va], data.y[fit_va], data.class_names, out,
-                 resume=resume, progress=progress, backbone=backbone, head=head)
+    if maps is None:
+        x_train, x_fit_va, x_va = data.x[fit_tr], data.x[fit_va], data.x[va]
+    else:  # each training photo's map, its mirror image's and its views'; (map, mirror map) to validate
+        x_train = np.concatenate([maps.plain[fit_tr], maps.views[fit_tr]], axis=1)
+        x_fit_va, x_va = maps.plain[fit_va], maps.plain[va]
+    result = fit(config, x_train, data.y[fit_tr], x_fit_va, data.y[fit_va], data.class_names, out,
+                 resume=resume, progress=progress, backbone=backbone, head=head,
+                 maps_from=None if maps is None else maps.block)
+    del x_train
     op = operating_point(config.target_recall, data.class_names, result.val_probs, data.y[fit_va]) \
         if config.selection == "inner" else None
     if config.target_recall is not None and op is None:
         raise ValueError("a target recall needs a threshold chosen on inner data: use selection 'inner'")
     model = create_model(config, len(data.class_names), result.normalization)
-    eval_step = make_eval_step(model, tta_flip=config.pretrained and config.tta_flip)
-    probs = predict_proba(eval_step, result.best_params, data.x[va], batch_size=config.batch_size)
+    if maps is not None:  # the same classifier from the cached maps up (the frozen blocks' part ran once)
+        model = model.clone(start_block=maps.block)
+    eval_step = make_eval_step(model, tta_flip=config.pretrained and config.tta_flip, mirrored=maps is not None)
+    probs = predict_proba(eval_step, result.best_params, x_va, batch_size=config.batch_size)
     return FoldResult(
         kind="epochs", history=result.history, metrics=score(data.y[va], probs, data.y[tr], data.class_names, op),
         baseline=majority_baseline(data.y[tr], data.y[va], data.class_names), best_epoch=result.best_epoch,
@@ -188,7 +216,7 @@ def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bo
     require_two_classes((data.class_names[int(c)] for c in np.unique(data.y)), data.source)  # after grouping
     out = output_dir(out)
     splits = splits_for(data, config)
-    backbone, feats, views = None, None, None
+    backbone, feats, views, maps = None, None, None, None
     if config.model == "resnet50" and config.weights:
         from models.pretrained import load_torchvision_resnet50
 
@@ -217,6 +245,8 @@ def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bo
                                                    views=spec)
                 log.info(f"{config.head_views} augmented views of each photo: {computed} photos computed, "
                          f"{len(views) - computed} from cache ({time.perf_counter() - start:.1f} s)")
+        if config.top_views:
+            maps = _cached_maps(data, config, backbone, digest, cache_dir=cache_dir, progress=progress)
     results = []
     for k, (tr, va) in enumerate(splits, start=1):
         fold_out = out if len(splits) == 1 else output_dir(out / f"fold_{k}")
@@ -227,7 +257,7 @@ def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bo
             result = _head_fold(data, config, feats, backbone, tr, va, fold_out, views)
         else:
             result = _network_fold(data, config, tr, va, fold_out, resume=resume, progress=progress,
-                                   backbone=backbone, feats=feats)
+                                   backbone=backbone, feats=feats, maps=maps)
         result = result._replace(seconds=time.perf_counter() - start, outer_index=va)
         saved = {"config": config.to_json(), "class_names": data.class_names,
                  "normalization": result.normalization, "operating_point": result.operating_point}
@@ -240,6 +270,28 @@ def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bo
                   f"Device: {device_description()}.")
         results.append(result._replace(verdict=write_run_report(fold_out, result, data.class_names, header)))
     return results
+
+
+def _cached_maps(data: Dataset, config: TrainConfig, backbone: dict, digest: str, *,
+                 cache_dir: str | Path | None, progress: bool) -> Maps:
+    """:class:`Maps` of every photo: the frozen blocks run once per photo, view and mirror image, or are read
+    from the cache (:func:`~training.transfer.features.extract_features` with ``block``)."""
+    from training.data.images import Preprocess
+
+    block = top_start_block(config)
+    pre = Preprocess(config.image_size, config.crop, True)
+    source = data.x if data.x is not None else data.paths
+    common = dict(pre=pre, cache_dir=cache_dir, batch_size=config.batch_size, progress=progress, block=block)
+    start = time.perf_counter()
+    plain, computed = extract_features(source, data.digests, config.model, backbone, digest, pre.cache_key(),
+                                       **common)
+    spec = views_for(config, config.top_views)
+    views, computed_views = extract_features(source, data.digests, config.model, backbone, digest,
+                                             pre.cache_key(), views=spec, **common)
+    log.info(f"the frozen blocks 0–{block - 1}: maps {plain.shape[2:]} of each photo and {config.top_views} "
+             f"augmented views (and mirror images); {computed} + {computed_views} photos computed, the rest from "
+             f"cache ({time.perf_counter() - start:.1f} s, {(plain.nbytes + views.nbytes) / 2**20:.0f} MiB)")
+    return Maps(block, plain, views)
 
 
 def pooled_predictions(results: list[FoldResult], y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -92,7 +92,7 @@ def table_row(results: list[FoldResult], class_names: list[str], *, positive: in
 
 def describe(config: TrainConfig) -> dict:
     """The settings a reader of a report needs (fine-tuning's own only when it fine-tunes)."""
-    tuning = ("top_blocks", "warmup_epochs", "weight_decay", "head_init", "block_lr_decay") \
+    tuning = ("top_blocks", "warmup_epochs", "weight_decay", "head_init", "block_lr_decay", "top_views") \
         if config.pretrained and config.finetune != "head" else ()
     if config.pretrained and config.finetune == "head" and config.head_views:
         tuning = ("head_views",)

@@ -63,6 +63,21 @@ def make_feature_fn(variant: str, depthwise: str = "shift"):
     return features
 
 
+@functools.lru_cache(maxsize=8)
+def make_block_input_fn(variant: str, block: int, depthwise: str = "shift"):
+    """``maps(params, x) -> (B, 2, h, w, C)``: the activation map at the input of MBConv block ``block`` of each
+    image and of its mirror image, jitted. ``params``: the backbone's as trained (BatchNorm not folded), so
+    the map is the one the whole classifier computes there."""
+    model = EfficientNetLite(variant, depthwise=depthwise)
+
+    @jax.jit
+    def maps(params, x):
+        one = lambda im: model.apply({"params": params}, im, stop_block=block)  # noqa: E731
+        return jnp.stack([jax.vmap(one)(x), jax.vmap(one)(x[:, :, ::-1, :])], axis=1)
+
+    return maps
+
+
 def feature_function(variant: str, backbone_params, *, image_size: int, engine: str = "jax"):
     """``features(x) -> (B, 2, D)`` (NumPy, float32) of the frozen backbone, by ``engine`` (``"jax"`` or
     ``"onnxruntime"``, as :func:`training.loop.devices.resolve_engine` chooses). Both run the backbone with
@@ -111,29 +126,42 @@ def _augmented(x, photo, view, seed, *, augment: Augment):
     return jax.vmap(one)(x, photo, view)
 
 
-def views_for(config) -> Views | None:
-    """The augmented views a :class:`~training.loop.config.TrainConfig` asks for (``head_views``), or None."""
-    if config.head_views == 0:
+def views_for(config, count: int | None = None) -> Views | None:
+    """``count`` augmented views (default: the :class:`~training.loop.config.TrainConfig`'s ``head_views``), as
+    the config asks for them, or None for 0."""
+    count = config.head_views if count is None else count
+    if count == 0:
         return None
     augment = config.augment or Augment(crop_pad=max(config.image_size // 10, 1))
-    return Views(config.head_views, augment._replace(flip=False), config.seed)
+    return Views(count, augment._replace(flip=False), config.seed)
 
 
-def _load_cached(path: Path) -> np.ndarray | None:
-    """A cached (2, D) float32 entry, or None when absent or damaged (it is then computed again)."""
+def _load_cached(path: Path, shape: tuple[int, ...] | None) -> np.ndarray | None:
+    """A cached float32 entry of ``shape`` ((2, D) features when None: D is the backbone's), or None when absent
+    or damaged (it is then computed again)."""
     if not path.is_file():
         return None
     try:
         arr = np.load(path, allow_pickle=False)
     except (OSError, ValueError):
         return None
-    return arr if arr.ndim == 2 and arr.shape[0] == 2 and arr.dtype == np.float32 else None
+    ok = arr.shape == shape if shape is not None else arr.ndim == 2 and arr.shape[0] == 2
+    return arr if ok and arr.dtype == np.float32 else None
+
+
+@functools.lru_cache(maxsize=32)
+def block_input_shape(variant: str, block: int, image_size: int) -> tuple[int, int, int]:
+    """The shape (h, w, C) of the activation map at the input of MBConv block ``block`` for ``image_size`` px."""
+    model = EfficientNetLite(variant)
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((image_size, image_size, 3))))
+    return tuple(jax.eval_shape(lambda p: model.apply(p, jnp.zeros((image_size, image_size, 3)),
+                                                      stop_block=block), params).shape)
 
 
 def extract_features(x: np.ndarray | Sequence[str | Path], digests: Sequence[str], variant: str, backbone_params,
                      weights_digest: str, pre_key: str, *, pre=None, cache_dir: str | Path | None = None,
                      batch_size: int = 32, progress: bool = False, engine: str = "auto",
-                     views: Views | None = None) -> tuple[np.ndarray, int]:
+                     views: Views | None = None, block: int | None = None) -> tuple[np.ndarray, int]:
     """``(features (n, 2, D), n computed)``: cached features where present, the backbone's for the rest.
 
     ``engine``: ``"auto"`` (ONNX Runtime on CPU when installed: 1.5–1.8× the JAX forward there; JAX otherwise
@@ -141,6 +169,10 @@ def extract_features(x: np.ndarray | Sequence[str | Path], digests: Sequence[str
 
     ``views``: instead, the features of ``views.count`` augmented views of each photo and of their mirror
     images, ``(n, 2·count, D)`` (:class:`Views`), each view cached on its own.
+
+    ``block``: instead of the pooled features, the activation maps at the input of that MBConv block
+    (:func:`make_block_input_fn`, by JAX), ``(n, 2, h, w, C)`` (or ``(n, 2·count, h, w, C)`` with ``views``):
+    what the frozen blocks below a fine-tuned top compute, cached the same way.
 
     ``x``: the preprocessed images (n, s, s, 3), or their files, with ``pre`` (a
     :class:`~training.data.images.Preprocess`): then only the photos missing from the cache are read,
@@ -156,18 +188,28 @@ def extract_features(x: np.ndarray | Sequence[str | Path], digests: Sequence[str
     from training.data.images import BadImageError
     from training.data.prefetch import decode_chunks
 
-    engine = resolve_engine(engine)
+    engine = resolve_engine(engine) if block is None else "jax"
     folder = feature_cache_dir(cache_dir, variant, weights_digest, pre_key, engine)
+    shape = None
+    if block is not None:
+        shape = (2, *block_input_shape(variant, block, _image_size(x, pre)))
+        folder = folder / f"block{block}"
     if views is not None:
         folder = folder / views.cache_key()
     names = [""] if views is None else [f"-{i}" for i in range(views.count)]  # one cache file per view
-    out: list[list[np.ndarray | None]] = [[_load_cached(folder / f"{d}{v}.npy") for v in names] for d in digests]
+    out: list[list[np.ndarray | None]] = [[_load_cached(folder / f"{d}{v}.npy", shape) for v in names]
+                                          for d in digests]
     # in a job of several processes: the photos missing from any process's cache, each process computing a
     # contiguous shard of them in whole chunks (the chunks of one process), then every process gets them all
     everyone = np.flatnonzero(any_process(np.array([any(a is None for a in row) for row in out], bool))).tolist()
     missing = everyone[shard(len(everyone), block=batch_size)]
     if missing:
-        fn = feature_function(variant, backbone_params, image_size=_image_size(x, pre), engine=engine)
+        if block is not None:
+            maps = make_block_input_fn(variant, block)
+            params = jax.device_put({k: v for k, v in backbone_params.items() if k != "fc"})
+            fn = lambda im: np.asarray(maps(params, im), np.float32)  # noqa: E731
+        else:
+            fn = feature_function(variant, backbone_params, image_size=_image_size(x, pre), engine=engine)
         in_memory = isinstance(x, np.ndarray)
         if not in_memory and pre is None:
             raise ValueError("extract_features from files needs pre (the preprocessing)")
@@ -193,14 +235,13 @@ def extract_features(x: np.ndarray | Sequence[str | Path], digests: Sequence[str
             bar.update(len(idx))
         bar.close()
     rows = [np.concatenate(row) if all(a is not None for a in row) else None for row in out]
+    width = 2 * len(names)
+    entry = shape[1:] if shape is not None else (next((a.shape[1] for a in rows if a is not None), 1280),)
     if process_count() > 1 and everyone:
-        width = 2 * len(names)
-        dim = next((a.shape[1] for a in rows if a is not None), 1280)
-        mine = np.stack([rows[i] for i in missing]) if missing else np.zeros((0, width, dim), np.float32)
+        mine = np.stack([rows[i] for i in missing]) if missing else np.zeros((0, width, *entry), np.float32)
         for i, f in zip(everyone, gather_rows(mine)):
             rows[i] = f
-    dim = rows[0].shape[1] if rows else 1280
-    return (np.stack(rows) if rows else np.zeros((0, 2 * len(names), dim), np.float32)), len(everyone)
+    return (np.stack(rows) if rows else np.zeros((0, width, *entry), np.float32)), len(everyone)
 
 
 def _padded(fn, images: np.ndarray, batch_size: int) -> np.ndarray:
