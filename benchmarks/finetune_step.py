@@ -1,7 +1,7 @@
 """Fine-tuning step of the EfficientNet-Lite classifier: hand-written backward vs jax.grad vs PyTorch eager.
 
     python -m benchmarks.finetune_step [--variant efficientnet_lite1] [--size 240] [--batch 32]
-                                       [--finetune top all] [--repeats 5] [--out runs/bench_finetune]
+                                       [--finetune top-maps top all] [--repeats 5] [--out runs/bench_finetune]
 
 Per fine-tuning mode (``top``: the last ``--top-blocks`` MBConv blocks, the head convolution and the
 classifier train; ``all``: every layer but the frozen BatchNorm statistics), with the packaged ImageNet
@@ -16,6 +16,11 @@ weights and a fresh 2-class head, on one batch of random photos:
   counting the forward FLOPs plus twice those of the layers that train (their input and weight gradients).
 Per layer type, at the shapes of the variant's top blocks and of its first stride-2 block: forward +
 backward of the hand-written rule against ``jax.vjp`` of the Flax layer.
+
+``top-maps``: the ``top`` step as ``--finetune top`` runs it by default (``--top-views``): on the frozen
+blocks' cached activation maps, so only the trainable top runs forward and backward. Its peer is ``jax.grad``
+of the same step (the PyTorch reference runs whole networks only), and the ``top`` rows of the same run show
+what the cache saves.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from training.common.tables import write_table
 from training.common.timing import device_description, time_interleaved
 from training.loop.config import get_config
 from training.loop.steps import create_model, create_state, make_batch, make_train_step
+from training.transfer.features import make_block_input_fn
 
 
 def _torch_step(variant: str, head: dict, finetune: str, top_blocks: int, x: np.ndarray, y: np.ndarray):
@@ -68,8 +74,9 @@ def _torch_step(variant: str, head: dict, finetune: str, top_blocks: int, x: np.
     return step
 
 
-def _trained_flops(variant: str, size: int, finetune: str, top_blocks: int) -> float:
-    """Forward FLOPs per image + 2× those of the layers that train (input and weight gradients; ``top``)."""
+def _trained_flops(variant: str, size: int, finetune: str, top_blocks: int, *, maps_only: bool = False) -> float:
+    """Forward FLOPs per image + 2× those of the layers that train (input and weight gradients; ``top``).
+    ``maps_only``: the top alone, 3× its FLOPs (the frozen blocks below it ran ahead, once)."""
     total = forward_flops(variant, size)
     if finetune == "all":
         return 3 * total
@@ -84,7 +91,7 @@ def _trained_flops(variant: str, size: int, finetune: str, top_blocks: int) -> f
             top_flops += f
         side = out
     top_flops += 2 * side * side * specs[-1].c_out * 1280
-    return total + 2 * top_flops
+    return 3 * top_flops if maps_only else total + 2 * top_flops
 
 
 def step_rows(variant: str, size: int, batch: int, modes: list[str], top_blocks: int, repeats: int,
@@ -101,29 +108,36 @@ def step_rows(variant: str, size: int, batch: int, modes: list[str], top_blocks:
     except ImportError:
         torch_info = "torch not installed: no PyTorch peer measured"
     rows = []
-    for finetune in modes:
+    start = len(block_specs(variant)) - top_blocks
+    for mode in modes:
+        finetune = "top" if mode == "top-maps" else mode
         config = get_config(model=variant, finetune=finetune, top_blocks=top_blocks, image_size=size,
                             learning_rate=1e-4, batch_size=batch)
         model = create_model(config, 2)
         state0 = create_state(model, config, (size, size, 3), key=jax.random.PRNGKey(0), backbone=backbone)
+        batch_in = b
+        if mode == "top-maps":  # the frozen blocks' maps, computed once (as cached): the top alone runs
+            model = model.clone(start_block=start)
+            maps = make_block_input_fn(variant, start)({k: v for k, v in backbone.items() if k != "fc"}, b["x"])
+            batch_in = {**b, "x": maps[:, 0]}
         fns, states = {}, {}
         for grad in ("manual", "autodiff"):
             step = make_train_step(model, grad=grad, finetune=finetune, top_blocks=top_blocks)
             states[grad] = state0
 
-            def call(step=step, grad=grad):
-                states[grad], m = step(states[grad], b, jax.random.PRNGKey(0))
+            def call(step=step, grad=grad, batch_in=batch_in):
+                states[grad], m = step(states[grad], batch_in, jax.random.PRNGKey(0))
                 return m["loss"]
 
             fns[f"jax, --grad {grad}"] = call
-        if not torch_info.startswith("torch not"):
+        if not torch_info.startswith("torch not") and mode != "top-maps":
             fns["pytorch eager"] = _torch_step(variant, jax.device_get(state0.params["head"]), finetune, top_blocks,
                                                x, y)
         times = time_interleaved(fns, repeats=repeats, rotate=True)
-        flops = _trained_flops(variant, size, finetune, top_blocks) * batch
+        flops = _trained_flops(variant, size, finetune, top_blocks, maps_only=mode == "top-maps") * batch
         auto, ref = times["jax, --grad autodiff"][1], times.get("pytorch eager", (None, None))[1]
         for name, (best, median) in times.items():
-            rows.append({"finetune": finetune, "step": name, "s/step (best)": best, "s/step (median)": median,
+            rows.append({"finetune": mode, "step": name, "s/step (best)": best, "s/step (median)": median,
                          "vs autodiff (median)": median / auto,
                          "PyTorch / this (median)": (ref / median) if ref else "",
                          "fraction of matmul ceiling": flops / best / 1e9 / ceiling})
@@ -231,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--variant", default="efficientnet_lite1")
     p.add_argument("--size", type=int, default=240)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--finetune", nargs="+", default=["top", "all"], choices=["top", "all"])
+    p.add_argument("--finetune", nargs="+", default=["top-maps", "top", "all"], choices=["top-maps", "top", "all"])
     p.add_argument("--top-blocks", type=int, default=2)
     p.add_argument("--repeats", type=int, default=6, help="rounds; each contender starts 1/3 of them (default 6)")
     p.add_argument("--out", default="runs/bench_finetune")
