@@ -115,6 +115,9 @@ def parser() -> argparse.ArgumentParser:
                    help="--finetune top: the frozen blocks' activation maps of each photo and of N augmented views "
                         "(and their mirror images) are computed once and cached; each step runs only the trainable "
                         "top (default 8; 0: the whole network at every step, on images augmented on the device)")
+    p.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
+                   help="after the epoch is chosen on the inner split, train again on the whole training part for "
+                        "that many epochs and keep that model")
     p.add_argument("--lr-schedule", choices=["cosine"], help="decay the learning rate to 0 over the run")
     p.add_argument("--patience", type=positive_int,
                    help="early stopping: epochs without a better inner-validation macro-F1")
@@ -134,7 +137,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
              "augment": Augment() if args.augment else None,
              "lr_schedule": args.lr_schedule, "patience": args.patience, "val_fraction": args.val_fraction,
              "folds": args.folds, "target_recall": args.target_recall, "grad": args.grad,
-             "head_views": args.head_views, "top_views": args.top_views, "block_lr_decay": args.block_lr_decay}
+             "head_views": args.head_views, "top_views": args.top_views, "block_lr_decay": args.block_lr_decay,
+             "refit": args.refit}
     overrides = {k: v for k, v in flags.items() if v is not None}
     if args.class_weights is not None:
         overrides["class_weights"] = None if args.class_weights == "none" else args.class_weights

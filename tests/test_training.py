@@ -352,6 +352,39 @@ def test_fit_writes_checkpoints_and_resume_continues(tmp_path):
     assert names == ["dark", "bright"] and cfg.epochs == 3
 
 
+def test_refit_trains_the_chosen_epochs_on_the_whole_training_part_and_keeps_that_model(tmp_path):
+    """``refit``: the epoch is chosen on the inner split (the selection run, kept in ``selection/``), then the
+    network trains again on the whole training part for that many epochs (the same as a run on those photos with
+    that epoch count and nothing chosen), and that model is saved and scored; the run's history stays the
+    selection's, whose validation rows are honest. Without an inner split there is nothing to refit."""
+    from training.data.dataset import Dataset
+    from training.data.images import LoadReport
+    from training.data.labels import Grouping
+    from training.runs.folds import run_folds, splits_for
+
+    x, y = tiny_problem(n=30)
+    names = ["dark", "bright"]
+    data = Dataset(x=x, y=y, class_names=names, paths=[f"p{i}.png" for i in range(30)],
+                   digests=[f"{i:064x}" for i in range(30)], grouping=Grouping("folders", {n: (n,) for n in names}),
+                   report=LoadReport(found=30, loaded=30), source="tiny")
+    config = small_config(epochs=3, selection="inner", val_fraction=0.25, refit=True)
+    (result,) = run_folds(data, config, tmp_path / "run", progress=False)
+    chosen = result.best_epoch
+    assert 1 <= chosen <= 3 and f"then {chosen} epochs on the whole training part" in result.selection
+    selection = json.loads((tmp_path / "run" / "selection" / "history.json").read_text())
+    assert json.loads((tmp_path / "run" / "history.json").read_text()) == selection and len(selection) == 3
+    tr, va = splits_for(data, config)[0]
+    alone = fit(small_config(epochs=chosen, selection="last"), x[tr], y[tr], x[va], y[va], names, tmp_path / "alone",
+                progress=False)
+    _, saved, _, _ = load_trained(tmp_path / "run")
+    diff = jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))), saved,
+                                  alone.best_params)
+    assert max(jax.tree_util.tree_leaves(diff)) == 0.0  # the saved model is that run, bit for bit
+    np.testing.assert_allclose(result.val_probs, alone.val_probs, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="refit trains again for the epoch chosen on an inner split"):
+        small_config(refit=True)  # lab-2020: the last epoch, nothing chosen
+
+
 def test_resume_after_a_kill_between_the_best_and_the_last_checkpoint(tmp_path):
     """A kill after ``best`` of epoch 2 was written but before ``last`` of epoch 2: --resume restarts from
     ``last`` = epoch 1, recomputes epoch 2 and replaces the ``best`` step already there."""

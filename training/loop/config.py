@@ -72,6 +72,10 @@ class TrainConfig:
     # epoch trains every photo on one of its maps, drawn at random, so only the trainable top runs forward and
     # backward at each step. 0: the whole network runs at every step, on images augmented on the device.
     top_views: int = 0
+    # with selection="inner" (a network trained by epochs): once the epoch is chosen on the inner split, train
+    # again on the whole training part for that many epochs; that model is saved and scored (as the head is
+    # refit on the whole training part once its λ and steps are chosen)
+    refit: bool = False
     inner_folds: int = 4
     target_recall: tuple[str, float] | None = None  # (class, recall): the operating point's threshold
     # "autodiff" (jax.grad) or "manual": Model 1's hand-written backward (manual_backprop.cnn) through a
@@ -145,7 +149,7 @@ _INTS = {"image_size": (8, 4096), "epochs": (1, 100_000), "batch_size": (1, 1 <<
          "head_views": (0, 64), "top_views": (0, 64)}
 
 
-_BOOLS = ("rgb", "standardize", "tta_flip", "head_init")
+_BOOLS = ("rgb", "standardize", "tta_flip", "head_init", "refit")
 
 
 def is_int(v) -> bool:
@@ -188,6 +192,9 @@ def _check_config(c: TrainConfig) -> None:
         raise ValueError(f"top_views={c.top_views} caches the frozen blocks below a fine-tuned top: it needs "
                          f"finetune 'top' with an EfficientNet-Lite backbone (here {c.model}, finetune "
                          f"{c.finetune!r}); use 0")
+    if c.refit and c.selection != "inner":
+        raise ValueError(f"refit trains again for the epoch chosen on an inner split: it needs selection 'inner' "
+                         f"(here {c.selection!r})")
     if c.patience is not None and not (is_int(c.patience) and c.patience >= 1):
         fail("patience", "null or an integer ≥ 1")
     if not (isinstance(c.head_units, tuple) and 0 < len(c.head_units) <= 8

@@ -288,7 +288,7 @@ def predict_proba(eval_step, params, x: np.ndarray, *, batch_size: int = 64, dp:
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def _write_history(out: Path, history: list[dict]) -> None:
+def write_history(out: Path, history: list[dict]) -> None:
     write_json_atomic(out / "history.json", history)
     write_table(history, out, "history", title="Training history")
 
@@ -416,7 +416,7 @@ def fit(
         if improved:
             ckpt.save("best", epoch, state, meta)
         ckpt.save("last", epoch, state, meta)
-        _write_history(out, history)
+        write_history(out, history)
         log.info(f"epoch {epoch}: loss {train_loss:.4f}, val acc {metrics['accuracy']:.3f}, "
               f"balanced {metrics['balanced_accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f} "
               f"(majority baseline: acc {baseline['accuracy']:.3f}, balanced {baseline['balanced_accuracy']:.3f}, "

@@ -15,6 +15,7 @@ and the outer fold only draws the learning curves."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -31,7 +32,15 @@ from training.evaluation.decision import decide, operating_point
 from training.evaluation.metrics import classification_metrics, majority_baseline
 from training.loop.checkpoints import Checkpoints
 from training.loop.config import PRESETS, TrainConfig
-from training.loop.steps import class_weight_vector, create_model, create_state, fit, make_eval_step, predict_proba
+from training.loop.steps import (
+    class_weight_vector,
+    create_model,
+    create_state,
+    fit,
+    make_eval_step,
+    predict_proba,
+    write_history,
+)
 from training.runs.report import write_run_report
 from training.transfer.features import backbone_for, extract_features, views_for
 from training.transfer.head import fit_head, head_probs, select_head
@@ -185,26 +194,41 @@ def _network_fold(data: Dataset, config: TrainConfig, tr: np.ndarray, va: np.nda
     else:  # each training photo's map, its mirror image's and its views'; (map, mirror map) to validate
         x_train = np.concatenate([maps.plain[fit_tr], maps.views[fit_tr]], axis=1)
         x_fit_va, x_va = maps.plain[fit_va], maps.plain[va]
-    result = fit(config, x_train, data.y[fit_tr], x_fit_va, data.y[fit_va], data.class_names, out,
-                 resume=resume, progress=progress, backbone=backbone, head=head,
-                 maps_from=None if maps is None else maps.block)
+    maps_from = None if maps is None else maps.block
+    refit = config.refit and config.selection == "inner"
+    result = fit(config, x_train, data.y[fit_tr], x_fit_va, data.y[fit_va], data.class_names,
+                 out / "selection" if refit else out, resume=resume, progress=progress, backbone=backbone,
+                 head=head, maps_from=maps_from)
     del x_train
     op = operating_point(config.target_recall, data.class_names, result.val_probs, data.y[fit_va]) \
         if config.selection == "inner" else None
+    chosen = result
+    if refit:  # the chosen epoch count on the whole training part: that model is saved and scored
+        log.info(f"refit on all {len(tr)} training photos for the {result.best_epoch} epochs chosen")
+        head_all = _initial_head(data, config, feats, tr) if feats is not None else None
+        x_all = data.x[tr] if maps is None else np.concatenate([maps.plain[tr], maps.views[tr]], axis=1)
+        again = dataclasses.replace(config, epochs=result.best_epoch, selection="last", patience=None, refit=False)
+        chosen = fit(again, x_all, data.y[tr], x_fit_va, data.y[fit_va], data.class_names, out, resume=resume,
+                     progress=progress, backbone=backbone, head=head_all, maps_from=maps_from)
+        del x_all
+        # its per-epoch validation rows read the inner split, which it trained on: the run keeps the selection's
+        write_history(out, result.history)
     if config.target_recall is not None and op is None:
         raise ValueError("a target recall needs a threshold chosen on inner data: use selection 'inner'")
-    model = create_model(config, len(data.class_names), result.normalization)
+    model = create_model(config, len(data.class_names), chosen.normalization)
     if maps is not None:  # the same classifier from the cached maps up (the frozen blocks' part ran once)
         model = model.clone(start_block=maps.block)
     eval_step = make_eval_step(model, tta_flip=config.pretrained and config.tta_flip, mirrored=maps is not None)
-    probs = predict_proba(eval_step, result.best_params, x_va, batch_size=config.batch_size)
+    probs = predict_proba(eval_step, chosen.best_params, x_va, batch_size=config.batch_size)
+    selection = (f"epoch {result.best_epoch} of best macro-F1 on an inner validation split "
+                 f"({len(fit_va)} images of the training part)" if config.selection == "inner"
+                 else f"the last epoch ({result.best_epoch}); nothing chosen on data")
+    if refit:
+        selection += f", then {result.best_epoch} epochs on the whole training part ({len(tr)} images)"
     return FoldResult(
         kind="epochs", history=result.history, metrics=score(data.y[va], probs, data.y[tr], data.class_names, op),
         baseline=majority_baseline(data.y[tr], data.y[va], data.class_names), best_epoch=result.best_epoch,
-        val_probs=probs, normalization=result.normalization, operating_point=op,
-        selection=(f"epoch {result.best_epoch} of best macro-F1 on an inner validation split "
-                   f"({len(fit_va)} images of the training part)" if config.selection == "inner"
-                   else f"the last epoch ({result.best_epoch}); nothing chosen on data"))
+        val_probs=probs, normalization=chosen.normalization, operating_point=op, selection=selection)
 
 
 def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bool = False,

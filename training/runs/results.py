@@ -99,4 +99,4 @@ def describe(config: TrainConfig) -> dict:
     return {k: v for k, v in config.to_json().items()
             if k in ("model", "finetune", "image_size", "rgb", "augment", "class_weights", "standardize",
                      "learning_rate", "lr_schedule", "epochs", "patience", "folds", "selection", "tta_flip",
-                     "target_recall", "grad", *tuning)}
+                     "target_recall", "grad", *tuning, *(("refit",) if config.refit else ()))}
