@@ -204,7 +204,8 @@ def _network_fold(data: Dataset, config: TrainConfig, tr: np.ndarray, va: np.nda
         if config.selection == "inner" else None
     chosen = result
     if refit:  # the chosen epoch count on the whole training part: that model is saved and scored
-        log.info(f"refit on all {len(tr)} training photos for the {result.best_epoch} epochs chosen")
+        log.info(f"refit on all {len(tr)} training photos for the {result.best_epoch} epochs chosen (its "
+                 f"validation lines read the inner split, which it now trains on)")
         head_all = _initial_head(data, config, feats, tr) if feats is not None else None
         x_all = data.x[tr] if maps is None else np.concatenate([maps.plain[tr], maps.views[tr]], axis=1)
         again = dataclasses.replace(config, epochs=result.best_epoch, selection="last", patience=None, refit=False)
