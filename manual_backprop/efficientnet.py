@@ -38,7 +38,7 @@ import jax.numpy as jnp
 
 from manual_backprop import layers
 from models.common import same_padding
-from models.efficientnet_lite import BN_EPS, block_input_channels, block_specs, check_block_range, depthwise_shift
+from models.efficientnet_lite import BN_EPS, block_specs, check_input, depthwise_shift
 
 Array = jax.Array
 Path = tuple[str, ...]
@@ -162,12 +162,7 @@ def transfer_forward(params: dict, x: Array, model, *, train: bool = False, key:
     _check_model(model)
     specs = block_specs(model.variant)
     start = model.start_block
-    check_block_range(model.variant, start or 0, None)
-    if start is None and (x.ndim != 3 or x.shape[-1] != 3):
-        raise ValueError(f"EfficientNetLite takes one RGB image (H, W, 3); got shape {tuple(x.shape)}")
-    if start is not None and (x.ndim != 3 or x.shape[-1] != block_input_channels(model.variant, start)):
-        raise ValueError(f"block {start} of {model.variant} takes an activation map (h, w, "
-                         f"{block_input_channels(model.variant, start)}); got shape {tuple(x.shape)}")
+    check_input(model.variant, x, start)  # the Flax model's own check: the same errors
     bb = params["backbone"]
     caches: list[tuple[str, Path, Any, Any]] = []
 

@@ -254,15 +254,10 @@ class EfficientNetLite(nn.Module):
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown EfficientNet-Lite variant {self.variant!r}; expected one of {sorted(VARIANTS)}")
         specs = block_specs(self.variant)
-        check_block_range(self.variant, start_block or 0, stop_block)
+        check_input(self.variant, x, start_block, stop_block)
         if start_block is None:
-            if x.ndim != 3 or x.shape[-1] != 3:
-                raise ValueError(f"EfficientNetLite takes one RGB image (H, W, 3); got shape {tuple(x.shape)}")
             x = x * 2.0 - 1.0
             x = nn.relu6(_bn(self.folded, "bn_stem")(_conv(x, 32, 3, "conv_stem", stride=2)))
-        elif x.ndim != 3 or x.shape[-1] != block_input_channels(self.variant, start_block):
-            raise ValueError(f"block {start_block} of {self.variant} takes an activation map (h, w, "
-                             f"{block_input_channels(self.variant, start_block)}); got shape {tuple(x.shape)}")
         for i in range(start_block or 0, len(specs) if stop_block is None else stop_block):
             x = MBConv(specs[i], self.depthwise, self.pointwise, self.folded, name=f"block{i}")(x)
         if stop_block is not None:
@@ -277,12 +272,20 @@ class EfficientNetLite(nn.Module):
         return nn.Dense(self.n_classes, name="fc")(f)
 
 
-def check_block_range(variant: str, start_block: int, stop_block: int | None) -> None:
-    """``ValueError`` unless ``0 ≤ start_block ≤ stop_block ≤`` the variant's number of blocks."""
+def check_input(variant: str, x, start_block: int | None, stop_block: int | None = None) -> None:
+    """``ValueError`` naming the shape or the blocks, unless ``x`` is what the network takes from ``start_block``
+    on: one RGB image (H, W, 3) for ``None``, else the activation map (h, w, C) at the input of that block; and
+    unless ``0 ≤ start_block ≤ stop_block ≤`` the variant's number of blocks."""
     n = len(block_specs(variant))
+    start = 0 if start_block is None else start_block
     stop = n if stop_block is None else stop_block
-    if not (isinstance(start_block, int) and isinstance(stop, int) and 0 <= start_block <= stop <= n):
+    if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start <= stop <= n):
         raise ValueError(f"{variant} has blocks 0–{n - 1}: cannot run from block {start_block!r} to {stop_block!r}")
+    if start_block is None and (x.ndim != 3 or x.shape[-1] != 3):
+        raise ValueError(f"EfficientNetLite takes one RGB image (H, W, 3); got shape {tuple(x.shape)}")
+    if start_block is not None and (x.ndim != 3 or x.shape[-1] != block_input_channels(variant, start_block)):
+        raise ValueError(f"block {start_block} of {variant} takes an activation map (h, w, "
+                         f"{block_input_channels(variant, start_block)}); got shape {tuple(x.shape)}")
 
 
 def block_input_channels(variant: str, block: int) -> int:

@@ -385,6 +385,20 @@ def test_refit_trains_the_chosen_epochs_on_the_whole_training_part_and_keeps_tha
         small_config(refit=True)  # lab-2020: the last epoch, nothing chosen
 
 
+def test_a_training_photo_is_drawn_from_its_own_map_its_mirror_and_all_its_views():
+    """``Maps.training``: what ``fit`` draws each epoch's map of a photo from, the photo's and its mirror
+    image's maps and those of every view, of that photo only, in that order."""
+    from training.runs.folds import Maps
+
+    plain = np.arange(5 * 2 * 3, dtype=np.float32).reshape(5, 2, 3, 1, 1)
+    views = -np.arange(5 * 6 * 3, dtype=np.float32).reshape(5, 6, 3, 1, 1) - 1
+    rows = np.array([4, 1])
+    got = Maps(7, plain, views).training(rows)
+    assert got.shape == (2, 8, 3, 1, 1)
+    np.testing.assert_array_equal(got[:, :2], plain[rows])
+    np.testing.assert_array_equal(got[:, 2:], views[rows])
+
+
 def test_resume_after_a_kill_between_the_best_and_the_last_checkpoint(tmp_path):
     """A kill after ``best`` of epoch 2 was written but before ``last`` of epoch 2: --resume restarts from
     ``last`` = epoch 1, recomputes epoch 2 and replaces the ``best`` step already there."""

@@ -162,6 +162,10 @@ class Maps(NamedTuple):
     plain: np.ndarray
     views: np.ndarray
 
+    def training(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), 2 + 2·views, h, w, C): every map a training photo may be drawn as."""
+        return np.concatenate([self.plain[rows], self.views[rows]], axis=1)
+
 
 def top_start_block(config: TrainConfig) -> int:
     """The first MBConv block that trains with ``finetune="top"``: the last ``top_blocks`` blocks train."""
@@ -192,7 +196,7 @@ def _network_fold(data: Dataset, config: TrainConfig, tr: np.ndarray, va: np.nda
     if maps is None:
         x_train, x_fit_va, x_va = data.x[fit_tr], data.x[fit_va], data.x[va]
     else:  # each training photo's map, its mirror image's and its views'; (map, mirror map) to validate
-        x_train = np.concatenate([maps.plain[fit_tr], maps.views[fit_tr]], axis=1)
+        x_train = maps.training(fit_tr)
         x_fit_va, x_va = maps.plain[fit_va], maps.plain[va]
     maps_from = None if maps is None else maps.block
     refit = config.refit and config.selection == "inner"
@@ -207,7 +211,7 @@ def _network_fold(data: Dataset, config: TrainConfig, tr: np.ndarray, va: np.nda
         log.info(f"refit on all {len(tr)} training photos for the {result.best_epoch} epochs chosen (its "
                  f"validation lines read the inner split, which it now trains on)")
         head_all = _initial_head(data, config, feats, tr) if feats is not None else None
-        x_all = data.x[tr] if maps is None else np.concatenate([maps.plain[tr], maps.views[tr]], axis=1)
+        x_all = data.x[tr] if maps is None else maps.training(tr)
         again = dataclasses.replace(config, epochs=result.best_epoch, selection="last", patience=None, refit=False)
         chosen = fit(again, x_all, data.y[tr], x_fit_va, data.y[fit_va], data.class_names, out, resume=resume,
                      progress=progress, backbone=backbone, head=head_all, maps_from=maps_from)
@@ -249,13 +253,13 @@ def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bo
     if config.pretrained:
         if not config.rgb:
             raise ValueError(f"{config.model} is an RGB network: grayscale input is not supported")
-        backbone, digest = backbone_for(config, cache_dir=cache_dir)
-        if config.finetune == "head" or config.head_init:
-            from training.data.images import Preprocess
+        from training.data.images import Preprocess
 
-            pre = Preprocess(config.image_size, config.crop, True)
+        backbone, digest = backbone_for(config, cache_dir=cache_dir)
+        pre = Preprocess(config.image_size, config.crop, True)
+        source = data.x if data.x is not None else data.paths  # files: read in chunks, bounded memory
+        if config.finetune == "head" or config.head_init:
             start = time.perf_counter()
-            source = data.x if data.x is not None else data.paths  # files: read in chunks, bounded memory
             feats, computed = extract_features(source, data.digests, config.model, backbone, digest,
                                                pre.cache_key(), pre=pre, cache_dir=cache_dir,
                                                batch_size=config.batch_size, progress=progress, engine=engine)
@@ -271,7 +275,8 @@ def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bo
                 log.info(f"{config.head_views} augmented views of each photo: {computed} photos computed, "
                          f"{len(views) - computed} from cache ({time.perf_counter() - start:.1f} s)")
         if config.top_views:
-            maps = _cached_maps(data, config, backbone, digest, cache_dir=cache_dir, progress=progress)
+            maps = _cached_maps(source, data.digests, config, backbone, digest, pre, cache_dir=cache_dir,
+                                progress=progress)
     results = []
     for k, (tr, va) in enumerate(splits, start=1):
         fold_out = out if len(splits) == 1 else output_dir(out / f"fold_{k}")
@@ -297,22 +302,18 @@ def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bo
     return results
 
 
-def _cached_maps(data: Dataset, config: TrainConfig, backbone: dict, digest: str, *,
+def _cached_maps(source, digests: list[str], config: TrainConfig, backbone: dict, digest: str, pre, *,
                  cache_dir: str | Path | None, progress: bool) -> Maps:
-    """:class:`Maps` of every photo: the frozen blocks run once per photo, view and mirror image, or are read
-    from the cache (:func:`~training.transfer.features.extract_features` with ``block``)."""
-    from training.data.images import Preprocess
-
+    """:class:`Maps` of every photo (``source``: the decoded images or their files, read by ``pre``): the frozen
+    blocks run once per photo, view and mirror image, or are read from the cache
+    (:func:`~training.transfer.features.extract_features` with ``block``)."""
     block = top_start_block(config)
-    pre = Preprocess(config.image_size, config.crop, True)
-    source = data.x if data.x is not None else data.paths
     common = dict(pre=pre, cache_dir=cache_dir, batch_size=config.batch_size, progress=progress, block=block)
     start = time.perf_counter()
-    plain, computed = extract_features(source, data.digests, config.model, backbone, digest, pre.cache_key(),
-                                       **common)
+    plain, computed = extract_features(source, digests, config.model, backbone, digest, pre.cache_key(), **common)
     spec = views_for(config, config.top_views)
-    views, computed_views = extract_features(source, data.digests, config.model, backbone, digest,
-                                             pre.cache_key(), views=spec, **common)
+    views, computed_views = extract_features(source, digests, config.model, backbone, digest, pre.cache_key(),
+                                             views=spec, **common)
     log.info(f"the frozen blocks 0–{block - 1}: maps {plain.shape[2:]} of each photo and {config.top_views} "
              f"augmented views (and mirror images); {computed} + {computed_views} photos computed, the rest from "
              f"cache ({time.perf_counter() - start:.1f} s, {(plain.nbytes + views.nbytes) / 2**20:.0f} MiB)")
