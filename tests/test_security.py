@@ -373,3 +373,49 @@ def test_the_coordinator_listens_only_on_the_address_given(monkeypatch):
     monkeypatch.setattr(jax.config, "update", lambda *a: None)
     distributed.join(distributed.Job("127.0.0.1:12355", 2, 0))
     assert seen["coordinator_bind_address"] == "127.0.0.1:12355"
+
+
+def _npy(path: Path, header: dict, data: bytes) -> Path:
+    from numpy.lib import format as npy_format
+
+    with open(path, "wb") as f:
+        npy_format.write_array_header_1_0(f, header)
+        f.write(data)
+    return path
+
+
+@pytest.mark.parametrize("case", ["absurd-shape", "pickled-object", "negative-dimension", "truncated", "garbage"])
+def test_hostile_cache_entries_are_computed_again_never_read(tmp_path, case):
+    """A cache entry (features, block maps, decoded photos) is a file on the user's disk: one that claims a
+    petabyte, holds a pickle, a negative dimension, too few bytes or no header at all is dropped (the caller
+    computes it again): no allocation of what the header claims, no code run, no crash."""
+    import os
+
+    from training.data.images import ImageCache, Preprocess
+    from training.transfer.features import _load_cached
+
+    f4 = {"descr": "<f4", "fortran_order": False}
+    path = {
+        "absurd-shape": lambda p: _npy(p, {**f4, "shape": (2, 10**6, 10**6, 192)}, b"\0" * 64),
+        "pickled-object": lambda p: _npy(p, {"descr": "|O", "fortran_order": False, "shape": (1,)},
+                                         b"\x80\x04\x95" + b"cos\nsystem\n(S'touch pwned'\ntR."),
+        "negative-dimension": lambda p: _npy(p, {**f4, "shape": (2, -5, 8, 192)}, b"\0" * 64),
+        "truncated": lambda p: _npy(p, {**f4, "shape": (2, 8, 8, 192)}, b"\0" * 100),
+        "garbage": lambda p: (p.write_bytes(os.urandom(300)), p)[1],
+    }[case](tmp_path / "entry.npy")
+    tracemalloc.start()
+    try:
+        assert _load_cached(path, (2, 8, 8, 192)) is None
+        assert _load_cached(path, None) is None  # the features' check: (2, D) float32
+        pre = Preprocess(8, "center", True)
+        cache = ImageCache(tmp_path / "images")
+        cache.path("ab", pre).parent.mkdir(parents=True)
+        cache.path("ab", pre).write_bytes(path.read_bytes())
+        assert cache.get("ab", pre) is None
+        assert tracemalloc.get_traced_memory()[1] < 64 << 20
+    finally:
+        tracemalloc.stop()
+    assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
+    good = np.ones((2, 8, 8, 192), np.float32)
+    np.save(tmp_path / "good.npy", good)
+    np.testing.assert_array_equal(_load_cached(tmp_path / "good.npy", (2, 8, 8, 192)), good)

@@ -69,6 +69,20 @@ def save_npy_atomic(path: Path, arr: np.ndarray) -> None:
         np.save(f, arr)
 
 
+def load_cached_npy(path: Path, accept) -> np.ndarray | None:
+    """A cache entry written by :func:`save_npy_atomic`, or None when it is absent, damaged, or not what
+    ``accept(shape, dtype)`` takes (the caller then computes it again). The file is memory-mapped and checked
+    before any of it is copied: a header that claims more data than the file holds, a negative dimension or a
+    pickled object is refused by NumPy, so a hostile entry allocates nothing and runs nothing."""
+    if not path.is_file():
+        return None
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        return np.array(arr) if accept(arr.shape, arr.dtype) else None
+    except (OSError, ValueError, OverflowError):  # (a negative dimension: "mapped length must be positive")
+        return None
+
+
 def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """``np.savez`` to a temporary file beside ``path``, then rename it into place."""
     with atomic_open(path, "wb") as f:

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from training.common.files import cache_root, save_npy_atomic, sha256_of
+from training.common.files import cache_root, load_cached_npy, save_npy_atomic, sha256_of
 
 CACHE_VERSION = "v1"
 
@@ -163,15 +163,9 @@ class ImageCache:
         return self.root / pre.cache_key() / f"{digest}.npy"
 
     def get(self, digest: str, pre: Preprocess) -> np.ndarray | None:
-        p = self.path(digest, pre)
-        if not p.exists():
-            return None
-        try:
-            arr = np.load(p, allow_pickle=False)
-        except (OSError, ValueError):
-            return None  # a damaged cache entry is recomputed and rewritten
-        expected = (pre.image_size, pre.image_size, pre.channels)
-        return arr if arr.shape == expected and arr.dtype == np.float32 else None
+        expected = (pre.image_size, pre.image_size, pre.channels)  # anything else is recomputed and rewritten
+        return load_cached_npy(self.path(digest, pre),
+                               lambda shape, dtype: shape == expected and dtype == np.float32)
 
     def put(self, digest: str, pre: Preprocess, arr: np.ndarray) -> None:
         save_npy_atomic(self.path(digest, pre), arr)

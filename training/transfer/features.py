@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from models.efficientnet_lite import EfficientNetLite
-from training.common.files import cache_root
+from training.common.files import cache_root, load_cached_npy
 from training.data.augment import Augment, augment_image
 from training.loop.devices import resolve_engine
 from training.loop.distributed import any_process, gather_rows, process_count, shard
@@ -139,14 +139,11 @@ def views_for(config, count: int | None = None) -> Views | None:
 def _load_cached(path: Path, shape: tuple[int, ...] | None) -> np.ndarray | None:
     """A cached float32 entry of ``shape`` ((2, D) features when None: D is the backbone's), or None when absent
     or damaged (it is then computed again)."""
-    if not path.is_file():
-        return None
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except (OSError, ValueError):
-        return None
-    ok = arr.shape == shape if shape is not None else arr.ndim == 2 and arr.shape[0] == 2
-    return arr if ok and arr.dtype == np.float32 else None
+    def accept(found: tuple[int, ...], dtype) -> bool:
+        ok = found == shape if shape is not None else len(found) == 2 and found[0] == 2
+        return ok and dtype == np.float32
+
+    return load_cached_npy(path, accept)
 
 
 @functools.lru_cache(maxsize=32)
