@@ -239,7 +239,10 @@ def _train(args: argparse.Namespace, config: TrainConfig, data, out, counts: dic
 
 def validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Checks that need the preset and the flags together (argparse's one-line error, exit 2)."""
-    config = config_from_args(args)
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:  # flags that do not go together (TrainConfig's own checks)
+        p.error(str(exc))
     if args.data is not None:
         from training.data.images import discover
         from training.data.labels import require_two_classes

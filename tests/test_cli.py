@@ -36,6 +36,21 @@ def test_bad_arguments_stop_before_any_work_with_one_line(flag, value, tmp_path,
     assert not out.exists()  # nothing was done
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--preset", "lab-2020", "--refit"], "refit trains again for the epoch chosen on an inner split"),
+    (["--finetune", "all", "--top-views", "2"], "top_views=2 caches the frozen blocks below a fine-tuned top"),
+], ids=["refit-with-lab-2020", "top-views-with-all"])
+def test_flags_that_do_not_go_together_stop_before_any_work_with_one_line(flags, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as info:
+        train.main(["--data", str(tmp_path / "missing"), *flags, "--out", str(out)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and ": error: " in last and message in last
+    assert not out.exists()
+
+
 def test_user_errors_print_one_line_without_traceback_and_debug_shows_it(tmp_path, capsys):
     missing = tmp_path / "nowhere"
     with pytest.raises(SystemExit) as info:
