@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn import metrics as skm
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str], *,
@@ -16,6 +15,8 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: S
     thresholded decision) is given. ROC-AUC is given for two classes (score of class 1) when
     both occur in ``y_true``, else ``None``.
     """
+    from sklearn import metrics as skm  # here, not at import: 1.5 s of every command's start
+
     y_true = np.asarray(y_true)
     probs = np.asarray(probs)
     if probs.ndim != 2 or probs.shape != (len(y_true), len(class_names)):
