@@ -308,6 +308,26 @@ def test_train_step_is_finite_no_recompile_and_overfits_a_tiny_batch():
     assert all(np.isfinite(losses)) and losses[-1] < 0.05 < losses[0]
 
 
+@pytest.mark.parametrize("channels", [1, 3], ids=["gray", "rgb"])
+def test_the_initializer_compiled_to_run_once_draws_the_default_compilations_bits(channels):
+    """The initial weights are drawn by a program compiled at LLVM's level 1 on CPU (it runs once; it compiles
+    in about half the time): every array is bit for bit what the default compilation draws from the same key."""
+    from training.loop.devices import run_once_compiler_options
+    from training.loop.steps import _initializer
+
+    shape = (20, 20, channels)
+    model = create_model(small_config(image_size=20), 3)
+    key = jax.random.PRNGKey(7)
+    fast = _initializer(model, shape)(key)
+    default = jax.jit(lambda k: model.init({"params": k}, jnp.zeros(shape, jnp.float32))["params"])(key)
+    assert run_once_compiler_options() == ({"xla_backend_optimization_level": 1}
+                                           if jax.default_backend() == "cpu" else None)
+    pairs = list(zip(jax.tree_util.tree_leaves_with_path(fast), jax.tree_util.tree_leaves(default), strict=True))
+    assert len(pairs) == 16 and all(np.asarray(b).std() > 0 for (p, _), b in pairs if p[-1].key == "kernel")
+    for (path, a), b in pairs:
+        assert a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b)), path
+
+
 @pytest.mark.parametrize("schedule", [None, "cosine"], ids=["constant", "cosine"])
 def test_the_next_folds_state_runs_the_compiled_step_and_init_compiles_once(schedule):
     """A second fold (another seed, another number of steps per epoch) builds its state and trains with the

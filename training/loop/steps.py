@@ -28,7 +28,7 @@ from training.data.augment import Augment, augment_batch
 from training.evaluation.metrics import classification_metrics, majority_baseline
 from training.loop.checkpoints import Checkpoints
 from training.loop.config import GRADS, MODELS, TrainConfig
-from training.loop.devices import DataParallel
+from training.loop.devices import DataParallel, run_once_compiler_options
 from training.loop.distributed import to_host
 from training.loop.optimizer import make_optimizer, masked_optimizer, trainable_mask
 
@@ -92,11 +92,12 @@ def _param_shapes(variant: str, image_shape: tuple[int, ...], n_classes: int):
 def _initializer(model, image_shape: tuple[int, ...]):
     """``key -> params`` of ``model``, jitted, one per model and input shape: a second state of the same
     network (the next fold, the next test) compiles nothing. One compiled program (op by op, each operation
-    compiles on its own: 9 s for Model 1 and 25 s for ResNet-50 on 2 cores, against 4 s and 13 s)."""
+    compiles on its own: 9 s for Model 1 and 25 s for ResNet-50 on 2 cores, against 4 s and 13 s), compiled as a
+    program that runs once (:func:`~training.loop.devices.run_once_compiler_options`: the same values, sooner)."""
     def init(key):
         return model.init({"params": key}, jnp.zeros(image_shape, jnp.float32))["params"]
 
-    return jax.jit(init)
+    return jax.jit(init, compiler_options=run_once_compiler_options())
 
 
 def create_state(model, config: TrainConfig, image_shape: tuple[int, int, int], *, key: jax.Array,
