@@ -14,9 +14,9 @@ from experiments.compare_gradients import relative_error
 from manual_backprop import layers
 from manual_backprop.cnn import model1_batch_grads
 from models import Model1
+from models.common import jit_run_once
 from models.model1 import model1_layer_shapes
 from training.common.timing import time_interleaved
-from training.loop.devices import run_once_compiler_options
 
 
 def flax_loss(model, params, X, y, keys):
@@ -31,7 +31,7 @@ def setup(image_size: int, channels: int, batch: int, dtype, seed: int = 0):
     return model, params, X, y, keys
 
 
-@partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5), compiler_options=run_once_compiler_options())
+@partial(jit_run_once, static_argnums=(0, 1, 2, 3, 4, 5))
 def _draw(model, image_size: int, channels: int, batch: int, dtype, seed: int):
     """Model 1's initial parameters, the inputs and the dropout keys: one compiled program (drawn one by
     one outside ``jit``, each parameter's shape compiled a program of its own)."""

@@ -312,7 +312,7 @@ def test_train_step_is_finite_no_recompile_and_overfits_a_tiny_batch():
 def test_the_initializer_compiled_to_run_once_draws_the_default_compilations_bits(channels):
     """The initial weights are drawn by a program compiled at LLVM's level 1 on CPU (it runs once; it compiles
     in about half the time): every array is bit for bit what the default compilation draws from the same key."""
-    from training.loop.devices import run_once_compiler_options
+    from models.common import run_once_compiler_options
     from training.loop.steps import _initializer
 
     shape = (20, 20, channels)
@@ -326,6 +326,10 @@ def test_the_initializer_compiled_to_run_once_draws_the_default_compilations_bit
     assert len(pairs) == 16 and all(np.asarray(b).std() > 0 for (p, _), b in pairs if p[-1].key == "kernel")
     for (path, a), b in pairs:
         assert a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b)), path
+    # inside another trace (a checkpoint's template is jax.eval_shape of create_state) it is inlined there
+    shapes = jax.eval_shape(lambda: _initializer(model, shape)(jax.random.PRNGKey(7)))
+    assert jax.tree_util.tree_map(lambda s: (s.shape, s.dtype), shapes) == \
+        jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), fast)
 
 
 @pytest.mark.parametrize("schedule", [None, "cosine"], ids=["constant", "cosine"])

@@ -46,15 +46,6 @@ def resolve_engine(requested: str, *, exportable: bool = True, what: str = "the 
     return "jax"
 
 
-def run_once_compiler_options() -> dict | None:
-    """XLA options for a program that runs once, such as drawing a network's initial weights, where compiling
-    takes far longer than running: on CPU, LLVM's optimisation level 1 instead of 3 (GoogLeNet's initialiser:
-    6.5 s instead of 12.5 s; Model 1's: 1.4 s instead of 2.5 s, on 2 cores). LLVM keeps IEEE arithmetic at
-    every level (XLA asks for no fast-math), so the values are bit for bit the default's; a test checks them.
-    ``None`` (the defaults) on other backends."""
-    return {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
-
-
 @contextlib.contextmanager
 def float64() -> Iterator[None]:
     """64-bit JAX arithmetic inside the block only (``jax.enable_x64``; ``jax.experimental`` on older JAX)."""

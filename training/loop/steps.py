@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.training import train_state
 
+from models.common import jit_run_once
 from models.model1 import Model1
 from models.transfer import TransferClassifier
 from training.common.files import write_json_atomic
@@ -28,7 +29,7 @@ from training.data.augment import Augment, augment_batch
 from training.evaluation.metrics import classification_metrics, majority_baseline
 from training.loop.checkpoints import Checkpoints
 from training.loop.config import GRADS, MODELS, TrainConfig
-from training.loop.devices import DataParallel, run_once_compiler_options
+from training.loop.devices import DataParallel
 from training.loop.distributed import to_host
 from training.loop.optimizer import make_optimizer, masked_optimizer, trainable_mask
 
@@ -93,11 +94,11 @@ def _initializer(model, image_shape: tuple[int, ...]):
     """``key -> params`` of ``model``, jitted, one per model and input shape: a second state of the same
     network (the next fold, the next test) compiles nothing. One compiled program (op by op, each operation
     compiles on its own: 9 s for Model 1 and 25 s for ResNet-50 on 2 cores, against 4 s and 13 s), compiled as a
-    program that runs once (:func:`~training.loop.devices.run_once_compiler_options`: the same values, sooner)."""
+    program that runs once (:func:`models.common.jit_run_once`: the same values, sooner)."""
     def init(key):
         return model.init({"params": key}, jnp.zeros(image_shape, jnp.float32))["params"]
 
-    return jax.jit(init, compiler_options=run_once_compiler_options())
+    return jit_run_once(init)
 
 
 def create_state(model, config: TrainConfig, image_shape: tuple[int, int, int], *, key: jax.Array,
