@@ -442,6 +442,19 @@ def test_resume_after_a_kill_between_the_best_and_the_last_checkpoint(tmp_path):
                                rtol=1e-6)
 
 
+def test_resume_after_a_kill_between_the_last_checkpoint_and_the_history_file(tmp_path):
+    """A kill after the last epoch's checkpoints were written but before history.json was: --resume has no epoch
+    left to run, and still leaves history.json whole (the checkpoint's history), as after an uninterrupted run."""
+    x, y = tiny_problem()
+    config = small_config(epochs=2)
+    fit(config, x[:16], y[:16], x[16:], y[16:], ["dark", "bright"], tmp_path, progress=False)
+    whole = json.loads((tmp_path / "history.json").read_text())
+    (tmp_path / "history.json").write_text(json.dumps(whole[:1]))  # as the kill left it
+    resumed = fit(config, x[:16], y[:16], x[16:], y[16:], ["dark", "bright"], tmp_path, resume=True, progress=False)
+    assert resumed.history == whole and json.loads((tmp_path / "history.json").read_text()) == whole
+    assert (tmp_path / "history.csv").read_text().count("\n") == 3  # header and two epochs
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     x, y = tiny_problem()
     fit(small_config(epochs=1), x[:16], y[:16], x[16:], y[16:], ["a", "b"], tmp_path, progress=False)

@@ -370,6 +370,9 @@ def fit(
         state, meta = ckpt.restore("last", state)
         history, best_f1, start_epoch = meta["history"], meta["best_macro_f1"], meta["epoch"] + 1
         best_epoch = max(history, key=lambda h: h["val_macro_f1"])["epoch"] if history else 0
+        # the checkpoint's history is the run's: a kill after the checkpoint, before history.json, left that
+        # file an epoch short (and after the last epoch, no epoch is left to rewrite it)
+        write_history(out, history)
         log.info(f"resuming after epoch {meta['epoch']} from {ckpt.directory / 'last'}")
     state = dp.put_replicated(state)
     weights = class_weight_vector(y_train, n_classes, config.class_weights)
