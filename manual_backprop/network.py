@@ -28,7 +28,6 @@ import jax
 import jax.numpy as jnp
 
 from manual_backprop.functions import get_activation, get_cost, output_function
-from models.common import jit_run_once
 
 Array = jax.Array
 Params = list[tuple[Array, Array]]
@@ -56,13 +55,12 @@ def init_mlp(
             for key_l, n_in, n_out in zip(jax.random.split(key, len(sizes) - 1), sizes[:-1], sizes[1:])]
 
 
-@partial(jit_run_once, static_argnums=(1, 2, 3, 4))
+@partial(jax.jit, static_argnums=(1, 2, 3, 4))
 def _draw_layer(key: Array, n_in: int, n_out: int, dtype, fan_in: bool) -> tuple[Array, Array]:
     """(W^l, b^l) in one compiled program per layer shape, so a deep network of equal widths compiles one
     (drawn operation by operation outside ``jit``, each compiled a program of its own). The draw stays
     behind a barrier, or XLA folds the division by √n_{l-1} into the draw's own scaling: the weights are
-    bitwise those of the draws made one at a time (compiled as a program that runs once, which does not change
-    them either: ``models.common.jit_run_once``)."""
+    bitwise those of the draws made one at a time."""
     key_w, key_b = jax.random.split(key)
     W = jax.random.normal(key_w, (n_out, n_in), dtype)
     if fan_in:
