@@ -1,5 +1,7 @@
 """Hand-written CNN layer pairs and the whole Model 1 against jax.grad of the Flax model (float64)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +12,7 @@ from manual_backprop import layers
 from manual_backprop.cnn import model1_batch_grads as _model1_batch_grads
 from manual_backprop.cnn import model1_example_grads
 from models import Model1
+from models.common import jit_run_once
 from tests.helpers import assert_tree_close
 
 pytestmark = pytest.mark.x64  # gradient checks: float64, scoped to each test (tests/conftest.py)
@@ -132,10 +135,12 @@ def test_dropout_mask_is_flax_dropout_mask():
 
 
 # --- the whole Model 1 ---
+@functools.lru_cache(maxsize=4)  # the train and eval cases of one shape share the draw
 def flax_model(size, channels, n_classes=3, **kw):
+    """Model 1 and its initial weights, drawn in float32 by one program compiled to run once, cast to float64."""
     model = Model1(n_classes, **kw)
-    params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((size, size, channels)))["params"]
-    return model, jax.tree_util.tree_map(lambda p: p.astype(jnp.float64), params)
+    params = jit_run_once(model.init)(jax.random.PRNGKey(0), jnp.zeros((size, size, channels), jnp.float32))["params"]
+    return model, jax.tree_util.tree_map(lambda p: jnp.asarray(np.asarray(p, np.float64)), params)
 
 
 def flax_batch_loss(model, params, X, y, keys, weights=None):
