@@ -638,14 +638,18 @@ def test_warmup_then_cosine_and_weight_decay_of_kernels_only():
 
 @pytest.mark.parametrize("flags, expected", [
     (["--finetune", "top"], {"learning_rate": 3e-4, "lr_schedule": "cosine", "warmup_epochs": 1, "head_init": True,
-                             "top_views": 8}),
+                             "top_views": 8, "grad": "manual"}),
     (["--finetune", "top", "--top-views", "0"], {"learning_rate": 3e-4, "top_views": 0}),
     (["--finetune", "all", "--lr", "1e-3", "--epochs", "3"], {"learning_rate": 1e-3, "epochs": 3, "head_init": True,
-                                                            "top_views": 0}),
-    ([], {"learning_rate": 1e-2, "lr_schedule": None, "head_init": False, "augment": None, "top_views": 0}),
-    (["--finetune", "head"], {"learning_rate": 1e-2, "head_init": False}),
-    (["--preset", "lab-2020"], {"learning_rate": 1e-3, "head_init": False}),
-], ids=["top", "top-without-cached-maps", "all-with-flags", "no-flag", "head", "lab-2020"])
+                                                            "top_views": 0, "grad": "manual"}),
+    (["--finetune", "all", "--grad", "autodiff"], {"learning_rate": 3e-4, "grad": "autodiff"}),
+    ([], {"learning_rate": 1e-2, "lr_schedule": None, "head_init": False, "augment": None, "top_views": 0,
+          "grad": "autodiff"}),
+    (["--finetune", "head"], {"learning_rate": 1e-2, "head_init": False, "grad": "autodiff"}),
+    (["--preset", "lab-2020"], {"learning_rate": 1e-3, "head_init": False, "grad": "autodiff"}),
+    (["--preset", "lab-2020", "--model", "resnet50", "--finetune", "all"], {"grad": "autodiff"}),
+], ids=["top", "top-without-cached-maps", "all-with-flags", "all-autodiff", "no-flag", "head", "lab-2020",
+        "resnet50-all"])
 def test_finetune_gets_its_own_recipe_and_the_users_flags_win(flags, expected):
     from experiments import train
 

@@ -238,7 +238,7 @@ PRESETS["default"] = PRESETS["pretrained"]
 # in inference form. Adam at the head's 1e-2 on a random head collapses to the constant predictor (issue 17).
 FINETUNE_RECIPE: dict[str, Any] = dict(learning_rate=3e-4, lr_schedule="cosine", warmup_epochs=1, epochs=10,
                                        weight_decay=1e-4, augment=Augment(crop_pad=16), patience=4,
-                                       selection="inner", head_init=True)
+                                       selection="inner", head_init=True, grad="manual")
 # ``--finetune top`` on top of that: the frozen blocks' maps of each photo and of 8 augmented views (and their
 # mirror images) are computed once and cached, and each step runs the trainable top alone (issue 17, item 2)
 TOP_RECIPE: dict[str, Any] = dict(top_views=8)
