@@ -74,7 +74,8 @@ def test_compare_gradients_errors_are_tiny_in_float64(tmp_path, monkeypatch):
     assert len(rows) == 16  # 4 activations × 4 costs
     assert (tmp_path / "gradient_comparison.png").stat().st_size > 0
     timings = {r["method"]: r for r in read_csv(tmp_path / "gradient_timings.csv")}
-    assert set(timings) == {"manual (matrix)", "manual (vmap)", "jax.grad", "naive chain (vmap)"}
+    assert set(timings) == {"manual (matrix)", "manual (vmap)", "jax.grad", compare_gradients.CONTROL,
+                            "naive chain (vmap)"}
     assert float(timings["jax.grad"]["ratio_vs_jax_grad"]) == 1.0
     assert all(float(r["ms"]) > 0 and int(float(r["calls per sample"])) >= 10 for r in timings.values())
 
