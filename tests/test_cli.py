@@ -369,6 +369,7 @@ COMMANDS = {
     "mnist_cnn": ["--data", "{missing}", "--epochs", "1"],
     "train_mlp": ["--data", "{missing}", "--epochs", "1"],
     "architectures": ["--data", "{missing}", "--epochs", "1", "--folds", "2"],
+    "backbones": ["--data", "{missing}", "--folds", "2"],
     "results_table": ["--data", "{missing}", "--max-epochs", "1"],
     "train": ["--data", "{missing}"],
     "export": ["--checkpoint", "{missing}"],
@@ -393,8 +394,9 @@ def test_every_command_names_a_missing_file_in_one_line(command, tmp_path, capsy
     ("mnist_cnn", ["--data", "x", "--epochs", "0"]),
     ("compare_gradients", ["--batch-size", "-3"]), ("backprop_depth", ["--depths", "0"]),
     ("architectures", ["--data", "x", "--image-size", "4"]), ("results_table", ["--data", "x", "--image-size", "0"]),
+    ("backbones", ["--data", "x", "--folds", "1"]),
 ], ids=["mlp-eta-nan", "mlp-batch-0", "mnist-epochs-0", "compare-batch-negative", "depth-0", "arch-size-4",
-        "table-size-0"])
+        "table-size-0", "backbones-folds-1"])
 def test_bad_arguments_of_every_command_exit_2_before_any_work(command, argv, tmp_path, capsys):
     import importlib
 

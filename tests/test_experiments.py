@@ -2,6 +2,7 @@
 
 import argparse
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -279,3 +280,35 @@ def test_mnist_cnn_smoke(tmp_path):
                                                 out=str(tmp_path), no_progress=True, grad="autodiff"))
     assert summary["train_images"] == summary["test_images"] == 600 and 0.1 < summary["test_accuracy"] <= 1.0
     assert (tmp_path / "mnist_test.md").exists()
+
+
+@pytest.mark.slow
+def test_backbones_rows_agree_with_train_on_the_same_folds(small_photo_folder, tmp_path):
+    """Each backbone's row is the nested CV that ``experiments.train`` runs for it (same folds, same head):
+    two independent paths through the library give the same pooled balanced accuracy."""
+    from experiments import backbones, train
+
+    cache = str(tmp_path / "cache")
+    common = ["--data", str(small_photo_folder), "--scenario", "Pr_Im", "--image-size", "32", "--folds", "2",
+              "--cache-dir", cache, "--no-progress"]
+    rows = backbones.run(backbones.parser().parse_args(
+        [*common, "--backbones", "efficientnet_lite0", "efficientnet_lite1", "--out", str(tmp_path / "b")]))
+    assert [r["features"] for r in rows] == [
+        "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite0 + efficientnet_lite1 (concat)",
+        "efficientnet_lite0 + efficientnet_lite1 (average)"]
+    for r in rows:
+        low, high = (float(v) for v in r["95% interval"].split("–"))
+        assert 0 <= low <= r["balanced accuracy"] <= high <= 1 and len(r["per fold"].split()) == 2
+    assert (tmp_path / "b" / "backbones.md").exists() and (tmp_path / "b" / "backbones.png").stat().st_size > 0
+    train.main([*common, "--model", "efficientnet_lite0", "--out", str(tmp_path / "t")])
+    summary = json.loads((tmp_path / "t" / "summary.json").read_text())
+    assert rows[0]["balanced accuracy"] == round(summary["balanced_accuracy"], 4)
+
+
+def test_backbones_refuses_a_backbone_named_twice(capsys):
+    from experiments import backbones
+
+    with pytest.raises(SystemExit) as exc:
+        backbones.main(["--data", "x", "--backbones", "efficientnet_lite0", "efficientnet_lite0"])
+    assert exc.value.code == 2
+    assert "named twice: efficientnet_lite0 efficientnet_lite0" in capsys.readouterr().err

@@ -325,3 +325,24 @@ def pooled_predictions(results: list[FoldResult], y: np.ndarray) -> tuple[np.nda
     idx = np.concatenate([r.outer_index for r in results])
     pred = np.concatenate([decide(r.val_probs, r.operating_point) for r in results])
     return y[idx], pred
+
+
+def head_cv_probs(data: Dataset, config: TrainConfig, feature_sets: list[np.ndarray], *, combine: str = "concat"
+                  ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``[(outer validation rows, their probabilities)]`` of frozen-feature heads on several feature sets
+    (each ``(n, 2, D_i)``, one per backbone), over the outer splits of ``config``, each scored once.
+
+    ``combine="concat"``: one head on the features side by side, ``(n, 2, Σ D_i)``; ``"average"``: a head per
+    set, their probabilities averaged. Every head's λ and steps are chosen by inner CV of the training part
+    (:func:`_frozen_head`), as for one backbone; nothing is saved."""
+    if combine not in ("concat", "average"):
+        raise ValueError(f"unknown combine {combine!r}; expected 'concat' or 'average'")
+    if any(len(f) != len(data.y) for f in feature_sets):
+        raise ValueError(f"feature sets of {[len(f) for f in feature_sets]} photos for {len(data.y)} photos")
+    sets = [np.concatenate(feature_sets, axis=-1)] if combine == "concat" else feature_sets
+    out = []
+    for tr, va in splits_for(data, config):
+        probs = [head_probs(F[va], *_frozen_head(data, config, F, tr, lr=config.learning_rate)[1:3],
+                            tta_flip=config.tta_flip) for F in sets]
+        out.append((va, np.mean(probs, axis=0)))
+    return out

