@@ -76,11 +76,11 @@ def run(args: argparse.Namespace) -> list[dict]:
                       f"(seed {args.seed}), each scored once; the head's λ and steps by inner CV. Sizes: {sizes}. "
                       f"Balanced accuracy over all scored images, bootstrap 95% interval. "
                       f"Device: {device_description()}.\n")
-    plot(rows, out / "backbones.png")
+    plot(rows, out / "backbones.png", chance=1 / len(data.class_names))
     return rows
 
 
-def plot(rows: list[dict], path) -> None:
+def plot(rows: list[dict], path, *, chance: float) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(rows) + 1.2))
     y = np.arange(len(rows))[::-1]
@@ -88,6 +88,8 @@ def plot(rows: list[dict], path) -> None:
     err = np.array([[a - r["ci_low"], r["ci_high"] - a] for a, r in zip(acc, rows)]).T
     ax.barh(y, acc, xerr=err, color="tab:green", capsize=3)
     ax.set_yticks(y, [r["features"] for r in rows], fontsize=8)
+    ax.axvline(chance, color="grey", ls="--", lw=0.8, label=f"chance ({chance:.2f})")
+    ax.legend(fontsize=8, loc="lower right")
     ax.set_xlabel("balanced accuracy (bootstrap 95% interval)")
     ax.set_xlim(0, 1)
     fig.tight_layout()
