@@ -45,16 +45,17 @@ def _row(name: str, data, folds: list[tuple[np.ndarray, np.ndarray]], seed: int,
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    out = output_dir(args.out)
     configs = {v: get_config("pretrained", model=v, seed=args.seed, folds=args.folds,
                              image_size=args.image_size or native_size(v)) for v in args.backbones}
     first = configs[args.backbones[0]]
+    # every backbone's weights before any photo: a missing package stops the command before any work
+    weights = {v: backbone_for(config, cache_dir=args.cache_dir) for v, config in configs.items()}
     data = load_dataset(args.data, Preprocess(first.image_size, first.crop, True), scenario=args.scenario,
                         grouping_file=args.grouping, skip_bad=args.skip_bad, cache_dir=args.cache_dir,
                         progress=False, decode=args.skip_bad)  # decoded only to find bad files: read again per size
     feats = {}
     for v, config in configs.items():
-        backbone, digest = backbone_for(config, cache_dir=args.cache_dir)
+        backbone, digest = weights[v]
         pre = Preprocess(config.image_size, config.crop, True)
         feats[v], _ = extract_features(data.paths, data.digests, v, backbone, digest, pre.cache_key(), pre=pre,
                                        cache_dir=args.cache_dir, batch_size=config.batch_size,
@@ -69,6 +70,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         folds = head_cv_probs(data, first, [feats[v] for v in names], combine=combine)
         rows.append(_row(name, data, folds, args.seed, time.perf_counter() - start))
         print(f"{name}: balanced accuracy {rows[-1]['balanced accuracy']:.3f} [{rows[-1]['95% interval']}]")
+    out = output_dir(args.out)  # made only now: a run that stops early leaves no folder behind
     table = [{k: v for k, v in r.items() if k not in ("ci_low", "ci_high")} for r in rows]
     sizes = ", ".join(f"{v} {c.image_size} px" for v, c in configs.items())
     write_table(table, out, "backbones", title="Frozen features of several backbones on the same folds",
