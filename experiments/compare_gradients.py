@@ -92,7 +92,11 @@ def timing_rows(batch: int = 64, repeats: int = 21, calls: int = CALLS_PER_SAMPL
     samples of ``calls`` calls each; the median and the fastest sample per call, and the median's ratio
     to jax.grad's. (Timing each method in a block, one after the other, let the machine's drift pass for
     a difference between methods.) The naive chain, 2–20× slower, is timed in its own interleaved pairing
-    with jax.grad: among the others, whichever method followed it ran up to 1.3× slower."""
+    with jax.grad: among the others, whichever method followed it ran up to 1.3× slower.
+
+    ``CONTROL`` is a second, separately jitted copy of jax.grad timed among the others: the same program, so
+    its ratio departs from 1 only by the machine's noise, which shows how far from 1 a ratio must be to mean
+    anything (on a shared 2-core host it measured 0.87–1.10)."""
     rows = []
     kw = dict(activation="sigmoid", cost="half_sse")
     for arch, sizes in TIMED.items():
