@@ -342,7 +342,9 @@ def head_cv_probs(data: Dataset, config: TrainConfig, feature_sets: list[np.ndar
     sets = [np.concatenate(feature_sets, axis=-1)] if combine == "concat" else feature_sets
     out = []
     for tr, va in splits_for(data, config):
-        probs = [head_probs(F[va], *_frozen_head(data, config, F, tr, lr=config.learning_rate)[1:3],
-                            tta_flip=config.tta_flip) for F in sets]
+        probs = []
+        for F in sets:
+            _, head, norm, _ = _frozen_head(data, config, F, tr, lr=config.learning_rate)
+            probs.append(head_probs(F[va], head, norm, tta_flip=config.tta_flip))
         out.append((va, np.mean(probs, axis=0)))
     return out
