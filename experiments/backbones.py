@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 import jax
 import numpy as np
@@ -44,7 +45,10 @@ def _row(name: str, data, folds: list[tuple[np.ndarray, np.ndarray]], seed: int,
             "head s": round(seconds, 1)}
 
 
-def run(args: argparse.Namespace) -> list[dict]:
+def fold_probabilities(args: argparse.Namespace) -> tuple[Any, dict, dict[str, list[tuple[np.ndarray, np.ndarray]]],
+                                                           dict[str, float]]:
+    """``(data, configs, {row name: [(outer validation rows, probabilities)]}, {row name: head seconds})``:
+    every backbone's features (cached), then each row's heads on the same outer folds."""
     configs = {v: get_config("pretrained", model=v, seed=args.seed, folds=args.folds,
                              image_size=args.image_size or native_size(v)) for v in args.backbones}
     first = configs[args.backbones[0]]
@@ -64,11 +68,19 @@ def run(args: argparse.Namespace) -> list[dict]:
     if len(args.backbones) > 1:
         joined = " + ".join(args.backbones)
         cases += [(f"{joined} (concat)", args.backbones, "concat"), (f"{joined} (average)", args.backbones, "average")]
-    rows = []
+    probs, seconds = {}, {}
     for name, names, combine in cases:
         start = time.perf_counter()
-        folds = head_cv_probs(data, first, [feats[v] for v in names], combine=combine)
-        rows.append(_row(name, data, folds, args.seed, time.perf_counter() - start))
+        probs[name] = head_cv_probs(data, first, [feats[v] for v in names], combine=combine)
+        seconds[name] = time.perf_counter() - start
+    return data, configs, probs, seconds
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    data, configs, probs, seconds = fold_probabilities(args)
+    rows = []
+    for name, folds in probs.items():
+        rows.append(_row(name, data, folds, args.seed, seconds[name]))
         print(f"{name}: balanced accuracy {rows[-1]['balanced accuracy']:.3f} [{rows[-1]['95% interval']}]")
     out = output_dir(args.out)  # made only now: a run that stops early leaves no folder behind
     table = [{k: v for k, v in r.items() if k not in ("ci_low", "ci_high")} for r in rows]

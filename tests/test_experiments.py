@@ -285,14 +285,15 @@ def test_mnist_cnn_smoke(tmp_path):
 @pytest.mark.slow
 def test_backbones_rows_agree_with_train_on_the_same_folds(small_photo_folder, tmp_path):
     """Each backbone's row is the nested CV that ``experiments.train`` runs for it (same folds, same head):
-    two independent paths through the library give the same pooled balanced accuracy."""
+    two independent paths through the library give the same probabilities on every scored photo."""
     from experiments import backbones, train
 
     cache = str(tmp_path / "cache")
     common = ["--data", str(small_photo_folder), "--scenario", "Pr_Im", "--image-size", "32", "--folds", "2",
               "--cache-dir", cache, "--no-progress"]
-    rows = backbones.run(backbones.parser().parse_args(
-        [*common, "--backbones", "efficientnet_lite0", "efficientnet_lite1", "--out", str(tmp_path / "b")]))
+    args = backbones.parser().parse_args(
+        [*common, "--backbones", "efficientnet_lite0", "efficientnet_lite1", "--out", str(tmp_path / "b")])
+    rows = backbones.run(args)
     assert [r["features"] for r in rows] == [
         "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite0 + efficientnet_lite1 (concat)",
         "efficientnet_lite0 + efficientnet_lite1 (average)"]
@@ -300,7 +301,14 @@ def test_backbones_rows_agree_with_train_on_the_same_folds(small_photo_folder, t
         low, high = (float(v) for v in r["95% interval"].split("–"))
         assert 0 <= low <= r["balanced accuracy"] <= high <= 1 and len(r["per fold"].split()) == 2
     assert (tmp_path / "b" / "backbones.md").exists() and (tmp_path / "b" / "backbones.png").stat().st_size > 0
-    train.main([*common, "--model", "efficientnet_lite0", "--out", str(tmp_path / "t")])
+    lite0 = backbones.parser().parse_args([*common, "--backbones", "efficientnet_lite0", "--out", str(tmp_path / "b")])
+    _, _, probs, _ = backbones.fold_probabilities(lite0)  # its features from the cache
+    results = train.run(train.parser().parse_args([*common, "--model", "efficientnet_lite0",
+                                                   "--out", str(tmp_path / "t")]))["results"]
+    assert len(results) == len(probs["efficientnet_lite0"]) == 2
+    for result, (rows_va, p) in zip(results, probs["efficientnet_lite0"]):
+        np.testing.assert_array_equal(result.outer_index, rows_va)
+        np.testing.assert_allclose(p, result.val_probs, rtol=1e-6, atol=1e-7)
     summary = json.loads((tmp_path / "t" / "summary.json").read_text())
     assert rows[0]["balanced accuracy"] == round(summary["balanced_accuracy"], 4)
 
