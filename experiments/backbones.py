@@ -57,6 +57,7 @@ def fold_probabilities(args: argparse.Namespace) -> tuple[Any, dict, dict[str, l
     data = load_dataset(args.data, Preprocess(first.image_size, first.crop, True), scenario=args.scenario,
                         grouping_file=args.grouping, skip_bad=args.skip_bad, cache_dir=args.cache_dir,
                         progress=False, decode=args.skip_bad)  # decoded only to find bad files: read again per size
+    print(f"{data.source}: {data.report.summary()}")  # what was read, skipped or left out, with counts
     feats = {}
     for v, config in configs.items():
         backbone, digest = weights[v]
@@ -86,7 +87,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     table = [{k: v for k, v in r.items() if k not in ("ci_low", "ci_high")} for r in rows]
     sizes = ", ".join(f"{v} {c.image_size} px" for v, c in configs.items())
     write_table(table, out, "backbones", title="Frozen features of several backbones on the same folds",
-                notes=f"Data: {args.data} ({data.grouping.name}, {len(data.y)} images); {args.folds} outer folds "
+                notes=f"Data: {args.data} ({data.grouping.name}, {len(data.y)} images; {data.report.summary()}); "
+                      f"{args.folds} outer folds "
                       f"(seed {args.seed}), each scored once; the head's λ and steps by inner CV. Sizes: {sizes}. "
                       f"Balanced accuracy over all scored images, bootstrap 95% interval. "
                       f"Device: {device_description()}.\n")
