@@ -14,6 +14,20 @@ from typing import IO, Any
 import numpy as np
 
 
+class FileFormatError(ValueError):
+    """A file read on the user's behalf that is not what it should be: one line naming the file and the field.
+
+    Every reader of a user-supplied or previously written file raises this (a ``ValueError``, so the commands
+    print it as their one ``error:`` line). ``field`` is the key, column or member at fault (``""`` for the
+    file as a whole).
+    """
+
+    def __init__(self, path: str | Path, field: str, message: str) -> None:
+        self.path, self.field, self.message = str(path), field, message
+        where = f"{path}: {field}: " if field else f"{path}: "
+        super().__init__(where + message)
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
     """Open a temporary file beside ``path`` for writing; on success rename it over ``path``.
