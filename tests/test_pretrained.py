@@ -250,6 +250,20 @@ def test_bootstrap_interval_is_reproducible_and_brackets_the_estimate():
     assert lo < point < hi and hi - lo < 0.15
 
 
+@pytest.mark.parametrize("predictor", ["constant", "perfect"])
+def test_bootstrap_interval_is_stratified(predictor):
+    """Every resample holds every class: a constant predictor's interval is its point, 1/C (an unstratified
+    resample that drew no minority photo scored it 1.0), and a perfect one's is [1, 1]."""
+    from training.evaluation.metrics import bootstrap_interval, stratified_resamples
+
+    y = np.array([0] * 37 + [1] * 3 + [2] * 2)
+    pred = np.zeros_like(y) if predictor == "constant" else y
+    expected = 1 / 3 if predictor == "constant" else 1.0
+    assert bootstrap_interval(y, pred, key=jax.random.PRNGKey(0)) == pytest.approx((expected, expected))
+    idx = stratified_resamples(y, key=jax.random.PRNGKey(1), n_boot=50)
+    assert all(np.array_equal(np.bincount(y[row], minlength=3), [37, 3, 2]) for row in idx)
+
+
 def jitted_features(model):
     """``(params, images) -> pooled features`` of an EfficientNetLite, vmapped and jitted."""
     return jax.jit(jax.vmap(lambda p, im: model.apply({"params": p}, im, features_only=True), (None, 0)))

@@ -66,25 +66,43 @@ def beats_baseline(result: dict, baseline: dict) -> bool:
             and result["macro_f1"] > baseline["macro_f1"])
 
 
-def bootstrap_interval(y_true: np.ndarray, y_pred: np.ndarray, *, key, n_boot: int = 2000,
-                       level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of balanced accuracy: resample the scored images with replacement.
+def stratified_resamples(y_true: np.ndarray, *, key, n_boot: int = 2000) -> np.ndarray:
+    """``(n_boot, n)`` indices of stratified bootstrap resamples of the scored photos.
 
-    ``key`` is a ``jax.random`` key; the same key gives the same interval.
+    Each resample draws, for every class ``c`` with ``n_c`` photos, ``n_c`` of that class's photos with
+    replacement: every resample holds every class in its observed count, so a per-class statistic (a recall)
+    is always defined and balanced accuracy is never scored on part of the classes. ``key`` is a
+    ``jax.random`` key; the same key gives the same resamples.
     """
     import jax
 
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    n = len(y_true)
-    if n == 0:
+    y_true = np.asarray(y_true)
+    if len(y_true) == 0:
         raise ValueError("no predictions to bootstrap")
-    idx = np.asarray(jax.random.randint(key, (n_boot, n), 0, n))
-    yt, correct = y_true[idx], (y_pred == y_true)[idx]
-    recalls = []
-    for c in np.unique(y_true):
-        den = (yt == c).sum(axis=1)
-        num = ((yt == c) & correct).sum(axis=1)
-        recalls.append(np.where(den > 0, num / np.maximum(den, 1), np.nan))
-    scores = np.nanmean(np.stack(recalls), axis=0)
+    classes = np.unique(y_true)
+    parts = []
+    for k, c in zip(jax.random.split(key, len(classes)), classes, strict=True):
+        members = np.flatnonzero(y_true == c)
+        parts.append(members[np.asarray(jax.random.randint(k, (n_boot, len(members)), 0, len(members)))])
+    return np.concatenate(parts, axis=1)
+
+
+def percentile_interval(scores: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The ``level`` percentile interval of bootstrap ``scores``."""
     alpha = (1 - level) / 2
     return float(np.quantile(scores, alpha)), float(np.quantile(scores, 1 - alpha))
+
+
+def bootstrap_interval(y_true: np.ndarray, y_pred: np.ndarray, *, key, n_boot: int = 2000,
+                       level: float = 0.95) -> tuple[float, float]:
+    """Stratified percentile bootstrap interval of balanced accuracy (:func:`stratified_resamples`).
+
+    Balanced accuracy is ``(1/C) Σ_c recall_c``; each resample keeps class ``c``'s count, so
+    ``recall_c = (1/n_c) Σ_{i ∈ c} [ŷ_i = y_i]`` over its resampled photos. A constant predictor's interval
+    is exactly its point, ``1/C``, and a perfect one's is ``[1, 1]``.
+    """
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    idx = stratified_resamples(y_true, key=key, n_boot=n_boot)
+    yt, correct = y_true[idx], (y_pred == y_true)[idx]
+    recalls = [((yt == c) & correct).sum(axis=1) / (yt == c).sum(axis=1) for c in np.unique(y_true)]
+    return percentile_interval(np.mean(np.stack(recalls), axis=0), level)
