@@ -3,7 +3,8 @@
     python -m experiments.explain --checkpoint runs/NAME --images DIR --out DIR
 
 Writes one PNG per photo (the preprocessed photo, then each map overlaid on it, titled with
-the predicted class and its probability) and ``explanations.csv``.
+the class experiments.predict decides and its probability: the run's calibrated probability, as predict
+computes it, flip-averaged for a pretrained backbone) and ``explanations.csv``.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from experiments.errors import add_common, run_command
 from training.common.files import atomic_open, output_dir
 from training.common.tables import pyplot
 from training.data.images import Preprocess, load_unlabelled
+from training.evaluation.decision import decide
 from training.evaluation.explain import METHODS, jitted
-from training.loop.steps import make_eval_step
-from training.runs.saved import load_trained
+from training.inference.engine import probs_function
+from training.runs.saved import load_trained, run_config, saved_calibration
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -28,13 +30,17 @@ def run(args: argparse.Namespace) -> list[dict]:
     images = load_unlabelled(args.images, Preprocess(config.image_size, config.crop, config.rgb),
                              skip_bad=args.skip_bad, cache_dir=args.cache_dir)
     out = output_dir(args.out)
-    probs_fn = make_eval_step(model)  # (params, batch) -> softmax probabilities
+    # (params, batch) -> the calibrated probabilities, as predict computes them
+    saved = run_config(args.checkpoint)[1]
+    calibration, op = saved_calibration(saved), saved.get("operating_point")
+    shift = None if calibration is None else calibration.shift
+    probs_fn, fn_params, _ = probs_function(model, params, config, "jax", calibration=calibration)
     maps = {name: jitted(model, name) for name in args.methods}
     plt = pyplot()
     rows = []
     for path, x in zip(images.paths, images.x):
-        probs = np.asarray(probs_fn(params, x[None]))[0]
-        cls = int(probs.argmax())
+        probs = np.asarray(probs_fn(fn_params, x[None]))[0]
+        cls = int(decide(probs[None], op, shift)[0])
         fig, axes = plt.subplots(1, 1 + len(maps), figsize=(3.2 * (1 + len(maps)), 3.6))
         shown = x[:, :, 0] if x.shape[-1] == 1 else x
         axes[0].imshow(shown, cmap="gray" if x.shape[-1] == 1 else None)

@@ -5,7 +5,9 @@
 The file holds the whole classifier (backbone and head, or Model 1) with the run's best parameters;
 input ``image`` float32 (N, H, W, C) in [0, 1], output ``probabilities`` (N, classes). Its metadata
 (``metadata_props``) says how to make the input and read the output: image size, layout, value range,
-channels, crop, class names, flip averaging and the saved decision threshold (``--target-recall``).
+channels, crop, class names, flip averaging, the calibration (inside the graph: the output is the calibrated
+probabilities, equal to experiments.predict's), the saved decision threshold (``--target-recall``) and the
+referral threshold.
 Needs ``onnx`` (``pip install -e '.[deploy]'``); ONNX Runtime runs the file. ResNet-50 and GoogLeNet runs
 are refused, naming the model.
 """
@@ -18,11 +20,15 @@ from pathlib import Path
 
 from experiments.errors import DISTRIBUTED, add_common, run_command
 from training.common.files import atomic_open
-from training.runs.saved import load_trained, run_config
+from training.runs.saved import load_trained, run_config, saved_calibration
 
 
-def export_metadata(config, class_names: list[str], op: dict | None) -> dict[str, str]:
+def export_metadata(config, class_names: list[str], op: dict | None, calibration=None,
+                    referral: dict | None = None) -> dict[str, str]:
     """What a user of the file needs besides the graph, as strings (ONNX ``metadata_props``)."""
+    calibrated = calibration is not None and calibration.method != "none"
+    shift_note = (f" after log(p) − shift, shift = {list(calibration.shift)} (the calibration's shift, left out of "
+                  "the decision)" if calibrated and any(calibration.shift) else "")
     return {
         "input": "image: float32 (N, H, W, C), NHWC, RGB (C = 3) or ITU-R 601 luma (C = 1), values in [0, 1]",
         "image_size": str(config.image_size),
@@ -30,11 +36,17 @@ def export_metadata(config, class_names: list[str], op: dict | None) -> dict[str
         "preprocessing": (f"decode, apply the EXIF orientation, {'take the largest centred square' if config.crop == 'center' else 'use the whole photo (squashed)'}, "  # noqa: E501
                           f"bicubic resize to {config.image_size}×{config.image_size}, divide by 255"),
         "output": "probabilities: float32 (N, classes), softmax" + (
-            "; the mean of the image's and its mirror image's" if (config.pretrained and config.tta_flip) else ""),
+            "; the mean of the image's and its mirror image's" if (config.pretrained and config.tta_flip) else "")
+            + ("; then calibrated inside the graph: softmax(scale * log(max(p, 1e-12)) + shift)" if calibrated else ""),
+        "calibration": json.dumps(calibration.to_json() if calibrated else None),
+        "referral": json.dumps(None if referral is None else {
+            "threshold": referral["threshold"], "rule": "send the photo to a person when its largest probability < "
+                                                        "threshold (chosen on inner predictions)"}),
         "class_names": json.dumps(class_names),
         "decision": (json.dumps({"class": op["class"], "class_index": op["class_index"], "threshold": op["threshold"],
                                  "rule": "predict this class when its probability ≥ threshold, else the most "
-                                         "probable other class"}) if op else "the most probable class"),
+                                         "probable other class" + shift_note}) if op else
+                     "the most probable class" + shift_note),
         "model": config.model + (f" (finetune {config.finetune})" if config.pretrained else ""),
         "producer": "tree-risk-jax experiments.export",
     }
@@ -56,9 +68,11 @@ def run(args: argparse.Namespace) -> dict:
 
     model, params, config, class_names = load_trained(args.checkpoint)
     _, saved = run_config(args.checkpoint)
+    calibration = saved_calibration(saved)
     proto = classifier_to_onnx(model, params, image_size=config.image_size, channels=3 if config.rgb else 1,
-                               tta_flip=config.pretrained and config.tta_flip,
-                               metadata=export_metadata(config, class_names, saved.get("operating_point")))
+                               tta_flip=config.pretrained and config.tta_flip, calibration=calibration,
+                               metadata=export_metadata(config, class_names, saved.get("operating_point"),
+                                                        calibration, saved.get("referral")))
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(out, "wb") as f:
         f.write(proto.SerializeToString())

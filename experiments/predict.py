@@ -3,7 +3,9 @@
     python -m experiments.predict --checkpoint runs/NAME --images DIR --out predictions.csv [--resume]
 
 Columns: path (relative to DIR, as experiments.agreement matches it), predicted label, then one
-probability column per class (p_<class>). A run trained with --target-recall predicts its class
+probability column per class (p_<class>), calibrated as the run was (its saved calibration), and ``refer``
+(1: send the photo to a person) when the run saved a referral threshold or with --refer FRACTION (the least
+confident FRACTION of these photos). A run trained with --target-recall predicts its class
 whenever that class's probability reaches the saved threshold; a pretrained model averages each
 photo with its mirror image, as in training. On CPU, with the ``deploy`` extra installed, ONNX Runtime
 computes the probabilities from the run's ONNX graph (``--engine``); the results equal JAX's to 1e-4.
@@ -30,13 +32,13 @@ import hashlib
 import sys
 from pathlib import Path
 
-from experiments.errors import DISTRIBUTED, add_common, positive_int, run_command
+from experiments.errors import DISTRIBUTED, add_common, fraction, positive_int, run_command
 from training.data.images import Preprocess, image_files
 from training.evaluation.decision import decide
 from training.inference.engine import probs_function
 from training.inference.stream import Classifier, PartialCSV, StreamOptions, csv_header, predict_sharded, shard_path
 from training.loop.distributed import process_count, process_index
-from training.runs.saved import load_trained, run_config
+from training.runs.saved import load_trained, run_config, saved_calibration
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -64,9 +66,13 @@ def run(args: argparse.Namespace) -> dict:
     if op:
         print(f"operating point: {op['class']} when its probability ≥ {op['threshold']:.4f} "
               f"(chosen for recall ≥ {op['target_recall']:g})")
-    probs_fn, fn_params, engine = probs_function(model, params, config, args.engine)
+    calibration = saved_calibration(saved)
+    if calibration is not None:
+        print(f"probabilities calibrated by the run's {calibration.method} scaling (fitted on inner predictions)")
+    probs_fn, fn_params, engine = probs_function(model, params, config, args.engine, calibration=calibration)
     classifier = Classifier(probs_fn, fn_params, Preprocess(config.image_size, config.crop, config.rgb), class_names,
-                            decide=lambda p: decide(p, op), on_device=engine == "jax")
+                            decide=lambda p: decide(p, op, None if calibration is None else calibration.shift),
+                            on_device=engine == "jax")
     options = StreamOptions(batch_size=args.batch_size or config.batch_size, workers=args.workers,
                             resume=args.resume, skip_bad=args.skip_bad, progress=not args.no_progress)
     report = predict_sharded(files, root, classifier, out, signature=signature, options=options,
@@ -74,14 +80,24 @@ def run(args: argparse.Namespace) -> dict:
     for path, reason in report.skipped:
         print(f"skipped: {reason}", file=sys.stderr)
     n_rows = report.predicted + report.resumed
+    referral = None
+    threshold = (saved.get("referral") or {}).get("threshold")
+    if index == 0 and (args.refer is not None or threshold is not None):  # OUT is complete (joined) here
+        from training.inference.refer import add_refer_column
+
+        referral = add_refer_column(out, class_names, threshold=None if args.refer is not None else threshold,
+                                    fraction=args.refer, shift=None if calibration is None else calibration.shift)
     where = str(out) if count == 1 else f"shard {index} of {count} of {out}" + (" (joined into it)" if index == 0
                                                                                  else "")
     print(f"{n_rows} predictions written to {where}"
           + (f" ({report.resumed} from the interrupted run)" if report.resumed else "")
           + (f"; {len(report.skipped)} bad files skipped" if report.skipped else "")
           + (f"; {len(ignored)} entries left out (not photos: {', '.join(sorted({r for _, r in ignored}))})"
-             if ignored else ""))
-    return {"rows": n_rows, "skipped": report.skipped, "ignored": ignored, "out": str(out)}
+             if ignored else "")
+          + (f"; {referral.referred} of {referral.rows} referred to a person ({referral.rule}; column refer)"
+             if referral else ""))
+    return {"rows": n_rows, "referred": None if referral is None else referral.referred,
+            "skipped": report.skipped, "ignored": ignored, "out": str(out)}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -92,6 +108,9 @@ def parser() -> argparse.ArgumentParser:
     add_common(p, "skip-bad", "workers", "no-progress", "engine", *DISTRIBUTED)
     p.add_argument("--resume", action="store_true", help="continue an interrupted prediction into --out")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out (or its partial file)")
+    p.add_argument("--refer", type=fraction, metavar="FRACTION",
+                   help="mark the least confident FRACTION of the photos for a person (column refer), instead of "
+                        "the run's saved confidence threshold")
     p.add_argument("--batch-size", type=positive_int,
                    help="photos per forward pass (default: the run's), rounded up to a multiple of the devices")
     return p

@@ -55,8 +55,8 @@ from training.evaluation.metrics import bootstrap_interval, classification_metri
 from training.loop.config import FINETUNE, FINETUNE_RECIPE, MODELS, PRESETS, TOP_RECIPE, TrainConfig, get_config
 from training.loop.distributed import outputs_of_this_process, process_count, process_index
 from training.runs.folder import RunFolder
-from training.runs.folds import pooled_predictions, run_folds
-from training.runs.report import HEADLINE
+from training.runs.folds import pooled, pooled_predictions, run_folds
+from training.runs.report import HEADLINE, calibration_notes, calibration_report
 from training.runs.results import describe
 
 
@@ -93,6 +93,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tta", action="store_true", help="do not average each photo with its mirror image")
     p.add_argument("--target-recall", type=_target_recall, metavar="CLASS=R",
                    help="choose the probability threshold of CLASS for recall ≥ R on inner data")
+    p.add_argument("--calibration", choices=["temperature", "platt", "vector", "auto", "none"],
+                   help="calibrate the probabilities on inner predictions of the training part (the frozen head's "
+                        "out-of-fold ones, or a network's inner validation split): temperature (default), Platt "
+                        "(two classes), vector scaling, auto (the lowest cross-validated log-loss of these and "
+                        "none), none (the raw softmax). Saved with the model; predict, explain and export use it")
+    refer = p.add_mutually_exclusive_group()
+    refer.add_argument("--refer-coverage", type=fraction_or_one, metavar="C",
+                       help="save the confidence threshold that keeps the most confident fraction C of the inner "
+                            "predictions (default 0.8); predict marks the photos below it for a person")
+    refer.add_argument("--refer-accuracy", type=fraction_or_one, metavar="B",
+                       help="instead: the threshold keeping the most inner predictions whose balanced accuracy "
+                            "reaches B")
     p.add_argument("--image-size", type=image_size, help="square side in pixels (default: the preset's; 32 for digits "
                                                   "with Model 1)")
     p.add_argument("--rgb", action="store_true", default=None, help="keep colour")
@@ -139,8 +151,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
              "lr_schedule": args.lr_schedule, "patience": args.patience, "val_fraction": args.val_fraction,
              "folds": args.folds, "target_recall": args.target_recall, "grad": args.grad,
              "head_views": args.head_views, "top_views": args.top_views, "block_lr_decay": args.block_lr_decay,
-             "refit": args.refit}
+             "refit": args.refit, "calibration": args.calibration, "refer_coverage": args.refer_coverage,
+             "refer_accuracy": args.refer_accuracy}
     overrides = {k: v for k, v in flags.items() if v is not None}
+    if args.refer_accuracy is not None:
+        overrides["refer_coverage"] = None
     if args.class_weights is not None:
         overrides["class_weights"] = None if args.class_weights == "none" else args.class_weights
     if args.no_tta:
@@ -225,17 +240,49 @@ def _train(args: argparse.Namespace, config: TrainConfig, data, out, counts: dic
     notes = (f"Every figure is from validation folds used for no choice. Balanced accuracy over all scored "
              f"images: {pooled['balanced_accuracy']:.3f}, bootstrap 95% interval [{lo:.3f}, {hi:.3f}] "
              f"({len(y_true)} images).\n")
+    calib, cal_notes = _calibration_summary(results, data.y, out, config)
+    notes += cal_notes
     title = (f"{len(results)}-fold cross-validation (mean ± std over folds)" if len(results) > 1
              else "Validation split (scored once)")
     write_table(rows, out, "summary", title=title, notes=notes)
     print(f"balanced accuracy {pooled['balanced_accuracy']:.3f}, bootstrap 95% interval [{lo:.3f}, {hi:.3f}]")
+    print(cal_notes.strip())
     write_json_atomic(out / "summary.json", {
         "config": config.to_json(), "balanced_accuracy": pooled["balanced_accuracy"],
-        "balanced_accuracy_ci95": [lo, hi], "n_scored": int(len(y_true)),
+        "balanced_accuracy_ci95": [lo, hi], "n_scored": int(len(y_true)), **calib,
         "folds": [{"metrics": r.metrics, "baseline": r.baseline, "best_epoch": r.best_epoch,
                    "selection": r.selection, "seconds": r.seconds} for r in results]})
     return {"results": results, "class_names": data.class_names, "out": str(out), "config": config,
             "balanced_accuracy_ci95": (lo, hi), "pooled": pooled}
+
+
+def _calibration_summary(results, y: np.ndarray, out, config: TrainConfig) -> tuple[dict, str]:
+    """The pooled scored photos' calibration measures, risk-coverage curve (``reliability_diagram.png``,
+    ``risk_coverage.*`` in ``out``) and what the saved referral thresholds did: ``(summary.json entries,
+    Markdown notes)``."""
+    from training.evaluation.calibration import referral_outcome
+
+    p = pooled(results, y)
+    key = jax.random.PRNGKey(config.seed)
+    report = calibration_report(out, p.probs, p.y, raw_probs=p.raw_probs, y_pred=p.y_pred, key=key,
+                                title=f"All {len(p.y)} scored photos.", conf=p.conf)
+    cal = [r.calibration["method"] for r in results if r.calibration]
+    notes = ("\nCalibration: " + (f"{config.calibration}, fitted in each fold on inner predictions of its training "
+                                   f"part (chosen: {', '.join(cal)})" if cal else "none (the raw softmax)")
+             + f"; all {len(p.y)} scored photos:\n\n"
+             + calibration_notes(report["calibration"], report.get("uncalibrated")))
+    if p.kept is not None:
+        outcome = referral_outcome(p.y, p.y_pred, p.kept, key=key)
+        ref = results[0].referral
+        lo, hi = outcome["balanced_accuracy_kept_ci95"]
+        clo, chi = outcome["coverage_ci95"]
+        notes += (f"\nReferral (threshold chosen in each fold on its inner predictions, for {ref['rule']} "
+                  f"{ref['target']:g}): {outcome['referred']} of {outcome['n']} photos referred; the "
+                  f"{outcome['kept']} kept ({outcome['coverage']:.3f} [{clo:.3f}, {chi:.3f}]) have balanced "
+                  f"accuracy {outcome['balanced_accuracy_kept']:.3f} [{lo:.3f}, {hi:.3f}] (all: "
+                  f"{outcome['balanced_accuracy_all']:.3f}).\n")
+        report["referral"] = outcome
+    return report, notes
 
 
 def validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -189,9 +189,11 @@ def features_to_onnx(variant: str, backbone: dict, *, image_size: int):
 
 
 def classifier_to_onnx(model, params: dict, *, image_size: int, channels: int, tta_flip: bool,
-                       metadata: dict[str, str]):
+                       metadata: dict[str, str], calibration=None):
     """The ONNX model (``onnx.ModelProto``) of a trained :class:`models.model1.Model1` or
-    :class:`models.transfer.TransferClassifier`; any other model raises :class:`UnsupportedModel`."""
+    :class:`models.transfer.TransferClassifier`; any other model raises :class:`UnsupportedModel`.
+    ``calibration`` (a ``training.evaluation.calibration.Calibration``, not ``none``): the output is the
+    calibrated ``softmax(scale ⊙ log(max(p, ε)) + shift)`` of the (flip-averaged) probabilities ``p``."""
     from models.model1 import Model1
     from models.transfer import TransferClassifier
 
@@ -211,6 +213,13 @@ def classifier_to_onnx(model, params: dict, *, image_size: int, channels: int, t
     if tta_flip:
         pair = g.op("Reshape", [probs, g.const("pair", np.array([2, -1, params["head"]["kernel"].shape[1]]))])
         probs = g.op("ReduceMean", [pair], axes=[0], keepdims=0)
+    if calibration is not None and calibration.method != "none":
+        from training.evaluation.calibration import EPS
+
+        z = g.op("Log", [g.op("Max", [probs, g.const("eps", np.array(EPS, np.float32))])])
+        z = g.op("Add", [g.op("Mul", [z, g.const("cal_scale", np.asarray(calibration.scale, np.float32))]),
+                         g.const("cal_shift", np.asarray(calibration.shift, np.float32))])
+        probs = g.op("Softmax", [z], axis=1)
     from onnx import helper
 
     g.nodes.append(helper.make_node("Identity", [probs], ["probabilities"]))

@@ -35,4 +35,5 @@ def read_predictions(path) -> list[dict]:
     import csv
 
     with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
-        return [{k: float(v) if k.startswith("p_") else v for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: float(v) if k.startswith("p_") else int(v) if k == "refer" else v for k, v in row.items()}
+                for row in csv.DictReader(f)]

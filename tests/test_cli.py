@@ -39,7 +39,8 @@ def test_bad_arguments_stop_before_any_work_with_one_line(flag, value, tmp_path,
 @pytest.mark.parametrize("flags, message", [
     (["--preset", "lab-2020", "--refit"], "refit trains again for the epoch chosen on an inner split"),
     (["--finetune", "all", "--top-views", "2"], "top_views=2 caches the frozen blocks below a fine-tuned top"),
-], ids=["refit-with-lab-2020", "top-views-with-all"])
+    (["--preset", "lab-2020", "--calibration", "temperature"], "calibration and referral are fitted on inner"),
+], ids=["refit-with-lab-2020", "top-views-with-all", "calibration-with-lab-2020"])
 def test_flags_that_do_not_go_together_stop_before_any_work_with_one_line(flags, message, tmp_path, capsys):
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as info:

@@ -308,7 +308,7 @@ def test_backbones_rows_agree_with_train_on_the_same_folds(small_photo_folder, t
     assert len(results) == len(probs["efficientnet_lite0"]) == 2
     for result, (rows_va, p) in zip(results, probs["efficientnet_lite0"]):
         np.testing.assert_array_equal(result.outer_index, rows_va)
-        np.testing.assert_allclose(p, result.val_probs, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(p, result.raw_probs, rtol=1e-6, atol=1e-7)  # before calibration
     summary = json.loads((tmp_path / "t" / "summary.json").read_text())
     assert rows[0]["balanced accuracy"] == round(summary["balanced_accuracy"], 4)
 

@@ -190,3 +190,32 @@ def test_export_gives_predicts_probabilities_in_onnxruntime_or_refuses(kind, run
     with pytest.raises(SystemExit):  # an existing file is kept unless --overwrite
         export.main(["--checkpoint", str(run), "--out", str(out)])
     assert "exists" in capsys.readouterr().err
+
+
+def test_calibration_is_saved_and_predict_and_referral_use_it(runs, photos):
+    """The frozen head's run saves its temperature (fitted on inner out-of-fold predictions) and a referral
+    threshold; predict's probabilities are the raw softmax calibrated by it (export's equal predict's:
+    test_export_gives_predicts_probabilities_in_onnxruntime_or_refuses), and the refer column marks the photos whose
+    decision's probability is below the threshold."""
+    from tests.helpers import read_predictions
+    from training.data.images import Preprocess, load_image
+    from training.evaluation.calibration import apply
+    from training.inference.engine import probs_function
+    from training.runs.saved import load_trained, run_config, saved_calibration
+
+    run, csv_path = runs("efficientnet_lite0-head")
+    saved = run_config(run)[1]
+    cal = saved_calibration(saved)
+    assert cal.method == "temperature" and cal.scale[0] != 1 and saved["calibration"]["fitted_on"] == 8
+    model, params, config, names = load_trained(run)
+    files = sorted(photos.rglob("*.png"))
+    x = np.stack([load_image(f, Preprocess(config.image_size, config.crop, config.rgb)) for f in files])
+    raw_fn, raw_params, _ = probs_function(model, params, config, "jax")
+    raw = np.asarray(raw_fn(raw_params, x))
+    rows = {r["path"]: r for r in read_predictions(csv_path)}
+    got = np.array([[rows[f.relative_to(photos).as_posix()][f"p_{n}"] for n in names] for f in files])
+    np.testing.assert_allclose(got, apply(cal, raw), atol=1e-5)
+    assert np.abs(got - raw).max() > 1e-3  # the calibration changed them
+    threshold = saved["referral"]["threshold"]
+    for r in rows.values():
+        assert r["refer"] == int(r[f"p_{r['predicted']}"] < threshold)

@@ -170,3 +170,37 @@ def test_chunks_sharded_over_four_devices_give_the_same_csv(trained, tmp_path):
     assert [r["path"] for r in one] == [r["path"] for r in four]
     np.testing.assert_allclose([[v for k, v in r.items() if k.startswith("p_")] for r in four],
                                [[v for k, v in r.items() if k.startswith("p_")] for r in one], atol=1e-5)
+
+
+def test_refer_marks_the_least_confident_fraction_and_the_summary_counts_them(trained, tmp_path, capsys):
+    run, root = trained  # lab-2020: no calibration, no saved referral threshold: no refer column by default
+    _predict(run, root, tmp_path / "plain.csv")
+    assert "refer" not in read_predictions(tmp_path / "plain.csv")[0]
+    result = _predict(run, root, tmp_path / "r.csv", "--refer", "0.25")
+    rows = read_predictions(tmp_path / "r.csv")
+    conf = sorted(r[f"p_{r['predicted']}"] for r in rows)
+    referred = [r for r in rows if r["refer"] == 1]
+    assert result["referred"] == len(referred) == 4 == int(np.ceil(0.25 * len(rows)))  # of 14
+    assert max(r[f"p_{r['predicted']}"] for r in referred) <= conf[3]
+    assert "4 of 14 referred to a person" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        predict.parser().parse_args(["--checkpoint", "x", "--images", "y", "--refer", "1.5"])
+
+
+def test_calibration_inside_the_onnx_graph_equals_the_jax_one(trained):
+    """The graph's Log/Mul/Add/Softmax after the probabilities compute ``apply`` (≤ 1e-6 of ONNX Runtime's own
+    probabilities calibrated in NumPy) and predict's JAX path (≤ 1e-5)."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e '.[deploy]')")
+    from training.evaluation.calibration import Calibration, apply
+    from training.inference.engine import onnxruntime_probs, probs_function
+    from training.runs.saved import load_trained
+
+    run, _ = trained
+    model, params, config, _ = load_trained(run)
+    cal = Calibration("vector", (0.6, 1.7), (0.3, -0.3))
+    x = np.random.default_rng(0).random((5, config.image_size, config.image_size, 1), dtype=np.float32)
+    kw = dict(image_size=config.image_size, channels=1, tta_flip=False)
+    in_graph = onnxruntime_probs(model, params, calibration=cal, **kw)(None, x)
+    np.testing.assert_allclose(in_graph, apply(cal, onnxruntime_probs(model, params, **kw)(None, x)), atol=1e-6)
+    fn, fn_params, _ = probs_function(model, params, config, "jax", calibration=cal)
+    np.testing.assert_allclose(in_graph, np.asarray(fn(fn_params, x)), atol=1e-5)

@@ -2,6 +2,7 @@
 
 import pickle
 import zipfile
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -447,13 +448,25 @@ def test_batchnorm_folded_into_the_convolutions_computes_the_same_network(lite0)
     assert ours.dtype == jnp.float64 and max(relative_errors(ours, ref)) <= 1e-12
 
 
-def test_target_recall_threshold_is_saved_and_applied_by_predict(tmp_path):
-    """--target-recall chooses the threshold on inner data, reports the scored fold's recall, and predict uses it."""
+def test_target_recall_threshold_is_saved_and_applied_by_predict(tmp_path, monkeypatch):
+    """--target-recall chooses the threshold on inner data, reports the scored fold's recall, and predict uses it.
+    The calibration (``auto`` here) is fitted on the inner out-of-fold predictions of the training part: the labels
+    it sees are exactly the training part's, never a scored photo's."""
     import json
 
     from PIL import Image
 
     from experiments import predict, train
+    from training.runs import folds
+
+    seen = []
+
+    def recording(method, probs, y, **kw):
+        seen.append(np.asarray(y).copy())
+        return choose(method, probs, y, **kw)
+
+    choose = folds.choose_calibration
+    monkeypatch.setattr(folds, "choose_calibration", recording)
 
     rng = np.random.default_rng(0)
     root = tmp_path / "photos"
@@ -465,7 +478,14 @@ def test_target_recall_threshold_is_saved_and_applied_by_predict(tmp_path):
     out = tmp_path / "run"
     result = train.run(train.parser().parse_args([
         "--data", str(root), "--model", "efficientnet_lite0", "--image-size", "32", "--target-recall", "Probable=0.9",
-        "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]))
+        "--calibration", "auto", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]))
+    split = json.loads((out / "split.json").read_text())
+    names = result["class_names"]
+    (y_fit,) = seen
+    assert y_fit.tolist() == [names.index(Path(p).parent.name) for p in split["train"]]
+    assert len(y_fit) == 16 and len(split["validation"]) == 4
+    cal = json.loads((out / "checkpoints" / "config.json").read_text())["calibration"]
+    assert cal["requested"] == "auto" and cal["method"] in cal["cv_log_loss"] and cal["fitted_on"] == 16
     op = result["results"][0].metrics["operating_point"]
     assert op["class"] == "Probable" and op["target_recall"] == 0.9 and 0 <= op["threshold"] <= 1
     saved = json.loads((out / "checkpoints" / "config.json").read_text())["operating_point"]

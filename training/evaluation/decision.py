@@ -16,14 +16,22 @@ def recall_threshold(probs: np.ndarray, y: np.ndarray, cls: int, target: float) 
     return float(scores[need - 1])
 
 
-def decide(probs: np.ndarray, operating_point: dict | None) -> np.ndarray:
+def decide(probs: np.ndarray, operating_point: dict | None, shift=None) -> np.ndarray:
     """Predicted class per row: arg-max, or the operating point's class when its probability ≥ threshold
-    (otherwise the arg-max of the other classes)."""
-    pred = probs.argmax(axis=1)
+    (otherwise the arg-max of the other classes).
+
+    ``shift`` (K,): a calibration's shift (``training.evaluation.calibration``): the arg-max is then that of
+    ``log p_k − shift_k``. The shift moves probabilities toward the class frequencies of the data they were
+    calibrated on; the decision leaves it out, so that Platt scaling, say, of a head trained with balanced class
+    weights keeps that head's decisions (``q_1 = σ(A s + B)`` is decided by ``s > 0``, as before calibration)
+    while its probabilities become frequencies."""
+    probs = np.asarray(probs)
+    scores = probs if shift is None else np.log(np.maximum(probs.astype(np.float64), 1e-30)) - np.asarray(shift)
+    pred = scores.argmax(axis=1)
     if not operating_point:
         return pred
     c, t = operating_point["class_index"], operating_point["threshold"]
-    others = probs.copy()
+    others = np.array(scores, np.float64)
     others[:, c] = -np.inf
     return np.where(probs[:, c] >= t, c, others.argmax(axis=1))
 

@@ -28,14 +28,15 @@ def choose_engine(requested: str, model) -> str:
 
 
 def onnxruntime_probs(model, params, *, image_size: int, channels: int, tta_flip: bool,
-                      threads: int | None = None) -> Callable[[object, np.ndarray], np.ndarray]:
-    """``probs_fn(_, x)``: ONNX Runtime on the classifier's ONNX graph, built in memory (nothing written)."""
+                      threads: int | None = None, calibration=None) -> Callable[[object, np.ndarray], np.ndarray]:
+    """``probs_fn(_, x)``: ONNX Runtime on the classifier's ONNX graph, built in memory (nothing written), with
+    the run's ``calibration`` inside it."""
     import onnxruntime as ort
 
     from models.onnx_graph import classifier_to_onnx
 
     proto = classifier_to_onnx(model, params, image_size=image_size, channels=channels, tta_flip=tta_flip,
-                               metadata={})
+                               metadata={}, calibration=calibration)
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
@@ -47,11 +48,13 @@ def onnxruntime_probs(model, params, *, image_size: int, channels: int, tta_flip
     return probs_fn
 
 
-def probs_function(model, params, config, engine: str = "auto") -> tuple[Callable, Any, str]:
+def probs_function(model, params, config, engine: str = "auto", *, calibration=None) -> tuple[Callable, Any, str]:
     """``(probs_fn, its_params, engine used)`` for a trained run's model (``config``: its ``TrainConfig``):
-    ``probs_fn(its_params, x)`` → probabilities. JAX: the jitted eval step; for an EfficientNet-Lite classifier
-    on the backbone with its BatchNorm folded into the convolutions once, here (the same function, one pass
-    fewer per layer). ONNX Runtime: the graph holds the weights (``its_params`` is None; NumPy input)."""
+    ``probs_fn(its_params, x)`` → probabilities, calibrated by ``calibration`` (the run's saved
+    ``training.evaluation.calibration.Calibration``; None: the raw softmax). JAX: the jitted eval step; for an
+    EfficientNet-Lite classifier on the backbone with its BatchNorm folded into the convolutions once, here (the
+    same function, one pass fewer per layer). ONNX Runtime: the graph holds the weights and the calibration
+    (``its_params`` is None; NumPy input)."""
     from models.efficientnet_lite import fold_batchnorm
     from models.transfer import TransferClassifier
     from training.loop.steps import make_eval_step
@@ -60,7 +63,14 @@ def probs_function(model, params, config, engine: str = "auto") -> tuple[Callabl
     tta_flip = config.pretrained and config.tta_flip
     if used == "onnxruntime":
         return onnxruntime_probs(model, params, image_size=config.image_size, channels=3 if config.rgb else 1,
-                                 tta_flip=tta_flip), None, used
+                                 tta_flip=tta_flip, calibration=calibration), None, used
     if isinstance(model, TransferClassifier) and not model.folded:
         model, params = model.clone(folded=True), {**params, "backbone": fold_batchnorm(params["backbone"])}
-    return make_eval_step(model, tta_flip=tta_flip), params, used
+    step = make_eval_step(model, tta_flip=tta_flip)
+    if calibration is None or calibration.method == "none":
+        return step, params, used
+    import jax
+
+    from training.evaluation.calibration import apply_jax
+
+    return jax.jit(lambda p, x: apply_jax(calibration, step(p, x))), params, used

@@ -78,6 +78,15 @@ class TrainConfig:
     refit: bool = False
     inner_folds: int = 4
     target_recall: tuple[str, float] | None = None  # (class, recall): the operating point's threshold
+    # how the probabilities are calibrated (training.evaluation.calibration), fitted on predictions of the
+    # training part that its model did not train on: a frozen head's inner out-of-fold predictions, or a network's
+    # inner validation split. "none" keeps the raw softmax. "auto": the lowest cross-validated log-loss among them
+    calibration: str = "temperature"
+    # referral: photos whose calibrated confidence is below a threshold chosen on the same inner predictions go to
+    # a person. refer_coverage c keeps the most confident fraction c; refer_accuracy B (instead) the most photos
+    # whose balanced accuracy reaches B. Both None: no threshold is saved
+    refer_coverage: float | None = 0.8
+    refer_accuracy: float | None = None
     # "autodiff" (jax.grad) or "manual": Model 1's hand-written backward (manual_backprop.cnn) through a
     # jax.custom_vjp; the optimizer and the jitted step are the same
     grad: str = "autodiff"
@@ -138,7 +147,7 @@ def _from_flat_augment(data: dict) -> dict:
 _CHOICES: dict[str, tuple] = {
     "crop": CROPS, "class_weights": (None, "balanced"), "activation": tuple(ACTIVATIONS),
     "lr_schedule": (None, "cosine"), "selection": ("inner", "last"), "finetune": FINETUNE,
-    "grad": ("autodiff", "manual"),
+    "grad": ("autodiff", "manual"), "calibration": ("none", "temperature", "platt", "vector", "auto"),
 }
 
 
@@ -195,6 +204,12 @@ def _check_config(c: TrainConfig) -> None:
     if c.refit and c.selection != "inner":
         raise ValueError(f"refit trains again for the epoch chosen on an inner split: it needs selection 'inner' "
                          f"(here {c.selection!r})")
+    for name in ("refer_coverage", "refer_accuracy"):
+        if getattr(c, name) is not None and not (is_real(getattr(c, name)) and 0 < getattr(c, name) <= 1):
+            fail(name, "null or a number in (0, 1]")
+    if c.selection != "inner" and (c.calibration != "none" or c.refer_coverage or c.refer_accuracy):
+        raise ValueError(f"calibration and referral are fitted on inner predictions of the training part: they need "
+                         f"selection 'inner' (here {c.selection!r}); use --calibration none (and no --refer-*)")
     if c.patience is not None and not (is_int(c.patience) and c.patience >= 1):
         fail("patience", "null or an integer ≥ 1")
     if not (isinstance(c.head_units, tuple) and 0 < len(c.head_units) <= 8
@@ -216,7 +231,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the 4th epoch is scored (no choice is made on the validation split)
     "lab-2020": dict(model="model1", image_size=108, rgb=False, crop="center", epochs=4, batch_size=32,
                      learning_rate=1e-3, class_weights=None, standardize=False, augment=None, lr_schedule=None,
-                     patience=None, selection="last", folds=1, tta_flip=False),
+                     patience=None, selection="last", folds=1, tta_flip=False, calibration="none",
+                     refer_coverage=None),
     # the best from-scratch Model 1 settings: colour, augmentation, balanced weights, standardized inputs,
     # Adam 1e-4 with cosine decay, early stopping on an inner validation split
     "improved": dict(model="model1", image_size=108, rgb=True, augment=Augment(), class_weights="balanced",

@@ -8,7 +8,10 @@ inside the outer training part:
   stopping on an inner stratified split (``val_fraction`` of the training part);
 - a pretrained backbone with ``finetune="head"``: λ and the step count by inner K-fold CV,
   then the head is refit on the whole training part (:mod:`training.transfer`);
-- a target recall's threshold: on the inner validation predictions.
+- a target recall's threshold: on the inner validation predictions;
+- the calibration of the probabilities (``config.calibration``) and the referral threshold: on the same inner
+  predictions (the head's inner out-of-fold ones, or a network's inner validation split); the operating point
+  and the referral threshold are chosen on the calibrated inner probabilities.
 
 With ``selection == "last"`` (the lab's 2020 setup) nothing is chosen: the last epoch is scored,
 and the outer fold only draws the learning curves."""
@@ -28,6 +31,13 @@ from training.common.files import output_dir, write_json_atomic
 from training.common.timing import device_description
 from training.data.dataset import Dataset
 from training.data.labels import require_two_classes, stratified_folds, stratified_split
+from training.evaluation.calibration import apply as calibrate
+from training.evaluation.calibration import (
+    calibration_metrics,
+    choose_calibration,
+    choose_referral,
+    referral_confidence,
+)
 from training.evaluation.decision import decide, operating_point
 from training.evaluation.metrics import classification_metrics, majority_baseline
 from training.loop.checkpoints import Checkpoints
@@ -68,6 +78,39 @@ class FoldResult(NamedTuple):
     outer_index: np.ndarray | None = None  # the scored rows of the data set
     seconds: float = 0.0
     verdict: str = ""
+    calibration: dict | None = None  # the fitted calibration (val_probs are calibrated by it) and how it was chosen
+    referral: dict | None = None  # the confidence threshold below which photos are referred, chosen on inner data
+    raw_probs: np.ndarray | None = None  # the scored fold's probabilities before calibration
+
+
+def calibrate_on_inner(config: TrainConfig, probs: np.ndarray, y: np.ndarray) -> tuple[dict | None, np.ndarray]:
+    """``(calibration record, calibrated probs)``: ``config.calibration`` fitted on inner predictions ``probs``
+    of the training part and their labels ``y`` (never the scored fold). ``None`` with ``"none"``."""
+    if config.calibration == "none":
+        return None, probs
+    choice = choose_calibration(config.calibration, probs, y, seed=config.seed + 2)
+    record = {**choice.calibration.to_json(), "requested": config.calibration, "fitted_on": int(len(y)),
+              "inner": calibration_metrics(calibrate(choice.calibration, probs), y)}
+    if choice.cv_log_loss:
+        record["cv_log_loss"] = choice.cv_log_loss
+        record["cv_folds"] = choice.folds
+    return record, calibrate(choice.calibration, probs)
+
+
+def _calibration_of(record: dict | None):
+    from training.evaluation.calibration import check_saved_calibration
+
+    return None if record is None else check_saved_calibration(record, len(record["scale"]))
+
+
+def referral_on_inner(config: TrainConfig, probs: np.ndarray, y: np.ndarray, op: dict | None,
+                      shift=None) -> dict | None:
+    """The referral threshold (``config.refer_accuracy`` or ``refer_coverage``) on calibrated inner ``probs``."""
+    if config.refer_accuracy is None and config.refer_coverage is None:
+        return None
+    kind = {"balanced_accuracy": config.refer_accuracy} if config.refer_accuracy is not None \
+        else {"coverage": config.refer_coverage}
+    return choose_referral(probs, y, y_pred=decide(probs, op, shift), shift=shift, **kind).to_json()
 
 
 def splits_for(data: Dataset, config: TrainConfig) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -78,9 +121,11 @@ def splits_for(data: Dataset, config: TrainConfig) -> list[tuple[np.ndarray, np.
                              class_names=data.class_names)]
 
 
-def score(y: np.ndarray, probs: np.ndarray, y_train: np.ndarray, class_names: list[str], op: dict | None) -> dict:
-    """Metrics of the decisions (arg-max, or the operating point's rule) on the scored fold."""
-    metrics = classification_metrics(y, probs, class_names, y_pred=decide(probs, op))
+def score(y: np.ndarray, probs: np.ndarray, y_train: np.ndarray, class_names: list[str], op: dict | None,
+          shift=None) -> dict:
+    """Metrics of the decisions (arg-max, or the operating point's rule; ``shift``: the calibration's, left out)
+    on the scored fold."""
+    metrics = classification_metrics(y, probs, class_names, y_pred=decide(probs, op, shift))
     if op is not None:
         m = metrics["per_class"][op["class"]]
         metrics["operating_point"] = {**op, "recall": m["recall"], "precision": m["precision"]}
@@ -93,9 +138,12 @@ def _head_fold(data: Dataset, config: TrainConfig, feats: np.ndarray, backbone: 
     n_classes = len(data.class_names)
     y_tr = data.y[tr]
     choice, head, norm, inner = _frozen_head(data, config, feats, tr, lr=config.learning_rate, views=views)
-    op = operating_point(config.target_recall, data.class_names, choice.oof_probs, y_tr)
-    probs = head_probs(feats[va], head, norm, tta_flip=config.tta_flip)
-    metrics = score(data.y[va], probs, y_tr, data.class_names, op)
+    cal, oof = calibrate_on_inner(config, choice.oof_probs, y_tr)
+    op = operating_point(config.target_recall, data.class_names, oof, y_tr)
+    referral = referral_on_inner(config, oof, y_tr, op, shift_of(cal))
+    raw = head_probs(feats[va], head, norm, tta_flip=config.tta_flip)
+    probs = calibrate(_calibration_of(cal), raw)
+    metrics = score(data.y[va], probs, y_tr, data.class_names, op, shift_of(cal))
     # save the whole classifier (backbone + head) so predict/explain read photos directly
     model = create_model(config, n_classes, norm)
     state = create_state(model, config, (config.image_size, config.image_size, 3), key=jax.random.PRNGKey(config.seed),
@@ -113,8 +161,10 @@ def _head_fold(data: Dataset, config: TrainConfig, feats: np.ndarray, backbone: 
         best_epoch=choice.steps, val_probs=probs, normalization=norm, operating_point=op,
         selection=f"head: λ = {choice.l2:g} (of {len(choice.l2_grid)}, {min(choice.l2_grid):g}–"
                   f"{max(choice.l2_grid):g}), {choice.steps} Adam steps (lr {config.learning_rate:g}), "
-                  f"chosen by {inner}-fold CV inside the training part; refit on all of it",
-        curves=choice.curves)
+                  f"chosen by {inner}-fold CV inside the training part; refit on all of it"
+                  + (f"; {cal['method']} calibration fitted on its {inner}-fold out-of-fold predictions"
+                     if cal else ""),
+        curves=choice.curves, calibration=cal, referral=referral, raw_probs=raw)
 
 
 def _frozen_head(data: Dataset, config: TrainConfig, feats: np.ndarray, rows: np.ndarray, *, lr: float,
@@ -204,15 +254,21 @@ def _network_fold(data: Dataset, config: TrainConfig, tr: np.ndarray, va: np.nda
                  out / "selection" if refit else out, resume=resume, progress=progress, backbone=backbone,
                  head=head, maps_from=maps_from)
     del x_train
-    op = operating_point(config.target_recall, data.class_names, result.val_probs, data.y[fit_va]) \
+    cal, referral, inner_probs = None, None, result.val_probs
+    if config.selection == "inner":  # on the inner validation split, which the chosen model did not train on
+        cal, inner_probs = calibrate_on_inner(config, result.val_probs, data.y[fit_va])
+    op = operating_point(config.target_recall, data.class_names, inner_probs, data.y[fit_va]) \
         if config.selection == "inner" else None
+    if config.selection == "inner":
+        referral = referral_on_inner(config, inner_probs, data.y[fit_va], op, shift_of(cal))
     chosen = result
     if refit:  # the chosen epoch count on the whole training part: that model is saved and scored
         log.info(f"refit on all {len(tr)} training photos for the {result.best_epoch} epochs chosen (its "
                  f"validation lines read the inner split, which it now trains on)")
         head_all = _initial_head(data, config, feats, tr) if feats is not None else None
         x_all = data.x[tr] if maps is None else maps.training(tr)
-        again = dataclasses.replace(config, epochs=result.best_epoch, selection="last", patience=None, refit=False)
+        again = dataclasses.replace(config, epochs=result.best_epoch, selection="last", patience=None, refit=False,
+                                    calibration="none", refer_coverage=None, refer_accuracy=None)
         chosen = fit(again, x_all, data.y[tr], x_fit_va, data.y[fit_va], data.class_names, out, resume=resume,
                      progress=progress, backbone=backbone, head=head_all, maps_from=maps_from)
         del x_all
@@ -224,16 +280,22 @@ def _network_fold(data: Dataset, config: TrainConfig, tr: np.ndarray, va: np.nda
     if maps is not None:  # the same classifier from the cached maps up (the frozen blocks' part ran once)
         model = model.clone(start_block=maps.block)
     eval_step = make_eval_step(model, tta_flip=config.pretrained and config.tta_flip, mirrored=maps is not None)
-    probs = predict_proba(eval_step, chosen.best_params, x_va, batch_size=config.batch_size)
+    raw = predict_proba(eval_step, chosen.best_params, x_va, batch_size=config.batch_size)
+    probs = calibrate(_calibration_of(cal), raw)
     selection = (f"epoch {result.best_epoch} of best macro-F1 on an inner validation split "
                  f"({len(fit_va)} images of the training part)" if config.selection == "inner"
                  else f"the last epoch ({result.best_epoch}); nothing chosen on data")
     if refit:
         selection += f", then {result.best_epoch} epochs on the whole training part ({len(tr)} images)"
+    if cal:
+        selection += (f"; {cal['method']} calibration fitted on the inner validation split"
+                      + (" (the selection model's predictions)" if refit else ""))
     return FoldResult(
-        kind="epochs", history=result.history, metrics=score(data.y[va], probs, data.y[tr], data.class_names, op),
+        kind="epochs", history=result.history, metrics=score(data.y[va], probs, data.y[tr], data.class_names, op,
+                                                             shift_of(cal)),
         baseline=majority_baseline(data.y[tr], data.y[va], data.class_names), best_epoch=result.best_epoch,
-        val_probs=probs, normalization=chosen.normalization, operating_point=op, selection=selection)
+        val_probs=probs, normalization=chosen.normalization, operating_point=op, selection=selection,
+        calibration=cal, referral=referral, raw_probs=raw)
 
 
 def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bool = False,
@@ -290,7 +352,8 @@ def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bo
                                    backbone=backbone, feats=feats, maps=maps)
         result = result._replace(seconds=time.perf_counter() - start, outer_index=va)
         saved = {"config": config.to_json(), "class_names": data.class_names,
-                 "normalization": result.normalization, "operating_point": result.operating_point}
+                 "normalization": result.normalization, "operating_point": result.operating_point,
+                 "calibration": result.calibration, "referral": result.referral}
         write_json_atomic(fold_out / "checkpoints" / "config.json", saved)
         what = config.model + (f" ({config.finetune})" if config.pretrained else "")
         header = (f"Model: {what}. Data: {data.source} ({data.grouping.name}; "
@@ -298,7 +361,8 @@ def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bo
                   f"{'' if len(splits) == 1 else f', fold {k} of {len(splits)}'}). Image {config.image_size} px "
                   f"{'RGB' if config.rgb else 'grayscale'}. Selection: {result.selection}. "
                   f"Device: {device_description()}.")
-        results.append(result._replace(verdict=write_run_report(fold_out, result, data.class_names, header)))
+        results.append(result._replace(verdict=write_run_report(fold_out, result, data.class_names, header,
+                                                                    data.y[va], key=jax.random.PRNGKey(config.seed))))
     return results
 
 
@@ -320,11 +384,44 @@ def _cached_maps(source, digests: list[str], config: TrainConfig, backbone: dict
     return Maps(block, plain, views)
 
 
+def shift_of(calibration: dict | None):
+    """The calibration's shift, which decisions leave out (:func:`~training.evaluation.decision.decide`)."""
+    return None if not calibration else calibration["shift"]
+
+
 def pooled_predictions(results: list[FoldResult], y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(y_true, y_pred)`` over every scored fold (each image once when the folds partition the data)."""
     idx = np.concatenate([r.outer_index for r in results])
-    pred = np.concatenate([decide(r.val_probs, r.operating_point) for r in results])
+    pred = np.concatenate([decide(r.val_probs, r.operating_point, shift_of(r.calibration)) for r in results])
     return y[idx], pred
+
+
+class Pooled(NamedTuple):
+    """Every scored photo once, over the folds: labels, decisions, (calibrated) probabilities, the probabilities
+    before calibration (None when no fold was calibrated), and whether each fold's referral threshold keeps the
+    photo (None when no threshold was saved)."""
+
+    y: np.ndarray
+    y_pred: np.ndarray
+    probs: np.ndarray
+    raw_probs: np.ndarray | None
+    kept: np.ndarray | None
+    conf: np.ndarray  # what referral ranks by (each fold's referral_confidence, with its calibration's shift)
+
+
+def pooled(results: list[FoldResult], y: np.ndarray) -> Pooled:
+    """:class:`Pooled` over ``results`` (their ``outer_index`` rows of ``y``)."""
+    idx = np.concatenate([r.outer_index for r in results])
+    probs = np.concatenate([r.val_probs for r in results])
+    raw = (np.concatenate([r.raw_probs if r.raw_probs is not None else r.val_probs for r in results])
+           if any(r.calibration for r in results) else None)
+    pred = np.concatenate([decide(r.val_probs, r.operating_point, shift_of(r.calibration)) for r in results])
+    conf = np.concatenate([referral_confidence(r.val_probs, decide(r.val_probs, r.operating_point,
+                                                                   shift_of(r.calibration)), shift_of(r.calibration))
+                           for r in results])
+    kept = (conf >= np.concatenate([np.full(len(r.outer_index), r.referral["threshold"]) for r in results])
+            if all(r.referral for r in results) else None)
+    return Pooled(y[idx], pred, probs, raw, kept, conf)
 
 
 def head_cv_probs(data: Dataset, config: TrainConfig, feature_sets: list[np.ndarray], *, combine: str = "concat"

@@ -74,10 +74,117 @@ def plot_confusion(matrix, class_names: Sequence[str], path: Path, title: str = 
     plt.close(fig)
 
 
-def write_run_report(out: Path, result: FoldResult, class_names: Sequence[str], header: str) -> str:
+def plot_reliability(probs, y, path: Path, title: str = "", y_pred=None) -> None:
+    """Accuracy against mean confidence per equal-mass bin (the diagonal is perfect calibration)."""
+    from training.evaluation.calibration import expected_calibration_error, reliability
+
+    bins = reliability(probs, y, y_pred=y_pred)
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(4.8, 4.6))
+    ax.plot([0, 1], [0, 1], "--", color="0.6", label="perfect calibration")
+    for b in bins:
+        ax.plot([b["low"], b["high"]], [b["accuracy"]] * 2, "-", color="C0", alpha=0.35, lw=3)
+    ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", color="C0",
+            label=f"{len(bins)} equal-mass bins (≥ {min(b['photos'] for b in bins)} photos)")
+    lo = min(0.5, min(b["low"] for b in bins))
+    ax.set_xlim(lo - 0.02, 1.01)
+    ax.set_ylim(min(lo, min(b["accuracy"] for b in bins)) - 0.02, 1.01)
+    ax.set_xlabel("mean confidence (the probability of the decision)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title}\nECE {expected_calibration_error(probs, y, y_pred=y_pred):.3f}".strip(), fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_risk_coverage(rows: Sequence[dict], path: Path, title: str = "") -> None:
+    """Balanced accuracy of the most confident fraction kept, with its interval."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4))
+    cov = [r["coverage"] for r in rows]
+    ax.plot(cov, [r["balanced_accuracy"] for r in rows], "o-", label="balanced accuracy of the photos kept")
+    if rows and "balanced_accuracy_ci95" in rows[0]:
+        ax.fill_between(cov, [r["balanced_accuracy_ci95"][0] for r in rows],
+                        [r["balanced_accuracy_ci95"][1] for r in rows], alpha=0.2, label="95% interval (stratified)")
+    ax.set_xlabel("fraction kept (the least confident referred)")
+    ax.set_ylabel("balanced accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def calibration_notes(cal: dict, raw: dict | None = None) -> str:
+    """Markdown lines: the calibration measures with their intervals (and before calibration, when given)."""
+    def ci(m, k):
+        lo, hi = m.get(f"{k}_ci95", (None, None))
+        return f"{m[k]:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None else "")
+
+    def line(m, what):
+        return (f"- {what}: mean confidence {m['mean_confidence']:.3f} vs accuracy {m['accuracy']:.3f} (gap "
+                f"{ci(m, 'confidence_gap')}); ECE {ci(m, 'ece')} ({m['ece_binning']}); Brier {ci(m, 'brier')}; "
+                f"log-loss {ci(m, 'log_loss')}")
+
+    text = line(cal, "calibrated" if raw is not None else "probabilities")
+    if raw is not None:
+        text += "\n" + line(raw, "before calibration")
+    return text + "\n"
+
+
+def calibration_report(out: Path, probs, y, *, raw_probs=None, y_pred=None, key=None, title: str = "",
+                       n_boot: int = 1000, conf=None) -> dict:
+    """``reliability_diagram.png``, ``risk_coverage.{md,csv,png}`` in ``out``; returns ``{"calibration",
+    "uncalibrated" (when ``raw_probs``), "risk_coverage"}`` with stratified bootstrap intervals from ``key``."""
+    from training.evaluation.calibration import calibration_metrics, risk_coverage
+
+    y = np.asarray(y)
+    result = {"calibration": calibration_metrics(probs, y, key=key, n_boot=n_boot, y_pred=y_pred)}
+    if raw_probs is not None:
+        result["uncalibrated"] = calibration_metrics(raw_probs, y, key=key, n_boot=n_boot, y_pred=y_pred)
+    rc = risk_coverage(probs, y, y_pred, key=key, n_boot=n_boot, conf=conf)
+    result["risk_coverage"] = rc
+    rows = [{"fraction kept": r["coverage"], "photos kept": r["kept"], "balanced accuracy": r["balanced_accuracy"],
+             "95% interval": "–".join(f"{v:.3f}" for v in r.get("balanced_accuracy_ci95", [])),
+             "accuracy": r["accuracy"]} for r in rc]
+    write_table(rows, out, "risk_coverage", title="Risk-coverage: balanced accuracy of the most confident photos",
+                notes=f"{title} The least confident photos (the probability of their decision under equal class "
+                      "frequencies: training.evaluation.calibration.referral_confidence) are referred to a person; "
+                      "the rest are kept. Each bootstrap resample (stratified by class) keeps its own most "
+                      "confident fraction: this curve describes the scored photos, the threshold saved with the "
+                      "run is chosen on inner data.\n")
+    plot_reliability(probs, y, out / "reliability_diagram.png", title, y_pred)
+    plot_risk_coverage(rc, out / "risk_coverage.png", title)
+    return result
+
+
+def write_run_report(out: Path, result: FoldResult, class_names: Sequence[str], header: str,
+                     y_val: np.ndarray | None = None, *, key=None) -> str:
     """``metrics.{md,csv}``, ``confusion_matrix.png``, and ``learning_curves.png`` (epochs) or
-    ``head_selection.png`` and ``history.*`` (a head); returns the verdict line."""
+    ``head_selection.png`` and ``history.*`` (a head); with the scored labels ``y_val``, the calibration measures
+    (into ``result.metrics["calibration"]``), ``reliability_diagram.png`` and the risk-coverage curve
+    (:func:`calibration_report`). Returns the verdict line."""
     metrics, baseline = result.metrics, result.baseline
+    cal_text = ""
+    if y_val is not None:
+        from training.evaluation.calibration import referral_confidence
+        from training.evaluation.decision import decide
+
+        cal = result.calibration
+        pred = decide(result.val_probs, result.operating_point, cal["shift"] if cal else None)
+        conf = referral_confidence(result.val_probs, pred, cal["shift"] if cal else None)
+        report = calibration_report(out, result.val_probs, y_val, raw_probs=result.raw_probs if cal else None,
+                                    y_pred=pred, key=key, title="This fold (scored once).", conf=conf)
+        metrics.update(report)
+        cal_text = ("\n\nCalibration: " + (f"{cal['method']} (requested {cal['requested']}), fitted on "
+                                             f"{cal['fitted_on']} inner predictions of the training part"
+                                             if cal else "none (the raw softmax)") + ". On this fold:\n\n"
+                    + calibration_notes(report["calibration"], report.get("uncalibrated")))
+        if result.referral:
+            cal_text += (f"\nReferral: photos with confidence < {result.referral['threshold']:.4f} (chosen on inner "
+                         f"predictions for {result.referral['rule']} {result.referral['target']:g}) go to a person: "
+                         f"{int(np.sum(conf < result.referral['threshold']))} of {len(conf)} here.\n")
     verdict = ("beats the majority baseline on balanced accuracy and macro-F1"
                if beats_baseline(metrics, baseline) else
                "does NOT beat the majority baseline on balanced accuracy and macro-F1")
@@ -87,7 +194,7 @@ def write_run_report(out: Path, result: FoldResult, class_names: Sequence[str], 
                f"precision {op['precision']:.3f}.") if op else ""
     notes = (f"{header}\n\nMajority class: {baseline['majority_class']}. The model {verdict}. The validation "
              f"fold was not used for any choice.{op_line}\n\nConfusion matrix (rows true, columns "
-             f"predicted; {', '.join(class_names)}): {metrics['confusion_matrix']}\n")
+             f"predicted; {', '.join(class_names)}): {metrics['confusion_matrix']}\n{cal_text}")
     write_table(metric_rows(metrics, baseline), out, "metrics", title="Validation metrics", notes=notes)
     if result.kind == "head":
         plot_head_selection(result.curves, result.history, out / "head_selection.png")

@@ -54,7 +54,23 @@ def check_saved_run(saved: dict) -> TrainConfig:
                                and 0 <= op["class_index"] < len(names) and is_real(op.get("threshold"))
                                and 0 <= op["threshold"] <= 1):
         raise ValueError("operating_point: expected null or a class_index in range and a threshold in [0, 1]")
+    _check_calibration_and_referral(saved, len(names))
     return config
+
+
+def _check_calibration_and_referral(saved: dict, n_classes: int) -> None:
+    """``calibration`` and ``referral`` (absent in runs written before them: none)."""
+    from training.evaluation.calibration import check_saved_calibration, check_saved_referral
+
+    check_saved_calibration(saved.get("calibration"), n_classes)
+    check_saved_referral(saved.get("referral"))
+
+
+def saved_calibration(saved: dict):
+    """The run's ``Calibration`` from its checked config.json (None: uncalibrated, or written before it)."""
+    from training.evaluation.calibration import check_saved_calibration
+
+    return check_saved_calibration(saved.get("calibration"), len(saved["class_names"]))
 
 
 def load_trained(run_dir: str | Path, which: str = "best"):
