@@ -95,9 +95,10 @@ def parser() -> argparse.ArgumentParser:
                    help="choose the probability threshold of CLASS for recall ≥ R on inner data")
     p.add_argument("--calibration", choices=["temperature", "platt", "vector", "auto", "none"],
                    help="calibrate the probabilities on inner predictions of the training part (the frozen head's "
-                        "out-of-fold ones, or a network's inner validation split): temperature (default), Platt "
-                        "(two classes), vector scaling, auto (the lowest cross-validated log-loss of these and "
-                        "none), none (the raw softmax). Saved with the model; predict, explain and export use it")
+                        "out-of-fold ones, or a network's inner validation split): auto (default: the lowest "
+                        "cross-validated log-loss of none, temperature, platt and vector on those predictions), "
+                        "temperature, platt (two classes), vector, none (the raw softmax). Saved with the model; "
+                        "predict, explain and export use it")
     refer = p.add_mutually_exclusive_group()
     refer.add_argument("--refer-coverage", type=fraction_or_one, metavar="C",
                        help="save the confidence threshold that keeps the most confident fraction C of the inner "

@@ -20,7 +20,9 @@ KINDS = {
     "resnet50": ["--preset", "lab-2020", "--model", "resnet50", "--image-size", "32"],
     "googlenet": ["--preset", "lab-2020", "--model", "googlenet", "--image-size", "32"],
     # (with one augmented view of each photo for the head's training: the flag, end to end)
-    "efficientnet_lite0-head": ["--model", "efficientnet_lite0", "--image-size", "32", "--head-views", "1"],
+    # (and Platt scaling, whose shift the decisions and the referral leave out)
+    "efficientnet_lite0-head": ["--model", "efficientnet_lite0", "--image-size", "32", "--head-views", "1",
+                                "--calibration", "platt"],
     # top is trained on the hand-written backward (manual_backprop.efficientnet), as a user may ask, with
     # fine-tuning's own recipe (it starts from the frozen-feature head: 2 photos a class for its inner CV; the
     # frozen blocks' maps of each photo and 8 views are cached, and the top trains on them)
@@ -193,20 +195,21 @@ def test_export_gives_predicts_probabilities_in_onnxruntime_or_refuses(kind, run
 
 
 def test_calibration_is_saved_and_predict_and_referral_use_it(runs, photos):
-    """The frozen head's run saves its temperature (fitted on inner out-of-fold predictions) and a referral
+    """The frozen head's run saves its Platt scaling (fitted on inner out-of-fold predictions) and a referral
     threshold; predict's probabilities are the raw softmax calibrated by it (export's equal predict's:
     test_export_gives_predicts_probabilities_in_onnxruntime_or_refuses), and the refer column marks the photos whose
     decision's probability is below the threshold."""
     from tests.helpers import read_predictions
     from training.data.images import Preprocess, load_image
-    from training.evaluation.calibration import apply
+    from training.evaluation.calibration import apply, referral_confidence
+    from training.evaluation.decision import decide
     from training.inference.engine import probs_function
     from training.runs.saved import load_trained, run_config, saved_calibration
 
     run, csv_path = runs("efficientnet_lite0-head")
     saved = run_config(run)[1]
     cal = saved_calibration(saved)
-    assert cal.method == "temperature" and cal.scale[0] != 1 and saved["calibration"]["fitted_on"] == 8
+    assert cal.method == "platt" and cal.scale[0] != 1 and saved["calibration"]["fitted_on"] == 8
     model, params, config, names = load_trained(run)
     files = sorted(photos.rglob("*.png"))
     x = np.stack([load_image(f, Preprocess(config.image_size, config.crop, config.rgb)) for f in files])
@@ -217,5 +220,8 @@ def test_calibration_is_saved_and_predict_and_referral_use_it(runs, photos):
     np.testing.assert_allclose(got, apply(cal, raw), atol=1e-5)
     assert np.abs(got - raw).max() > 1e-3  # the calibration changed them
     threshold = saved["referral"]["threshold"]
-    for r in rows.values():
-        assert r["refer"] == int(r[f"p_{r['predicted']}"] < threshold)
+    pred = np.array([names.index(rows[f.relative_to(photos).as_posix()]["predicted"]) for f in files])
+    np.testing.assert_array_equal(pred, decide(got, None, cal.shift))  # the decision leaves the shift out
+    np.testing.assert_array_equal(pred, raw.argmax(axis=1))  # so Platt keeps the head's decisions
+    refer = [rows[f.relative_to(photos).as_posix()]["refer"] for f in files]
+    np.testing.assert_array_equal(refer, referral_confidence(got, pred, cal.shift) < threshold)

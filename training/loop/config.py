@@ -80,8 +80,10 @@ class TrainConfig:
     target_recall: tuple[str, float] | None = None  # (class, recall): the operating point's threshold
     # how the probabilities are calibrated (training.evaluation.calibration), fitted on predictions of the
     # training part that its model did not train on: a frozen head's inner out-of-fold predictions, or a network's
-    # inner validation split. "none" keeps the raw softmax. "auto": the lowest cross-validated log-loss among them
-    calibration: str = "temperature"
+    # inner validation split. "none" keeps the raw softmax. "auto" (the default): the lowest cross-validated
+    # log-loss among none, temperature, Platt (two classes) and vector scaling on those predictions; it chose Platt
+    # in every fold of tree vs not_a_tree (benchmarks/RESULTS.md, issue 36)
+    calibration: str = "auto"
     # referral: photos whose calibrated confidence is below a threshold chosen on the same inner predictions go to
     # a person. refer_coverage c keeps the most confident fraction c; refer_accuracy B (instead) the most photos
     # whose balanced accuracy reaches B. Both None: no threshold is saved

@@ -22,10 +22,12 @@ from training.loop.config import PRESETS, TrainConfig, get_config
 if TYPE_CHECKING:
     from training.runs.folds import FoldResult
 
+# config_for builds on the lab-2020 preset: the other rows take the default calibration and referral back
+_CALIBRATED = dict(calibration=TrainConfig.calibration, refer_coverage=TrainConfig.refer_coverage)
 CONFIGS = {
     "lab-2020": dict(PRESETS["lab-2020"], folds=1),
-    "improved": dict(PRESETS["improved"], folds=5),
-    "pretrained": dict(PRESETS["pretrained"], folds=5),
+    "improved": dict(PRESETS["improved"], folds=5, **_CALIBRATED),
+    "pretrained": dict(PRESETS["pretrained"], folds=5, **_CALIBRATED),
 }
 
 
