@@ -144,3 +144,21 @@ def test_decisions_leave_the_calibrations_shift_out():
     q = apply(cal, p)
     assert abs(cal.shift[1]) > 0.1 and not np.array_equal(q.argmax(1), p.argmax(1))  # the shift moved some
     assert np.array_equal(decide(q, None, cal.shift), p.argmax(1))
+
+
+def test_a_run_folder_with_a_bad_calibration_is_refused_naming_the_file_and_field(tmp_path):
+    import json
+
+    from training.loop.config import TrainConfig
+    from training.runs.saved import run_config
+
+    (tmp_path / "checkpoints").mkdir()
+    saved = {"config": TrainConfig().to_json(), "class_names": ["a", "b"], "normalization": None,
+             "operating_point": None, "calibration": {"method": "vector", "scale": [1.0, "1"], "shift": [0, 0]}}
+    (tmp_path / "checkpoints" / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=r"config\.json: calibration: scale"):
+        run_config(tmp_path)
+    saved["calibration"], saved["referral"] = None, {"threshold": -1}
+    (tmp_path / "checkpoints" / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=r"config\.json: referral"):
+        run_config(tmp_path)
