@@ -327,6 +327,9 @@ HOSTILE_CONFIGS = {
     "threshold-out-of-range": lambda s: s["operating_point"].update(threshold=7),
     "class-index-out-of-range": lambda s: s["operating_point"].update(class_index=5),
     "normalization-zero-std": lambda s: s.update(normalization={"mean": [0.0], "std": [0.0]}),
+    "calibration-scale-not-numbers": lambda s: s.update(calibration={"method": "platt", "scale": ["1", 1],
+                                                                     "shift": [0, 0]}),
+    "referral-threshold-out-of-range": lambda s: s.update(referral={"threshold": 2}),
 }
 
 
