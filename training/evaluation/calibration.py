@@ -292,8 +292,8 @@ def calibration_metrics(probs: np.ndarray, y: np.ndarray, *, key=None, n_boot: i
            "confidence_gap": float(conf.mean()) - acc,
            "ece": expected_calibration_error(probs, y, n_bins, pred), "ece_bins": n_bins,
            "ece_binning": f"{n_bins} equal-mass bins of ≥ {len(y) // n_bins} photos" + (
-               f" (fewer than {MAX_BINS}: {len(y)} photos, at least {MIN_PER_BIN} a bin)" if n_bins < MAX_BINS
-               else ""),
+               f"; fewer than {MAX_BINS} because {len(y)} photos allow only {n_bins} of ≥ {MIN_PER_BIN}"
+               if n_bins < MAX_BINS else ""),
            "brier": brier_score(probs, y), "log_loss": negative_log_likelihood(probs, y)}
     if key is not None:
         idx = stratified_resamples(y, key=key, n_boot=n_boot)

@@ -101,4 +101,5 @@ def describe(config: TrainConfig) -> dict:
     return {k: v for k, v in config.to_json().items()
             if k in ("model", "finetune", "image_size", "rgb", "augment", "class_weights", "standardize",
                      "learning_rate", "lr_schedule", "epochs", "patience", "folds", "selection", "tta_flip",
-                     "target_recall", "grad", *tuning, *(("refit",) if config.refit else ()))}
+                     "target_recall", "grad", "calibration", "refer_coverage", "refer_accuracy", *tuning,
+                     *(("refit",) if config.refit else ()))}
