@@ -21,6 +21,7 @@ import numpy as np
 from models.common import same_padding
 
 OPSET = 17
+CALIBRATION_EPS = 1e-12  # training.evaluation.calibration.EPS (models stand below training: a test keeps them equal)
 
 
 class UnsupportedModel(ValueError):
@@ -214,9 +215,7 @@ def classifier_to_onnx(model, params: dict, *, image_size: int, channels: int, t
         pair = g.op("Reshape", [probs, g.const("pair", np.array([2, -1, params["head"]["kernel"].shape[1]]))])
         probs = g.op("ReduceMean", [pair], axes=[0], keepdims=0)
     if calibration is not None and calibration.method != "none":
-        from training.evaluation.calibration import EPS
-
-        z = g.op("Log", [g.op("Max", [probs, g.const("eps", np.array(EPS, np.float32))])])
+        z = g.op("Log", [g.op("Max", [probs, g.const("eps", np.array(CALIBRATION_EPS, np.float32))])])
         z = g.op("Add", [g.op("Mul", [z, g.const("cal_scale", np.asarray(calibration.scale, np.float32))]),
                          g.const("cal_shift", np.asarray(calibration.shift, np.float32))])
         probs = g.op("Softmax", [z], axis=1)

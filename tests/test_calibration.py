@@ -123,6 +123,10 @@ def test_risk_coverage_and_referral_keep_the_most_confident():
                                  {"method": "platt", "scale": [1, 1], "shift": [0, 1e9]}, [1, 2], "temperature"],
                          ids=["method", "length", "nan", "bool", "huge", "list", "string"])
 def test_a_saved_calibration_is_checked(bad):
+    from models.onnx_graph import CALIBRATION_EPS
+    from training.evaluation.calibration import EPS
+
+    assert CALIBRATION_EPS == EPS  # the ONNX graph reads probabilities below it as it, as apply does
     with pytest.raises(ValueError, match="calibration"):
         check_saved_calibration(bad, 2)
     assert check_saved_calibration(None, 2) is None

@@ -548,14 +548,14 @@ def test_reshape_max_pool_equals_flax_max_pool(shape):
 def test_lab_2020_preset_is_the_decks_setup_field_by_field():
     """The lab's Dec 2020 deck: grayscale Model 1, Adam 1e-3, batch 32, 4 epochs, one seeded 80:20 split,
     the 4th epoch scored; nothing the deck did not do (no class weights, standardization, augmentation,
-    schedule, early stopping, flip averaging)."""
+    schedule, early stopping, flip averaging, calibration or referral)."""
     from training.loop.config import PRESETS, get_config
 
     c = get_config("lab-2020")
     deck = {"model": "model1", "rgb": False, "learning_rate": 1e-3, "batch_size": 32, "epochs": 4,
             "val_fraction": 0.2, "folds": 1, "selection": "last", "class_weights": None, "standardize": False,
             "augment": None, "lr_schedule": None, "patience": None, "tta_flip": False, "grad": "autodiff",
-            "image_size": 108, "crop": "center"}
+            "image_size": 108, "crop": "center", "calibration": "none", "refer_coverage": None}
     assert {k: getattr(c, k) for k in deck} == deck
     assert set(PRESETS["lab-2020"]) <= set(deck)  # the preset sets nothing outside the deck's list
 
