@@ -12,8 +12,16 @@ DIR: one subfolder per label (Probable/, Possible/, Improbable/, or any labels),
 CSV: columns path,label (paths relative to the CSV). Without --data the embedded
 scikit-learn digits (upscaled to --image-size, default 32 for them) are used.
 Writes to --out: data_report.json, split.json, metrics.{md,csv}, history.{md,csv,json},
-learning_curves.png, confusion_matrix.png, checkpoints/{best,last,config.json}
-(with --folds K: one fold_k/ folder each and summary.{md,csv} with mean ± std), and run.json.
+learning_curves.png, confusion_matrix.png, reliability_diagram.png, risk_coverage.{md,csv,png},
+checkpoints/{best,last,config.json} (with --folds K: one fold_k/ folder each, and summary.{md,csv,json} with
+mean ± std, the pooled calibration measures and the pooled reliability diagram and risk-coverage curve), and
+run.json.
+
+Calibration (--calibration, default auto) is fitted on predictions of the training part that its model did not
+train on (the head's inner out-of-fold ones), never on the scored fold; the probabilities saved, reported,
+predicted and exported are the calibrated ones. A referral threshold (--refer-coverage C, default 0.8, or
+--refer-accuracy B) is chosen on the same inner predictions and saved; experiments.predict marks the photos
+below it in a refer column.
 A folder that holds a run is refused unless --resume (same settings and data; the differences
 are named) or --overwrite (the new run replaces it whole, only once complete).
 
