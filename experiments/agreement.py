@@ -1,4 +1,4 @@
-"""Model vs professional ratings (and rater vs rater): κ, quadratic-weighted κ, confusion tables.
+"""Model vs professional ratings (and rater vs rater): κ, weighted κ, mean absolute level error, confusion tables.
 
     python -m experiments.agreement --predictions predictions.csv --ratings ratings.csv [--out reports/agreement]
 
@@ -9,6 +9,8 @@ is enough when it is unique, and one that matches two photos is an error naming 
 Ratings and predictions must use the ordered labels of
 ``--order`` (default Improbable Possible Probable); a grouped model's labels
 (e.g. Probable+Possible) can be compared after mapping with ``--map 'Probable+Possible=Probable'``.
+The ordinal metrics (linear- and quadratic-weighted κ, mean absolute level error in levels) take the
+order's positions as the levels: training.evaluation.ordinal.
 """
 
 from __future__ import annotations
@@ -98,15 +100,23 @@ def run(args: argparse.Namespace) -> list[dict]:
         result = agreement(a, b, order)
         rows.append({"pair": f"{first} vs {second}", "n": result["n"], "agreement": result["agreement"],
                      "cohen_kappa": result["cohen_kappa"],
-                     "quadratic_weighted_kappa": result["quadratic_weighted_kappa"]})
+                     "linear_weighted_kappa": _or_na(result["linear_weighted_kappa"]),
+                     "quadratic_weighted_kappa": _or_na(result["quadratic_weighted_kappa"]),
+                     "mean_absolute_level_error": result["mean_absolute_level_error"]})
         table = [{first + " \\ " + second: lab, **{lab2: result["confusion"][i][j] for j, lab2 in enumerate(order)}}
                  for i, lab in enumerate(order)]
         write_table(table, out, f"confusion_{first}_vs_{second}", title=f"{first} (rows) vs {second} (columns)")
     write_table(rows, out, "agreement", title="Agreement with professional ratings",
-                notes="κ = 1: perfect agreement; 0: chance level. Quadratic weights count a "
-                      "Probable↔Improbable disagreement 4× a one-step one.\n")
+                notes="κ = 1: perfect agreement; 0: chance level. Weighted κ counts a Probable↔Improbable "
+                      "disagreement 2× (linear) or 4× (quadratic) a one-step one. Mean absolute level error: "
+                      f"the mean number of levels between the two ratings (order: {' < '.join(order)}); "
+                      "0 is perfect. n/a: every rating on one level (κ is 0/0).\n")
     print((out / "agreement.md").read_text())
     return rows
+
+
+def _or_na(value: float | None) -> float | str:
+    return "n/a" if value is None else value
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
