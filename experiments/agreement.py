@@ -18,12 +18,11 @@ from __future__ import annotations
 import argparse
 import collections
 import csv
-from pathlib import PurePosixPath
 
 from experiments.errors import add_common, mapping, run_command
 from training.common.files import output_dir
 from training.common.tables import write_table
-from training.evaluation.agreement import ORDER, agreement
+from training.evaluation.agreement import ORDER, agreement, match_paths
 
 
 def read_rows(path: str) -> list[dict]:
@@ -38,42 +37,6 @@ def read_rows(path: str) -> list[dict]:
     if not rows or "path" not in rows[0]:
         raise ValueError(f"{path}: needs a 'path' column and at least one row")
     return rows
-
-
-def match_paths(rated: list[str], predicted: list[str], ratings_file: str) -> list[str]:
-    """For each rated path, the one predicted path it names.
-
-    Paths are compared as relative POSIX paths, component by component: a rating ``siteA/IMG_1.jpg``
-    (or just ``IMG_1.jpg`` when the name is unique) matches the prediction whose path ends with
-    those components. A rating that matches two predictions is an error naming both; one that
-    matches none is counted and named.
-    """
-    def parts(path: str) -> tuple[str, ...]:
-        return tuple(part for part in PurePosixPath(path.replace("\\", "/")).parts if part not in (".", "/"))
-
-    by_suffix: dict[tuple[str, ...], list[str]] = {}
-    for p in predicted:
-        q = parts(p)
-        for k in range(len(q)):
-            by_suffix.setdefault(q[k:], []).append(p)
-    matched, missing = [], []
-    for r in rated:
-        q = parts(r)
-        hits = by_suffix.get(q, [])
-        for k in range(1, len(q)):  # a longer rated path (e.g. absolute) ending in a predicted one
-            if hits:
-                break
-            hits = [p for p in by_suffix.get(q[k:], []) if parts(p) == q[k:]]
-        if len(hits) > 1:
-            raise ValueError(f"{ratings_file}: {r!r} matches more than one prediction ({hits[0]!r} and "
-                             f"{hits[1]!r}): give its path relative to the folder given to predict")
-        if not hits:
-            missing.append(r)
-        else:
-            matched.append(hits[0])
-    if missing:
-        raise ValueError(f"{len(missing)} rated photo(s) in {ratings_file} have no prediction, e.g. {missing[:3]}")
-    return matched
 
 
 def run(args: argparse.Namespace) -> list[dict]:
