@@ -251,11 +251,14 @@ BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome", "ch
 
 @pytest.mark.skipif(BROWSER is None, reason="no Chromium or Chrome installed: the page is checked by parsing only")
 def test_in_a_real_browser_the_page_filters_by_class(tmp_path, photos):
-    """Headless Chromium runs the page's JavaScript from disk, with the network off: the filter in the
-    address (#class=Probable) leaves the two Probable photos shown."""
+    """Headless Chromium runs the page's JavaScript from disk, with the network off: the view in the
+    address (#class=Probable&gradcam=1) leaves the two Probable photos shown, a.jpg with its overlay."""
     out = tmp_path / "r"
-    write_review(predictions_csv(tmp_path), photos, out)
-    url = (out / PAGE).resolve().as_uri() + "#class=Probable"
+    explain = tmp_path / "explain"
+    explain.mkdir()
+    Image.new("RGB", (8, 4)).save(explain / "a_explained.png")
+    write_review(predictions_csv(tmp_path), photos, out, explain=explain)
+    url = (out / PAGE).resolve().as_uri() + "#class=Probable&gradcam=1"
     try:
         dom = subprocess.run([BROWSER, "--headless", "--disable-gpu", "--no-sandbox", "--no-first-run",  # noqa: S603 (an installed browser and a page the test made; no shell)
                               "--proxy-server=127.0.0.1:9", "--user-data-dir=" + str(tmp_path / "profile"),
@@ -267,3 +270,5 @@ def test_in_a_real_browser_the_page_filters_by_class(tmp_path, photos):
     shown = [a for a in page.all("figure") if "hidden" not in a]
     assert len(page.all("figure")) == 4 and [a["data-p"] for a in shown] == ["Probable", "Probable"]
     assert "2 of 4 shown" in dom
+    overlays = [a for a in page.all("img") if a.get("class") == "g"]
+    assert len(overlays) == 1 and resolves(out, overlays[0]["src"])

@@ -7,14 +7,15 @@ the photos' folder, and optionally explain's Grad-CAM PNGs and a person's rating
 
 Output, in one folder: ``index.html`` and ``thumbs/`` (small JPEGs, EXIF orientation applied, named by a
 digest of the photo's path, size and time, so a second run reuses them). The page links each thumbnail to
-the original photo and, where explain drew one, shows the Grad-CAM overlay on a click. Every link is
+the original photo and, where explain drew one, shows the Grad-CAM overlay on a click (or on every card). Every link is
 relative, the CSS and the JavaScript are inline: it needs no network and no server. Cards are sorted
 uncertain-first: by the top probability ``max_k p_k`` ascending, then by the margin ``p_(1) − p_(2)``
 between the two largest; with ratings the photos where the person and the model disagree come first,
 then the agreements, then the photos no one rated. The page filters by predicted class, by referral and
 by disagreement (inline JavaScript; without it every card is shown); the filter is kept in the address
-(``index.html#class=Probable&referred=1&disagreements=1``), so a filtered view can be bookmarked. Thumbnails load lazily
-(``loading="lazy"``), and the HTML costs well under 1 KB a photo (5,000 photos: under 5 MB).
+(``index.html#class=Probable&referred=1&disagreements=1&gradcam=1``), so a view can be bookmarked.
+Thumbnails load lazily (``loading="lazy"``), and the HTML costs well under 1 KB a photo (5,000 photos,
+15 classes: 2.5 MB).
 
 Every name from the data (paths, class names, ratings) is HTML-escaped, links are percent-encoded, and
 the output is written atomically into a folder that is not a symlink. A malformed CSV (wrong columns,
@@ -377,19 +378,24 @@ ol{margin:.2em 0;padding-left:1.4em}.c{display:inline-block;margin-top:2px}figur
 
 _JS = """
 (function(){var g=document.getElementById('g'),cards=g.children,k=document.getElementById('k'),
-r=document.getElementById('rf'),d=document.getElementById('ds'),n=document.getElementById('n');
-var h=new URLSearchParams(location.hash.slice(1));if(h.has('class'))k.value=h.get('class');
-if(r&&h.get('referred')==='1')r.checked=true;if(d&&h.get('disagreements')==='1')d.checked=true;
+r=document.getElementById('rf'),d=document.getElementById('ds'),x=document.getElementById('cm'),
+n=document.getElementById('n');var h=new URLSearchParams(location.hash.slice(1));
+if(h.has('class'))k.value=h.get('class');if(r&&h.get('referred')==='1')r.checked=true;
+if(d&&h.get('disagreements')==='1')d.checked=true;if(x&&h.get('gradcam')==='1')x.checked=true;
+function cam(f,on){var a=f.querySelector('a.c'),o=f.querySelector('a.o');if(!a||!!o===on)return;
+if(o){o.remove();return;}o=document.createElement('a');o.className='o';o.href=a.getAttribute('href');
+o.target='_blank';var i=document.createElement('img');i.className='g';i.loading='lazy';i.alt='Grad-CAM';
+i.src=a.getAttribute('href');o.appendChild(i);f.insertBefore(o,f.querySelector('figcaption'));}
 function apply(){var m=0;for(var i=0;i<cards.length;i++){var c=cards[i],s=(!k.value||c.dataset.p===k.value)
-&&(!r||!r.checked||c.dataset.r==='1')&&(!d||!d.checked||c.className==='d');c.hidden=!s;if(s)m++;}
-n.textContent=m+' of '+cards.length+' shown';var q=new URLSearchParams();if(k.value)q.set('class',k.value);
-if(r&&r.checked)q.set('referred','1');if(d&&d.checked)q.set('disagreements','1');
+&&(!r||!r.checked||c.dataset.r==='1')&&(!d||!d.checked||c.className==='d');c.hidden=!s;if(s){m++;
+if(x&&x.checked)cam(c,true);}}n.textContent=m+' of '+cards.length+' shown';var q=new URLSearchParams();
+if(k.value)q.set('class',k.value);if(r&&r.checked)q.set('referred','1');
+if(d&&d.checked)q.set('disagreements','1');if(x&&x.checked)q.set('gradcam','1');
 try{history.replaceState(null,'',q.toString()?'#'+q.toString():location.pathname);}catch(e){}}
-k.addEventListener('change',apply);if(r)r.addEventListener('change',apply);if(d)d.addEventListener('change',apply);
-g.addEventListener('click',function(e){var a=e.target.closest('a.c');if(!a)return;e.preventDefault();
-var f=a.closest('figure'),o=f.querySelector('img.g');if(o){o.remove();return;}
-o=document.createElement('img');o.className='g';o.loading='lazy';o.alt='Grad-CAM';o.src=a.getAttribute('href');
-f.insertBefore(o,f.querySelector('figcaption'));});apply();})();
+k.addEventListener('change',apply);[r,d].forEach(function(e){if(e)e.addEventListener('change',apply);});
+if(x)x.addEventListener('change',function(){if(!x.checked)for(var i=0;i<cards.length;i++)cam(cards[i],false);
+apply();});g.addEventListener('click',function(e){var a=e.target.closest('a.c');if(!a)return;
+e.preventDefault();var f=a.closest('figure');cam(f,!f.querySelector('a.o'));});apply();})();
 """
 
 
@@ -420,6 +426,8 @@ def render_page(preds: Predictions, order: Sequence[int], base: Path, *, images_
         out.append('<label><input type="checkbox" id="rf"> referred only</label>')
     if ratings:
         out.append('<label><input type="checkbox" id="ds"> disagreements only</label>')
+    if overlays:
+        out.append('<label><input type="checkbox" id="cm"> Grad-CAM on every card</label>')
     out.append('<span id="n"></span></form></header><main id="g">\n')
     names = [_text(c) for c in preds.class_names]
     for i in order:
