@@ -72,3 +72,22 @@ def test_run_metrics_carry_the_ordinal_ones_beside_the_nominal():
     assert rows["quadratic_weighted_kappa"]["majority_baseline"] == pytest.approx(0.0)  # a constant: chance
     nominal = classification_metrics(np.array([0, 1, 2]), np.eye(3), ["cat", "dog", "tree"])
     assert "quadratic_weighted_kappa" not in nominal
+
+
+def test_results_table_shows_the_ordinal_metrics_for_three_levels_only():
+    from types import SimpleNamespace
+
+    from training.evaluation.metrics import classification_metrics, majority_baseline
+    from training.runs.results import table_row
+
+    def fold(names, y, y_pred):
+        m = classification_metrics(np.asarray(y), np.eye(len(names))[y_pred], names)
+        return SimpleNamespace(metrics=m, baseline=majority_baseline(np.asarray(y), np.asarray(y), names),
+                               seconds=1.0)
+
+    levels = ["Improbable", "Possible", "Probable"]
+    row = table_row([fold(levels, TRUE, PRED), fold(levels, TRUE, TRUE)], levels, positive=2)
+    assert row["Quadratic κ"] == f"{(2 / 3 + 1) / 2:.2f} ± {(1 - 2 / 3) / 2:.2f}"
+    assert row["Level error"] == f"{1 / 6:.2f} ± {1 / 6:.2f}"
+    two = table_row([fold(["Probable", "Improbable"], [0, 1], [0, 0])], ["Probable", "Improbable"])
+    assert two["Quadratic κ"] == two["Level error"] == "–"
