@@ -272,3 +272,39 @@ def test_in_a_real_browser_the_page_filters_by_class(tmp_path, photos):
     assert "2 of 4 shown" in dom
     overlays = [a for a in page.all("img") if a.get("class") == "g"]
     assert len(overlays) == 1 and resolves(out, overlays[0]["src"])
+
+
+def test_hostile_ratings_are_refused_and_overlays_outside_the_explain_folder_ignored(tmp_path, photos):
+    csv_path = predictions_csv(tmp_path)
+    huge = write_csv(tmp_path / "huge.csv", ["path", "rater1"], [["a.jpg", "x" * (200 << 10)]])
+    with pytest.raises(FileFormatError) as info:
+        write_review(csv_path, photos, tmp_path / "o", ratings=huge)
+    assert info.value.path == str(huge) and info.value.field == "line 2"
+    ratings = write_csv(tmp_path / "r.csv", ["path", "rater1"], [["a.jpg", "Probable"]])
+    with pytest.raises(FileFormatError, match="rater9"):
+        write_review(csv_path, photos, tmp_path / "o", ratings=ratings, rater="rater9")
+    assert not (tmp_path / "o").exists()
+    explain = tmp_path / "explain"
+    explain.mkdir()
+    Image.new("RGB", (8, 4)).save(tmp_path / "secret.png")
+    Image.new("RGB", (8, 4)).save(explain / "inside.png")
+    (explain / "link.png").symlink_to(tmp_path / "secret.png")
+    write_csv(explain / "explanations.csv", ["path", "predicted", "probability", "png"],
+              [["a.jpg", "Probable", "0.8", str(tmp_path / "secret.png")],  # absolute, outside
+               ["siteA/b.jpg", "Possible", "0.4", "../secret.png"],  # climbs out
+               ["sideways.jpg", "Probable", "0.9", "link.png"],  # a link inside pointing out
+               [HOSTILE, "Improbable", "0.6", "inside.png"]])
+    s = write_review(csv_path, photos, tmp_path / "o", explain=explain)
+    assert s.overlays == 1
+    cams = [a["href"] for a in Page((tmp_path / "o" / PAGE).read_text(encoding="utf-8")).all("a")
+            if a.get("class") == "c"]
+    assert [unquote(h) for h in cams] == ["../explain/inside.png"]
+
+
+def test_a_grouped_model_is_compared_with_the_ratings_after_map():
+    from training.evaluation.review import disagreements
+
+    rows = [Prediction("a", "Probable+Possible", (0.7, 0.3)), Prediction("b", "Improbable", (0.4, 0.6))]
+    ratings = {"a": "Probable", "b": "Probable"}
+    assert disagreements(rows, ratings) == {"a", "b"}
+    assert disagreements(rows, ratings, {"Probable+Possible": "Probable"}) == {"b"}
