@@ -308,3 +308,16 @@ def test_a_grouped_model_is_compared_with_the_ratings_after_map():
     ratings = {"a": "Probable", "b": "Probable"}
     assert disagreements(rows, ratings) == {"a", "b"}
     assert disagreements(rows, ratings, {"Probable+Possible": "Probable"}) == {"b"}
+
+
+def test_a_file_name_that_is_not_utf8_is_linked_byte_for_byte(tmp_path):
+    from urllib.parse import unquote_to_bytes
+
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (10, 10)).save(tmp_path / "photos" / os.fsdecode(b"caf\xe9.jpg"))
+    (tmp_path / "p.csv").write_bytes(b"path,predicted,p_A,p_B\r\ncaf\xe9.jpg,A,0.6,0.4\r\n")  # as predict writes it
+    s = write_review(tmp_path / "p.csv", tmp_path / "photos", tmp_path / "o")
+    assert s.thumbnails_made == 1 and not s.missing
+    page = Page((tmp_path / "o" / PAGE).read_text(encoding="utf-8"))
+    assert [a["alt"] for a in page.all("img")] == ["caf\ufffd.jpg"]
+    assert [unquote_to_bytes(a["href"]) for a in page.all("a")] == [b"../photos/caf\xe9.jpg"]
