@@ -373,7 +373,8 @@ figure.d{border:2px solid #c00}figure img{display:block;width:100%;height:192px;
 .n{display:flex;align-items:center;justify-content:center;height:192px;background:#eee;color:#777}
 figcaption{font-size:12px;overflow-wrap:anywhere}.t{font-weight:600;font-size:14px}
 .r{background:#f0a000;color:#000;border-radius:3px;padding:0 4px;font-size:11px}.q{color:#c00}.a{color:#080}
-ol{margin:.2em 0;padding-left:1.4em}.c{display:inline-block;margin-top:2px}figure img.g{height:auto}
+ol{margin:.2em 0;padding-left:1.4em}li.m{list-style:none;color:#777}.c{display:inline-block;margin-top:2px}
+figure img.g{height:auto}
 """
 
 _JS = """
@@ -445,7 +446,7 @@ def render_page(preds: Predictions, order: Sequence[int], base: Path, *, images_
         ranked = sorted(range(len(r.probs)), key=lambda k: -r.probs[k])
         probs = "".join(f"<li>{names[k]} {r.probs[k]:.3f}</li>" for k in ranked[:3])
         if len(ranked) > 3:  # the rest on hover, so that 15 classes keep a card (and the page) small
-            probs += (f'<li title="{"; ".join(f"{names[k]} {r.probs[k]:.3f}" for k in ranked[3:])}">'
+            probs += (f'<li class="m" title="{"; ".join(f"{names[k]} {r.probs[k]:.3f}" for k in ranked[3:])}">'
                       f"{len(ranked) - 3} more</li>")
         note = ""
         if rating is not None:
