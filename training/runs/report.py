@@ -14,12 +14,15 @@ from training.evaluation.metrics import beats_baseline
 if TYPE_CHECKING:
     from training.runs.folds import FoldResult
 
-HEADLINE = ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "roc_auc")
+HEADLINE = ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "roc_auc",
+            # ordered classes only (Improbable < Possible < Probable): training.evaluation.ordinal
+            "linear_weighted_kappa", "quadratic_weighted_kappa", "mean_absolute_level_error")
 
 
 def metric_rows(result: dict, baseline: dict) -> list[dict]:
     """One row per metric: model, majority baseline."""
-    rows = [{"metric": k, "model": result[k], "majority_baseline": baseline[k]} for k in HEADLINE
+    rows = [{"metric": k, "model": result[k], "majority_baseline": baseline.get(k) if baseline.get(k) is not None
+             else "n/a"} for k in HEADLINE
             if result.get(k) is not None]
     for name, m in result["per_class"].items():
         b = baseline["per_class"][name]

@@ -8,7 +8,9 @@ Configurations (``CONFIGS``):
   30 epochs with early stopping on validation macro-F1 (patience 6); RGB with ``rgb=True``.
 
 Prec. and Recall are those of the positive class (the first, at-risk class of the grouping:
-Probable, Probable+Possible, …); the table names it."""
+Probable, Probable+Possible, …); the table names it. For the three ordered levels (``Pr_Po_Im``) the
+quadratic-weighted κ and the mean absolute level error stand beside them (training.evaluation.ordinal);
+other rows show "–" there."""
 
 from __future__ import annotations
 
@@ -58,6 +60,13 @@ def fmt(mean, std, folds: int) -> str:
     return f"{100 * mean:.1f}" if folds == 1 else f"{100 * mean:.1f} ± {100 * std:.1f}"
 
 
+def fmt_plain(mean, std, folds: int) -> str:
+    """As :func:`fmt`, for a figure that is not a percentage (a κ, a level error)."""
+    if mean is None:
+        return "–"
+    return f"{mean:.2f}" if folds == 1 else f"{mean:.2f} ± {std:.2f}"
+
+
 def table_row(results: list[FoldResult], class_names: list[str], *, positive: int = 0) -> dict:
     """Mean (± std over folds) of each metric, the majority baseline beside it, and a verdict."""
     name = class_names[positive]
@@ -69,6 +78,8 @@ def table_row(results: list[FoldResult], class_names: list[str], *, positive: in
         "balanced_accuracy": [r.metrics["balanced_accuracy"] for r in results],
         "macro_f1": [r.metrics["macro_f1"] for r in results],
         "roc_auc": [r.metrics["roc_auc"] for r in results],
+        "quadratic_weighted_kappa": [r.metrics.get("quadratic_weighted_kappa") for r in results],
+        "mean_absolute_level_error": [r.metrics.get("mean_absolute_level_error") for r in results],
         "baseline_accuracy": [r.baseline["accuracy"] for r in results],
         "baseline_balanced_accuracy": [r.baseline["balanced_accuracy"] for r in results],
         "baseline_macro_f1": [r.baseline["macro_f1"] for r in results],
@@ -82,6 +93,8 @@ def table_row(results: list[FoldResult], class_names: list[str], *, positive: in
               "baseline_balanced_accuracy": "Majority bal. acc.", "baseline_macro_f1": "Majority macro-F1"}
     for key, label in labels.items():
         row[label] = fmt(*stats[key], folds)
+    row["Quadratic κ"] = fmt_plain(*stats["quadratic_weighted_kappa"], folds)
+    row["Level error"] = fmt_plain(*stats["mean_absolute_level_error"], folds)
     row["beats majority?"] = "yes" if beats else "NO"
     row["train s"] = round(sum(r.seconds for r in results), 1)
     row["confusion (summed over folds)"] = np.sum([r.metrics["confusion_matrix"] for r in results],
