@@ -233,7 +233,8 @@ def read_csv_checked(path: str | Path, what: str, *, required: Sequence[str] = (
         raise FileFormatError(path, "line 1", f"column(s) {dup[:5]} appear more than once")
     missing = [c for c in required if c not in header]
     if missing:
-        raise FileFormatError(path, "line 1", f"needs the column(s) {missing}, has {header[:20]}")
+        raise FileFormatError(path, "line 1", f"needs the columns '{','.join(required)}', has "
+                                                f"{[h[:40] for h in header[:20]]}")
     rows = []
     while True:
         try:
