@@ -162,11 +162,12 @@ def read_bytes_checked(path: str | Path, what: str, *, max_bytes: int = MAX_TEXT
 
 
 def read_text_checked(path: str | Path, what: str, *, max_bytes: int = MAX_TEXT_BYTES,
-                      encoding: str = "utf-8-sig") -> str:
-    """The text of a regular file of at most ``max_bytes`` in ``encoding`` (a byte-order mark is dropped)."""
+                      encoding: str = "utf-8-sig", errors: str = "strict") -> str:
+    """The text of a regular file of at most ``max_bytes`` in ``encoding`` (a byte-order mark is dropped;
+    ``errors="surrogateescape"`` keeps file names that are not UTF-8 as the file system gave them)."""
     data = read_bytes_checked(path, what, max_bytes=max_bytes)
     try:
-        return data.decode(encoding)
+        return data.decode(encoding, errors)
     except UnicodeDecodeError as exc:
         raise FileFormatError(path, "", f"not {encoding.removesuffix('-sig').upper()} text at byte {exc.start}: "
                                         f"expected {what}") from None
@@ -212,7 +213,8 @@ def parse_document(path: str | Path, what: str, *, fmt: str | None = None, max_b
 
 
 def read_csv_checked(path: str | Path, what: str, *, required: Sequence[str] = (), max_bytes: int = MAX_TEXT_BYTES,
-                     max_field: int = CSV_FIELD_BYTES) -> tuple[list[str], list[dict[str, str]]]:
+                     max_field: int = CSV_FIELD_BYTES,
+                     errors: str = "strict") -> tuple[list[str], list[dict[str, str]]]:
     """``(header, rows)`` of a CSV with a header row (UTF-8, a byte-order mark and CRLF accepted): every row
     has exactly the header's fields, no cell is longer than ``max_field``, the header names are distinct and
     include ``required``. Any failure is one :class:`FileFormatError` naming the file and the line."""
@@ -220,7 +222,7 @@ def read_csv_checked(path: str | Path, what: str, *, required: Sequence[str] = (
     import io
 
     path = Path(path)
-    text = read_text_checked(path, what, max_bytes=max_bytes)
+    text = read_text_checked(path, what, max_bytes=max_bytes, errors=errors)
     reader = csv.reader(io.StringIO(text, newline=""))  # (the csv module's own cell limit is 128 KiB)
     try:
         header = next(reader, None)
