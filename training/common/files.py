@@ -60,15 +60,9 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
 
 
 def read_json(path: str | Path, what: str) -> Any:
-    """JSON from ``path``; a missing file raises ``FileNotFoundError`` and a damaged one ``ValueError``,
-    each naming the file and ``what`` it should be."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: not found ({what})") from None
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot be read as {what} ({exc})") from exc
+    """JSON from ``path``; a missing file raises ``FileNotFoundError`` and a damaged one :class:`FileFormatError`
+    (a ``ValueError``), each naming the file and ``what`` it should be (:func:`parse_document`)."""
+    return parse_document(path, what, fmt="json")
 
 
 def sha256_of(path: str | Path) -> str:
@@ -313,4 +307,5 @@ def read_npz_checked(path: str | Path, what: str, *, max_bytes: int,
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         if isinstance(exc, FileFormatError):
             raise
-        raise FileFormatError(path, "", f"cannot be read as {what} ({' '.join(str(exc).split())})") from None
+        raise FileFormatError(path, "", f"not a readable .npz file ({' '.join(str(exc).split())}): expected "
+                                        f"{what}") from None
