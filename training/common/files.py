@@ -87,7 +87,7 @@ def load_cached_npy(path: Path, accept) -> np.ndarray | None:
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
         return np.array(arr) if accept(arr.shape, arr.dtype) else None
-    except (OSError, ValueError, OverflowError):  # (a negative dimension: "mapped length must be positive")
+    except Exception:  # noqa: BLE001 - a hostile header makes NumPy raise anything (EOFError, SyntaxError, …)
         return None
 
 
@@ -255,7 +255,6 @@ def read_npy_member(zf: Any, name: str, path: str | Path, *, max_bytes: int) -> 
     header: a plain numeric dtype (no pickled objects), a shape whose bytes equal what the member holds and are
     at most ``max_bytes``. A header that claims 4 TiB allocates nothing; any failure is one
     :class:`FileFormatError` naming the file and the member."""
-    import zipfile
 
     from numpy.lib import format as npy_format
 
@@ -276,8 +275,9 @@ def read_npy_member(zf: Any, name: str, path: str | Path, *, max_bytes: int) -> 
             data = f.read(n_bytes)
     except FileFormatError:
         raise
-    except (KeyError, ValueError, OSError, EOFError, OverflowError, zipfile.BadZipFile) as exc:
-        raise FileFormatError(path, name, " ".join(str(exc).split()) or type(exc).__name__) from None
+    except Exception as exc:  # noqa: BLE001 - a hostile header makes NumPy's parser raise anything (SyntaxError, …)
+        msg = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise FileFormatError(path, name, msg) from None
     arr = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
     return arr.copy()
 
@@ -304,8 +304,8 @@ def read_npz_checked(path: str | Path, what: str, *, max_bytes: int,
                 out[info.filename.removesuffix(".npy")] = read_npy_member(zf, info.filename, path,
                                                                           max_bytes=max_bytes)
             return out
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-        if isinstance(exc, FileFormatError):
-            raise
+    except FileFormatError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - zipfile raises many types for a damaged archive (BadZipFile, EOFError, …)
         raise FileFormatError(path, "", f"not a readable .npz file ({' '.join(str(exc).split())}): expected "
                                         f"{what}") from None

@@ -293,7 +293,7 @@ def discover(source: str | Path, *, ignored: list[tuple[str, str]] | None = None
     source = Path(source)
     if not source.exists():
         raise FileNotFoundError(f"data not found: {source}")
-    if source.is_file():
+    if not source.is_dir():  # a file: a manifest (a FIFO or device is refused before it is opened)
         return _read_manifest(source)
     ignored = [] if ignored is None else ignored
     top = _entries(source, ignored)
