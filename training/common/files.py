@@ -9,7 +9,7 @@ import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import numpy as np
 
@@ -206,10 +206,16 @@ def parse_document(path: str | Path, what: str, *, fmt: str | None = None, max_b
     return value
 
 
+class CsvTable(NamedTuple):
+    """A CSV file read by :func:`read_csv_checked`: its column names and its rows (column → cell)."""
+
+    columns: list[str]
+    rows: list[dict[str, str]]
+
+
 def read_csv_checked(path: str | Path, what: str, *, required: Sequence[str] = (), max_bytes: int = MAX_TEXT_BYTES,
-                     max_field: int = CSV_FIELD_BYTES,
-                     errors: str = "strict") -> tuple[list[str], list[dict[str, str]]]:
-    """``(header, rows)`` of a CSV with a header row (UTF-8, a byte-order mark and CRLF accepted): every row
+                     max_field: int = CSV_FIELD_BYTES, errors: str = "strict") -> CsvTable:
+    """The :class:`CsvTable` of a CSV with a header row (UTF-8, a byte-order mark and CRLF accepted): every row
     has exactly the header's fields, no cell is longer than ``max_field``, the header names are distinct and
     include ``required``. Any failure is one :class:`FileFormatError` naming the file and the line."""
     import csv
@@ -247,7 +253,7 @@ def read_csv_checked(path: str | Path, what: str, *, required: Sequence[str] = (
         if max(map(len, cells)) > max_field:
             raise FileFormatError(path, f"line {reader.line_num}", f"a field longer than {max_field} characters")
         rows.append(dict(zip(header, cells)))
-    return header, rows
+    return CsvTable(header, rows)
 
 
 def read_npy_member(zf: Any, name: str, path: str | Path, *, max_bytes: int) -> np.ndarray:
