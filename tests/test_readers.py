@@ -524,3 +524,51 @@ def test_fuzzed_feature_cache_entries_are_used_whole_or_computed_again(fuzz_dir,
 
 
 FUZZED = ["saved_run", "run_record", "result_row", "grouping", "manifest", "ratings", "npz", "feature_cache"]
+
+
+# ---- through the commands: one `error:` line naming the file, exit 1, nothing else --------------------------------
+def _commands(tmp: Path) -> dict[str, tuple[str, list[str], Path]]:
+    """name → (command module, argv, the hostile file it must name); every file is refused before any model is
+    built, so this costs no compilation."""
+    saved = _good_saved_run()
+    saved["operating_point"].pop("class")  # predict and export hit a KeyError on this before
+    (tmp / "run" / "checkpoints").mkdir(parents=True)
+    config = tmp / "run" / "checkpoints" / "config.json"
+    config.write_text(json.dumps(saved))
+    from PIL import Image
+
+    for label in ("a", "b"):
+        (tmp / "photos" / label).mkdir(parents=True)
+        Image.new("RGB", (8, 8), (40, 90 if label == "a" else 200, 10)).save(tmp / "photos" / label / "x.png")
+    manifest = tmp / "manifest.csv"
+    manifest.write_text("path,label\nx.jpg,a,extra\n")
+    grouping = tmp / "g.toml"
+    grouping.write_text('exclude = "palm"\n[classes]\na = ["a"]\nb = ["b"]\n')
+    ratings = tmp / "ratings.csv"
+    ratings.write_text("path,rater\nx.jpg,Probable,Possible\n")
+    predictions = tmp / "predictions.csv"
+    predictions.write_text("path,predicted\nx.jpg,Probable\n")
+    return {
+        "predict": ("experiments.predict", ["--checkpoint", str(tmp / "run"), "--images", str(tmp / "photos"),
+                                            "--out", str(tmp / "p.csv")], config),
+        "export": ("experiments.export", ["--checkpoint", str(tmp / "run"), "--out", str(tmp / "m.onnx")], config),
+        "train-manifest": ("experiments.train", ["--data", str(manifest), "--out", str(tmp / "t1")], manifest),
+        "train-grouping": ("experiments.train", ["--data", str(tmp / "photos"), "--grouping", str(grouping),
+                                                 "--out", str(tmp / "t2")], grouping),
+        "agreement": ("experiments.agreement", ["--predictions", str(predictions), "--ratings", str(ratings),
+                                                "--out", str(tmp / "agree")], ratings),
+    }
+
+
+@pytest.mark.parametrize("command", ["predict", "export", "train-manifest", "train-grouping", "agreement"])
+def test_each_command_given_a_hostile_file_prints_one_line_naming_it(tmp_path, capsys, command):
+    import importlib
+
+    module, argv, bad = _commands(tmp_path)[command]
+    if command == "export":
+        pytest.importorskip("onnx")
+    with pytest.raises(SystemExit) as info:
+        importlib.import_module(module).main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 1 and len(err) == 1, err
+    assert err[0].startswith(f"error: {bad}: "), err
