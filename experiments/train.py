@@ -201,7 +201,7 @@ def _run(args: argparse.Namespace, out_path) -> dict:
 
 def _train(args: argparse.Namespace, config: TrainConfig, data, out, counts: dict) -> dict:
     write_json_atomic(RunLayout(out).data_report, {"source": data.source, "grouping": data.grouping.name,
-                                                 "class_counts": counts, **data.report.as_dict()})
+                                                   "class_counts": counts, **data.report.as_dict()})
     results = run_folds(data, config, out, resume=args.resume, progress=not args.no_progress,
                         cache_dir=args.cache_dir, engine=args.engine)
     for r in results:

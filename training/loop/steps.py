@@ -364,7 +364,7 @@ def fit(
         state = state.replace(params={**state.params, "head": jax.tree_util.tree_map(jnp.asarray, head[0])})
     ckpt = Checkpoints(RunLayout(out).checkpoints)
     write_json_atomic(RunLayout(out).saved_run, {"config": config.to_json(), "class_names": class_names,
-                                                           "normalization": normalization})
+                                                 "normalization": normalization})
     history: list[dict] = []
     best_f1, best_epoch, start_epoch = -1.0, 0, 1
     if resume and ckpt.latest_step("last") is not None:

@@ -282,7 +282,7 @@ def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bo
     for k, (tr, va) in enumerate(splits, start=1):
         fold_out = out if len(splits) == 1 else output_dir(RunLayout(out).fold(k).root)
         write_json_atomic(RunLayout(fold_out).split, {"train": [data.paths[i] for i in tr],
-                                                    "validation": [data.paths[i] for i in va]})
+                                                      "validation": [data.paths[i] for i in va]})
         start = time.perf_counter()
         if config.pretrained and config.finetune == "head":
             result = _head_fold(data, config, feats, backbone, tr, va, fold_out, views)
