@@ -23,9 +23,16 @@ class FileFormatError(ValueError):
     """
 
     def __init__(self, path: str | Path, field: str, message: str) -> None:
+        # one line whatever the file holds: a key or value quoted from it is shown with its control characters
+        # (a newline, an escape sequence) escaped
+        field, message = _one_line(str(field)), _one_line(str(message))
         self.path, self.field, self.message = str(path), field, message
         where = f"{path}: {field}: " if field else f"{path}: "
         super().__init__(where + message)
+
+
+def _one_line(text: str) -> str:
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @contextlib.contextmanager
