@@ -124,6 +124,8 @@ def sha256_of_array(a: np.ndarray) -> str:
 MAX_TEXT_BYTES = 64 << 20  # a configuration, grouping, manifest, ratings or row file: far below this
 MAX_NESTING = 32  # JSON/TOML nesting: the project's files use 3 levels
 CSV_FIELD_BYTES = 128 << 10  # one CSV cell (a path, a label, a probability)
+CSV_MAX_ROWS = 1_000_000  # a manifest or ratings file: one row a photo (a row kept costs ~300 bytes)
+CSV_MAX_COLUMNS = 1_000
 
 
 def regular_file(path: str | Path, what: str, *, max_bytes: int | None = None) -> os.stat_result:
@@ -221,10 +223,12 @@ class CsvTable(NamedTuple):
 
 
 def read_csv_checked(path: str | Path, what: str, *, required: Sequence[str] = (), max_bytes: int = MAX_TEXT_BYTES,
-                     max_field: int = CSV_FIELD_BYTES, errors: str = "strict") -> CsvTable:
+                     max_field: int = CSV_FIELD_BYTES, max_rows: int = CSV_MAX_ROWS,
+                     max_columns: int = CSV_MAX_COLUMNS, errors: str = "strict") -> CsvTable:
     """The :class:`CsvTable` of a CSV with a header row (UTF-8, a byte-order mark and CRLF accepted): every row
-    has exactly the header's fields, no cell is longer than ``max_field``, the header names are distinct and
-    include ``required``. Any failure is one :class:`FileFormatError` naming the file and the line."""
+    has exactly the header's fields, no cell is longer than ``max_field``, the header names (at most
+    ``max_columns``) are distinct and include ``required``, at most ``max_rows`` rows. Any failure is one
+    :class:`FileFormatError` naming the file and the line."""
     import csv
     import io
 
@@ -237,6 +241,8 @@ def read_csv_checked(path: str | Path, what: str, *, required: Sequence[str] = (
         raise FileFormatError(path, "line 1", f"{exc}: expected {what}") from None
     if not header:
         raise FileFormatError(path, "", f"empty: expected {what} with a header row")
+    if len(header) > max_columns:
+        raise FileFormatError(path, "line 1", f"{len(header)} columns: more than {max_columns}")
     if len(set(header)) != len(header):
         dup = sorted({h for h in header if header.count(h) > 1})
         raise FileFormatError(path, "line 1", f"column(s) {dup[:5]} appear more than once")
@@ -259,6 +265,8 @@ def read_csv_checked(path: str | Path, what: str, *, required: Sequence[str] = (
                                   f"{len(cells)} fields where the header has {len(header)}")
         if max(map(len, cells)) > max_field:
             raise FileFormatError(path, f"line {reader.line_num}", f"a field longer than {max_field} characters")
+        if len(rows) == max_rows:
+            raise FileFormatError(path, f"line {reader.line_num}", f"more than {max_rows} rows")
         rows.append(dict(zip(header, cells)))
     return CsvTable(header, rows)
 
