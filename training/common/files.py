@@ -69,7 +69,7 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
 def read_json(path: str | Path, what: str) -> Any:
     """JSON from ``path``; a missing file raises ``FileNotFoundError`` and a damaged one :class:`FileFormatError`
     (a ``ValueError``), each naming the file and ``what`` it should be (:func:`parse_document`)."""
-    return parse_document(path, what, fmt="json")
+    return parse_document(path, what, fmt="json", max_bytes=16 << 20)
 
 
 def sha256_of(path: str | Path) -> str:
