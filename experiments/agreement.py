@@ -17,25 +17,19 @@ from __future__ import annotations
 
 import argparse
 import collections
-import csv
 
 from experiments.errors import add_common, mapping, run_command
-from training.common.files import output_dir
+from training.common.files import FileFormatError, output_dir, read_csv_checked
 from training.common.tables import write_table
 from training.evaluation.agreement import ORDER, agreement, match_paths
 
 
 def read_rows(path: str) -> list[dict]:
-    """The rows of a CSV with a ``path`` column (BOM and CRLF accepted)."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
-            rows = list(csv.DictReader(f))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"file not found: {path}") from None
-    except (UnicodeError, csv.Error) as exc:
-        raise ValueError(f"{path}: not a readable CSV ({exc})") from exc
-    if not rows or "path" not in rows[0]:
-        raise ValueError(f"{path}: needs a 'path' column and at least one row")
+    """The rows of a CSV with a ``path`` column (BOM and CRLF accepted): every row with the header's fields, no
+    field over 128 KiB (:func:`~training.common.files.read_csv_checked`); anything else is one line."""
+    rows = read_csv_checked(path, "a CSV with a 'path' column", required=("path",), errors="surrogateescape").rows
+    if not rows:
+        raise FileFormatError(path, "", "needs a 'path' column and at least one row")
     return rows
 
 

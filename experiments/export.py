@@ -18,7 +18,7 @@ from pathlib import Path
 
 from experiments.errors import DISTRIBUTED, add_common, run_command
 from training.common.files import atomic_open
-from training.runs.saved import load_trained, run_config
+from training.runs.saved import load_trained, read_saved_run
 
 
 def export_metadata(config, class_names: list[str], op: dict | None) -> dict[str, str]:
@@ -54,11 +54,12 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError("experiments.export needs the onnx package: pip install -e '.[deploy]'") from None
     from models.onnx_graph import classifier_to_onnx
 
-    model, params, config, class_names = load_trained(args.checkpoint)
-    _, saved = run_config(args.checkpoint)
+    saved = read_saved_run(args.checkpoint)  # the run is read once, here
+    model, params, config, class_names = load_trained(saved)
+    op = saved.operating_point.as_json() if saved.operating_point else None
     proto = classifier_to_onnx(model, params, image_size=config.image_size, channels=3 if config.rgb else 1,
                                tta_flip=config.pretrained and config.tta_flip,
-                               metadata=export_metadata(config, class_names, saved.get("operating_point")))
+                               metadata=export_metadata(config, class_names, op))
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(out, "wb") as f:
         f.write(proto.SerializeToString())

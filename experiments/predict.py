@@ -26,7 +26,6 @@ every process sees.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from pathlib import Path
 
@@ -36,18 +35,18 @@ from training.evaluation.decision import decide
 from training.inference.engine import probs_function
 from training.inference.stream import Classifier, PartialCSV, StreamOptions, csv_header, predict_sharded, shard_path
 from training.loop.distributed import process_count, process_index
-from training.runs.saved import load_trained, run_config
+from training.runs.saved import load_trained, read_saved_run
 
 
 def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     root = Path(args.images)
-    model, params, config, class_names = load_trained(args.checkpoint)
-    ckpt_dir, saved = run_config(args.checkpoint)
-    op = saved.get("operating_point")
+    saved = read_saved_run(args.checkpoint)  # the run is read once, here
+    model, params, config, class_names = load_trained(saved)
+    op = saved.operating_point.as_json() if saved.operating_point else None
     header = csv_header(class_names)
     signature = {"checkpoint": str(Path(args.checkpoint).resolve()), "images": str(root.resolve()),
-                 "checkpoint_config_sha256": hashlib.sha256((ckpt_dir / "config.json").read_bytes()).hexdigest()}
+                 "checkpoint_config_sha256": saved.sha256}
     count, index = process_count(), process_index()
     # this process's partial output: of OUT, or of its shard of OUT in a job of several processes
     partial = PartialCSV(out if count == 1 else shard_path(out, index, count), header, signature)
@@ -62,8 +61,8 @@ def run(args: argparse.Namespace) -> dict:
     files = image_files(root, ignored=ignored)
     out.parent.mkdir(parents=True, exist_ok=True)
     if op:
-        print(f"operating point: {op['class']} when its probability ≥ {op['threshold']:.4f} "
-              f"(chosen for recall ≥ {op['target_recall']:g})")
+        print(f"operating point: {op['class']} when its probability ≥ {op['threshold']:.4f}"
+              + (f" (chosen for recall ≥ {op['target_recall']:g})" if "target_recall" in op else ""))
     probs_fn, fn_params, engine = probs_function(model, params, config, args.engine)
     classifier = Classifier(probs_fn, fn_params, Preprocess(config.image_size, config.crop, config.rgb), class_names,
                             decide=lambda p: decide(p, op), on_device=engine == "jax")

@@ -7,9 +7,9 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import numpy as np
 
@@ -23,9 +23,16 @@ class FileFormatError(ValueError):
     """
 
     def __init__(self, path: str | Path, field: str, message: str) -> None:
+        # one line whatever the file holds: a key or value quoted from it is shown with its control characters
+        # (a newline, an escape sequence) escaped
+        field, message = _one_line(str(field)), _one_line(str(message))
         self.path, self.field, self.message = str(path), field, message
         where = f"{path}: {field}: " if field else f"{path}: "
         super().__init__(where + message)
+
+
+def _one_line(text: str) -> str:
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @contextlib.contextmanager
@@ -60,15 +67,9 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
 
 
 def read_json(path: str | Path, what: str) -> Any:
-    """JSON from ``path``; a missing file raises ``FileNotFoundError`` and a damaged one ``ValueError``,
-    each naming the file and ``what`` it should be."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: not found ({what})") from None
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot be read as {what} ({exc})") from exc
+    """JSON from ``path``; a missing file raises ``FileNotFoundError`` and a damaged one :class:`FileFormatError`
+    (a ``ValueError``), each naming the file and ``what`` it should be (:func:`parse_document`)."""
+    return parse_document(path, what, fmt="json", max_bytes=16 << 20)
 
 
 def sha256_of(path: str | Path) -> str:
@@ -93,7 +94,7 @@ def load_cached_npy(path: Path, accept) -> np.ndarray | None:
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
         return np.array(arr) if accept(arr.shape, arr.dtype) else None
-    except (OSError, ValueError, OverflowError):  # (a negative dimension: "mapped length must be positive")
+    except Exception:  # noqa: BLE001 - a hostile header makes NumPy raise anything (EOFError, SyntaxError, …)
         return None
 
 
@@ -114,3 +115,222 @@ def cache_root(cache_dir: str | Path | None, kind: str) -> Path:
 def sha256_of_array(a: np.ndarray) -> str:
     """SHA-256 of an array's bytes (C order), hex."""
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+# ---- readers: the checks every reader of a user-supplied or previously written file makes -------------------
+# (kept apart from the writers above.) A reader stats before it opens, reads a bounded number of bytes, parses
+# with bounded nesting and field sizes, and turns every failure into one FileFormatError naming the file.
+
+MAX_TEXT_BYTES = 64 << 20  # a configuration, grouping, manifest, ratings or row file: far below this
+MAX_NESTING = 32  # JSON/TOML nesting: the project's files use 3 levels
+CSV_FIELD_BYTES = 128 << 10  # one CSV cell (a path, a label, a probability)
+CSV_MAX_ROWS = 1_000_000  # a manifest or ratings file: one row a photo (a row kept costs ~300 bytes)
+CSV_MAX_COLUMNS = 1_000
+
+
+def regular_file(path: str | Path, what: str, *, max_bytes: int | None = None) -> os.stat_result:
+    """``stat`` of ``path`` after checking, before anything opens it, that it is a regular file (a FIFO would
+    block the reader forever, a device could be endless) of at most ``max_bytes``. A missing file raises
+    ``FileNotFoundError``, anything else :class:`FileFormatError`, each naming the file and ``what`` it should be."""
+    import stat
+
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: not found ({what})") from None
+    except OSError as exc:
+        raise FileFormatError(path, "", f"cannot be read as {what} ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file (a FIFO, socket or device)"
+        raise FileFormatError(path, "", f"{kind}: expected {what}")
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise FileFormatError(path, "", f"{st.st_size} bytes: more than the {max_bytes} expected of {what}")
+    return st
+
+
+def read_bytes_checked(path: str | Path, what: str, *, max_bytes: int = MAX_TEXT_BYTES) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes`` (read once; a file that grows meanwhile is cut at
+    ``max_bytes + 1`` and refused)."""
+    path = Path(path)
+    regular_file(path, what, max_bytes=max_bytes)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as exc:
+        raise FileFormatError(path, "", f"cannot be read as {what} ({exc.strerror or exc})") from None
+    if len(data) > max_bytes:
+        raise FileFormatError(path, "", f"more than the {max_bytes} bytes expected of {what}")
+    return data
+
+
+def read_text_checked(path: str | Path, what: str, *, max_bytes: int = MAX_TEXT_BYTES,
+                      encoding: str = "utf-8-sig", errors: str = "strict") -> str:
+    """The text of a regular file of at most ``max_bytes`` in ``encoding`` (a byte-order mark is dropped;
+    ``errors="surrogateescape"`` keeps file names that are not UTF-8 as the file system gave them)."""
+    data = read_bytes_checked(path, what, max_bytes=max_bytes)
+    try:
+        return data.decode(encoding, errors)
+    except UnicodeDecodeError as exc:
+        raise FileFormatError(path, "", f"not {encoding.removesuffix('-sig').upper()} text at byte {exc.start}: "
+                                        f"expected {what}") from None
+
+
+def nesting_depth(value: Any, limit: int = MAX_NESTING) -> int:
+    """How deep lists and dicts nest in ``value`` (0 for a scalar), counting at most to ``limit + 1``: iterative,
+    so a hostile depth never reaches Python's recursion limit."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict | list):
+            d += 1
+            deepest = max(deepest, d)
+            if deepest > limit:
+                return deepest
+            stack.extend((c, d) for c in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+def parse_document(path: str | Path, what: str, *, fmt: str | None = None, max_bytes: int = MAX_TEXT_BYTES,
+                   max_depth: int = MAX_NESTING) -> Any:
+    """A JSON or TOML document (``fmt`` ``"json"`` / ``"toml"``; by default from the suffix: ``.toml`` is
+    TOML, anything else JSON) from a regular file of at most ``max_bytes``, nested at most ``max_depth`` deep.
+    JSON's ``NaN`` and ``Infinity`` are refused (not JSON). Any failure is one :class:`FileFormatError`."""
+    import tomllib
+
+    path = Path(path)
+    text = read_text_checked(path, what, max_bytes=max_bytes)
+    fmt = fmt or ("toml" if path.suffix.lower() == ".toml" else "json")
+
+    def no_constant(name: str):
+        raise ValueError(f"{name} is not JSON")
+
+    try:  # the parsers recurse: a document nested thousands deep raises RecursionError, caught here
+        value = tomllib.loads(text) if fmt == "toml" else json.loads(text, parse_constant=no_constant)
+    except (ValueError, RecursionError) as exc:  # TOMLDecodeError and JSONDecodeError are ValueErrors
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        raise FileFormatError(path, "", f"cannot be read as {what} ({msg})") from None
+    if nesting_depth(value, max_depth) > max_depth:
+        raise FileFormatError(path, "", f"nested more than {max_depth} deep: expected {what}")
+    return value
+
+
+class CsvTable(NamedTuple):
+    """A CSV file read by :func:`read_csv_checked`: its column names, its rows (column → cell) and the line each
+    row starts on (for messages)."""
+
+    columns: list[str]
+    rows: list[dict[str, str]]
+    lines: list[int]
+
+
+def read_csv_checked(path: str | Path, what: str, *, required: Sequence[str] = (), max_bytes: int = MAX_TEXT_BYTES,
+                     max_field: int = CSV_FIELD_BYTES, max_rows: int = CSV_MAX_ROWS,
+                     max_columns: int = CSV_MAX_COLUMNS, errors: str = "strict") -> CsvTable:
+    """The :class:`CsvTable` of a CSV with a header row (UTF-8, a byte-order mark and CRLF accepted): every row
+    has exactly the header's fields, no cell is longer than ``max_field``, the header names (at most
+    ``max_columns``) are distinct and include ``required``, at most ``max_rows`` rows. Any failure is one
+    :class:`FileFormatError` naming the file and the line."""
+    import csv
+    import io
+
+    path = Path(path)
+    text = read_text_checked(path, what, max_bytes=max_bytes, errors=errors)
+    reader = csv.reader(io.StringIO(text, newline=""))  # (the csv module's own cell limit is 128 KiB)
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        raise FileFormatError(path, "line 1", f"{exc}: expected {what}") from None
+    if not header:
+        raise FileFormatError(path, "", f"empty: expected {what} with a header row")
+    if len(header) > max_columns:
+        raise FileFormatError(path, "line 1", f"{len(header)} columns: more than {max_columns}")
+    if len(set(header)) != len(header):
+        dup = sorted({h for h in header if header.count(h) > 1})
+        raise FileFormatError(path, "line 1", f"column(s) {dup[:5]} appear more than once")
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise FileFormatError(path, "line 1", f"needs the columns '{','.join(required)}', has "
+                                                f"{[h[:40] for h in header[:20]]}")
+    rows, lines = [], []
+    while True:
+        line = reader.line_num + 1
+        try:
+            cells = next(reader, None)
+        except csv.Error as exc:
+            raise FileFormatError(path, f"line {reader.line_num}", str(exc)) from None
+        if cells is None:
+            break
+        if not cells:
+            continue  # a blank line
+        if len(cells) != len(header):
+            raise FileFormatError(path, f"line {reader.line_num}",
+                                  f"{len(cells)} fields where the header has {len(header)}")
+        if max(map(len, cells)) > max_field:
+            raise FileFormatError(path, f"line {reader.line_num}", f"a field longer than {max_field} characters")
+        if len(rows) == max_rows:
+            raise FileFormatError(path, f"line {reader.line_num}", f"more than {max_rows} rows")
+        rows.append(dict(zip(header, cells)))
+        lines.append(line)
+    return CsvTable(header, rows, lines)
+
+
+def read_npy_member(zf: Any, name: str, path: str | Path, *, max_bytes: int) -> np.ndarray:
+    """The array stored as member ``name`` of an open ``.npz`` (a :class:`zipfile.ZipFile`), after checking its
+    header: a plain numeric dtype (no pickled objects), a shape whose bytes equal what the member holds and are
+    at most ``max_bytes``. A header that claims 4 TiB allocates nothing; any failure is one
+    :class:`FileFormatError` naming the file and the member."""
+
+    from numpy.lib import format as npy_format
+
+    try:
+        info = zf.getinfo(name)
+        if info.file_size > max_bytes + 4096:
+            raise ValueError(f"{info.file_size} bytes: more than {max_bytes}")
+        with zf.open(info) as f:
+            version = npy_format.read_magic(f)
+            read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+            shape, fortran, dtype = read_header(f, max_header_size=10_000)
+            if dtype.hasobject or dtype.kind not in "biuf" or any(d < 0 for d in shape):
+                raise ValueError(f"dtype {dtype} shape {shape} is not a numeric array")
+            n_bytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            if n_bytes > max_bytes or n_bytes != info.file_size - f.tell():
+                raise ValueError(f"the header's shape {shape} ({n_bytes} bytes) does not match the member's "
+                                 f"{info.file_size - f.tell()} bytes")
+            data = f.read(n_bytes)
+    except FileFormatError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a hostile header makes NumPy's parser raise anything (SyntaxError, …)
+        msg = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise FileFormatError(path, name, msg) from None
+    arr = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    return arr.copy()
+
+
+def read_npz_checked(path: str | Path, what: str, *, max_bytes: int,
+                     max_members: int = 10_000) -> dict[str, np.ndarray]:
+    """Every member of an ``.npz`` read with :func:`read_npy_member`: at most ``max_members`` members and
+    ``max_bytes`` in all (from the zip directory, checked before reading any member)."""
+    import zipfile
+
+    path = Path(path)
+    regular_file(path, what)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            if len(infos) > max_members:
+                raise FileFormatError(path, "", f"{len(infos)} members: more than {max_members}")
+            if sum(i.file_size for i in infos) > max_bytes:
+                raise FileFormatError(path, "", f"members of more than {max_bytes} bytes in all: expected {what}")
+            out = {}
+            for info in infos:
+                if not info.filename.endswith(".npy"):
+                    raise FileFormatError(path, info.filename, "not an .npy member")
+                out[info.filename.removesuffix(".npy")] = read_npy_member(zf, info.filename, path,
+                                                                          max_bytes=max_bytes)
+            return out
+    except FileFormatError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - zipfile raises many types for a damaged archive (BadZipFile, EOFError, …)
+        raise FileFormatError(path, "", f"not a readable .npz file ({' '.join(str(exc).split())}): expected "
+                                        f"{what}") from None

@@ -25,7 +25,6 @@ one :class:`~training.common.files.FileFormatError` naming the file, the line an
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import html
 import io
@@ -39,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
-from training.common.files import FileFormatError, atomic_open, output_dir
+from training.common.files import FileFormatError, atomic_open, output_dir, read_csv_checked
 from training.evaluation.agreement import match_paths
 
 MAX_CSV_BYTES = 64 << 20  # predict's CSV for 5,000 photos is ~0.3 MB; this allows ~1,000,000 rows
@@ -103,50 +102,12 @@ class ReviewSummary:
 # ---- reading: predict's CSV, a person's ratings, explain's overlays -------------------------------------------
 
 def _csv_rows(path: Path, what: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """``(header, [(line, cells)])`` of a regular file of at most :data:`MAX_CSV_BYTES` (UTF-8, BOM and CRLF
-    accepted; names that are not UTF-8 kept byte for byte, as predict writes them)."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: not found ({what})") from None
-    except OSError as exc:
-        raise FileFormatError(path, "", f"cannot be read ({exc.strerror or exc})") from None
-    if not stat.S_ISREG(st.st_mode):  # a FIFO would block forever, a device could be endless
-        raise FileFormatError(path, "", f"not a regular file: expected {what}")
-    if st.st_size > MAX_CSV_BYTES:
-        raise FileFormatError(path, "", f"{st.st_size} bytes: more than the {MAX_CSV_BYTES} expected of {what}")
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_CSV_BYTES + 1)
-    except OSError as exc:
-        raise FileFormatError(path, "", f"cannot be read ({exc.strerror or exc})") from None
-    if len(data) > MAX_CSV_BYTES:
-        raise FileFormatError(path, "", f"more than the {MAX_CSV_BYTES} bytes expected of {what}")
-    text = data.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
-    reader = csv.reader(io.StringIO(text, newline=""))
-    rows: list[tuple[int, list[str]]] = []
-    header: list[str] | None = None
-    try:
-        for cells in reader:
-            if not cells:
-                continue  # a blank line
-            if max(map(len, cells)) > MAX_FIELD:
-                raise FileFormatError(path, f"line {reader.line_num}", f"a field longer than {MAX_FIELD} characters")
-            if header is None:
-                header = cells
-            else:
-                rows.append((reader.line_num, cells))
-    except csv.Error as exc:  # (the csv module's own cell limit is 128 KiB too)
-        raise FileFormatError(path, f"line {reader.line_num}", str(exc)) from None
-    if header is None:
-        raise FileFormatError(path, "", f"empty: expected {what} with a header row")
-    if len(set(header)) != len(header):
-        raise FileFormatError(path, "line 1", f"the column(s) {sorted({h for h in header if header.count(h) > 1})} "
-                                              "appear more than once")
-    for line, cells in rows:
-        if len(cells) != len(header):
-            raise FileFormatError(path, f"line {line}", f"{len(cells)} fields where the header has {len(header)}")
-    return header, rows
+    """``(header, [(line, cells)])`` of a CSV read by :func:`~training.common.files.read_csv_checked` (a regular
+    file of at most :data:`MAX_CSV_BYTES`, cells of at most :data:`MAX_FIELD`; names that are not UTF-8 kept
+    byte for byte, as predict writes them)."""
+    table = read_csv_checked(path, what, max_bytes=MAX_CSV_BYTES, max_field=MAX_FIELD, errors="surrogateescape")
+    return table.columns, [(line, [row[c] for c in table.columns]) for line, row in zip(table.lines, table.rows,
+                                                                                          strict=True)]
 
 
 def _relative_path(text: str, path: Path, where: str) -> str:

@@ -14,6 +14,7 @@ other rows show "–" there."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -113,3 +114,35 @@ def describe(config: TrainConfig) -> dict:
             if k in ("model", "finetune", "image_size", "rgb", "augment", "class_weights", "standardize",
                      "learning_rate", "lr_schedule", "epochs", "patience", "folds", "selection", "tta_flip",
                      "target_recall", "grad", *tuning, *(("refit",) if config.refit else ()))}
+
+
+def read_result_row(path: str | Path, key: str) -> dict:
+    """A row of the results table written by an earlier run of ``experiments.results_table`` (``rows/KEY.json``),
+    read back to skip its work: a JSON object of at most 100 fields whose ``_key`` is ``key`` and whose values are
+    numbers, strings (at most 10,000 characters), booleans, null, or (``settings``) an object of those, lists of
+    them and objects of them (``augment``). Anything else is one
+    :class:`~training.common.files.FileFormatError` naming the file and field."""
+    from training.common.files import FileFormatError, parse_document
+    from training.loop.config import is_real
+
+    row = parse_document(path, "a row of the results table (delete it to compute the row again)", fmt="json",
+                         max_bytes=1 << 20, max_depth=4)
+    if not isinstance(row, dict) or len(row) > 100:
+        raise FileFormatError(path, "", "expected an object of at most 100 fields (delete the file to compute the "
+                                        "row again)")
+
+    def plain(v) -> bool:
+        return v is None or isinstance(v, bool) or is_real(v) or isinstance(v, str) and len(v) <= 10_000
+
+    def setting(v) -> bool:
+        return plain(v) or isinstance(v, list) and all(map(plain, v)) or isinstance(v, dict) and all(
+            plain(x) or isinstance(x, list) and all(map(plain, x)) for x in v.values())
+
+    for field, value in row.items():
+        ok = plain(value) or field == "settings" and isinstance(value, dict) and all(map(setting, value.values()))
+        if not ok or len(field) > 100:
+            raise FileFormatError(path, field[:40], "not a value of a results-table row (delete the file to "
+                                                    "compute the row again)")
+    if row.get("_key") != key:
+        raise FileFormatError(path, "_key", f"expected {key!r}: the row of another configuration")
+    return row
