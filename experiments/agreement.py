@@ -19,16 +19,20 @@ import csv
 from pathlib import PurePosixPath
 
 from experiments.errors import add_common, mapping, run_command
-from training.common.files import output_dir
+from training.common.files import csv_value, output_dir, safe_name
 from training.common.tables import write_table
 from training.evaluation.agreement import ORDER, agreement
 
 
-def read_rows(path: str) -> list[dict]:
-    """The rows of a CSV with a ``path`` column (BOM and CRLF accepted)."""
+def read_rows(path: str, *, ours: bool = False) -> list[dict]:
+    """The rows of a CSV with a ``path`` column (BOM and CRLF accepted). ``ours``: a CSV the project wrote, whose
+    text cells are escaped against spreadsheet formulas (``training.common.files.csv_cell``): given back as the
+    original text."""
     try:
         with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
             rows = list(csv.DictReader(f))
+        if ours:
+            rows = [{_text(k): _text(v) for k, v in r.items()} for r in rows]
     except FileNotFoundError:
         raise FileNotFoundError(f"file not found: {path}") from None
     except (UnicodeError, csv.Error) as exc:
@@ -36,6 +40,10 @@ def read_rows(path: str) -> list[dict]:
     if not rows or "path" not in rows[0]:
         raise ValueError(f"{path}: needs a 'path' column and at least one row")
     return rows
+
+
+def _text(cell):
+    return csv_value(cell) if isinstance(cell, str) else cell
 
 
 def match_paths(rated: list[str], predicted: list[str], ratings_file: str) -> list[str]:
@@ -76,7 +84,7 @@ def match_paths(rated: list[str], predicted: list[str], ratings_file: str) -> li
 
 def run(args: argparse.Namespace) -> list[dict]:
     relabel = dict(args.map or [])
-    predictions = read_rows(args.predictions)
+    predictions = read_rows(args.predictions, ours=True)
     if "predicted" not in predictions[0]:
         raise ValueError(f"{args.predictions}: no 'predicted' column (is it a CSV written by experiments.predict?)")
     preds = {r["path"]: relabel.get(r["predicted"], r["predicted"]) for r in predictions}
@@ -87,6 +95,11 @@ def run(args: argparse.Namespace) -> list[dict]:
     raters = [c for c in ratings[0] if c != "path"][:2]
     if not raters:
         raise ValueError(f"{args.ratings}: no rating column besides 'path'")
+    # output file names are made from the column names: one plain, safe name each (never a path), distinct
+    stems = {name: safe_name(name, limit=60) for name in ["model", *raters]}
+    if len(set(stems.values())) < len(stems):
+        raise ValueError(f"{args.ratings}: the rating columns {raters} give the same file name once made safe "
+                         f"({sorted(stems.values())}): rename one")
     model = [preds[p] for p in match_paths([r["path"] for r in ratings], list(preds), args.ratings)]
     out = output_dir(args.out)
     order = args.order or list(ORDER)
@@ -101,7 +114,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                      "quadratic_weighted_kappa": result["quadratic_weighted_kappa"]})
         table = [{first + " \\ " + second: lab, **{lab2: result["confusion"][i][j] for j, lab2 in enumerate(order)}}
                  for i, lab in enumerate(order)]
-        write_table(table, out, f"confusion_{first}_vs_{second}", title=f"{first} (rows) vs {second} (columns)")
+        write_table(table, out, f"confusion_{stems[first]}_vs_{stems[second]}",
+                    title=f"{first} (rows) vs {second} (columns)")
     write_table(rows, out, "agreement", title="Agreement with professional ratings",
                 notes="κ = 1: perfect agreement; 0: chance level. Quadratic weights count a "
                       "Probable↔Improbable disagreement 4× a one-step one.\n")
