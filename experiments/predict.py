@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import sys
 from pathlib import Path
 
@@ -51,13 +52,18 @@ def run(args: argparse.Namespace) -> dict:
     count, index = process_count(), process_index()
     # this process's partial output: of OUT, or of its shard of OUT in a job of several processes
     partial = PartialCSV(out if count == 1 else shard_path(out, index, count), header, signature)
+    partial.check_destinations()  # a link, FIFO, device or folder at OUT or a partial file: refused before any work
+    mine = partial.out  # this process's output: OUT, or its complete shard
     if args.overwrite:
         partial.discard()
     elif partial.exists() and not args.resume:
         raise FileExistsError(f"an interrupted prediction into {out} exists ({partial.path}): pass --resume to "
                               "continue it or --overwrite to start again")
-    elif out.exists() and not args.resume:
+    elif os.path.lexists(out) and not args.resume:
         raise FileExistsError(f"{out} exists: pass --overwrite to replace it (or choose another --out)")
+    elif os.path.lexists(out) and not partial.exists() and (count == 1 or not os.path.lexists(mine)):
+        raise FileExistsError(f"{out} is complete and there is no interrupted prediction into it to resume "
+                              f"({partial.path}): --resume never replaces it; pass --overwrite to predict again")
     ignored: list[tuple[str, str]] = []
     files = image_files(root, ignored=ignored)
     out.parent.mkdir(parents=True, exist_ok=True)
