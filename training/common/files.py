@@ -155,7 +155,7 @@ def read_regular(path: str | Path, what: str, *, limit: int) -> bytes:
     file is a :class:`FileFormatError` naming it, read no further."""
     fd = open_regular(path, os.O_RDONLY, what)
     with os.fdopen(fd, "rb") as f:
-        data = f.read(limit + 1)
+        data = f.read(min(os.fstat(fd).st_size, limit) + 1)  # (read(n) allocates n bytes first)
     if len(data) > limit:
         raise FileFormatError(path, "", f"{what}: larger than {limit} bytes")
     return data

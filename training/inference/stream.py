@@ -294,8 +294,8 @@ class PartialCSV:
         fd = open_regular(self.path, os.O_RDWR, "the partial output")
         with os.fdopen(fd, "r+b") as raw:
             if os.fstat(fd).st_size < state.complete_bytes:
-                raise ValueError(f"{self.path}: shorter than its recorded {state.complete_bytes} bytes; use "
-                                 "--overwrite to start again")
+                raise FileFormatError(self.path, "", f"shorter than the {state.complete_bytes} bytes its record "
+                                      f"{self.meta.name} gives; use --overwrite to start again")
             raw.truncate(state.complete_bytes)  # rows of a chunk that was being written when the run stopped
             raw.seek(0)
             text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
