@@ -173,3 +173,17 @@ def test_export_refuses_a_link_or_fifo_at_out_before_any_work(tmp_path, capsys, 
     err = capsys.readouterr().err
     assert "model.onnx: is a" in err and err.count("\n") == 1
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_run_replaced_with_overwrite_keeps_the_folder_mode_the_umask_gives(tmp_path, umask):
+    from training.runs.folder import RunFolder
+
+    target = output_dir(tmp_path / "run")
+    (target / "old.txt").write_text("old")
+    with RunFolder(target, overwrite=True).writing({"config": {}, "data": {}}) as work:
+        write_json_atomic(work / "new.json", {})
+    assert sorted(p.name for p in target.iterdir()) == ["new.json", "run.json"]
+    assert _mode(target) == 0o755 and _mode(target / "new.json") == 0o644  # mkdtemp alone gives 0700
+    (tmp_path / "link").symlink_to(target)
+    with pytest.raises(UnsafeOutputError, match="link"):
+        RunFolder(tmp_path / "link", resume=True).check()
