@@ -413,14 +413,21 @@ def test_a_job_whose_processes_disagree_stops_before_any_work(trained, tmp_path,
 
 
 @pytest.mark.parametrize("kind", ["link-at-out", "dangling-link-at-partial", "fifo-at-record-with-resume",
-                                  "finished-out-with-resume"])
+                                  "finished-out-with-resume", "unwritable-folder", "folder-is-a-file"])
 def test_predict_refuses_a_link_fifo_or_finished_output_in_one_line(trained, tmp_path, capsys, kind):
     run, root = trained
     out = tmp_path / "p.csv"
     victim = tmp_path / "victim.csv"
     victim.write_text("theirs\n")
     extra = []
-    if kind == "link-at-out":
+    if kind == "unwritable-folder":
+        if os.geteuid() == 0:
+            pytest.skip("root writes anywhere")
+        out = tmp_path / "ro" / "p.csv"
+        out.parent.mkdir(mode=0o500)
+    elif kind == "folder-is-a-file":
+        out = victim / "p.csv"
+    elif kind == "link-at-out":
         out.symlink_to(victim)
         extra = ["--overwrite"]
     elif kind == "dangling-link-at-partial":
