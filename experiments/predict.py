@@ -12,15 +12,21 @@ Every file under DIR (recursively; hidden entries and .md/.txt/.csv/.json/.toml 
 out and counted) gets its row, byte-identical copies included. Photos are decoded by a thread
 pool a few chunks ahead of the device, each chunk sharded over all local devices, so memory
 does not grow with the folder. Rows are appended to OUT.partial as chunks finish; after an
-interruption, --resume continues where it stopped. OUT appears (renamed into place) only when
-complete; an existing OUT is replaced only with --overwrite. An unreadable photo stops the run
-naming it, or with --skip-bad is listed on stderr and counted.
+interruption, --resume continues where it stopped, after checking every row already written
+against the folder's listing (a partial file that fails is one line naming it, never merged). OUT
+appears (renamed into place) only when complete; an existing OUT is replaced only with --overwrite
+(--resume never replaces a finished one). A symbolic link, FIFO or device at OUT or its partial
+files is refused before any work. A path or label that a spreadsheet would read as a formula
+(beginning with = + - @) is written with a leading apostrophe (SECURITY.md, "the CSV rule"). An
+unreadable photo stops the run naming it, or with --skip-bad is listed on stderr and counted.
 
 As N processes (--coordinator HOST:PORT --num-processes N --process-id I, or a scheduler's
 environment; README "Scaling"): each predicts a contiguous shard of the sorted files into
 OUT.shard-I-of-N (with its own partial file and --resume), and process 0 joins the shards into
-OUT when all are complete: the same bytes as one process writes. OUT must be on a file system
-every process sees.
+OUT when all are complete, each row checked: the same bytes as one process writes. Before any
+work the processes compare a fingerprint of their plan (files, batch size, model, options): a
+job whose processes were given different flags stops with one line on each. OUT must be on a
+file system every process sees.
 """
 
 from __future__ import annotations

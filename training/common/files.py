@@ -30,13 +30,6 @@ class FileFormatError(ValueError):
         where = f"{path}: {field}: " if field else f"{path}: "
         super().__init__(where + message)
 
-    @classmethod
-    def bare(cls, text: str) -> FileFormatError:
-        """One whose message already names the file."""
-        error = cls("", "", "")
-        error.args, error.message = (text,), text
-        return error
-
 
 class UnsafeOutputError(ValueError):
     """An output the project refuses to write: a symbolic link, a FIFO or device, a folder where a file should
@@ -130,22 +123,28 @@ def open_regular(path: str | Path, flags: int, what: str) -> int:
     ``fstat``); a new file gets ``0o666`` less the umask. Anything else is :class:`UnsafeOutputError` (writing)
     or :class:`FileFormatError` (reading) naming the file."""
     writing = flags & (os.O_WRONLY | os.O_RDWR)
-    try:
-        check_destination(path)
-    except UnsafeOutputError as exc:
+
+    def refuse(problem: str) -> ValueError:
         if writing:
-            raise
-        raise FileFormatError(path, "", f"{what}: {str(exc).removeprefix(f'{path}: ')}") from None
+            return UnsafeOutputError(f"{path}: {problem}; refusing to write there")
+        return FileFormatError(path, "", f"{what}: {problem}; refusing to read it")
+
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise refuse("a symbolic link" if stat.S_ISLNK(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+                     else "not a regular file")
     try:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0), 0o666)
-    except OSError as exc:
-        if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
-            raise
-        raise (UnsafeOutputError if writing else FileFormatError.bare)(f"{path}: cannot open {what} ({exc.strerror})"
-                                                                       ) from None
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError):
+        raise
+    except OSError as exc:  # ELOOP (a link made since), ENXIO (a FIFO made since, no reader), …
+        raise refuse(f"cannot be opened ({exc.strerror})") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise (UnsafeOutputError if writing else FileFormatError.bare)(f"{path}: {what} is not a regular file")
+        raise refuse("not a regular file")
     os.set_blocking(fd, True)
     return fd
 
