@@ -17,7 +17,13 @@ file, or the complete new one.
 Several processes (:func:`predict_sharded`): each takes a contiguous shard of the sorted files, in
 whole chunks, and streams it into its own ``OUT.shard-I-of-N`` (with its own partial file, so a
 killed process resumes its shard only); process 0 joins the shards into ``OUT`` when all are
-complete. The chunks are those of a one-process run, so the CSV is byte-identical to one."""
+complete. The chunks are those of a one-process run, so the CSV is byte-identical to one.
+
+What is read back is verified, not trusted: the partial record and the shard reports are parsed once into typed
+records (:class:`ResumeState`, :func:`read_shard_report`), every row is checked against the :class:`Plan` (the
+folder's listing and the classes: :class:`RowChecker`) before it is kept or joined, and the processes of a job
+agree on a fingerprint of the plan before any work (:func:`agree_on_plan`). Every file is opened as a regular file
+only, never through a symbolic link and never blocking on a FIFO (``training.common.files.open_regular``)."""
 
 from __future__ import annotations
 
