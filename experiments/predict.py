@@ -41,7 +41,7 @@ from experiments.errors import DISTRIBUTED, add_common, positive_int, run_comman
 from training.data.images import Preprocess, image_files
 from training.evaluation.decision import decide
 from training.inference.engine import probs_function
-from training.inference.stream import Classifier, PartialCSV, StreamOptions, csv_header, predict_sharded, shard_path
+from training.inference.stream import Classifier, PartialCSV, StreamOptions, predict_sharded, shard_path
 from training.loop.distributed import process_count, process_index
 from training.runs.saved import load_trained, run_config
 
@@ -49,19 +49,14 @@ from training.runs.saved import load_trained, run_config
 def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     root = Path(args.images)
-    model, params, config, class_names = load_trained(args.checkpoint)
-    ckpt_dir, saved = run_config(args.checkpoint)
-    op = saved.get("operating_point")
-    header = csv_header(class_names)
-    signature = {"checkpoint": str(Path(args.checkpoint).resolve()), "images": str(root.resolve()),
-                 "checkpoint_config_sha256": hashlib.sha256((ckpt_dir / "config.json").read_bytes()).hexdigest()}
     count, index = process_count(), process_index()
-    # this process's partial output: of OUT, or of its shard of OUT in a job of several processes
-    partial = PartialCSV(out if count == 1 else shard_path(out, index, count), header, signature)
+    # this process's partial output: of OUT, or of its shard of OUT in a job of several processes (only its paths
+    # are used here; predict_folder writes it)
+    partial = PartialCSV(out if count == 1 else shard_path(out, index, count), [], {})
     partial.check_destinations()  # a link, FIFO, device or folder at OUT or a partial file: refused before any work
     mine = partial.out  # this process's output: OUT, or its complete shard
     if args.overwrite:
-        partial.discard()
+        pass  # discarded once the run is loaded
     elif partial.exists() and not args.resume:
         raise FileExistsError(f"an interrupted prediction into {out} exists ({partial.path}): pass --resume to "
                               "continue it or --overwrite to start again")
@@ -70,6 +65,13 @@ def run(args: argparse.Namespace) -> dict:
     elif os.path.lexists(out) and not partial.exists() and (count == 1 or not os.path.lexists(mine)):
         raise FileExistsError(f"{out} is complete and there is no interrupted prediction into it to resume "
                               f"({partial.path}): --resume never replaces it; pass --overwrite to predict again")
+    model, params, config, class_names = load_trained(args.checkpoint)
+    ckpt_dir, saved = run_config(args.checkpoint)
+    op = saved.get("operating_point")
+    signature = {"checkpoint": str(Path(args.checkpoint).resolve()), "images": str(root.resolve()),
+                 "checkpoint_config_sha256": hashlib.sha256((ckpt_dir / "config.json").read_bytes()).hexdigest()}
+    if args.overwrite:
+        partial.discard()
     ignored: list[tuple[str, str]] = []
     files = image_files(root, ignored=ignored)
     out.parent.mkdir(parents=True, exist_ok=True)
