@@ -24,15 +24,11 @@ from training.common.tables import write_table
 from training.evaluation.agreement import ORDER, agreement
 
 
-def read_rows(path: str, *, ours: bool = False) -> list[dict]:
-    """The rows of a CSV with a ``path`` column (BOM and CRLF accepted). ``ours``: a CSV the project wrote, whose
-    text cells are escaped against spreadsheet formulas (``training.common.files.csv_cell``): given back as the
-    original text."""
+def read_rows(path: str) -> list[dict]:
+    """The rows of a CSV with a ``path`` column (BOM and CRLF accepted)."""
     try:
         with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
             rows = list(csv.DictReader(f))
-        if ours:
-            rows = [{_text(k): _text(v) for k, v in r.items()} for r in rows]
     except FileNotFoundError:
         raise FileNotFoundError(f"file not found: {path}") from None
     except (UnicodeError, csv.Error) as exc:
@@ -40,10 +36,6 @@ def read_rows(path: str, *, ours: bool = False) -> list[dict]:
     if not rows or "path" not in rows[0]:
         raise ValueError(f"{path}: needs a 'path' column and at least one row")
     return rows
-
-
-def _text(cell):
-    return csv_value(cell) if isinstance(cell, str) else cell
 
 
 def match_paths(rated: list[str], predicted: list[str], ratings_file: str) -> list[str]:
@@ -82,9 +74,18 @@ def match_paths(rated: list[str], predicted: list[str], ratings_file: str) -> li
     return matched
 
 
+def written_text(rows: list[dict]) -> list[dict]:
+    """Rows of a CSV the project wrote (predict's) with their text as it was before the CSV rule escaped it
+    (``training.common.files.csv_value``: a name written ``'=x.jpg`` is ``=x.jpg`` again)."""
+    def text(cell):
+        return csv_value(cell) if isinstance(cell, str) else cell
+
+    return [{text(k): text(v) for k, v in row.items()} for row in rows]
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     relabel = dict(args.map or [])
-    predictions = read_rows(args.predictions, ours=True)
+    predictions = written_text(read_rows(args.predictions))
     if "predicted" not in predictions[0]:
         raise ValueError(f"{args.predictions}: no 'predicted' column (is it a CSV written by experiments.predict?)")
     preds = {r["path"]: relabel.get(r["predicted"], r["predicted"]) for r in predictions}
