@@ -132,7 +132,7 @@ def test_agreement_reads_back_escaped_names_and_keeps_a_hostile_rater_column_ins
         "confusion_model_vs__.._.._victim.csv")}
 
 
-@pytest.mark.parametrize("kind", ["symlink", "fifo", "unwritable"])
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "unwritable", "out-is-a-file"])
 def test_agreement_refuses_a_link_fifo_or_unwritable_output_in_one_line(tmp_path, capsys, kind):
     from experiments import agreement
 
@@ -146,24 +146,29 @@ def test_agreement_refuses_a_link_fifo_or_unwritable_output_in_one_line(tmp_path
         (out / "agreement.csv").symlink_to(victim)
     elif kind == "fifo":
         os.mkfifo(out / "agreement.md")
+    elif kind == "out-is-a-file":
+        out = victim
     else:
         out.chmod(0o500)
     try:
         with pytest.raises(SystemExit):
             agreement.main(["--predictions", str(preds), "--ratings", str(ratings), "--out", str(out)])
     finally:
-        out.chmod(0o700)
+        (tmp_path / "out").chmod(0o700)
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert victim.read_text() == "theirs"
 
 
-@pytest.mark.parametrize("kind", ["symlink", "dangling-symlink", "fifo"])
+@pytest.mark.parametrize("kind", ["symlink", "dangling-symlink", "fifo", "folder-is-a-file"])
 def test_export_refuses_a_link_or_fifo_at_out_before_any_work(tmp_path, capsys, kind):
     from experiments import export
 
     out = tmp_path / "model.onnx"
-    if kind == "fifo":
+    if kind == "folder-is-a-file":
+        (tmp_path / "file").write_text("")
+        out = tmp_path / "file" / "model.onnx"
+    elif kind == "fifo":
         os.mkfifo(out)
     else:
         out.symlink_to(tmp_path / ("victim" if kind == "symlink" else "nowhere"))
@@ -171,7 +176,7 @@ def test_export_refuses_a_link_or_fifo_at_out_before_any_work(tmp_path, capsys, 
     with pytest.raises(SystemExit):
         export.main(["--checkpoint", str(tmp_path / "no-run"), "--out", str(out), "--overwrite"])
     err = capsys.readouterr().err
-    assert "model.onnx: is a" in err and err.count("\n") == 1
+    assert "model.onnx" in err and err.startswith("error: ") and err.count("\n") == 1
     assert not (tmp_path / "nowhere").exists()
 
 
