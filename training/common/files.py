@@ -107,7 +107,8 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
     output_dir(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:100]}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~umask())
+        if hasattr(os, "fchmod"):  # (POSIX; mkstemp made it 0600)
+            os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
         check_destination(path)
