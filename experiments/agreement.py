@@ -19,15 +19,17 @@ import argparse
 import collections
 
 from experiments.errors import add_common, mapping, run_command
-from training.common.files import FileFormatError, output_dir, read_csv_checked
+from training.common.files import FileFormatError, output_dir, read_csv_checked, safe_name
 from training.common.tables import write_table
 from training.evaluation.agreement import ORDER, agreement, match_paths
 
 
-def read_rows(path: str) -> list[dict]:
+def read_rows(path: str, *, written: bool = False) -> list[dict]:
     """The rows of a CSV with a ``path`` column (BOM and CRLF accepted): every row with the header's fields, no
-    field over 128 KiB (:func:`~training.common.files.read_csv_checked`); anything else is one line."""
-    rows = read_csv_checked(path, "a CSV with a 'path' column", required=("path",), errors="surrogateescape").rows
+    field over 128 KiB (:func:`~training.common.files.read_csv_checked`; ``written``: predict's CSV, read back
+    through the CSV rule); anything else is one line."""
+    rows = read_csv_checked(path, "a CSV with a 'path' column", required=("path",), errors="surrogateescape",
+                            written=written).rows
     if not rows:
         raise FileFormatError(path, "", "needs a 'path' column and at least one row")
     return rows
@@ -35,7 +37,7 @@ def read_rows(path: str) -> list[dict]:
 
 def run(args: argparse.Namespace) -> list[dict]:
     relabel = dict(args.map or [])
-    predictions = read_rows(args.predictions)
+    predictions = read_rows(args.predictions, written=True)
     if "predicted" not in predictions[0]:
         raise ValueError(f"{args.predictions}: no 'predicted' column (is it a CSV written by experiments.predict?)")
     preds = {r["path"]: relabel.get(r["predicted"], r["predicted"]) for r in predictions}
@@ -46,6 +48,11 @@ def run(args: argparse.Namespace) -> list[dict]:
     raters = [c for c in ratings[0] if c != "path"][:2]
     if not raters:
         raise ValueError(f"{args.ratings}: no rating column besides 'path'")
+    # output file names are made from the column names: one plain, safe name each (never a path), distinct
+    stems = {name: safe_name(name, limit=60) for name in ["model", *raters]}
+    if len(set(stems.values())) < len(stems):
+        raise ValueError(f"{args.ratings}: the rating columns {raters} give the same file name once made safe "
+                         f"({sorted(stems.values())}): rename one")
     model = [preds[p] for p in match_paths([r["path"] for r in ratings], list(preds), args.ratings)]
     out = output_dir(args.out)
     order = args.order or list(ORDER)
@@ -62,7 +69,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                      "mean_absolute_level_error": result["mean_absolute_level_error"]})
         table = [{first + " \\ " + second: lab, **{lab2: result["confusion"][i][j] for j, lab2 in enumerate(order)}}
                  for i, lab in enumerate(order)]
-        write_table(table, out, f"confusion_{first}_vs_{second}", title=f"{first} (rows) vs {second} (columns)")
+        write_table(table, out, f"confusion_{stems[first]}_vs_{stems[second]}",
+                    title=f"{first} (rows) vs {second} (columns)")
     write_table(rows, out, "agreement", title="Agreement with professional ratings",
                 notes="κ = 1: perfect agreement; 0: chance level. Weighted κ counts a Probable↔Improbable "
                       "disagreement 2× (linear) or 4× (quadratic) a one-step one. Mean absolute level error: "

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from experiments.errors import DISTRIBUTED, add_common, run_command
-from training.common.files import atomic_open
+from training.common.files import atomic_open, check_destination
 from training.runs.saved import load_trained, read_saved_run
 
 
@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> dict:
     if process_index() != 0:  # one small file: process 0 writes it, the others have nothing to do
         return {"out": None, "classes": None}
     out = Path(args.out)
+    check_destination(out)  # a link, FIFO or folder at --out: refused before any work
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists: pass --overwrite to replace it (or choose another --out)")
     try:

@@ -76,9 +76,10 @@ REGISTRY: dict[str, str] = {
     "training/evaluation/review.py::_csv_rows": "review's CSVs: tests/test_review.py (hostile CSV cases, FIFO)",
     "training/evaluation/review.py::make_thumbnail": "photos: tests/test_review.py (missing and broken photos)",
     # predict's partial and shard files (helper io-writer's; tests/test_predict.py)
-    "training/inference/stream.py::PartialCSV.resume": "partial files: tests/test_predict.py",
-    "training/inference/stream.py::predict_sharded": "shard files: tests/test_predict.py",
+    "training/inference/stream.py::_json_object": "partial record and shard reports: tests/test_predict.py",
+    "training/inference/stream.py::RowChecker.rows": "partial and shard rows: tests/test_predict.py (hostile, fuzz)",
     # not file readers
+    "training/common/files.py::umask": "not a user file: the process's /proc/self/status",
     "training/runs/folder.py::_plain": "not a file: json.loads(json.dumps(value)) normalises a value",
     "training/runs/folder.py::RunFolder.writing": "not a file: calls the method RunFolder.open",
     "experiments/agreement.py::run": "prints the report this command just wrote",

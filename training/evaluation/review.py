@@ -101,11 +101,12 @@ class ReviewSummary:
 
 # ---- reading: predict's CSV, a person's ratings, explain's overlays -------------------------------------------
 
-def _csv_rows(path: Path, what: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
+def _csv_rows(path: Path, what: str, *, written: bool = True) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """``(header, [(line, cells)])`` of a CSV read by :func:`~training.common.files.read_csv_checked` (a regular
     file of at most :data:`MAX_CSV_BYTES`, cells of at most :data:`MAX_FIELD`; names that are not UTF-8 kept
-    byte for byte, as predict writes them)."""
-    table = read_csv_checked(path, what, max_bytes=MAX_CSV_BYTES, max_field=MAX_FIELD, errors="surrogateescape")
+    byte for byte, as predict writes them; ``written``: a CSV the project wrote, read back through its CSV rule)."""
+    table = read_csv_checked(path, what, max_bytes=MAX_CSV_BYTES, max_field=MAX_FIELD, errors="surrogateescape",
+                             written=written)
     return table.columns, [(line, [row[c] for c in table.columns]) for line, row in zip(table.lines, table.rows,
                                                                                           strict=True)]
 
@@ -175,7 +176,7 @@ def read_ratings(path: str | Path, predicted: Sequence[str], *,
     (:func:`training.evaluation.agreement.match_paths`); an empty rating is no rating; ``unmatched`` counts
     the rated photos with no prediction."""
     path = Path(path)
-    header, rows = _csv_rows(path, "a ratings CSV (path and rating columns)")
+    header, rows = _csv_rows(path, "a ratings CSV (path and rating columns)", written=False)
     if "path" not in header:
         raise FileFormatError(path, "line 1", f"needs a 'path' column (has {header[:12]})")
     raters = [c for c in header if c != "path"]

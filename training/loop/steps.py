@@ -23,7 +23,7 @@ from flax.training import train_state
 from models.common import jit_run_once
 from models.model1 import Model1
 from models.transfer import TransferClassifier
-from training.common.files import write_json_atomic
+from training.common.files import output_dir, write_json_atomic
 from training.common.layout import RunLayout
 from training.common.tables import write_table
 from training.data.augment import Augment, augment_batch
@@ -341,8 +341,7 @@ def fit(
     """
     from tqdm.auto import tqdm
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out)
     dp = dp or DataParallel()
     n_classes = len(class_names)
     normalization = head[1] if head is not None else input_normalization(config, x_train)

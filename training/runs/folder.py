@@ -10,7 +10,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from training.common.files import FileFormatError, parse_document, write_json_atomic
+from training.common.files import (
+    FileFormatError,
+    check_destination,
+    output_dir,
+    parse_document,
+    umask,
+    write_json_atomic,
+)
 from training.common.layout import RunLayout
 
 log = logging.getLogger(__name__)  # shown by the commands (experiments.errors); silent in library use
@@ -112,6 +119,7 @@ class RunFolder:
     def check(self) -> None:
         """Refuse before any work when the target holds something that would be mixed or lost."""
         t = self.target
+        check_destination(t, folder=True)  # a link in place of the folder is refused, not followed
         if t.exists() and not t.is_dir():
             raise FileExistsError(f"{t} exists and is not a folder: choose another --out")
         if self.overwrite or not t.is_dir() or not any(t.iterdir()):
@@ -153,10 +161,11 @@ class RunFolder:
             for stale in t.parent.glob(f".{t.name}.new-*"):  # left by a killed --overwrite
                 shutil.rmtree(stale, ignore_errors=True)
             self.work = Path(tempfile.mkdtemp(dir=t.parent, prefix=f".{t.name}.new-"))
+            self.work.chmod(0o777 & ~umask())  # (mkdtemp makes it 0700) the mode mkdir gives, as the run it replaces
         else:
             if self.resume:
                 log.info(f"nothing to resume in {t}: starting a new run")
-            t.mkdir(parents=True, exist_ok=True)
+            output_dir(t)
         write_json_atomic(self.work / RUN_FILE, {"status": "running", **record})
         return self.work
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from training.common.tables import pyplot, write_table
+from training.common.tables import pyplot, save_figure, write_table
 from training.evaluation.metrics import beats_baseline
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ def plot_history(history: Sequence[dict], path: Path) -> None:
     ax2.set_ylim(0, 1)
     ax2.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -61,7 +61,7 @@ def plot_head_selection(curves, history: Sequence[dict], path: Path) -> None:
     ax.set_ylim(top=min(float(np.max(curves)), 3 * float(np.min(curves)) + 0.5))
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -73,7 +73,7 @@ def plot_confusion(matrix, class_names: Sequence[str], path: Path, title: str = 
     ConfusionMatrixDisplay(np.asarray(matrix), display_labels=list(class_names)).plot(ax=ax, colorbar=False)
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
