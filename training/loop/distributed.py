@@ -253,7 +253,8 @@ def join(job: Job | None) -> None:
     timer.start()
     try:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # used by CPU devices only
-        jax.config.update("jax_enable_recoverability", True)  # a lost process: no abort from C++ (_Watch)
+        with contextlib.suppress(AttributeError, KeyError):  # JAX < 0.7 has no recoverable mode
+            jax.config.update("jax_enable_recoverability", True)  # a lost process: no abort from C++ (_Watch)
         seconds = max(int(job.timeout_s), 1)
         jax.distributed.initialize(
             coordinator_address=job.coordinator, num_processes=job.num_processes, process_id=job.process_id,
@@ -415,10 +416,25 @@ def shard(n: int, *, block: int = 1, index: int | None = None, count: int | None
     return slice(min(first * block, n), min(last * block, n))
 
 
+@contextlib.contextmanager
+def _collective(what: str) -> Iterator[None]:
+    """A collective between the job's processes: when a process of the job is gone (its connection closed),
+    one ``ValueError`` saying so instead of the transport's message; other errors unchanged."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 (only a peer's closed connection is rewritten)
+        text = " ".join(str(exc).split())
+        if "Connection closed by peer" not in text and "Connection reset by peer" not in text:
+            raise
+        raise ValueError(f"a process of the job stopped during {what} (its connection closed); the job "
+                         "cannot go on, so this process stops too") from None
+
+
 def barrier(name: str) -> None:
     """Wait until every process of the job reaches ``barrier(name)`` (nothing for one process)."""
     if process_count() > 1:
-        multihost_utils.sync_global_devices(name)
+        with _collective(f"the barrier {name!r}"):
+            multihost_utils.sync_global_devices(name)
 
 
 def gather_rows(local: np.ndarray) -> np.ndarray:
@@ -426,10 +442,11 @@ def gather_rows(local: np.ndarray) -> np.ndarray:
     concatenated in process order, in every process. One process: ``local`` itself."""
     if process_count() == 1:
         return local
-    counts = np.asarray(multihost_utils.process_allgather(np.array([len(local)], np.int64))).reshape(-1)
-    padded = np.zeros((int(counts.max()), *local.shape[1:]), local.dtype)
-    padded[: len(local)] = local
-    every = np.asarray(multihost_utils.process_allgather(padded))
+    with _collective("a gather of rows"):
+        counts = np.asarray(multihost_utils.process_allgather(np.array([len(local)], np.int64))).reshape(-1)
+        padded = np.zeros((int(counts.max()), *local.shape[1:]), local.dtype)
+        padded[: len(local)] = local
+        every = np.asarray(multihost_utils.process_allgather(padded))
     return np.concatenate([every[k, : int(c)] for k, c in enumerate(counts)])
 
 
@@ -437,7 +454,8 @@ def any_process(flags: np.ndarray) -> np.ndarray:
     """Elementwise OR of a boolean vector over every process (the same length in each)."""
     if process_count() == 1:
         return flags
-    every = np.asarray(multihost_utils.process_allgather(flags.astype(np.int32)))
+    with _collective("a gather of flags"):
+        every = np.asarray(multihost_utils.process_allgather(flags.astype(np.int32)))
     return every.reshape(process_count(), -1).any(axis=0)
 
 
@@ -445,14 +463,16 @@ def from_process_0(flag: bool) -> bool:
     """Process 0's ``flag`` in every process (for choices that must be the same everywhere)."""
     if process_count() == 1:
         return flag
-    return bool(multihost_utils.broadcast_one_to_all(np.array(flag, np.int32)))
+    with _collective("a broadcast from process 0"):
+        return bool(multihost_utils.broadcast_one_to_all(np.array(flag, np.int32)))
 
 
 def to_host(a) -> np.ndarray:
     """A JAX array as NumPy, whole: gathered from every process when it spans devices of other processes."""
     if getattr(a, "is_fully_addressable", True):
         return np.asarray(a)
-    return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+    with _collective("a gather of an array"):
+        return np.asarray(multihost_utils.process_allgather(a, tiled=True))
 
 
 @contextlib.contextmanager
