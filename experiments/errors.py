@@ -149,12 +149,13 @@ COMMON_HELP = {
     "engine": "what runs the frozen network forward (predict's probabilities, the backbone's features): jax, or "
               "onnxruntime on this project's ONNX graph (the 'deploy' extra); auto (default): onnxruntime on CPU "
               "when installed and the model has an ONNX form (1.5–1.8× faster there), else jax. Both agree to 1e-4",
-    "coordinator": "join a job of several processes: HOST:PORT of process 0 (with --num-processes and "
-                   "--process-id; or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID, or SLURM)",
-    "num-processes": "the number of processes in the job",
+    "coordinator": "join a job of several processes: HOST:PORT of process 0, [IPv6]:PORT for IPv6 (with "
+                   "--num-processes and --process-id; or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
+                   "JAX_PROCESS_ID, or Slurm's srun, or Open MPI's mpirun)",
+    "num-processes": "the number of processes in the job (at most 65536)",
     "process-id": "this process's index in the job, 0 … N−1 (0 writes the outputs)",
     "join-timeout": "seconds to wait for every process to join (and to notice one that died) before "
-                    "stopping with an error (default 120)",
+                    "stopping with an error (default 120, at most 86400)",
 }
 
 DISTRIBUTED = ("coordinator", "num-processes", "process-id", "join-timeout")
