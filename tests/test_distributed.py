@@ -346,28 +346,34 @@ from experiments.errors import add_common, run_command
 import argparse
 p = argparse.ArgumentParser()
 add_common(p, "coordinator", "num-processes", "process-id", "join-timeout")
+p.add_argument("--victim", type=int)
 def run(args):
     from training.loop.distributed import process_index
-    if process_index() == 1:
+    if process_index() == args.victim:
         os.kill(os.getpid(), 9)
-    time.sleep(120)  # process 0: stands for work that would wait on process 1 for ever
+    time.sleep(120)  # the survivor: stands for work that would wait on the victim for ever
 run_command(p, run, sys.argv[1:])
 """
 
 
-def test_a_peer_that_dies_ends_the_job_with_one_line_not_an_abort():
-    """Process 1 of 2 is killed once joined; process 0 (which JAX would abort from C++, SIGABRT and a stack
-    trace) ends with one line and exit 1 within --join-timeout (2 s) plus its polling."""
+@pytest.mark.parametrize("victim", [1, 0], ids=["process-1-killed", "process-0-killed"])
+def test_a_peer_that_dies_ends_the_job_with_one_line_not_an_abort(victim):
+    """One process of 2 is killed once joined. JAX would abort the other from C++ (SIGABRT and a stack
+    trace: process 0 when it misses process 1's heartbeats, process 1 at once when process 0's coordinator
+    goes). Here the survivor ends with one line and exit 1, within --join-timeout (2 s) plus its polling;
+    process 0's coordinator, in its helper process, is gone soon after."""
     port, procs = _free_port(), []
     for i in range(2):
         procs.append(subprocess.Popen([sys.executable, "-c", _PEER, "--coordinator", f"127.0.0.1:{port}",  # noqa: S603 (this interpreter and the test's code; no shell)
-                                       "--num-processes", "2", "--process-id", str(i), "--join-timeout", "2"],
+                                       "--num-processes", "2", "--process-id", str(i), "--join-timeout", "2",
+                                       "--victim", str(victim)],
                                       cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    (rc0, _, err0), (rc1, _, _) = _wait(procs, timeout=60)
-    assert rc1 == -signal.SIGKILL and rc0 == 1, err0[-2000:]
-    assert [line for line in err0.splitlines() if line.startswith(("error", "F", "E", "*", "Traceback"))] == [
-        "error: process 1 of the job stopped answering for 2 s (killed, out of memory, or its machine is down?); "
-        "the job cannot go on, so this process stops too"]
+    results = _wait(procs, timeout=60)
+    (rc, _, err), (rc_victim, _, _) = results[1 - victim], results[victim]
+    assert rc_victim == -signal.SIGKILL and rc == 1, err[-2000:]
+    assert [line for line in err.splitlines() if line.startswith(("error", "F", "E", "*", "Traceback"))] == [
+        f"error: process {victim} of the job stopped answering for 2 s (killed, out of memory, or its machine is "
+        "down?); the job cannot go on, so this process stops too"]
 
 
 def test_the_gpu_check_script_starts_on_a_cpu(tmp_path):

@@ -18,12 +18,13 @@ and JAX's own collectives (gloo on CPU, NCCL or ICI on accelerators) carry the d
 
 - a bounded wait: a process that cannot join within ``timeout_s`` seconds (coordinator unreachable, a peer
   never started) prints one line and exits 1, instead of JAX's abort with a C++ stack trace after 5 minutes;
-- a watch over the joined job (:class:`_Watch`): JAX's default reaction to a lost process is to abort
-  every other one from C++ (SIGABRT and a stack trace), which Python cannot catch. So the job runs in JAX's
-  *recoverable* mode, where the runtime keeps going, and process 0 checks the live processes every second:
-  when one stopped (its heartbeats missed for ``timeout_s``, or it failed and said so), it tells the
-  others through the job's key-value store, and every process ends with one ``error:`` line and exit 1.
-  Process 0, which hosts the coordinator, leaves last. At the end, :func:`finish` is the exit barrier.
+- a watch over the joined job (:class:`_Watch`). JAX's default reaction to a lost process is to abort every
+  other one from C++ (SIGABRT and a stack trace), which Python cannot catch, and its handler cannot be
+  replaced from Python (jaxlib 0.10: ``std::bad_cast``). So the job runs in JAX's *recoverable* mode, where
+  the runtime keeps going, process 0 runs the coordinator in a helper process that outlives it
+  (:class:`_ServiceInAHelper`), and the processes keep their own heartbeats in the job's key-value store.
+  When one stops (silent for ``timeout_s``, or failed and said so), every other process ends with one
+  ``error:`` line and exit 1. At the end, :func:`finish` is the exit barrier.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import math
 import os
 import re
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -251,10 +253,15 @@ def join(job: Job | None) -> None:
     timer = threading.Timer(job.timeout_s, give_up)
     timer.daemon = True
     timer.start()
+    from jax._src import distributed as runtime  # JAX's own state of the job
+
+    lib = getattr(runtime, "_jax", None)
     try:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # used by CPU devices only
         with contextlib.suppress(AttributeError, KeyError):  # JAX < 0.7 has no recoverable mode
             jax.config.update("jax_enable_recoverability", True)  # a lost process: no abort from C++ (_Watch)
+        if lib is not None and hasattr(lib, "get_distributed_runtime_service"):
+            runtime._jax = _ServiceInAHelper(lib, job)  # process 0 starts the coordinator in a helper process
         seconds = max(int(job.timeout_s), 1)
         jax.distributed.initialize(
             coordinator_address=job.coordinator, num_processes=job.num_processes, process_id=job.process_id,
@@ -263,9 +270,69 @@ def join(job: Job | None) -> None:
             heartbeat_timeout_seconds=max(seconds, 10), shutdown_timeout_seconds=60)
     finally:
         timer.cancel()
-    client = getattr(getattr(jax._src.distributed, "global_state", None), "client", None)  # noqa: SLF001
+        if lib is not None:
+            runtime._jax = lib
+    client = getattr(getattr(runtime, "global_state", None), "client", None)
     if client is not None:
         _Watch.start_for(job, client)
+
+
+_SERVICE = """
+import os, sys, time
+from jaxlib import _jax  # jaxlib alone: 0.3 s, not the 3 s of all of jax
+address, n, heartbeat, linger = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+service = _jax.get_distributed_runtime_service(address, n, heartbeat_timeout=heartbeat, shutdown_timeout=60,
+                                               recoverable=True)
+print("listening", flush=True)
+if sys.stdin.readline().strip() == "done":  # process 0's normal exit: the others are leaving too
+    time.sleep(2)
+    service.shutdown()
+else:  # end of file: process 0 is gone
+    time.sleep(linger)  # the others learn it (process 0's heartbeat stops) and leave with their line
+os._exit(0)
+"""
+
+
+class _ServiceInAHelper:
+    """jaxlib as ``jax.distributed.initialize`` sees it while process 0 joins, except that the coordinator
+    service runs in a helper process (:data:`_SERVICE`), not in process 0 itself.
+
+    JAX's client aborts its process from C++ (SIGABRT, a stack trace) the moment the service it talks to
+    disappears, and that handler cannot be replaced from Python. In a helper, the service outlives a
+    process 0 that is killed: the helper reads its standard input until process 0 writes ``done`` (JAX's
+    own shutdown at a normal exit) or is gone; then it stays ``timeout_s`` + a few seconds more, long
+    enough for the other processes to notice that process 0 stopped and to leave with one line.
+    """
+
+    def __init__(self, lib, job: Job) -> None:
+        self._lib, self._job = lib, job
+
+    def __getattr__(self, name: str):
+        return getattr(self._lib, name)
+
+    def get_distributed_runtime_service(self, address: str, num_nodes: int, *, heartbeat_timeout: int = 100,
+                                        **_) -> _HelperService:
+        linger = self._job.timeout_s + 5 * _Watch.interval_for(self._job) + 5
+        isolated = ["-P"] if sys.version_info >= (3, 11) else []  # not the current folder's modules
+        process = subprocess.Popen(  # noqa: S603 (this interpreter and the module's own code; no shell)
+            [sys.executable, *isolated, "-c", _SERVICE, address, str(num_nodes), str(heartbeat_timeout),
+             f"{linger:.3f}"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            text=True, start_new_session=True)  # not stopped with process 0 by Ctrl-C: it lingers on its own
+        process.stdout.readline()  # "listening" (or nothing: the clients cannot join, and say so in time)
+        return _HelperService(process)
+
+
+class _HelperService:
+    """The coordinator service in its helper process, as JAX holds it."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        self.process = process
+
+    def shutdown(self) -> None:
+        """Process 0's normal end: the helper stops the service 2 s later, once the others have left too."""
+        with contextlib.suppress(OSError, ValueError):
+            self.process.stdin.write("done\n")
+            self.process.stdin.close()
 
 
 class _Watch(threading.Thread):
@@ -287,10 +354,15 @@ class _Watch(threading.Thread):
     def __init__(self, job: Job, client) -> None:
         super().__init__(name="job-watch", daemon=True)
         self.job, self.client = job, client
-        # process 0 reads every alive/ key each round: slower rounds for large jobs, within the timeout
-        self.interval_s = max(0.25, min(job.timeout_s / 4, max(1.0, job.num_processes / 2000)))
+        self.interval_s = self.interval_for(job)
         self.linger_s = min(job.timeout_s, 10.0) + 3 * self.interval_s
         self.quiet = threading.Event()  # this process is finishing or failing by itself: say nothing
+
+    @staticmethod
+    def interval_for(job: Job) -> float:
+        """Seconds between rounds: process 0 reads every ``alive/`` key each round, so larger jobs take
+        slower rounds, within a quarter of the timeout."""
+        return max(0.25, min(job.timeout_s / 4, max(1.0, job.num_processes / 2000)))
 
     @classmethod
     def start_for(cls, job: Job, client) -> None:
@@ -305,7 +377,7 @@ class _Watch(threading.Thread):
                 self.client.key_value_set(f"{self.PREFIX}alive/{me}", str(beat), allow_overwrite=True)
                 failed = [int(k.rpartition("/")[2]) for k, _ in
                           self.client.key_value_dir_get(self.PREFIX + "failed/")]
-                lost = self._lost(seen) if me == 0 else []
+                lost = self._lost(seen)
             except Exception:  # noqa: BLE001 (the coordinator is gone: any error of the RPC says so)
                 if me != 0 and not self.quiet.is_set():
                     self._stop("lost the job's coordinator (process 0 stopped, or the network failed); "
@@ -324,19 +396,32 @@ class _Watch(threading.Thread):
                            "process stops too")
 
     def _lost(self, seen: dict[int, tuple[str, float]]) -> list[int]:
-        """Process 0: the processes whose ``alive/`` counter has not moved for ``timeout_s`` (from the first
-        round on: one that never wrote it counts from the start of the watch)."""
-        now = time.monotonic()
-        beats = dict(self.client.key_value_dir_get(self.PREFIX + "alive/"))
-        done = {k.rpartition("/")[2] for k, _ in self.client.key_value_dir_get(self.PREFIX + "done/")}
+        """The processes whose ``alive/`` counter has not moved for ``timeout_s`` and that have not finished:
+        process 0 watches every other one, the others watch process 0 (from the start of the watch on: one
+        that never wrote its counter counts from there)."""
+        now, me = time.monotonic(), self.job.process_id
+        if me == 0:
+            beats = dict(self.client.key_value_dir_get(self.PREFIX + "alive/"))
+            watched = range(1, self.job.num_processes)
+        else:
+            try:
+                beats = {f"{self.PREFIX}alive/0": self.client.key_value_try_get(f"{self.PREFIX}alive/0")}
+            except Exception as exc:  # noqa: BLE001 (not written yet: NOT_FOUND; anything else is the caller's)
+                if "NOT_FOUND" not in str(exc):
+                    raise
+                beats = {}
+            watched = [0]
         lost = []
-        for k in range(1, self.job.num_processes):
+        for k in watched:
             value = beats.get(f"{self.PREFIX}alive/{k}", "")
             last, since = seen.get(k, (None, now))
             if value != last:
                 seen[k] = (value, now)
-            elif now - since > self.job.timeout_s and str(k) not in done:
+            elif now - since > self.job.timeout_s:
                 lost.append(k)
+        if lost:  # a process that finished (the exit barrier) is not lost
+            done = {int(k.rpartition("/")[2]) for k, _ in self.client.key_value_dir_get(self.PREFIX + "done/")}
+            lost = [k for k in lost if k not in done]
         return lost
 
     def _stop(self, message: str) -> None:
