@@ -445,9 +445,13 @@ class _Watch(threading.Thread):
                         {k for k, _ in self.client.key_value_dir_get(self.PREFIX + "failed/")}
                     gone = {int(k.rpartition("/")[2]) for k in gone}
                     if gone >= set(range(1, self.job.num_processes)):
-                        time.sleep(min(1.0, self.interval_s))  # their last RPC answered before the service goes
                         break
                     time.sleep(0.1)
+                from jax._src import distributed as runtime
+
+                service = getattr(getattr(runtime, "global_state", None), "service", None)
+                if isinstance(service, _HelperService):  # the others know: free the port 2 s from now
+                    service.shutdown()
         os._exit(code)
 
 
