@@ -248,6 +248,7 @@ def join(job: Job | None) -> None:
     def give_up() -> None:
         print(f"error: could not join {job.describe()} within {job.timeout_s:g} s: is every process started, "
               "and the coordinator reachable from here? (--join-timeout sets the wait)", file=sys.stderr, flush=True)
+        _free_the_coordinator()
         os._exit(1)  # the main thread is inside JAX's C++ connect: it cannot be interrupted
 
     timer = threading.Timer(job.timeout_s, give_up)
@@ -333,6 +334,15 @@ class _HelperService:
         with contextlib.suppress(OSError, ValueError):
             self.process.stdin.write("done\n")
             self.process.stdin.close()
+
+
+def _free_the_coordinator() -> None:
+    """Process 0 leaving when no other process needs the coordinator: its helper stops in 2 s, not later."""
+    from jax._src import distributed as runtime
+
+    service = getattr(getattr(runtime, "global_state", None), "service", None)
+    if isinstance(service, _HelperService):
+        service.shutdown()
 
 
 class _Watch(threading.Thread):
@@ -447,11 +457,7 @@ class _Watch(threading.Thread):
                     if gone >= set(range(1, self.job.num_processes)):
                         break
                     time.sleep(0.1)
-                from jax._src import distributed as runtime
-
-                service = getattr(getattr(runtime, "global_state", None), "service", None)
-                if isinstance(service, _HelperService):  # the others know: free the port 2 s from now
-                    service.shutdown()
+                _free_the_coordinator()  # the others know
         os._exit(code)
 
 
