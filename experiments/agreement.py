@@ -1,4 +1,4 @@
-"""Model vs professional ratings (and rater vs rater): κ, quadratic-weighted κ, confusion tables.
+"""Model vs professional ratings (and rater vs rater): κ, weighted κ, mean absolute level error, confusion tables.
 
     python -m experiments.agreement --predictions predictions.csv --ratings ratings.csv [--out reports/agreement]
 
@@ -9,74 +9,35 @@ is enough when it is unique, and one that matches two photos is an error naming 
 Ratings and predictions must use the ordered labels of
 ``--order`` (default Improbable Possible Probable); a grouped model's labels
 (e.g. Probable+Possible) can be compared after mapping with ``--map 'Probable+Possible=Probable'``.
+The ordinal metrics (linear- and quadratic-weighted κ, mean absolute level error in levels) take the
+order's positions as the levels: training.evaluation.ordinal.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import csv
-from pathlib import PurePosixPath
 
 from experiments.errors import add_common, mapping, run_command
-from training.common.files import output_dir
+from training.common.files import FileFormatError, output_dir, read_csv_checked, safe_name
 from training.common.tables import write_table
-from training.evaluation.agreement import ORDER, agreement
+from training.evaluation.agreement import ORDER, agreement, match_paths
 
 
-def read_rows(path: str) -> list[dict]:
-    """The rows of a CSV with a ``path`` column (BOM and CRLF accepted)."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
-            rows = list(csv.DictReader(f))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"file not found: {path}") from None
-    except (UnicodeError, csv.Error) as exc:
-        raise ValueError(f"{path}: not a readable CSV ({exc})") from exc
-    if not rows or "path" not in rows[0]:
-        raise ValueError(f"{path}: needs a 'path' column and at least one row")
+def read_rows(path: str, *, written: bool = False) -> list[dict]:
+    """The rows of a CSV with a ``path`` column (BOM and CRLF accepted): every row with the header's fields, no
+    field over 128 KiB (:func:`~training.common.files.read_csv_checked`; ``written``: predict's CSV, read back
+    through the CSV rule); anything else is one line."""
+    rows = read_csv_checked(path, "a CSV with a 'path' column", required=("path",), errors="surrogateescape",
+                            written=written).rows
+    if not rows:
+        raise FileFormatError(path, "", "needs a 'path' column and at least one row")
     return rows
-
-
-def match_paths(rated: list[str], predicted: list[str], ratings_file: str) -> list[str]:
-    """For each rated path, the one predicted path it names.
-
-    Paths are compared as relative POSIX paths, component by component: a rating ``siteA/IMG_1.jpg``
-    (or just ``IMG_1.jpg`` when the name is unique) matches the prediction whose path ends with
-    those components. A rating that matches two predictions is an error naming both; one that
-    matches none is counted and named.
-    """
-    def parts(path: str) -> tuple[str, ...]:
-        return tuple(part for part in PurePosixPath(path.replace("\\", "/")).parts if part not in (".", "/"))
-
-    by_suffix: dict[tuple[str, ...], list[str]] = {}
-    for p in predicted:
-        q = parts(p)
-        for k in range(len(q)):
-            by_suffix.setdefault(q[k:], []).append(p)
-    matched, missing = [], []
-    for r in rated:
-        q = parts(r)
-        hits = by_suffix.get(q, [])
-        for k in range(1, len(q)):  # a longer rated path (e.g. absolute) ending in a predicted one
-            if hits:
-                break
-            hits = [p for p in by_suffix.get(q[k:], []) if parts(p) == q[k:]]
-        if len(hits) > 1:
-            raise ValueError(f"{ratings_file}: {r!r} matches more than one prediction ({hits[0]!r} and "
-                             f"{hits[1]!r}): give its path relative to the folder given to predict")
-        if not hits:
-            missing.append(r)
-        else:
-            matched.append(hits[0])
-    if missing:
-        raise ValueError(f"{len(missing)} rated photo(s) in {ratings_file} have no prediction, e.g. {missing[:3]}")
-    return matched
 
 
 def run(args: argparse.Namespace) -> list[dict]:
     relabel = dict(args.map or [])
-    predictions = read_rows(args.predictions)
+    predictions = read_rows(args.predictions, written=True)
     if "predicted" not in predictions[0]:
         raise ValueError(f"{args.predictions}: no 'predicted' column (is it a CSV written by experiments.predict?)")
     preds = {r["path"]: relabel.get(r["predicted"], r["predicted"]) for r in predictions}
@@ -87,6 +48,11 @@ def run(args: argparse.Namespace) -> list[dict]:
     raters = [c for c in ratings[0] if c != "path"][:2]
     if not raters:
         raise ValueError(f"{args.ratings}: no rating column besides 'path'")
+    # output file names are made from the column names: one plain, safe name each (never a path), distinct
+    stems = {name: safe_name(name, limit=60) for name in ["model", *raters]}
+    if len(set(stems.values())) < len(stems):
+        raise ValueError(f"{args.ratings}: the rating columns {raters} give the same file name once made safe "
+                         f"({sorted(stems.values())}): rename one")
     model = [preds[p] for p in match_paths([r["path"] for r in ratings], list(preds), args.ratings)]
     out = output_dir(args.out)
     order = args.order or list(ORDER)
@@ -98,15 +64,24 @@ def run(args: argparse.Namespace) -> list[dict]:
         result = agreement(a, b, order)
         rows.append({"pair": f"{first} vs {second}", "n": result["n"], "agreement": result["agreement"],
                      "cohen_kappa": result["cohen_kappa"],
-                     "quadratic_weighted_kappa": result["quadratic_weighted_kappa"]})
+                     "linear_weighted_kappa": _or_na(result["linear_weighted_kappa"]),
+                     "quadratic_weighted_kappa": _or_na(result["quadratic_weighted_kappa"]),
+                     "mean_absolute_level_error": result["mean_absolute_level_error"]})
         table = [{first + " \\ " + second: lab, **{lab2: result["confusion"][i][j] for j, lab2 in enumerate(order)}}
                  for i, lab in enumerate(order)]
-        write_table(table, out, f"confusion_{first}_vs_{second}", title=f"{first} (rows) vs {second} (columns)")
+        write_table(table, out, f"confusion_{stems[first]}_vs_{stems[second]}",
+                    title=f"{first} (rows) vs {second} (columns)")
     write_table(rows, out, "agreement", title="Agreement with professional ratings",
-                notes="κ = 1: perfect agreement; 0: chance level. Quadratic weights count a "
-                      "Probable↔Improbable disagreement 4× a one-step one.\n")
+                notes="κ = 1: perfect agreement; 0: chance level. Weighted κ counts a Probable↔Improbable "
+                      "disagreement 2× (linear) or 4× (quadratic) a one-step one. Mean absolute level error: "
+                      f"the mean number of levels between the two ratings (order: {' < '.join(order)}); "
+                      "0 is perfect. n/a: every rating on one level (κ is 0/0).\n")
     print((out / "agreement.md").read_text())
     return rows
+
+
+def _or_na(value: float | None) -> float | str:
+    return "n/a" if value is None else value
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

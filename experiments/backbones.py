@@ -22,7 +22,7 @@ import numpy as np
 from experiments.errors import add_common, image_size, positive_int, run_command
 from models.efficientnet_lite import VARIANTS, native_size
 from training.common.files import output_dir
-from training.common.tables import pyplot, write_table
+from training.common.tables import pyplot, save_figure, write_table
 from training.common.timing import device_description
 from training.data.dataset import load_dataset
 from training.data.images import Preprocess
@@ -109,7 +109,7 @@ def plot(rows: list[dict], path, *, chance: float) -> None:
     ax.set_xlabel("balanced accuracy (bootstrap 95% interval)")
     ax.set_xlim(0, 1)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import manual_backprop as mb
 from experiments.errors import add_common, deprecated_alias, positive_int, run_command
 from training.common.files import output_dir
-from training.common.tables import pyplot, write_table
+from training.common.tables import pyplot, save_figure, write_table
 from training.common.timing import device_description, time_call
 
 METHODS = ("naive chain", "cached backprop", "jax.grad")
@@ -84,7 +84,7 @@ def run(out: str, depths=(2, 4, 8, 16, 32, 64), width: int = 32, batch: int = 64
     ax.set_title(f"width {width}, batch {batch}")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out_path / "depth_timings.png", dpi=120)
+    save_figure(fig, out_path / "depth_timings.png", dpi=120)
     plt.close(fig)
     print(notes)
     return {"slopes": slopes, "deep_slopes": deep_slopes, "rows": rows}

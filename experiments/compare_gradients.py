@@ -19,7 +19,7 @@ import numpy as np
 import manual_backprop as mb
 from experiments.errors import add_common, deprecated_alias, image_size, positive_int, run_command
 from training.common.files import output_dir
-from training.common.tables import pyplot, write_table
+from training.common.tables import pyplot, save_figure, write_table
 from training.common.timing import device_description, time_interleaved
 from training.loop.devices import float64
 
@@ -152,7 +152,7 @@ def plot(errors: list[dict], timings: list[dict], path) -> None:
     ax2.set_ylabel("ms per minibatch gradient (jitted)")
     ax2.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 

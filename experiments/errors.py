@@ -65,33 +65,40 @@ def run_command(p: argparse.ArgumentParser, run: Callable[[argparse.Namespace], 
     if hasattr(args, "join_timeout"):  # a command that can run as several processes
         from training.loop.distributed import job_from, join
 
-        try:
+        try:  # the job flags and environment, checked before any runtime starts
             job = job_from(args.coordinator, args.num_processes, args.process_id, timeout_s=args.join_timeout)
         except ValueError as exc:
             p.error(str(exc))
-        join(job)
+        user_errors(lambda: join(job), debug=args.debug)  # process 0: its port taken, or not its address
         if job is not None:
             return _in_job(lambda: user_errors(lambda: run(args), debug=args.debug))
     return user_errors(lambda: run(args), debug=args.debug)
 
 
 def _in_job(fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` in a process of a job: a process that fails leaves at once (after its one line, or a bug's
-    traceback), without JAX's exit barrier, where it would wait for peers that wait for it; the others
-    notice its missing heartbeat within --join-timeout and stop."""
-    import os
+    """Run ``fn`` in a process of a job. Success: the job's exit barrier (every process finished). Failure:
+    this process leaves at once (after its one line, or a bug's traceback), and the job's watch ends every
+    other process with one line (``training.loop.distributed``)."""
     import traceback
 
+    from training.loop.distributed import abandon, finish
+
     try:
-        return fn()
+        result = fn()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
+        if code == 0:
+            finish()
+            raise
     except BaseException:
         traceback.print_exc()
         code = 1
+    else:
+        finish()
+        return result
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code)
+    abandon(code)
 
 
 def _number(kind: type, ok: Callable[[Any], bool], what: str) -> Callable[[str], Any]:
@@ -142,12 +149,13 @@ COMMON_HELP = {
     "engine": "what runs the frozen network forward (predict's probabilities, the backbone's features): jax, or "
               "onnxruntime on this project's ONNX graph (the 'deploy' extra); auto (default): onnxruntime on CPU "
               "when installed and the model has an ONNX form (1.5–1.8× faster there), else jax. Both agree to 1e-4",
-    "coordinator": "join a job of several processes: HOST:PORT of process 0 (with --num-processes and "
-                   "--process-id; or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID, or SLURM)",
-    "num-processes": "the number of processes in the job",
+    "coordinator": "join a job of several processes: HOST:PORT of process 0, [IPv6]:PORT for IPv6 (with "
+                   "--num-processes and --process-id; or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
+                   "JAX_PROCESS_ID, or Slurm's srun, or Open MPI's mpirun)",
+    "num-processes": "the number of processes in the job (at most 65536)",
     "process-id": "this process's index in the job, 0 … N−1 (0 writes the outputs)",
     "join-timeout": "seconds to wait for every process to join (and to notice one that died) before "
-                    "stopping with an error (default 120)",
+                    "stopping with an error (default 120, at most 86400)",
 }
 
 DISTRIBUTED = ("coordinator", "num-processes", "process-id", "join-timeout")

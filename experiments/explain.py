@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from experiments.errors import add_common, run_command
-from training.common.files import atomic_open, output_dir
-from training.common.tables import pyplot
+from training.common.files import atomic_open, csv_row, inside, output_dir, safe_name
+from training.common.tables import pyplot, save_figure
 from training.data.images import Preprocess, load_unlabelled
 from training.evaluation.decision import decide
 from training.evaluation.explain import METHODS, jitted
@@ -53,14 +53,15 @@ def run(args: argparse.Namespace) -> list[dict]:
             ax.axis("off")
         fig.suptitle(Path(path).name, fontsize=9)
         fig.tight_layout()
-        png = out / f"{Path(path).stem}_explained.png"
-        fig.savefig(png, dpi=100)
+        png = inside(out, safe_name(f"{Path(path).stem}_explained") + ".png")
+        save_figure(fig, png, dpi=100)
         plt.close(fig)
         rows.append({"path": path, "predicted": class_names[cls], "probability": float(probs[cls]), "png": str(png)})
     with atomic_open(out / "explanations.csv", newline="", encoding="utf-8", errors="surrogateescape") as f:
-        writer = csv.DictWriter(f, fieldnames=["path", "predicted", "probability", "png"])
-        writer.writeheader()
-        writer.writerows(rows)
+        columns = ["path", "predicted", "probability", "png"]
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        writer.writerows(csv_row(row[c] for c in columns) for row in rows)
     print(f"{len(rows)} explained photos written to {out}")
     return rows
 

@@ -19,8 +19,8 @@ import json
 from pathlib import Path
 
 from experiments.errors import DISTRIBUTED, add_common, run_command
-from training.common.files import atomic_open
-from training.runs.saved import load_trained, run_config, saved_calibration
+from training.common.files import atomic_open, check_destination
+from training.runs.saved import load_trained, read_saved_run
 
 
 def export_metadata(config, class_names: list[str], op: dict | None, calibration=None,
@@ -58,6 +58,7 @@ def run(args: argparse.Namespace) -> dict:
     if process_index() != 0:  # one small file: process 0 writes it, the others have nothing to do
         return {"out": None, "classes": None}
     out = Path(args.out)
+    check_destination(out)  # a link, FIFO or folder at --out: refused before any work
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists: pass --overwrite to replace it (or choose another --out)")
     try:
@@ -66,13 +67,13 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError("experiments.export needs the onnx package: pip install -e '.[deploy]'") from None
     from models.onnx_graph import classifier_to_onnx
 
-    model, params, config, class_names = load_trained(args.checkpoint)
-    _, saved = run_config(args.checkpoint)
-    calibration = saved_calibration(saved)
+    saved = read_saved_run(args.checkpoint)  # the run is read once, here
+    model, params, config, class_names = load_trained(saved)
+    op = saved.operating_point.as_json() if saved.operating_point else None
     proto = classifier_to_onnx(model, params, image_size=config.image_size, channels=3 if config.rgb else 1,
-                               tta_flip=config.pretrained and config.tta_flip, calibration=calibration,
-                               metadata=export_metadata(config, class_names, saved.get("operating_point"),
-                                                        calibration, saved.get("referral")))
+                               tta_flip=config.pretrained and config.tta_flip, calibration=saved.calibration,
+                               metadata=export_metadata(config, class_names, op, saved.calibration,
+                                                        saved.referral.as_json() if saved.referral else None))
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(out, "wb") as f:
         f.write(proto.SerializeToString())

@@ -14,21 +14,27 @@ Every file under DIR (recursively; hidden entries and .md/.txt/.csv/.json/.toml 
 out and counted) gets its row, byte-identical copies included. Photos are decoded by a thread
 pool a few chunks ahead of the device, each chunk sharded over all local devices, so memory
 does not grow with the folder. Rows are appended to OUT.partial as chunks finish; after an
-interruption, --resume continues where it stopped. OUT appears (renamed into place) only when
-complete; an existing OUT is replaced only with --overwrite. An unreadable photo stops the run
-naming it, or with --skip-bad is listed on stderr and counted.
+interruption, --resume continues where it stopped, after checking every row already written
+against the folder's listing (a partial file that fails is one line naming it, never merged). OUT
+appears (renamed into place) only when complete; an existing OUT is replaced only with --overwrite
+(--resume never replaces a finished one). A symbolic link, FIFO or device at OUT or its partial
+files is refused before any work. A path or label that a spreadsheet would read as a formula
+(beginning with = + - @) is written with a leading apostrophe (SECURITY.md, "the CSV rule"). An
+unreadable photo stops the run naming it, or with --skip-bad is listed on stderr and counted.
 
 As N processes (--coordinator HOST:PORT --num-processes N --process-id I, or a scheduler's
 environment; README "Scaling"): each predicts a contiguous shard of the sorted files into
 OUT.shard-I-of-N (with its own partial file and --resume), and process 0 joins the shards into
-OUT when all are complete: the same bytes as one process writes. OUT must be on a file system
-every process sees.
+OUT when all are complete, each row checked: the same bytes as one process writes. Before any
+work the processes compare a fingerprint of their plan (files, batch size, model, options): a
+job whose processes were given different flags stops with one line on each. OUT must be on a
+file system every process sees.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
+import os
 import sys
 from pathlib import Path
 
@@ -36,37 +42,44 @@ from experiments.errors import DISTRIBUTED, add_common, fraction, positive_int, 
 from training.data.images import Preprocess, image_files
 from training.evaluation.decision import decide
 from training.inference.engine import probs_function
-from training.inference.stream import Classifier, PartialCSV, StreamOptions, csv_header, predict_sharded, shard_path
+from training.inference.stream import Classifier, PartialCSV, StreamOptions, predict_sharded, shard_path
 from training.loop.distributed import process_count, process_index
-from training.runs.saved import load_trained, run_config, saved_calibration
+from training.runs.saved import load_trained, read_saved_run
 
 
 def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     root = Path(args.images)
-    model, params, config, class_names = load_trained(args.checkpoint)
-    ckpt_dir, saved = run_config(args.checkpoint)
-    op = saved.get("operating_point")
-    header = csv_header(class_names)
-    signature = {"checkpoint": str(Path(args.checkpoint).resolve()), "images": str(root.resolve()),
-                 "checkpoint_config_sha256": hashlib.sha256((ckpt_dir / "config.json").read_bytes()).hexdigest()}
     count, index = process_count(), process_index()
-    # this process's partial output: of OUT, or of its shard of OUT in a job of several processes
-    partial = PartialCSV(out if count == 1 else shard_path(out, index, count), header, signature)
+    # this process's partial output: of OUT, or of its shard of OUT in a job of several processes (only its paths
+    # are used here; predict_folder writes it)
+    partial = PartialCSV(out if count == 1 else shard_path(out, index, count), [], {})
+    partial.check_destinations()  # a link, FIFO, device or folder at OUT or a partial file: refused before any work
+    mine = partial.out  # this process's output: OUT, or its complete shard
     if args.overwrite:
-        partial.discard()
+        pass  # discarded once the run is loaded
     elif partial.exists() and not args.resume:
         raise FileExistsError(f"an interrupted prediction into {out} exists ({partial.path}): pass --resume to "
                               "continue it or --overwrite to start again")
-    elif out.exists() and not args.resume:
+    elif os.path.lexists(out) and not args.resume:
         raise FileExistsError(f"{out} exists: pass --overwrite to replace it (or choose another --out)")
+    elif os.path.lexists(out) and not partial.exists() and (count == 1 or not os.path.lexists(mine)):
+        raise FileExistsError(f"{out} is complete and there is no interrupted prediction into it to resume "
+                              f"({partial.path}): --resume never replaces it; pass --overwrite to predict again")
+    saved = read_saved_run(args.checkpoint)  # the run is read once, here
+    model, params, config, class_names = load_trained(saved)
+    op = saved.operating_point.as_json() if saved.operating_point else None
+    signature = {"checkpoint": str(Path(args.checkpoint).resolve()), "images": str(root.resolve()),
+                 "checkpoint_config_sha256": saved.sha256}
+    if args.overwrite:
+        partial.discard()
     ignored: list[tuple[str, str]] = []
     files = image_files(root, ignored=ignored)
     out.parent.mkdir(parents=True, exist_ok=True)
     if op:
-        print(f"operating point: {op['class']} when its probability ≥ {op['threshold']:.4f} "
-              f"(chosen for recall ≥ {op['target_recall']:g})")
-    calibration = saved_calibration(saved)
+        print(f"operating point: {op['class']} when its probability ≥ {op['threshold']:.4f}"
+              + (f" (chosen for recall ≥ {op['target_recall']:g})" if "target_recall" in op else ""))
+    calibration = saved.calibration
     if calibration is not None:
         print(f"probabilities calibrated by the run's {calibration.method} scaling (fitted on inner predictions)")
     probs_fn, fn_params, engine = probs_function(model, params, config, args.engine, calibration=calibration)
@@ -81,7 +94,7 @@ def run(args: argparse.Namespace) -> dict:
         print(f"skipped: {reason}", file=sys.stderr)
     n_rows = report.predicted + report.resumed
     referral = None
-    threshold = (saved.get("referral") or {}).get("threshold")
+    threshold = saved.referral.threshold if saved.referral else None
     if index == 0 and (args.refer is not None or threshold is not None):  # OUT is complete (joined) here
         from training.inference.refer import add_refer_column
 

@@ -17,7 +17,6 @@ data-parallel; process 0 writes the table.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import jax
@@ -33,7 +32,7 @@ from training.evaluation.metrics import bootstrap_interval
 from training.loop.distributed import from_process_0, outputs_of_this_process, process_index
 from training.runs.folds import pooled, pooled_predictions, run_folds
 from training.runs.report import plot_confusion, plot_reliability
-from training.runs.results import CONFIGS, config_for, describe, table_row
+from training.runs.results import CONFIGS, config_for, describe, read_result_row, table_row
 
 COLUMNS = ["classes", "size", "config", "positive class", "Prec.", "Recall", "Acc.", "Bal. acc.", "Bal. acc. 95% CI",
            "Macro-F1",
@@ -65,7 +64,7 @@ def _run(args: argparse.Namespace, out: Path) -> list[dict]:
             continue  # the pretrained row runs at its backbone's size, once
         row_file = out / "rows" / f"{key}.json"
         if from_process_0(row_file.exists()):  # process 0 holds the rows: every process skips the same ones
-            rows.append(json.loads(row_file.read_text()) if process_index() == 0 else {"_key": key})
+            rows.append(read_result_row(row_file, key) if process_index() == 0 else {"_key": key})
             print(f"[{i}/{len(grid)}] {key}: done earlier, skipped")
             continue
         print(f"[{i}/{len(grid)}] {key}")

@@ -54,6 +54,7 @@ from experiments.errors import (
 from models.efficientnet_lite import native_size
 from models.transfer import BACKBONES
 from training.common.files import write_json_atomic
+from training.common.layout import RunLayout
 from training.common.tables import write_table
 from training.data.augment import Augment
 from training.data.dataset import load_dataset
@@ -223,8 +224,8 @@ def _run(args: argparse.Namespace, out_path) -> dict:
 
 
 def _train(args: argparse.Namespace, config: TrainConfig, data, out, counts: dict) -> dict:
-    write_json_atomic(out / "data_report.json", {"source": data.source, "grouping": data.grouping.name,
-                                                 "class_counts": counts, **data.report.as_dict()})
+    write_json_atomic(RunLayout(out).data_report, {"source": data.source, "grouping": data.grouping.name,
+                                                   "class_counts": counts, **data.report.as_dict()})
     results = run_folds(data, config, out, resume=args.resume, progress=not args.no_progress,
                         cache_dir=args.cache_dir, engine=args.engine)
     for r in results:

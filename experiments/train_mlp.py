@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import manual_backprop as mb
 from experiments.errors import add_common, nonnegative_float, positive_float, positive_int, run_command
 from training.common.files import output_dir
-from training.common.tables import pyplot, write_table
+from training.common.tables import pyplot, save_figure, write_table
 from training.common.timing import device_description
 from training.data.arrays import ArrayData, load_digits_data, load_mnist_npz
 from training.loop.config import MLP_PRESETS
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> dict:
     ax2.set_ylabel(f"mean training cost ({cfg['cost']})", color="C1")
     ax1.set_title(f"{data.name}, {'-'.join(map(str, sizes))}, η={cfg['eta']}")
     fig.tight_layout()
-    fig.savefig(out / "learning_curve.png", dpi=120)
+    save_figure(fig, out / "learning_curve.png", dpi=120)
     plt.close(fig)
     print(f"final test accuracy {100 * summary['final_test_accuracy']:.2f}% "
           f"(best {100 * summary['best_test_accuracy']:.2f}% at epoch {summary['best_epoch']}), "

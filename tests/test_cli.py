@@ -367,6 +367,7 @@ COMMANDS = {
     "predict": ["--checkpoint", "{missing}", "--images", "{missing}"],
     "explain": ["--checkpoint", "{missing}", "--images", "{missing}"],
     "agreement": ["--predictions", "{missing}", "--ratings", "{missing}"],
+    "review": ["--predictions", "{missing}", "--images", "{missing}"],
     "mnist_cnn": ["--data", "{missing}", "--epochs", "1"],
     "train_mlp": ["--data", "{missing}", "--epochs", "1"],
     "architectures": ["--data", "{missing}", "--epochs", "1", "--folds", "2"],

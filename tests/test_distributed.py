@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,8 +101,11 @@ def test_predict_as_two_processes_writes_the_one_process_csv_and_resumes_a_kille
             break
         time.sleep(0.05)
     procs[1].send_signal(signal.SIGKILL)
-    (rc0, _, err0), _ = _wait(procs, timeout=120)  # process 0 stops by itself: no hang
-    assert rc0 != 0 and not out.exists()
+    (rc0, _, err0), _ = _wait(procs, timeout=120)  # process 0 stops by itself: no hang, no abort
+    assert rc0 == 1 and not out.exists()
+    # one line: the watch's (process 1 silent for 10 s), or the collective's that process 1's socket closed
+    assert len([line for line in err0.splitlines() if line.startswith("error: ")]) == 1, err0[-2000:]
+    assert "Check failure" not in err0 and "Traceback" not in err0
     assert (tmp_path / "three.csv.shard-0-of-2").exists() and meta.exists()
     results = _wait(_job("experiments.predict", [*common, "--out", str(out), "--resume"]))
     assert all(rc == 0 for rc, _, _ in results), [err[-2000:] for _, _, err in results]
@@ -165,18 +170,26 @@ def jax_leaves(tree):
     return jax.tree_util.tree_leaves(tree)
 
 
+SLURM = {"SLURM_NTASKS": "8", "SLURM_JOB_ID": "4097", "SLURM_STEP_NODELIST": "gpu[007-015],cpu1", "SLURM_PROCID": "3",
+         "SLURM_LOCALID": "1"}
+OMPI = {"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_LOCAL_RANK": "0",
+        "OMPI_MCA_orte_hnp_uri": "1531576320.0;tcp://10.96.0.1,10.148.0.1:34911"}
+
+
 @pytest.mark.parametrize("argv, env, expected", [
     ([], {}, None),
     ([], {"SLURM_NTASKS": "1"}, None),
     (["127.0.0.1:9", 1, 0], {}, None),  # a job of one process: nothing to join
     (["10.0.0.1:12355", 4, 3], {}, ("10.0.0.1:12355", 4, 3)),
+    (["[::1]:12355", 2, 0], {}, ("[::1]:12355", 2, 0)),
+    (["node-7.cluster.example:80", 65536, 65535], {}, ("node-7.cluster.example:80", 65536, 65535)),
     ([], {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}, ("h:1", 2, 1)),
     (["a:2", 3, 0], {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"},
      ("a:2", 3, 0)),  # flags win
-    ([], {"SLURM_NTASKS": "8"}, (None, None, None)),  # JAX reads the rest from SLURM
-    ([], {"OMPI_COMM_WORLD_SIZE": "2"}, (None, None, None)),
-], ids=["none", "slurm-one-task", "one-process", "flags", "environment", "flags-over-environment", "slurm",
-        "open-mpi"])
+    ([], SLURM, ("gpu007:61441", 8, 3)),  # JAX's rule: the first node, port 61440 + job id mod 4096
+    ([], OMPI, ("10.96.0.1:62624", 2, 1)),  # the launcher's address, port 61440 + ⌊job id / 4096⌋ mod 4096
+], ids=["none", "slurm-one-task", "one-process", "flags", "ipv6", "largest", "environment",
+        "flags-over-environment", "slurm", "open-mpi"])
 def test_the_job_comes_from_the_flags_or_the_environment(argv, env, expected):
     from training.loop.distributed import job_from
 
@@ -184,21 +197,120 @@ def test_the_job_comes_from_the_flags_or_the_environment(argv, env, expected):
     assert (job if job is None else (job.coordinator, job.num_processes, job.process_id)) == expected
 
 
+@pytest.mark.parametrize("env", [SLURM, {**SLURM, "SLURM_STEP_NODELIST": "a1,b2"}, OMPI,
+                                 {**OMPI, "OMPI_MCA_orte_hnp_uri": "4096.0;tcp6://[fe80::b9b,2620::3]:43370"}],
+                         ids=["slurm", "slurm-list", "open-mpi", "open-mpi-ipv6"])
+def test_a_scheduler_job_is_the_one_jax_reads(monkeypatch, env):
+    """Our reading of Slurm's and Open MPI's variables gives JAX's own coordinator, count and id."""
+    from jax._src import clusters
+
+    from training.loop.distributed import job_from
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    cluster = clusters.SlurmCluster if "SLURM_NTASKS" in env else clusters.OmpiCluster
+    host, _, port = cluster.get_coordinator_address(None, None).rpartition(":")
+    job = job_from(environ=env)
+    assert (job.host, job.port, job.num_processes, job.process_id) == \
+        (host, int(port), cluster.get_process_count(), cluster.get_process_id())
+
+
 @pytest.mark.parametrize("argv, env, message", [
     (["127.0.0.1:9", None, None], {}, "--num-processes, --process-id: needed with --coordinator"),
     ([None, 2, 0], {}, "--coordinator: needed"),
     (["127.0.0.1", 2, 0], {}, "--coordinator: expected HOST:PORT"),
     (["127.0.0.1:99999", 2, 0], {}, "expected HOST:PORT"),
+    (["127.0.0.1:٣٣", 2, 0], {}, "expected HOST:PORT"),
+    (["my host:12355", 2, 0], {}, "--coordinator: 'my host' is not a host name or address"),
+    (["::1:12355", 2, 0], {}, "--coordinator: an IPv6 address goes in brackets"),
+    (["[::g]:12355", 2, 0], {}, r"--coordinator: \[::g\] is not an IPv6 address"),
     (["127.0.0.1:9", 2, 2], {}, "--process-id: expected 0 ≤ id < 2"),
+    (["127.0.0.1:9", 2147483648, 0], {}, "--num-processes: expected an integer in 1 … 65536, got 2147483648"),
+    (["127.0.0.1:9", 100000000, 0], {}, "--num-processes: expected an integer in 1 … 65536"),
     ([], {"JAX_COORDINATOR_ADDRESS": "h:1"}, "JAX_NUM_PROCESSES: not set"),
     ([], {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "two", "JAX_PROCESS_ID": "0"},
-     "JAX_NUM_PROCESSES: expected an integer, got 'two'"),
-], ids=["coordinator-alone", "no-coordinator", "no-port", "port-range", "id-range", "env-partial", "env-not-int"])
+     "JAX_NUM_PROCESSES: expected an integer in 1 … 65536, got 'two'"),
+    ([], {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": " 2", "JAX_PROCESS_ID": "0"},
+     "JAX_NUM_PROCESSES: expected an integer"),
+    ([], {"SLURM_NTASKS": "2"}, "SLURM_JOB_ID, SLURM_STEP_NODELIST, SLURM_PROCID, SLURM_LOCALID: not set, but "
+                                "SLURM_NTASKS is"),
+    ([], {**SLURM, "SLURM_PROCID": "8"}, "SLURM_PROCID: expected 0 ≤ id < 8"),
+    ([], {**SLURM, "SLURM_STEP_NODELIST": "bad host"}, "SLURM_STEP_NODELIST: 'bad host' is not a host name"),
+    ([], {"OMPI_COMM_WORLD_SIZE": "4"}, "OMPI_MCA_orte_hnp_uri, OMPI_COMM_WORLD_RANK, OMPI_COMM_WORLD_LOCAL_RANK: "
+                                        "not set, but OMPI_COMM_WORLD_SIZE is"),
+    ([], {**OMPI, "OMPI_MCA_orte_hnp_uri": "garbage"}, "OMPI_MCA_orte_hnp_uri: expected JOBID.VPID;tcp://"),
+    ([], {"PMI_SIZE": "4", "PMI_RANK": "0"}, "PMI_SIZE: this process was started by an MPI launcher JAX does not"),
+], ids=["coordinator-alone", "no-coordinator", "no-port", "port-range", "port-not-ascii", "host-with-space",
+        "bare-ipv6", "bad-ipv6", "id-range", "count-2-31", "count-1e8", "env-partial", "env-not-int",
+        "env-int-with-space", "slurm-ntasks-alone", "slurm-id-range", "slurm-bad-node", "open-mpi-partial",
+        "open-mpi-bad-uri", "mpich"])
 def test_a_partial_or_wrong_job_is_named(argv, env, message):
     from training.loop.distributed import job_from
 
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         job_from(*argv, environ=env)
+
+
+@pytest.mark.parametrize("timeout", [3e9, float("inf"), float("nan"), 0.0, -1.0])
+def test_the_join_timeout_is_bounded(timeout):
+    from training.loop.distributed import job_from
+
+    with pytest.raises(ValueError, match=r"--join-timeout: expected seconds in \(0, 86400\]"):
+        job_from("127.0.0.1:9", 2, 0, timeout_s=timeout)
+
+
+_TEXT = st.text(st.sampled_from("0123456789:[].-_ aZ٣\n\x00f"), max_size=24)
+
+
+@settings(max_examples=300, deadline=None)
+@given(coordinator=st.none() | _TEXT, n=st.none() | st.integers(-2, 2**40), i=st.none() | st.integers(-2, 2**40),
+       timeout=st.floats(allow_nan=True, allow_infinity=True),
+       env=st.dictionaries(st.sampled_from(["JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID",
+                                            "SLURM_NTASKS", "SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_PROCID",
+                                            "SLURM_LOCALID", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK",
+                                            "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_MCA_orte_hnp_uri", "PMI_SIZE"]),
+                           _TEXT | st.sampled_from(["2", "0", "1", "65537", "h:1", "n[1-2]", "1.0;tcp://h:1"])))
+def test_any_job_flags_and_environment_give_a_checked_job_or_one_line(coordinator, n, i, timeout, env):
+    """Fuzzed flags and environment: ``job_from`` returns ``None``, a job whose every field is in range, or
+    raises one ValueError whose message is one line naming a flag or variable; nothing else escapes."""
+    from training.loop.distributed import MAX_PROCESSES, Job, address, job_from
+
+    try:
+        job = job_from(coordinator, n, i, timeout_s=timeout, environ=env)
+    except ValueError as exc:
+        message = str(exc)
+        assert "\n" not in message and message.startswith(("--", "JAX_", "SLURM_", "OMPI_", "PMI_"))
+        return
+    if job is not None:
+        assert isinstance(job, Job) and 2 <= job.num_processes <= MAX_PROCESSES
+        assert 0 <= job.process_id < job.num_processes and 0 < job.timeout_s <= 86_400
+        assert address(job.coordinator, "x") == job.coordinator and 0 < job.port < 65536
+
+
+def test_process_0_refuses_a_port_in_use_or_an_address_not_its_own():
+    """JAX's coordinator on a taken port is a segmentation fault: process 0 checks the port first."""
+    from training.loop.distributed import Job, check_coordinator_port
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ValueError, match=f"--coordinator: port {port} of 127.0.0.1 is in use on this machine"):
+            check_coordinator_port(Job(f"127.0.0.1:{port}", 2, 0))
+    with pytest.raises(ValueError, match="--coordinator: process 0 cannot listen on 192.0.2.1:9"):
+        check_coordinator_port(Job("192.0.2.1:9", 2, 0))  # TEST-NET-1: no machine's address
+    check_coordinator_port(Job(f"[::1]:{_free_port()}", 2, 0))  # free, and IPv6 in brackets
+
+
+def test_a_bad_job_flag_is_one_error_before_any_runtime_starts(capsys):
+    from experiments import predict
+
+    with pytest.raises(SystemExit) as info:
+        predict.main(["--checkpoint", "x", "--images", "y", "--coordinator", "127.0.0.1:9", "--num-processes",
+                      "2147483648", "--process-id", "0"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        "error: --num-processes: expected an integer in 1 … 65536, got 2147483648")
 
 
 def test_shards_are_contiguous_whole_chunks_that_cover_every_file_once():
@@ -226,6 +338,42 @@ def test_a_process_that_cannot_join_stops_with_one_line_within_its_timeout(tmp_p
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert lines == [f"error: could not join the job at 127.0.0.1:{port} as process 1 of 2 within 2 s: is every "
                      "process started, and the coordinator reachable from here? (--join-timeout sets the wait)"]
+
+
+_PEER = """
+import os, sys, time
+from experiments.errors import add_common, run_command
+import argparse
+p = argparse.ArgumentParser()
+add_common(p, "coordinator", "num-processes", "process-id", "join-timeout")
+p.add_argument("--victim", type=int)
+def run(args):
+    from training.loop.distributed import process_index
+    if process_index() == args.victim:
+        os.kill(os.getpid(), 9)
+    time.sleep(120)  # the survivor: stands for work that would wait on the victim for ever
+run_command(p, run, sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("victim", [1, 0], ids=["process-1-killed", "process-0-killed"])
+def test_a_peer_that_dies_ends_the_job_with_one_line_not_an_abort(victim):
+    """One process of 2 is killed once joined. JAX would abort the other from C++ (SIGABRT and a stack
+    trace: process 0 when it misses process 1's heartbeats, process 1 at once when process 0's coordinator
+    goes). Here the survivor ends with one line and exit 1, within --join-timeout (2 s) plus its polling;
+    process 0's coordinator, in its helper process, is gone soon after."""
+    port, procs = _free_port(), []
+    for i in range(2):
+        procs.append(subprocess.Popen([sys.executable, "-c", _PEER, "--coordinator", f"127.0.0.1:{port}",  # noqa: S603 (this interpreter and the test's code; no shell)
+                                       "--num-processes", "2", "--process-id", str(i), "--join-timeout", "2",
+                                       "--victim", str(victim)],
+                                      cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = _wait(procs, timeout=60)
+    (rc, _, err), (rc_victim, _, _) = results[1 - victim], results[victim]
+    assert rc_victim == -signal.SIGKILL and rc == 1, err[-2000:]
+    assert [line for line in err.splitlines() if line.startswith(("error", "F", "E", "*", "Traceback"))] == [
+        f"error: process {victim} of the job stopped answering for 2 s (killed, out of memory, or its machine is "
+        "down?); the job cannot go on, so this process stops too"]
 
 
 def test_the_gpu_check_script_starts_on_a_cpu(tmp_path):

@@ -1,10 +1,13 @@
 """Streaming prediction: every photo its row, bounded memory, resumable, the same numbers as in-memory prediction."""
 
 import csv
+import os
 import threading
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from experiments import predict, train
@@ -204,3 +207,326 @@ def test_calibration_inside_the_onnx_graph_equals_the_jax_one(trained):
     np.testing.assert_allclose(in_graph, apply(cal, onnxruntime_probs(model, params, **kw)(None, x)), atol=1e-6)
     fn, fn_params, _ = probs_function(model, params, config, "jax", calibration=cal)
     np.testing.assert_allclose(in_graph, np.asarray(fn(fn_params, x)), atol=1e-5)
+
+
+# --- resume and shards: verified, not trusted -------------------------------------------------------------------
+
+_NAMES = ("a", "b")
+_PLAN_PATHS = ("=x.png", "'q.png", "a/0.png", 'a/1 "b",c.png', "a/2.png", "b/-3.png", "b/4.png", "b/@5.png")
+_SIG = {"checkpoint": "/run", "images": "/photos"}
+
+
+def _plan(paths=_PLAN_PATHS):
+    from training.inference.stream import Plan
+
+    return Plan(tuple(paths), _NAMES)
+
+
+def _partial(folder, n_rows=4, skipped=((_PLAN_PATHS[5], "bad photo"),)):
+    """A partial output as predict leaves it: ``n_rows`` rows of the plan's files, one skipped file recorded."""
+    from training.common.files import csv_row
+    from training.inference.stream import PartialCSV, csv_header
+
+    partial = PartialCSV(folder / "o.csv", csv_header(_NAMES), _SIG)
+    partial.start()
+    partial.append([csv_row([p, "b", 0.25, 0.75]) for p in _PLAN_PATHS[:n_rows]], [list(s) for s in skipped])
+    return partial
+
+
+def _resume(partial, plan=None):
+    return partial.resume(plan or _plan())
+
+
+def test_a_partial_output_gives_back_its_rows_names_unescaped(tmp_path):
+    done, skipped = _resume(_partial(tmp_path))
+    assert done == set(_PLAN_PATHS[:4]) and skipped == [(_PLAN_PATHS[5], "bad photo")]
+    assert (tmp_path / "o.csv.partial").read_bytes().splitlines()[1].startswith(b"'=x.png,b,")  # escaped on disk
+
+
+def _set_meta(partial, **fields):
+    import json
+
+    meta = json.loads(partial.meta.read_text())
+    meta.update(fields)
+    partial.meta.write_text(json.dumps(meta))
+
+
+def _edit_rows(partial, edit):
+    lines = partial.path.read_bytes().splitlines(keepends=True)
+    edit(lines)
+    data = b"".join(lines)
+    partial.path.write_bytes(data)
+    _set_meta(partial, complete_bytes=len(data))
+
+
+_HOSTILE_PARTIALS = {
+    "signature-missing": (lambda p: _set_meta(p, signature=None), "signature"),
+    "signature-a-list": (lambda p: _set_meta(p, signature=["checkpoint"]), "signature"),
+    "signature-value-a-dict": (lambda p: _set_meta(p, signature={"checkpoint": {}}), "signature.checkpoint"),
+    "length-negative": (lambda p: _set_meta(p, complete_bytes=-1), "complete_bytes"),
+    "length-a-string": (lambda p: _set_meta(p, complete_bytes="12"), "complete_bytes"),
+    "length-true": (lambda p: _set_meta(p, complete_bytes=True), "complete_bytes"),
+    "length-past-the-end": (lambda p: _set_meta(p, complete_bytes=1 << 40), "shorter than"),
+    "skipped-a-string": (lambda p: _set_meta(p, skipped="a/0.png"), "skipped"),
+    "skipped-not-pairs": (lambda p: _set_meta(p, skipped=[[1, 2]]), "skipped[0]"),
+    "skipped-not-in-listing": (lambda p: _set_meta(p, skipped=[["../etc/passwd", "x"]]), "skipped[0]"),
+    "unknown-field": (lambda p: _set_meta(p, extra=1), "extra"),
+    "record-a-list": (lambda p: p.meta.write_text("[]"), "JSON object"),
+    "record-not-json": (lambda p: p.meta.write_bytes(b"\xff{"), "not JSON"),
+    "record-nested-deep": (lambda p: p.meta.write_text("[" * 100_000 + "]" * 100_000), "not JSON"),
+    "row-not-in-listing": (lambda p: _edit_rows(p, lambda ls: ls.append(b"a/9.png,b,0.5,0.5\n")), "not a file of"),
+    "row-twice": (lambda p: _edit_rows(p, lambda ls: ls.append(ls[2])), "twice"),
+    "row-out-of-order": (lambda p: _edit_rows(p, lambda ls: ls.insert(4, ls.pop(2))), "out of order"),
+    "row-also-skipped": (lambda p: _edit_rows(p, lambda ls: ls.append(b"b/-3.png,b,0.5,0.5\n")), "skipped"),
+    "probability-nan": (lambda p: _edit_rows(p, lambda ls: ls.__setitem__(1, b"'=x.png,b,nan,0.5\n")), "probab"),
+    "probabilities-sum-to-half": (lambda p: _edit_rows(p, lambda ls: ls.__setitem__(1, b"'=x.png,b,.25,.25\n")),
+                                  "summing to 1"),
+    "probability-negative": (lambda p: _edit_rows(p, lambda ls: ls.__setitem__(1, b"'=x.png,b,-1,2\n")), "probab"),
+    "probability-missing": (lambda p: _edit_rows(p, lambda ls: ls.__setitem__(1, b"'=x.png,b,1\n")), "3 fields"),
+    "probability-text": (lambda p: _edit_rows(p, lambda ls: ls.__setitem__(1, b"'=x.png,b,x,y\n")), "not numbers"),
+    "label-not-a-class": (lambda p: _edit_rows(p, lambda ls: ls.__setitem__(1, b"'=x.png,c,0.5,0.5\n")), "classes"),
+    "field-over-128-KiB": (lambda p: _edit_rows(p, lambda ls: ls.append(b"a" * (129 << 10) + b",b,0.5,0.5\n")),
+                           "field larger"),
+    "header-changed": (lambda p: _edit_rows(p, lambda ls: ls.__setitem__(0, b"path,predicted,p_a,p_c\n")), "header"),
+}
+
+
+@pytest.mark.parametrize("case", list(_HOSTILE_PARTIALS))
+def test_a_hostile_partial_output_is_one_error_naming_the_file_and_field(tmp_path, case):
+    from training.common.files import FileFormatError
+
+    partial = _partial(tmp_path)
+    edit, expected = _HOSTILE_PARTIALS[case]
+    edit(partial)
+    with pytest.raises(FileFormatError) as err:
+        _resume(partial)
+    message = str(err.value)
+    assert "o.csv.partial" in message and expected in message and "\n" not in message
+
+
+@pytest.mark.parametrize("kind", ["fifo-record", "fifo-partial", "link-partial", "link-record"])
+def test_a_fifo_or_link_in_place_of_a_partial_file_is_refused_without_opening_it(tmp_path, kind):
+    partial = _partial(tmp_path)
+    victim = tmp_path / "victim"
+    victim.write_bytes(partial.path.read_bytes())
+    target = partial.meta if kind.endswith("record") else partial.path
+    target.unlink()
+    if kind.startswith("fifo"):
+        os.mkfifo(target)
+    else:
+        target.symlink_to(victim)
+    with pytest.raises(ValueError, match=f"{target.name}: .*(a FIFO|a symbolic link); refusing"):
+        _resume(partial)  # (a FIFO opened for reading would hang here)
+    assert victim.read_bytes().count(b"\n") == 5
+
+
+def _fuzz(data: bytes, edits, cut) -> bytes:
+    raw = bytearray(data)
+    for where, byte in edits:
+        raw[int(where * len(raw))] = byte
+    return bytes(raw[: int(cut * len(raw))] if cut is not None else raw)
+
+
+_TEMPLATE: dict[str, bytes] = {}
+_FUZZ_EDITS = st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=4)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(target=st.sampled_from(["record", "rows"]), edits=_FUZZ_EDITS, cut=st.one_of(st.none(), st.floats(0, 1)))
+def test_a_mutated_partial_output_resumes_correctly_or_is_one_error(tmp_path_factory, target, edits, cut):
+    """Any mutation of the record or of the rows: one FileFormatError (or the signature refusal), or a resume
+    whose rows are the plan's files, in order, once each, with probabilities that sum to 1 (read independently)."""
+    import tracemalloc
+
+    from training.common.files import FileFormatError, csv_value
+    from training.inference.stream import PartialCSV, csv_header
+
+    if not _TEMPLATE:  # one valid partial output, copied for each example (its fsyncs are slow)
+        made = _partial(tmp_path_factory.mktemp("template"))
+        _TEMPLATE.update(rows=made.path.read_bytes(), record=made.meta.read_bytes())
+    folder = tmp_path_factory.getbasetemp() / "fuzz"
+    folder.mkdir(exist_ok=True)
+    partial = PartialCSV(folder / "o.csv", csv_header(_NAMES), _SIG)
+    for name, path in (("rows", partial.path), ("record", partial.meta)):
+        path.write_bytes(_fuzz(_TEMPLATE[name], edits, cut) if name == target else _TEMPLATE[name])
+    tracemalloc.start()
+    try:
+        done, skipped = _resume(partial)
+    except FileFormatError as exc:
+        assert "o.csv.partial" in str(exc) and "\n" not in str(exc)
+        return
+    except ValueError as exc:
+        assert "written with other settings" in str(exc) and "\n" not in str(exc)
+        return
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert peak <= 16 << 20
+    with open(partial.path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+        rows = list(csv.reader(f))[1:]
+    names = [csv_value(r[0]) for r in rows]
+    assert set(names) == done and len(names) == len(done)
+    assert [_PLAN_PATHS.index(n) for n in names] == sorted(_PLAN_PATHS.index(n) for n in names)
+    assert all(r[1] in _NAMES and abs(sum(map(float, r[2:])) - 1) <= 1e-3 for r in rows)
+    assert all(s in _PLAN_PATHS and s not in done for s, _ in skipped)
+
+
+def _shards(folder, bad=None):
+    """Two complete shards of ``_PLAN_PATHS`` (4 files each, one skipped in the second), as the processes leave
+    them; ``bad(lines)`` edits the second's rows."""
+    from training.common.files import csv_row, write_json_atomic
+    from training.inference.stream import _csv_bytes, csv_header
+
+    out = folder / "o.csv"
+    paths = [folder / f"o.csv.shard-{k}-of-2" for k in range(2)]
+    for k, path in enumerate(paths):
+        files = [p for p in _PLAN_PATHS[4 * k: 4 * k + 4] if p != "b/-3.png"]
+        lines = _csv_bytes([csv_row(csv_header(_NAMES)), *[csv_row([p, "a", 0.5, 0.5]) for p in files]]
+                           ).splitlines(keepends=True)
+        if k == 1 and bad:
+            bad(lines)
+        path.write_bytes(b"".join(lines))
+        write_json_atomic(path.with_name(path.name + ".json"), {"skipped": [["b/-3.png", "bad"]] if k else []})
+    return out, paths, [_plan(_PLAN_PATHS[:4]), _plan(_PLAN_PATHS[4:])]
+
+
+@pytest.mark.parametrize("bad", [None, "row-of-the-other-shard", "row-twice", "row-missing", "probability-nan",
+                                 "report-not-json"])
+def test_shards_are_joined_only_when_every_row_is_the_plans(tmp_path, bad):
+    from training.common.files import FileFormatError, csv_value
+    from training.inference.stream import csv_header, join_shards
+
+    edits = {"row-of-the-other-shard": lambda ls: ls.append(b"a/0.png,a,0.5,0.5\n"),
+             "row-twice": lambda ls: ls.append(ls[-1]), "row-missing": lambda ls: ls.pop(),
+             "probability-nan": lambda ls: ls.__setitem__(1, b"a/2.png,a,nan,0.5\n")}
+    out, paths, plans = _shards(tmp_path, edits.get(bad))
+    if bad == "report-not-json":
+        paths[1].with_name(paths[1].name + ".json").write_text("{")
+    if bad is None:
+        join_shards(out, paths, plans, csv_header(_NAMES))
+        with open(out, newline="") as f:
+            assert [csv_value(r[0]) for r in csv.reader(f)][1:] == [p for p in _PLAN_PATHS if p != "b/-3.png"]
+        return
+    with pytest.raises(FileFormatError, match="o.csv.shard-1-of-2"):
+        join_shards(out, paths, plans, csv_header(_NAMES))
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_processes_that_were_given_different_plans_are_named():
+    from training.inference.stream import Classifier, StreamOptions, plan_disagreement, plan_fingerprint
+
+    classifier = Classifier(None, None, None, list(_NAMES), decide=None)
+
+    def fingerprint(batch_size=2, paths=_PLAN_PATHS, resume=False):
+        return plan_fingerprint(paths, classifier, _SIG, chunk=batch_size, count=2, overwrite=False,
+                                options=StreamOptions(batch_size=batch_size, resume=resume))
+
+    assert plan_disagreement(np.stack([fingerprint(), fingerprint()])) is None
+    message = plan_disagreement(np.stack([fingerprint(), fingerprint(3), fingerprint(paths=_PLAN_PATHS[1:],
+                                                                                     resume=True)]))
+    assert message.count("\n") == 0 and "process 1's chunking differs" in message
+    assert "process 2's file list, options differ" in message
+
+
+def test_a_job_whose_processes_disagree_stops_before_any_work(trained, tmp_path, monkeypatch, capsys):
+    """Process 0 of a 2-process job whose peer was given another --batch-size (the exchange faked): one line,
+    nothing written. (tests/test_distributed.py runs real jobs; a real mismatched one says the same line.)"""
+    from training.inference import stream
+
+    run, root = trained
+    monkeypatch.setattr(stream, "process_count", lambda: 2)
+    monkeypatch.setattr(stream, "process_index", lambda: 0)
+    monkeypatch.setattr(predict, "process_count", lambda: 2)
+    monkeypatch.setattr(predict, "process_index", lambda: 0)
+    monkeypatch.setattr(stream, "gather_rows", lambda mine: np.concatenate([mine, mine[:, ::-1]]))
+    with pytest.raises(SystemExit):
+        _predict(run, root, tmp_path / "p.csv")
+    err = capsys.readouterr().err
+    assert "process 1's file list, chunking, model, options differ" in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["link-at-out", "dangling-link-at-partial", "fifo-at-record-with-resume",
+                                  "finished-out-with-resume", "unwritable-folder", "folder-is-a-file"])
+def test_predict_refuses_a_link_fifo_or_finished_output_in_one_line(trained, tmp_path, capsys, kind):
+    run, root = trained
+    out = tmp_path / "p.csv"
+    victim = tmp_path / "victim.csv"
+    victim.write_text("theirs\n")
+    extra = []
+    if kind == "unwritable-folder":
+        if os.geteuid() == 0:
+            pytest.skip("root writes anywhere")
+        out = tmp_path / "ro" / "p.csv"
+        out.parent.mkdir(mode=0o500)
+    elif kind == "folder-is-a-file":
+        out = victim / "p.csv"
+    elif kind == "link-at-out":
+        out.symlink_to(victim)
+        extra = ["--overwrite"]
+    elif kind == "dangling-link-at-partial":
+        (tmp_path / "p.csv.partial").symlink_to(tmp_path / "elsewhere")
+        extra = ["--overwrite"]
+    elif kind == "fifo-at-record-with-resume":
+        os.mkfifo(tmp_path / "p.csv.partial.json")
+        extra = ["--resume"]
+    else:
+        out.write_text("finished\n")
+        extra = ["--resume"]
+    with pytest.raises(SystemExit):
+        _predict(run, root, out, *extra)
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert victim.read_text() == "theirs\n" and not (tmp_path / "elsewhere").exists()
+    if kind == "finished-out-with-resume":
+        assert "never replaces it" in err and out.read_text() == "finished\n"
+
+
+def test_a_partial_output_with_a_row_for_another_file_is_never_merged(trained, tmp_path, monkeypatch, capsys):
+    run, root = trained
+    real = prefetch.load_image
+    monkeypatch.setattr(prefetch, "load_image", lambda p, pre: (_ for _ in ()).throw(RuntimeError("stop"))
+                        if p.name == "b3.png" else real(p, pre))
+    with pytest.raises(RuntimeError):
+        _predict(run, root, tmp_path / "p.csv")
+    monkeypatch.undo()
+    partial = tmp_path / "p.csv.partial"
+    data = partial.read_bytes()
+    assert b"a/a1.png" in data
+    partial.write_bytes(data.replace(b"a/a1.png", b"a/z1.png"))  # the same length: within the recorded bytes
+    with pytest.raises(SystemExit):
+        _predict(run, root, tmp_path / "p.csv", "--resume")
+    err = capsys.readouterr().err
+    assert "p.csv.partial: line 3, path: 'a/z1.png' is not a file of this prediction" in err
+    assert not (tmp_path / "p.csv").exists() and partial.exists()
+
+
+def test_names_a_spreadsheet_would_run_are_escaped_in_the_csv(trained, tmp_path):
+    import shutil
+
+    run, root = trained
+    images = tmp_path / "images"
+    images.mkdir()
+    names = ["=cmd.png", "+1.png", "-2.png", "@3.png", "'4.png", "ok.png"]
+    for name in names:
+        shutil.copy(root / "a" / "a0.png", images / name)
+    _predict(run, images, tmp_path / "p.csv")
+    with open(tmp_path / "p.csv", newline="") as f:
+        first = [r[0] for r in csv.reader(f)][1:]
+    assert sorted(first) == sorted(n if n == "ok.png" else "'" + n for n in names)
+
+
+@pytest.mark.parametrize("text, field", [
+    ("path,predicted,p_a\nx.png,a,1\n", "header"), ("path,predicted,p_a,p_b\nx.png,c,0.5,0.5\n", "line 2"),
+    ("path,predicted,p_a,p_b\nx.png,a,nan,0.5\n", "line 2"), ("path,predicted,p_a,p_b\nx.png,a,0.5\n", "line 2"),
+    ("path,predicted,p_a,p_b,refer\nx.png,a,0.5,0.5,0\n", "refer")],
+    ids=["class-column-missing", "predicted-not-a-class", "probability-nan", "probability-missing", "refer-again"])
+def test_a_hostile_prediction_csv_given_to_referral_is_one_error_and_left_as_it_was(tmp_path, text, field):
+    from training.common.files import FileFormatError
+    from training.inference.refer import add_refer_column
+
+    path = tmp_path / "p.csv"
+    path.write_text(text)
+    with pytest.raises(FileFormatError, match=f"p.csv: {field}"):
+        add_refer_column(path, ["a", "b"], fraction=0.5)
+    assert path.read_text() == text

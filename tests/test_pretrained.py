@@ -287,6 +287,14 @@ def test_features_are_cached_by_image_digest(tmp_path, lite0, engine):
                               batch_size=2, engine=engine)
     assert (n1, n2) == (3, 0) and f1.shape == (3, 2, 1280) and np.array_equal(f1, f2)
     assert [p.name.rsplit("-", 1)[1] for p in (tmp_path / "features").iterdir()] == [engine]  # not the other's
+    # an entry of the right dtype but another width, or all NaN, is computed again (and rewritten), not used
+    (wrong,) = (tmp_path / "features").rglob("a" * 64 + ".npy")
+    (nan,) = (tmp_path / "features").rglob("b" * 64 + ".npy")
+    np.save(wrong, np.ones((2, 1279), np.float32))
+    np.save(nan, np.full((2, 1280), np.nan, np.float32))
+    f3, n3 = extract_features(x, digests, "efficientnet_lite0", backbone, digest, "k", cache_dir=tmp_path,
+                              batch_size=2, engine=engine)
+    assert n3 == 2 and np.array_equal(f3, f1) and np.load(wrong).shape == (2, 1280)
     direct = jitted_features(EfficientNetLite("efficientnet_lite0"))
     for view, images in enumerate((x, x[:, :, ::-1])):  # view 1 is the mirror image
         assert max(relative_errors(f1[:, view], direct(params, images))) <= 1e-5, (engine, view)

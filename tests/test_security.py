@@ -363,7 +363,7 @@ def test_predict_on_a_hostile_run_folder_prints_one_line(tmp_path, capsys):
               "--out", str(tmp_path / "p.csv")])
     assert info.value.code == 1 and not (tmp_path / "pwned").exists() and not Path("pwned").exists()
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and "config.json: unknown model" in err[0]
+    assert len(err) == 1 and err[0].startswith("error: ") and "config.json: config: unknown model" in err[0]
 
 
 def test_the_coordinator_listens_only_on_the_address_given(monkeypatch):

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from training.common.files import atomic_open
+from training.common.files import atomic_open, csv_cell, csv_row, inside
 
 
 def _fmt(value: Any) -> str:
@@ -38,16 +38,27 @@ def write_table(
     notes: str = "",
     columns: Sequence[str] | None = None,
 ) -> tuple[Path, Path]:
-    """Write ``name.md`` (title, table, notes) and ``name.csv`` into ``out``; return both paths."""
+    """Write ``name.md`` (title, table, notes) and ``name.csv`` into ``out``; return both paths.
+
+    ``name`` must be a plain file name (:func:`~training.common.files.inside`; one made from data goes through
+    ``safe_name`` first); the CSV's text cells follow the project's formula rule (``csv_cell``)."""
     columns = list(columns or (rows[0].keys() if rows else []))
-    md_path, csv_path = out / f"{name}.md", out / f"{name}.csv"
+    md_path, csv_path = inside(out, f"{name}.md"), inside(out, f"{name}.csv")
     with atomic_open(md_path, encoding="utf-8") as f:
         f.write(f"# {title}\n\n{markdown_table(rows, columns)}\n{notes}".rstrip() + "\n")
-    with atomic_open(csv_path, newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    with atomic_open(csv_path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+        writer = csv.writer(f)
+        writer.writerow(csv_row(columns))
+        writer.writerows([csv_cell(row.get(c, "")) for c in columns] for row in rows)
     return md_path, csv_path
+
+
+def save_figure(fig, path: Path, **kwargs: Any) -> Path:
+    """``fig.savefig`` through the project's one writer (atomic, the user's umask, never through a link); the
+    format follows the suffix."""
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format=Path(path).suffix.lstrip(".") or "png", **kwargs)
+    return Path(path)
 
 
 class _Figures:

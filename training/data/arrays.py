@@ -10,6 +10,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from training.common.files import FileFormatError, read_npz_checked
+
 
 class ArraySplit(NamedTuple):
     """Images as float32 rows (n, n_features) in [0, 1) and integer labels (n,)."""
@@ -67,29 +69,24 @@ def load_mnist_npz(path: str | Path) -> ArrayData:
     naming the file and the array.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():  # (a folder, FIFO or device is refused by read_npz_checked, before opening it)
         raise FileNotFoundError(f"MNIST file not found: {path}")
-    try:
-        data = np.load(path, allow_pickle=False)
-    except Exception as exc:  # numpy raises several types for a bad file
-        raise ValueError(f"{path}: not a readable .npz file ({exc})") from exc
-    with data:
-        missing = [k for k in MNIST_KEYS if k not in data.files]
-        if missing:
-            raise ValueError(f"{path}: missing arrays {missing}; expected {list(MNIST_KEYS)}")
-        parts = {}
-        for part in ("train", "valid", "test"):
-            x, y = data[f"x_{part}"], data[f"y_{part}"]
-            if x.ndim != 3 or x.shape[1:] != (28, 28) or y.shape != (x.shape[0],):
-                raise ValueError(
-                    f"{path}: x_{part} must be (n, 28, 28) with y_{part} (n,), "
-                    f"got {x.shape} and {y.shape}"
-                )
-            if x.dtype != np.uint8:
-                raise ValueError(f"{path}: x_{part} must be uint8 pixels, got {x.dtype}")
-            if y.size and (y.min() < 0 or y.max() > 9):
-                raise ValueError(f"{path}: y_{part} holds labels outside 0..9")
-            parts[part] = ArraySplit(
-                x.reshape(x.shape[0], 784).astype(np.float32) / 256.0, y.astype(np.int32)
-            )
+    # every member's header is checked against its bytes before anything is allocated (at most 1 GiB in all)
+    data = read_npz_checked(path, "an MNIST .npz", max_bytes=1 << 30, max_members=64)
+    missing = [k for k in MNIST_KEYS if k not in data]
+    if missing:
+        raise FileFormatError(path, "", f"missing arrays {missing}; expected {list(MNIST_KEYS)}")
+    parts = {}
+    for part in ("train", "valid", "test"):
+        x, y = data[f"x_{part}"], data[f"y_{part}"]
+        if x.ndim != 3 or x.shape[1:] != (28, 28) or y.shape != (x.shape[0],):
+            raise FileFormatError(path, "", f"x_{part} must be (n, 28, 28) with y_{part} (n,), "
+                                            f"got {x.shape} and {y.shape}")
+        if x.dtype != np.uint8:
+            raise FileFormatError(path, "", f"x_{part} must be uint8 pixels, got {x.dtype}")
+        if y.size and (y.min() < 0 or y.max() > 9):
+            raise FileFormatError(path, "", f"y_{part} holds labels outside 0..9")
+        parts[part] = ArraySplit(
+            x.reshape(x.shape[0], 784).astype(np.float32) / 256.0, y.astype(np.int32)
+        )
     return ArrayData(parts["train"], parts["valid"], parts["test"], (28, 28), 10, f"mnist:{path.name}")

@@ -21,7 +21,6 @@ skipped and listed in the :class:`LoadReport`. Pillow's decompression-bomb limit
 from __future__ import annotations
 
 import collections
-import csv
 import errno
 import os
 import stat
@@ -33,7 +32,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from training.common.files import cache_root, load_cached_npy, save_npy_atomic, sha256_of
+from training.common.files import (
+    FileFormatError,
+    cache_root,
+    load_cached_npy,
+    read_csv_checked,
+    save_npy_atomic,
+    sha256_of,
+)
 
 CACHE_VERSION = "v1"
 
@@ -110,10 +116,12 @@ def load_image(path: str | Path, pre: Preprocess) -> np.ndarray:
     """Read and preprocess one photo; ``BadImageError`` naming the file if it cannot be used."""
     path = Path(path)
     try:
-        size = path.stat().st_size
+        st = path.stat()
     except OSError as exc:
         raise BadImageError(f"{path}: cannot read file ({exc})") from exc
-    if size == 0:
+    if not stat.S_ISREG(st.st_mode):  # checked before opening: a FIFO would block, a device never end
+        raise BadImageError(f"{path}: not a regular file (a folder, FIFO or device)")
+    if st.st_size == 0:
         raise BadImageError(f"{path}: empty file (0 bytes)")
     if path.suffix.lower() in HEIF_SUFFIXES and not HEIF_AVAILABLE:
         raise BadImageError(
@@ -164,8 +172,9 @@ class ImageCache:
 
     def get(self, digest: str, pre: Preprocess) -> np.ndarray | None:
         expected = (pre.image_size, pre.image_size, pre.channels)  # anything else is recomputed and rewritten
-        return load_cached_npy(self.path(digest, pre),
-                               lambda shape, dtype: shape == expected and dtype == np.float32)
+        arr = load_cached_npy(self.path(digest, pre), lambda shape, dtype: shape == expected and dtype == np.float32)
+        # pixel values in [0, 1], as load_image makes them: a NaN or an out-of-range value is recomputed too
+        return arr if arr is not None and np.isfinite(arr).all() and arr.min() >= 0 and arr.max() <= 1 else None
 
     def put(self, digest: str, pre: Preprocess, arr: np.ndarray) -> None:
         save_npy_atomic(self.path(digest, pre), arr)
@@ -284,7 +293,7 @@ def discover(source: str | Path, *, ignored: list[tuple[str, str]] | None = None
     source = Path(source)
     if not source.exists():
         raise FileNotFoundError(f"data not found: {source}")
-    if source.is_file():
+    if not source.is_dir():  # a file: a manifest (a FIFO or device is refused before it is opened)
         return _read_manifest(source)
     ignored = [] if ignored is None else ignored
     top = _entries(source, ignored)
@@ -302,22 +311,21 @@ def discover(source: str | Path, *, ignored: list[tuple[str, str]] | None = None
 
 
 def _read_manifest(path: Path) -> list[tuple[Path, str]]:
-    # utf-8-sig: spreadsheets' "CSV UTF-8" starts with a byte-order mark; the csv module handles CRLF
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
-            raise ValueError(f"{path}: a manifest needs the columns 'path,label', got {reader.fieldnames}")
-        items = []
-        for line, row in enumerate(reader, start=2):
-            if not row["path"] or not row["label"]:
-                raise ValueError(f"{path}, line {line}: empty path or label")
-            p = Path(row["path"])
-            p = p if p.is_absolute() else path.parent / p
-            if not p.is_file():
-                raise FileNotFoundError(f"{path}, line {line}: file not found: {p}")
-            items.append((p, row["label"].strip()))
+    """``(photo, label)`` of each row of a ``path,label`` CSV manifest (other columns are ignored): a regular file
+    of UTF-8 text (a spreadsheet's byte-order mark and CRLF accepted), every row with the header's fields, no
+    field over 128 KiB, every photo a file. Anything else is one FileFormatError naming the file and line."""
+    rows = read_csv_checked(path, "a CSV manifest with the columns path,label", required=("path", "label")).rows
+    items = []
+    for line, row in enumerate(rows, start=2):
+        if not row["path"] or not row["label"].strip():
+            raise FileFormatError(path, f"line {line}", "empty path or label")
+        p = Path(row["path"])
+        p = p if p.is_absolute() else path.parent / p
+        if not p.is_file():
+            raise FileNotFoundError(f"{path}, line {line}: file not found: {p}")
+        items.append((p, row["label"].strip()))
     if not items:
-        raise ValueError(f"{path}: the manifest lists no images")
+        raise FileFormatError(path, "", "the manifest lists no images")
     return items
 
 
@@ -459,7 +467,10 @@ def load_unlabelled(folder: str | Path, pre: Preprocess, *, skip_bad: bool = Fal
 
 def _digest_or_error(path: Path):
     try:
-        if path.stat().st_size == 0:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):  # checked before opening: a FIFO would block, a device never end
+            return ("", f"{path}: not a regular file (a folder, FIFO or device)")
+        if st.st_size == 0:
             return ("", f"{path}: empty file (0 bytes)")
         return sha256_of(path)
     except OSError as exc:

@@ -11,14 +11,14 @@ any augmentation, stratified by class and seeded."""
 
 from __future__ import annotations
 
-import json
-import tomllib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from training.common.files import FileFormatError, parse_document
 
 
 def require_two_classes(labels, source) -> None:
@@ -83,31 +83,51 @@ def identity_grouping(labels: Sequence[str]) -> Grouping:
     return Grouping("labels", {lab: (lab,) for lab in sorted(set(labels))})
 
 
-def load_grouping(path: str | Path) -> Grouping:
-    """A grouping from JSON or TOML::
+MAX_GROUPING_BYTES = 1 << 20
+MAX_NAMES = 10_000
 
-        name = "tree_vs_not"
-        exclude = []
-        [classes]
+
+def load_grouping(path: str | Path) -> Grouping:
+    """A grouping from a TOML (``.toml``) or JSON file, parsed once into a :class:`Grouping`::
+
+        name = "tree_vs_not"      # optional: the file's stem
+        exclude = []              # optional: source labels left out (and counted)
+        [classes]                 # 2 or more classes, each one or more source labels ("*": all others)
         tree = ["*"]
         not_a_tree = ["not_a_tree"]
+
+    A regular file of at most 1 MiB; names are non-empty strings of at most 200 characters, at most 10,000 of
+    each. Anything else (other keys, other types, nesting) is one
+    :class:`~training.common.files.FileFormatError` naming the file and the key.
     """
     path = Path(path)
-    text = path.read_text()
-    try:
-        raw = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: cannot parse grouping ({exc})") from exc
+    raw = parse_document(path, "a grouping (TOML or JSON)", max_bytes=MAX_GROUPING_BYTES, max_depth=3)
+    if not isinstance(raw, dict):
+        raise FileFormatError(path, "", f"a {type(raw).__name__}: a grouping is a table (name, exclude, classes)")
+    unknown = sorted(str(k)[:40] for k in raw if k not in ("name", "classes", "exclude"))
+    if unknown:
+        raise FileFormatError(path, unknown[0], "unknown key: a grouping has name, exclude and classes")
+
+    def names(value, key: str, *, at_least: int) -> tuple[str, ...]:
+        if not (isinstance(value, list) and at_least <= len(value) <= MAX_NAMES
+                and all(isinstance(s, str) and 0 < len(s) <= 200 for s in value)):
+            raise FileFormatError(path, key, f"expected a list of {at_least} to {MAX_NAMES:,} non-empty label "
+                                             f"names (at most 200 characters), got {str(value)[:60]}")
+        return tuple(value)
+
     classes = raw.get("classes")
-    if not isinstance(classes, dict) or len(classes) < 2:
-        raise ValueError(f"{path}: 'classes' must map at least two class names to lists of labels")
-    for name, labs in classes.items():
-        if not isinstance(labs, list) or not labs or not all(isinstance(s, str) for s in labs):
-            raise ValueError(f"{path}: class {name!r} must list one or more labels, got {labs!r}")
+    if not isinstance(classes, dict) or not 2 <= len(classes) <= MAX_NAMES:
+        raise FileFormatError(path, "classes", "must map at least two class names to lists of labels")
+    for name in classes:
+        if not 0 < len(name) <= 200:
+            raise FileFormatError(path, "classes", f"class name {name[:40]!r}: expected 1 to 200 characters")
+    name = raw.get("name", path.stem)
+    if not isinstance(name, str) or not 0 < len(name) <= 200:
+        raise FileFormatError(path, "name", "expected a non-empty string of at most 200 characters")
     return Grouping(
-        str(raw.get("name", path.stem)),
-        {k: tuple(v) for k, v in classes.items()},
-        tuple(raw.get("exclude", ())),
+        name,
+        {k: names(v, f"classes.{k[:40]}", at_least=1) for k, v in classes.items()},
+        names(raw.get("exclude", []), "exclude", at_least=0),
     )
 
 

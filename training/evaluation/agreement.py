@@ -1,17 +1,22 @@
-"""Agreement between the model and professional raters: Cohen's kappa, quadratic-weighted kappa, confusion tables."""
+"""Agreement between the model and professional raters: Cohen's κ, the ordinal metrics (linear- and
+quadratic-weighted κ, mean absolute level error: :mod:`training.evaluation.ordinal`), confusion tables."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from sklearn.metrics import cohen_kappa_score, confusion_matrix
+
+from training.evaluation.ordinal import ordinal_metrics
 
 ORDER = ("Improbable", "Possible", "Probable")  # likelihood of failure, lowest first
 
 
 def agreement(a: Sequence[str], b: Sequence[str], order: Sequence[str] = ORDER) -> dict:
-    """Cohen's κ, quadratic-weighted κ (for the ordered classes) and the a-vs-b confusion table.
+    """Cohen's κ, the ordinal metrics of the ordered classes (linear- and quadratic-weighted κ, mean absolute
+    level error, with ``order``'s positions as the levels) and the a-vs-b confusion table.
 
     Labels outside ``order`` raise ``ValueError`` naming them.
     """
@@ -23,11 +28,51 @@ def agreement(a: Sequence[str], b: Sequence[str], order: Sequence[str] = ORDER) 
     if unknown:
         raise ValueError(f"unknown label(s) {unknown}; expected {list(order)}")
     labels = list(order)
+    level = {name: i for i, name in enumerate(labels)}
+    ordinal = ordinal_metrics([level[x] for x in a], [level[x] for x in b], len(labels))
     return {
         "n": len(a),
         "agreement": float(np.mean(np.asarray(a) == np.asarray(b))),
         "cohen_kappa": float(cohen_kappa_score(a, b, labels=labels)),
-        "quadratic_weighted_kappa": float(cohen_kappa_score(a, b, labels=labels, weights="quadratic")),
+        "linear_weighted_kappa": ordinal.linear_weighted_kappa,
+        "quadratic_weighted_kappa": ordinal.quadratic_weighted_kappa,
+        "mean_absolute_level_error": ordinal.mean_absolute_level_error,
         "labels": labels,
         "confusion": confusion_matrix(a, b, labels=labels).tolist(),
     }
+
+
+def match_paths(rated: Sequence[str], predicted: Sequence[str], ratings_file: str | Path, *,
+                strict: bool = True) -> list[str | None]:
+    """For each rated path, the one predicted path it names.
+
+    Paths are compared as relative POSIX paths, component by component: a rating ``siteA/IMG_1.jpg``
+    (or just ``IMG_1.jpg`` when the name is unique) matches the prediction whose path ends with
+    those components. A rating that matches two predictions is an error naming both; one that
+    matches none is an error counting and naming them (``strict``), or is matched to ``None``.
+    """
+    def parts(path: str) -> tuple[str, ...]:
+        return tuple(part for part in PurePosixPath(path.replace("\\", "/")).parts if part not in (".", "/"))
+
+    by_suffix: dict[tuple[str, ...], list[str]] = {}
+    for p in predicted:
+        q = parts(p)
+        for k in range(len(q)):
+            by_suffix.setdefault(q[k:], []).append(p)
+    matched, missing = [], []
+    for r in rated:
+        q = parts(r)
+        hits = by_suffix.get(q, [])
+        for k in range(1, len(q)):  # a longer rated path (e.g. absolute) ending in a predicted one
+            if hits:
+                break
+            hits = [p for p in by_suffix.get(q[k:], []) if parts(p) == q[k:]]
+        if len(hits) > 1:
+            raise ValueError(f"{ratings_file}: {r!r} matches more than one prediction ({hits[0]!r} and "
+                             f"{hits[1]!r}): give its path relative to the folder given to predict")
+        if not hits:
+            missing.append(r)
+        matched.append(hits[0] if hits else None)
+    if missing and strict:
+        raise ValueError(f"{len(missing)} rated photo(s) in {ratings_file} have no prediction, e.g. {missing[:3]}")
+    return matched

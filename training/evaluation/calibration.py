@@ -51,6 +51,19 @@ class Calibration(NamedTuple):
     def to_json(self) -> dict:
         return {"method": self.method, "scale": list(self.scale), "shift": list(self.shift)}
 
+    as_json = to_json
+
+    @classmethod
+    def parse(cls, value, class_names) -> Calibration:
+        """A run's saved ``calibration`` (:func:`check_saved_calibration`); ``ValueError`` says what is wrong."""
+        try:
+            cal = check_saved_calibration(value, len(class_names))
+        except ValueError as exc:  # the reader names the key itself
+            raise ValueError(str(exc).removeprefix("calibration: ")) from None
+        if cal is None:
+            raise ValueError("expected an object")
+        return cal
+
 
 def identity(n_classes: int) -> Calibration:
     """The calibration that changes nothing (``--calibration none``)."""
@@ -372,6 +385,22 @@ class Referral(NamedTuple):
 
     def to_json(self) -> dict:
         return self._asdict()
+
+    as_json = to_json
+
+    @classmethod
+    def parse(cls, value, class_names=None) -> Referral:
+        """A run's saved ``referral``: every field checked; ``ValueError`` names the first bad one."""
+        if not isinstance(value, dict) or set(value) != set(cls._fields):
+            raise ValueError(f"expected null or an object with {list(cls._fields)}")
+        if value["rule"] not in ("coverage", "balanced_accuracy"):
+            raise ValueError("rule: expected coverage or balanced_accuracy")
+        for name in ("threshold", "target", "inner_coverage", "inner_balanced_accuracy"):
+            v = value[name]
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v <= 1):
+                raise ValueError(f"{name}: expected a number in [0, 1]")
+        return cls(float(value["threshold"]), value["rule"], float(value["target"]), float(value["inner_coverage"]),
+                   float(value["inner_balanced_accuracy"]))
 
 
 def choose_referral(probs: np.ndarray, y: np.ndarray, *, coverage: float | None = None,

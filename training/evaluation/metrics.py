@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from training.evaluation.ordinal import ordinal_levels, ordinal_metrics
+
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str], *,
                            y_pred: np.ndarray | None = None) -> dict:
@@ -13,7 +15,10 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: S
 
     ``probs`` is (n, n_classes); the prediction is its arg-max unless ``y_pred`` (e.g. a
     thresholded decision) is given. ROC-AUC is given for two classes (score of class 1) when
-    both occur in ``y_true``, else ``None``.
+    both occur in ``y_true``, else ``None``. When the classes are levels of a known ordered scale
+    (Improbable < Possible < Probable: :func:`training.evaluation.ordinal.ordinal_levels`), the ordinal
+    metrics stand beside the nominal ones: ``linear_weighted_kappa``, ``quadratic_weighted_kappa`` and
+    ``mean_absolute_level_error`` (:func:`training.evaluation.ordinal.ordinal_metrics`).
     """
     from sklearn import metrics as skm  # here, not at import: 0.9 s of every command's start (measured)
 
@@ -40,6 +45,11 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: S
     }
     if len(class_names) == 2 and len(set(y_true.tolist())) == 2:
         result["roc_auc"] = float(skm.roc_auc_score(y_true, probs[:, 1]))
+    levels = ordinal_levels(class_names)
+    if levels is not None:
+        lv = np.asarray(levels)
+        ordinal = ordinal_metrics(lv[y_true], lv[y_pred], int(lv.max()) + 1).as_dict()
+        result.update({k: v for k, v in ordinal.items() if k != "n"})
     return result
 
 

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from training.common.files import FileFormatError, atomic_open
+from training.common.files import FileFormatError, atomic_open, csv_value
 
 
 class ReferralCount(NamedTuple):
@@ -27,7 +27,7 @@ class ReferralCount(NamedTuple):
 
 def _confidences(path: Path, class_names: list[str], shift=None) -> np.ndarray:
     columns = [f"p_{n}" for n in class_names]
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None or any(c not in header for c in ["predicted", *columns]):
@@ -40,13 +40,14 @@ def _confidences(path: Path, class_names: list[str], shift=None) -> np.ndarray:
         for i, row in enumerate(reader, start=2):
             try:
                 values = {name: float(row[j]) for name, j in at.items()}
-                value = values[row[predicted]]
+                value = values[csv_value(row[predicted])]
             except (IndexError, ValueError, KeyError):
                 raise FileFormatError(path, f"line {i}", "expected a class name in predicted and a probability in "
                                                          "every p_ column") from None
             if not all(math.isfinite(v) and 0 <= v <= 1 for v in values.values()):
                 raise FileFormatError(path, f"line {i}", "probabilities must be numbers in [0, 1]")
-            conf.append(value if shift is None else _without_shift(values, row[predicted], class_names, shift))
+            conf.append(value if shift is None else _without_shift(values, csv_value(row[predicted]), class_names,
+                                                                   shift))
     return np.asarray(conf, np.float64)
 
 
@@ -75,11 +76,12 @@ def add_refer_column(path: str | Path, class_names: list[str], *, threshold: flo
     ``shift``: the run's calibration shift."""
     path = Path(path)
     mask = refer_mask(_confidences(path, class_names, shift), threshold=threshold, fraction=fraction)
-    with open(path, newline="", encoding="utf-8") as src, atomic_open(path, newline="", encoding="utf-8") as dst:
+    text = dict(newline="", encoding="utf-8", errors="surrogateescape")  # names written byte for byte, as predict does
+    with open(path, **text) as src, atomic_open(path, **text) as dst:
         reader, writer = csv.reader(src), csv.writer(dst)  # the default \r\n, as the rows were written
         writer.writerow([*next(reader), "refer"])
         for row, refer in zip(reader, mask, strict=True):
-            writer.writerow([*row, int(refer)])
+            writer.writerow([*row, int(refer)])  # the cells as read: still escaped (csv_cell)
     rule = (f"confidence below {threshold:.4f}, the run's threshold chosen on inner predictions"
             if threshold is not None else f"the least confident {fraction:g} of these photos")
     return ReferralCount(int(mask.sum()), len(mask), rule)

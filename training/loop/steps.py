@@ -23,7 +23,8 @@ from flax.training import train_state
 from models.common import jit_run_once
 from models.model1 import Model1
 from models.transfer import TransferClassifier
-from training.common.files import write_json_atomic
+from training.common.files import output_dir, write_json_atomic
+from training.common.layout import RunLayout
 from training.common.tables import write_table
 from training.data.augment import Augment, augment_batch
 from training.evaluation.metrics import classification_metrics, majority_baseline
@@ -340,8 +341,7 @@ def fit(
     """
     from tqdm.auto import tqdm
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out)
     dp = dp or DataParallel()
     n_classes = len(class_names)
     normalization = head[1] if head is not None else input_normalization(config, x_train)
@@ -361,9 +361,9 @@ def fit(
                          backbone=backbone)
     if head is not None:  # the optimizer's state depends on the shapes only: it stays as initialised
         state = state.replace(params={**state.params, "head": jax.tree_util.tree_map(jnp.asarray, head[0])})
-    ckpt = Checkpoints(out / "checkpoints")
-    write_json_atomic(out / "checkpoints" / "config.json", {"config": config.to_json(), "class_names": class_names,
-                                                           "normalization": normalization})
+    ckpt = Checkpoints(RunLayout(out).checkpoints)
+    write_json_atomic(RunLayout(out).saved_run, {"config": config.to_json(), "class_names": class_names,
+                                                 "normalization": normalization})
     history: list[dict] = []
     best_f1, best_epoch, start_epoch = -1.0, 0, 1
     if resume and ckpt.latest_step("last") is not None:
@@ -433,7 +433,7 @@ def fit(
     ckpt.close()
     if best_params is None:  # resumed after the best epoch: read it back
         template = state_template(model, config, image_shape, steps_per_epoch=steps_per_epoch, backbone=backbone)
-        ckpt = Checkpoints(out / "checkpoints")
+        ckpt = Checkpoints(RunLayout(out).checkpoints)
         best_params = jax.device_get(ckpt.restore("best", template)[0].params)
         ckpt.close()
         best_probs = predict_proba(eval_step, best_params, x_val, batch_size=config.batch_size, dp=dp)

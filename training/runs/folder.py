@@ -10,34 +10,49 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from training.common.files import write_json_atomic
+from training.common.files import (
+    FileFormatError,
+    check_destination,
+    output_dir,
+    parse_document,
+    umask,
+    write_json_atomic,
+)
+from training.common.layout import RunLayout
 
 log = logging.getLogger(__name__)  # shown by the commands (experiments.errors); silent in library use
 
 
 # ---- run folders: never left inconsistent ---------------------------------------------------------------
-RUN_FILE = "run.json"  # {"status": "running" | "complete", "config": …, "data": …}, written first
+RUN_FILE = RunLayout.RUN_FILE  # {"status": "running" | "complete", "config": …, "data": …}, written first
 
 
 def holds_run(folder: str | Path) -> bool:
     """Whether ``folder`` holds (part of) a training run."""
-    folder = Path(folder)
-    return (folder / RUN_FILE).is_file() or (folder / "checkpoints").exists() or any(folder.glob("fold_*/checkpoints"))
+    run = RunLayout(folder)
+    return run.run_file.is_file() or run.checkpoints.exists() or any(f.checkpoints.exists() for f in run.folds())
 
 
 def read_run(folder: str | Path) -> dict:
-    """The record of the run in ``folder``: ``run.json``, or for a run written before it, its saved config."""
-    folder = Path(folder)
-    path = folder / RUN_FILE
-    candidates = [path, folder / "checkpoints" / "config.json", *sorted(folder.glob("fold_*/checkpoints/config.json"))]
+    """The record of the run in ``folder``: ``run.json`` (``status``, ``config``, ``data``), or for a run written
+    before it, the ``config`` of its saved config. A damaged one is one :class:`FileFormatError` naming it."""
+    run = RunLayout(folder)
+    candidates = [run.run_file, run.saved_run, *(f.saved_run for f in run.folds())]
     for p in candidates:
-        if p.is_file():
-            try:
-                data = json.loads(p.read_text())
-            except (OSError, ValueError) as exc:
-                raise ValueError(f"{p}: cannot be read as the run's record ({exc}); use --overwrite to replace "
-                                 "the run") from exc
-            return data if p == path else {"config": data.get("config", {})}
+        if p.exists():
+            data = parse_document(p, "the run's record (use --overwrite to replace the run)", fmt="json",
+                                  max_bytes=16 << 20)
+            if not isinstance(data, dict):
+                raise FileFormatError(p, "", "not an object: use --overwrite to replace the run")
+            if p != run.run_file:
+                data = {"config": data.get("config", {})}
+            elif data.get("status") not in ("running", "complete"):
+                raise FileFormatError(p, "status", "expected 'running' or 'complete': use --overwrite to replace "
+                                                   "the run")
+            for key in ("config", "data"):
+                if not isinstance(data.get(key, {}), dict):
+                    raise FileFormatError(p, key, "not an object: use --overwrite to replace the run")
+            return data
     return {}
 
 
@@ -104,6 +119,7 @@ class RunFolder:
     def check(self) -> None:
         """Refuse before any work when the target holds something that would be mixed or lost."""
         t = self.target
+        check_destination(t, folder=True)  # a link in place of the folder is refused, not followed
         if t.exists() and not t.is_dir():
             raise FileExistsError(f"{t} exists and is not a folder: choose another --out")
         if self.overwrite or not t.is_dir() or not any(t.iterdir()):
@@ -145,10 +161,11 @@ class RunFolder:
             for stale in t.parent.glob(f".{t.name}.new-*"):  # left by a killed --overwrite
                 shutil.rmtree(stale, ignore_errors=True)
             self.work = Path(tempfile.mkdtemp(dir=t.parent, prefix=f".{t.name}.new-"))
+            self.work.chmod(0o777 & ~umask())  # (mkdtemp makes it 0700) the mode mkdir gives, as the run it replaces
         else:
             if self.resume:
                 log.info(f"nothing to resume in {t}: starting a new run")
-            t.mkdir(parents=True, exist_ok=True)
+            output_dir(t)
         write_json_atomic(self.work / RUN_FILE, {"status": "running", **record})
         return self.work
 

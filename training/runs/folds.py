@@ -28,6 +28,7 @@ import jax
 import numpy as np
 
 from training.common.files import output_dir, write_json_atomic
+from training.common.layout import RunLayout
 from training.common.timing import device_description
 from training.data.dataset import Dataset
 from training.data.labels import require_two_classes, stratified_folds, stratified_split
@@ -149,7 +150,7 @@ def _head_fold(data: Dataset, config: TrainConfig, feats: np.ndarray, backbone: 
     state = create_state(model, config, (config.image_size, config.image_size, 3), key=jax.random.PRNGKey(config.seed),
                          backbone=backbone)
     state = state.replace(params={**state.params, "head": head})
-    ckpt = Checkpoints(out / "checkpoints")
+    ckpt = Checkpoints(RunLayout(out).checkpoints)
     meta = {"epoch": choice.steps, "history": [], "best_macro_f1": metrics["macro_f1"], "metrics": metrics}
     ckpt.save("best", choice.steps, state, meta)  # one model, no epochs: "best" is the refit head
     ckpt.close()
@@ -341,9 +342,9 @@ def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bo
                                 progress=progress)
     results = []
     for k, (tr, va) in enumerate(splits, start=1):
-        fold_out = out if len(splits) == 1 else output_dir(out / f"fold_{k}")
-        write_json_atomic(fold_out / "split.json", {"train": [data.paths[i] for i in tr],
-                                                    "validation": [data.paths[i] for i in va]})
+        fold_out = out if len(splits) == 1 else output_dir(RunLayout(out).fold(k).root)
+        write_json_atomic(RunLayout(fold_out).split, {"train": [data.paths[i] for i in tr],
+                                                      "validation": [data.paths[i] for i in va]})
         start = time.perf_counter()
         if config.pretrained and config.finetune == "head":
             result = _head_fold(data, config, feats, backbone, tr, va, fold_out, views)
@@ -354,7 +355,7 @@ def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bo
         saved = {"config": config.to_json(), "class_names": data.class_names,
                  "normalization": result.normalization, "operating_point": result.operating_point,
                  "calibration": result.calibration, "referral": result.referral}
-        write_json_atomic(fold_out / "checkpoints" / "config.json", saved)
+        write_json_atomic(RunLayout(fold_out).saved_run, saved)
         what = config.model + (f" ({config.finetune})" if config.pretrained else "")
         header = (f"Model: {what}. Data: {data.source} ({data.grouping.name}; "
                   f"{len(tr)} train / {len(va)} validation, scored once"

@@ -8,18 +8,21 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from training.common.tables import pyplot, write_table
+from training.common.tables import pyplot, save_figure, write_table
 from training.evaluation.metrics import beats_baseline
 
 if TYPE_CHECKING:
     from training.runs.folds import FoldResult
 
-HEADLINE = ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "roc_auc")
+HEADLINE = ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "roc_auc",
+            # ordered classes only (Improbable < Possible < Probable): training.evaluation.ordinal
+            "linear_weighted_kappa", "quadratic_weighted_kappa", "mean_absolute_level_error")
 
 
 def metric_rows(result: dict, baseline: dict) -> list[dict]:
     """One row per metric: model, majority baseline."""
-    rows = [{"metric": k, "model": result[k], "majority_baseline": baseline[k]} for k in HEADLINE
+    rows = [{"metric": k, "model": result[k], "majority_baseline": baseline.get(k) if baseline.get(k) is not None
+             else "n/a"} for k in HEADLINE
             if result.get(k) is not None]
     for name, m in result["per_class"].items():
         b = baseline["per_class"][name]
@@ -42,7 +45,7 @@ def plot_history(history: Sequence[dict], path: Path) -> None:
     ax2.set_ylim(0, 1)
     ax2.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -58,7 +61,7 @@ def plot_head_selection(curves, history: Sequence[dict], path: Path) -> None:
     ax.set_ylim(top=min(float(np.max(curves)), 3 * float(np.min(curves)) + 0.5))
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -70,7 +73,7 @@ def plot_confusion(matrix, class_names: Sequence[str], path: Path, title: str = 
     ConfusionMatrixDisplay(np.asarray(matrix), display_labels=list(class_names)).plot(ax=ax, colorbar=False)
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

@@ -8,10 +8,13 @@ Configurations (``CONFIGS``):
   30 epochs with early stopping on validation macro-F1 (patience 6); RGB with ``rgb=True``.
 
 Prec. and Recall are those of the positive class (the first, at-risk class of the grouping:
-Probable, Probable+Possible, …); the table names it."""
+Probable, Probable+Possible, …); the table names it. For the three ordered levels (``Pr_Po_Im``) the
+quadratic-weighted κ and the mean absolute level error stand beside them (training.evaluation.ordinal);
+other rows show "–" there."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -60,6 +63,13 @@ def fmt(mean, std, folds: int) -> str:
     return f"{100 * mean:.1f}" if folds == 1 else f"{100 * mean:.1f} ± {100 * std:.1f}"
 
 
+def fmt_plain(mean, std, folds: int) -> str:
+    """As :func:`fmt`, for a figure that is not a percentage (a κ, a level error)."""
+    if mean is None:
+        return "–"
+    return f"{mean:.2f}" if folds == 1 else f"{mean:.2f} ± {std:.2f}"
+
+
 def table_row(results: list[FoldResult], class_names: list[str], *, positive: int = 0) -> dict:
     """Mean (± std over folds) of each metric, the majority baseline beside it, and a verdict."""
     name = class_names[positive]
@@ -71,6 +81,8 @@ def table_row(results: list[FoldResult], class_names: list[str], *, positive: in
         "balanced_accuracy": [r.metrics["balanced_accuracy"] for r in results],
         "macro_f1": [r.metrics["macro_f1"] for r in results],
         "roc_auc": [r.metrics["roc_auc"] for r in results],
+        "quadratic_weighted_kappa": [r.metrics.get("quadratic_weighted_kappa") for r in results],
+        "mean_absolute_level_error": [r.metrics.get("mean_absolute_level_error") for r in results],
         "baseline_accuracy": [r.baseline["accuracy"] for r in results],
         "baseline_balanced_accuracy": [r.baseline["balanced_accuracy"] for r in results],
         "baseline_macro_f1": [r.baseline["macro_f1"] for r in results],
@@ -84,6 +96,8 @@ def table_row(results: list[FoldResult], class_names: list[str], *, positive: in
               "baseline_balanced_accuracy": "Majority bal. acc.", "baseline_macro_f1": "Majority macro-F1"}
     for key, label in labels.items():
         row[label] = fmt(*stats[key], folds)
+    row["Quadratic κ"] = fmt_plain(*stats["quadratic_weighted_kappa"], folds)
+    row["Level error"] = fmt_plain(*stats["mean_absolute_level_error"], folds)
     row["beats majority?"] = "yes" if beats else "NO"
     row["train s"] = round(sum(r.seconds for r in results), 1)
     row["confusion (summed over folds)"] = np.sum([r.metrics["confusion_matrix"] for r in results],
@@ -103,3 +117,35 @@ def describe(config: TrainConfig) -> dict:
                      "learning_rate", "lr_schedule", "epochs", "patience", "folds", "selection", "tta_flip",
                      "target_recall", "grad", "calibration", "refer_coverage", "refer_accuracy", *tuning,
                      *(("refit",) if config.refit else ()))}
+
+
+def read_result_row(path: str | Path, key: str) -> dict:
+    """A row of the results table written by an earlier run of ``experiments.results_table`` (``rows/KEY.json``),
+    read back to skip its work: a JSON object of at most 100 fields whose ``_key`` is ``key`` and whose values are
+    numbers, strings (at most 10,000 characters), booleans, null, or (``settings``) an object of those, lists of
+    them and objects of them (``augment``). Anything else is one
+    :class:`~training.common.files.FileFormatError` naming the file and field."""
+    from training.common.files import FileFormatError, parse_document
+    from training.loop.config import is_real
+
+    row = parse_document(path, "a row of the results table (delete it to compute the row again)", fmt="json",
+                         max_bytes=1 << 20, max_depth=4)
+    if not isinstance(row, dict) or len(row) > 100:
+        raise FileFormatError(path, "", "expected an object of at most 100 fields (delete the file to compute the "
+                                        "row again)")
+
+    def plain(v) -> bool:
+        return v is None or isinstance(v, bool) or is_real(v) or isinstance(v, str) and len(v) <= 10_000
+
+    def setting(v) -> bool:
+        return plain(v) or isinstance(v, list) and all(map(plain, v)) or isinstance(v, dict) and all(
+            plain(x) or isinstance(x, list) and all(map(plain, x)) for x in v.values())
+
+    for field, value in row.items():
+        ok = plain(value) or field == "settings" and isinstance(value, dict) and all(map(setting, value.values()))
+        if not ok or len(field) > 100:
+            raise FileFormatError(path, field[:40], "not a value of a results-table row (delete the file to "
+                                                    "compute the row again)")
+    if row.get("_key") != key:
+        raise FileFormatError(path, "_key", f"expected {key!r}: the row of another configuration")
+    return row

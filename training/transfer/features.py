@@ -137,13 +137,14 @@ def views_for(config, count: int | None = None) -> Views | None:
 
 
 def _load_cached(path: Path, shape: tuple[int, ...] | None) -> np.ndarray | None:
-    """A cached float32 entry of ``shape`` ((2, D) features when None: D is the backbone's), or None when absent
-    or damaged (it is then computed again)."""
+    """A cached float32 entry of ``shape`` ((2, D) features of any D when None), or None when absent, damaged, of
+    another shape or not finite (a NaN): it is then computed again, and rewritten."""
     def accept(found: tuple[int, ...], dtype) -> bool:
         ok = found == shape if shape is not None else len(found) == 2 and found[0] == 2
         return ok and dtype == np.float32
 
-    return load_cached_npy(path, accept)
+    entry = load_cached_npy(path, accept)
+    return entry if entry is not None and np.isfinite(entry).all() else None
 
 
 @functools.lru_cache(maxsize=32)
@@ -187,7 +188,9 @@ def extract_features(x: np.ndarray | Sequence[str | Path], digests: Sequence[str
 
     engine = resolve_engine(engine) if block is None else "jax"
     folder = feature_cache_dir(cache_dir, variant, weights_digest, pre_key, engine)
-    shape = None
+    # the pooled features' width is the head convolution's: an entry of another width is computed again
+    shape = (2, int(np.shape(backbone_params["conv_head"]["kernel"])[-1])) if "conv_head" in backbone_params \
+        else None
     if block is not None:
         shape = (2, *block_input_shape(variant, block, _image_size(x, pre)))
         folder = folder / f"block{block}"
