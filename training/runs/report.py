@@ -97,7 +97,7 @@ def plot_reliability(probs, y, path: Path, title: str = "", y_pred=None) -> None
     ax.set_title(f"{title}\nECE {expected_calibration_error(probs, y, y_pred=y_pred):.3f}".strip(), fontsize=9)
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -115,7 +115,7 @@ def plot_risk_coverage(rows: Sequence[dict], path: Path, title: str = "") -> Non
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
