@@ -125,12 +125,14 @@ def _calibration_columns(results, y, seed: int, png: Path, title: str) -> dict:
     p = pooled(results, y)
     m = calibration_metrics(p.probs, p.y, y_pred=p.y_pred, key=jax.random.PRNGKey(seed))
     plot_reliability(p.probs, p.y, png, title, p.y_pred)
-    methods = sorted({r.calibration["method"] for r in results if r.calibration}) or ["none"]
+    chosen = sorted({r.calibration["method"] for r in results if r.calibration})
+    requested = next((r.calibration["requested"] for r in results if r.calibration), "none")
 
     def cell(k):
         return f"{m[k]:.3f} [{m[k + '_ci95'][0]:.3f}, {m[k + '_ci95'][1]:.3f}]"
 
-    return {"calibration": "/".join(methods), "ECE [95% CI] (bins)": f"{cell('ece')} ({m['ece_bins']})",
+    return {"calibration": requested + (f" ({'/'.join(chosen)})" if requested == "auto" else ""),
+            "ECE [95% CI] (bins)": f"{cell('ece')} ({m['ece_bins']})",
             "Brier [95% CI]": cell("brier"), "log-loss [95% CI]": cell("log_loss")}
 
 
