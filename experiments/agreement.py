@@ -19,9 +19,8 @@ import csv
 from pathlib import PurePosixPath
 
 from experiments.errors import add_common, mapping, run_command
-from training.common.files import output_dir
-from training.common.tables import write_table
-from training.evaluation.agreement import ORDER, agreement
+
+ORDER = ("Improbable", "Possible", "Probable")  # training.evaluation.agreement.ORDER, lowest first
 
 
 def read_rows(path: str) -> list[dict]:
@@ -75,6 +74,10 @@ def match_paths(rated: list[str], predicted: list[str], ratings_file: str) -> li
 
 
 def run(args: argparse.Namespace) -> list[dict]:
+    from training.common.files import output_dir
+    from training.common.tables import write_table
+    from training.evaluation.agreement import agreement
+
     relabel = dict(args.map or [])
     predictions = read_rows(args.predictions)
     if "predicted" not in predictions[0]:
@@ -88,14 +91,13 @@ def run(args: argparse.Namespace) -> list[dict]:
     if not raters:
         raise ValueError(f"{args.ratings}: no rating column besides 'path'")
     model = [preds[p] for p in match_paths([r["path"] for r in ratings], list(preds), args.ratings)]
-    out = output_dir(args.out)
     order = args.order or list(ORDER)
-    rows = []
     pairs = [("model", rater) for rater in raters] + ([tuple(raters)] if len(raters) == 2 else [])
-    for first, second in pairs:
-        a = model if first == "model" else [r[first] for r in ratings]
-        b = [r[second] for r in ratings]
-        result = agreement(a, b, order)
+    results = [agreement(model if first == "model" else [r[first] for r in ratings],
+                         [r[second] for r in ratings], order) for first, second in pairs]
+    out = output_dir(args.out)  # made only once every pair is scored: a failure leaves no folder behind
+    rows = []
+    for (first, second), result in zip(pairs, results):
         rows.append({"pair": f"{first} vs {second}", "n": result["n"], "agreement": result["agreement"],
                      "cohen_kappa": result["cohen_kappa"],
                      "quadratic_weighted_kappa": result["quadratic_weighted_kappa"]})
@@ -106,14 +108,17 @@ def run(args: argparse.Namespace) -> list[dict]:
                 notes="κ = 1: perfect agreement; 0: chance level. Quadratic weights count a "
                       "Probable↔Improbable disagreement 4× a one-step one.\n")
     print((out / "agreement.md").read_text())
+    print(f"{len(ratings)} rated photos compared ({len(pairs)} pairs): table {out / 'agreement.md'} (and .csv), "
+          f"confusion tables {out}/confusion_*.md")
     return rows
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--predictions", required=True)
-    p.add_argument("--ratings", required=True)
-    p.add_argument("--order", nargs="+", help="ordered labels, lowest first")
+    p.add_argument("--predictions", required=True, help="a CSV written by experiments.predict")
+    p.add_argument("--ratings", required=True,
+                   help="a CSV with a path column and one or two rating columns (e.g. rater1,rater2)")
+    p.add_argument("--order", nargs="+", help="ordered labels, lowest first (default Improbable Possible Probable)")
     p.add_argument("--map", nargs="*", type=mapping, metavar="OLD=NEW",
                    help="relabel predictions, e.g. 'Probable+Possible=Probable'")
     add_common(p, "out", out="reports/agreement")

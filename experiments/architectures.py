@@ -13,23 +13,25 @@ from __future__ import annotations
 import argparse
 
 from experiments.errors import add_common, deprecated_alias, image_size, positive_int, run_command
-from training.common.files import output_dir
-from training.common.tables import write_table
-from training.common.timing import device_description
-from training.data.dataset import load_dataset
-from training.data.images import Preprocess
-from training.data.labels import SCENARIOS
-from training.runs.folds import run_folds
-from training.runs.results import config_for, table_row
+from experiments.names import SCENARIOS
 
 MODELS = ("model1", "resnet50", "googlenet")
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    out = output_dir(args.out)
+    from training.common.files import output_dir
+    from training.common.tables import write_table
+    from training.common.timing import device_description
+    from training.data.dataset import load_dataset
+    from training.data.images import Preprocess
+    from training.runs.folds import run_folds
+    from training.runs.results import config_for, table_row
+
     data = load_dataset(args.data, Preprocess(args.image_size, "center", args.rgb), scenario=args.scenario,
                         grouping_file=args.grouping, skip_bad=args.skip_bad, cache_dir=args.cache_dir,
                         progress=False)
+    print(f"{data.source}: {data.report.summary()}")
+    out = output_dir(args.out)  # made only once the data is read: a run that stops early leaves no folder
     rows = []
     for name in args.models:
         config = config_for("improved", args.image_size, rgb=args.rgb, seed=args.seed, model=name, folds=args.folds,
@@ -45,6 +47,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                       f"{'RGB' if args.rgb else 'grayscale'}, {args.folds} folds, up to {args.epochs} epochs. "
                       f"Device: {device_description()}.\n")
     print((out / "architectures.md").read_text())
+    print(f"{len(rows)} architectures compared on {len(data.y)} photos: table {out / 'architectures.md'} "
+          f"(and .csv), each model's runs under {out}/<model>/")
     return rows
 
 

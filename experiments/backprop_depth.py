@@ -11,21 +11,18 @@ from __future__ import annotations
 import argparse
 from functools import partial
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
-import manual_backprop as mb
 from experiments.errors import add_common, deprecated_alias, positive_int, run_command
-from training.common.files import output_dir
-from training.common.tables import pyplot, write_table
-from training.common.timing import device_description, time_call
 
 METHODS = ("naive chain", "cached backprop", "jax.grad")
 
 
 def gradient_functions(activation: str = "sigmoid", cost: str = "half_sse") -> dict:
     """Jitted minibatch-mean gradients by each method (per-example functions, vmapped)."""
+    import jax
+    import jax.numpy as jnp
+
+    import manual_backprop as mb
+
     kw = dict(activation=activation, cost=cost)
 
     def mean_over_batch(per_example):
@@ -44,10 +41,19 @@ def gradient_functions(activation: str = "sigmoid", cost: str = "half_sse") -> d
 
 def fitted_slope(depths, seconds) -> float:
     """Least-squares slope of log(seconds) against log(depth)."""
+    import numpy as np
+
     return float(np.polyfit(np.log(depths), np.log(seconds), 1)[0])
 
 
 def run(out: str, depths=(2, 4, 8, 16, 32, 64), width: int = 32, batch: int = 64, repeats: int = 7) -> dict:
+    import jax
+
+    import manual_backprop as mb
+    from training.common.files import output_dir
+    from training.common.tables import pyplot, write_table
+    from training.common.timing import device_description, time_call
+
     out_path = output_dir(out)
     fns = gradient_functions()
     rows = []

@@ -169,7 +169,7 @@ def add_common(p: argparse.ArgumentParser, *names: str, out: str | None = None, 
         elif name == "workers":
             p.add_argument(flag, type=positive_int, help=help_text)
         elif name == "engine":
-            from training.loop.devices import ENGINES
+            from experiments.names import ENGINES
 
             p.add_argument(flag, choices=ENGINES, default="auto", help=help_text)
         elif name in ("cache-dir", "coordinator"):

@@ -17,8 +17,6 @@ import json
 from pathlib import Path
 
 from experiments.errors import DISTRIBUTED, add_common, run_command
-from training.common.files import atomic_open
-from training.runs.saved import load_trained, run_config
 
 
 def export_metadata(config, class_names: list[str], op: dict | None) -> dict[str, str]:
@@ -53,6 +51,8 @@ def run(args: argparse.Namespace) -> dict:
     except ImportError:
         raise ValueError("experiments.export needs the onnx package: pip install -e '.[deploy]'") from None
     from models.onnx_graph import classifier_to_onnx
+    from training.common.files import atomic_open
+    from training.runs.saved import load_trained, run_config
 
     model, params, config, class_names = load_trained(args.checkpoint)
     _, saved = run_config(args.checkpoint)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from experiments import compare_gradients, train, train_mlp
 from experiments.errors import add_common, run_command
 
 
@@ -26,6 +25,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from experiments import compare_gradients, train, train_mlp
+
     out = Path(args.out)
     print("== 1. manual backprop vs jax.grad")
     compare_gradients.run(str(out / "compare_gradients"), quick=True)

@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-
-import jax
-import numpy as np
+from typing import TYPE_CHECKING
 
 from experiments.errors import (
     DISTRIBUTED,
@@ -43,21 +41,10 @@ from experiments.errors import (
     positive_int,
     run_command,
 )
-from models.efficientnet_lite import native_size
-from models.transfer import BACKBONES
-from training.common.files import write_json_atomic
-from training.common.tables import write_table
-from training.data.augment import Augment
-from training.data.dataset import load_dataset
-from training.data.images import Preprocess
-from training.data.labels import SCENARIOS
-from training.evaluation.metrics import bootstrap_interval, classification_metrics
-from training.loop.config import FINETUNE, FINETUNE_RECIPE, MODELS, PRESETS, TOP_RECIPE, TrainConfig, get_config
-from training.loop.distributed import outputs_of_this_process, process_count, process_index
-from training.runs.folder import RunFolder
-from training.runs.folds import pooled_predictions, run_folds
-from training.runs.report import HEADLINE
-from training.runs.results import describe
+from experiments.names import BACKBONES, FINETUNE, MODELS, PRESETS, SCENARIOS
+
+if TYPE_CHECKING:
+    from training.loop.config import TrainConfig
 
 
 def _target_recall(text: str) -> tuple[str, float]:
@@ -76,7 +63,7 @@ def parser() -> argparse.ArgumentParser:
     add_common(p, "data", "out", "seed", "skip-bad", "cache-dir", "workers", "no-progress", "engine", *DISTRIBUTED,
                out="runs/train",
                data_help="folder with one subfolder per label, or a CSV manifest (path,label)")
-    p.add_argument("--preset", choices=sorted(k for k in PRESETS if k != "default"), default="pretrained",
+    p.add_argument("--preset", choices=sorted(PRESETS), default="pretrained",
                    help="pretrained (default: the best measured), improved (Model 1 from scratch), "
                         "lab-2020 (the lab's Dec 2020 setup); the flags below override it")
     p.add_argument("--scenario", choices=sorted(SCENARIOS), help="the lab's label grouping")
@@ -132,6 +119,10 @@ def parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The preset with every flag the user gave on top."""
+    from models.efficientnet_lite import native_size
+    from training.data.augment import Augment
+    from training.loop.config import FINETUNE_RECIPE, PRESETS, TOP_RECIPE, get_config
+
     flags = {"model": args.model, "finetune": args.finetune, "weights": args.weights, "image_size": args.image_size,
              "rgb": args.rgb, "crop": args.crop, "epochs": args.epochs, "batch_size": args.batch_size,
              "learning_rate": args.lr, "standardize": args.standardize,
@@ -166,6 +157,8 @@ def data_record(data) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
+    from training.loop.distributed import outputs_of_this_process, process_count, process_index
+
     if args.resume and process_count() > 1:
         raise ValueError("--resume: a job of several processes cannot resume (process 0 alone holds the run); "
                          "resume it as one process, or start again with --overwrite")
@@ -177,6 +170,13 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _run(args: argparse.Namespace, out_path) -> dict:
+    import numpy as np
+
+    from training.data.dataset import load_dataset
+    from training.data.images import Preprocess
+    from training.runs.folder import RunFolder
+    from training.runs.results import describe
+
     folder = RunFolder(out_path, resume=args.resume, overwrite=args.overwrite)
     folder.check()  # before any work
     config = config_from_args(args)
@@ -199,6 +199,15 @@ def _run(args: argparse.Namespace, out_path) -> dict:
 
 
 def _train(args: argparse.Namespace, config: TrainConfig, data, out, counts: dict) -> dict:
+    import jax
+    import numpy as np
+
+    from training.common.files import write_json_atomic
+    from training.common.tables import write_table
+    from training.evaluation.metrics import bootstrap_interval, classification_metrics
+    from training.runs.folds import pooled_predictions, run_folds
+    from training.runs.report import HEADLINE
+
     write_json_atomic(out / "data_report.json", {"source": data.source, "grouping": data.grouping.name,
                                                  "class_counts": counts, **data.report.as_dict()})
     results = run_folds(data, config, out, resume=args.resume, progress=not args.no_progress,

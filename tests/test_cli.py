@@ -191,12 +191,12 @@ def test_overwrite_replaces_the_run_whole_and_a_failure_keeps_the_old_one(run_co
     def crash(*args, **kwargs):
         raise ValueError("simulated failure in the middle of training")
 
-    monkeypatch.setattr(train, "run_folds", crash)
+    monkeypatch.setattr(folds, "run_folds", crash)  # the command imports it when it runs
     with pytest.raises(SystemExit):
         train.main(_train_args(root, run, tmp_path, "--image-size", "20", "--overwrite"))
     assert _snapshot(run) == before  # the old run, untouched
     assert not list(run.parent.glob(".run.new-*"))  # no staging folder left
-    monkeypatch.setattr(train, "run_folds", folds.run_folds)
+    monkeypatch.undo()
     train.main(_train_args(root, run, tmp_path, "--image-size", "20", "--overwrite"))
     assert not (run / "notes-from-the-old-run.txt").exists()
     record = json.loads((run / "run.json").read_text())
