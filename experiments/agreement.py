@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--order", nargs="+", help="ordered labels, lowest first (default Improbable Possible Probable)")
     p.add_argument("--map", nargs="*", type=mapping, metavar="OLD=NEW",
                    help="relabel predictions, e.g. 'Probable+Possible=Probable'")
-    add_common(p, "out", out="reports/agreement")
+    add_common(p, "out", "no-progress", out="reports/agreement")
     return run_command(p, run, argv)
 
 

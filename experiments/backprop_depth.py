@@ -93,12 +93,14 @@ def run(out: str, depths=(2, 4, 8, 16, 32, 64), width: int = 32, batch: int = 64
     fig.savefig(out_path / "depth_timings.png", dpi=120)
     plt.close(fig)
     print(notes)
+    print(f"{len(rows)} depths timed: table {out_path / 'depth_timings.md'} (and .csv), plot "
+          f"{out_path / 'depth_timings.png'}")
     return {"slopes": slopes, "deep_slopes": deep_slopes, "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common(parser, "out", out="runs/backprop_depth")
+    add_common(parser, "out", "no-progress", out="runs/backprop_depth")
     parser.add_argument("--depths", type=positive_int, nargs="+", default=[2, 4, 8, 16, 32, 64])
     parser.add_argument("--width", type=positive_int, default=32)
     parser.add_argument("--batch-size", type=positive_int, default=64)

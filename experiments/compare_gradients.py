@@ -213,7 +213,8 @@ def run(out: str, quick: bool = False) -> dict:
     )
     plot(errors, timings, out_path / "gradient_comparison.png")
     print(f"max relative error vs jax.grad: float64 {worst64:.2e}, float32 {worst32:.2e}")
-    print(f"wrote {out_path}/gradient_errors.md, gradient_timings.md, gradient_comparison.png")
+    print(f"{len(errors)} gradient comparisons and {len(timings)} timings: tables {out_path / 'gradient_errors.md'}, "
+          f"{out_path / 'gradient_timings.md'} (and .csv), plot {out_path / 'gradient_comparison.png'}")
     return {"worst_float64": worst64, "worst_float32": worst32}
 
 
@@ -238,12 +239,14 @@ def run_cnn(out: str, image_size: int = 108, batch: int = 32, quick: bool = Fals
                       f"Device: {device_description()}.\n")
     print((out_path / "cnn_gradient_errors.md").read_text())
     print((out_path / "cnn_backward_timings.md").read_text())
+    print(f"Model 1's backward compared with jax.grad: tables {out_path / 'cnn_gradient_errors.md'}, "
+          f"{out_path / 'cnn_backward_timings.md'} (and .csv)")
     return {"worst_float64": worst, "timings": timings}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common(parser, "out", out="runs/compare_gradients")
+    add_common(parser, "out", "no-progress", out="runs/compare_gradients")
     parser.add_argument("--quick", action="store_true", help="fewer timing repeats")
     parser.add_argument("--cnn", action="store_true", help="Model 1's hand-written backward instead of the MLP")
     parser.add_argument("--image-size", type=image_size, default=108)

@@ -72,7 +72,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a run folder written by experiments.train")
     p.add_argument("--out", default="model.onnx", help="the ONNX file to write (default model.onnx)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    add_common(p, *DISTRIBUTED)
+    add_common(p, "no-progress", *DISTRIBUTED)
     return p
 
 

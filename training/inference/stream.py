@@ -26,7 +26,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,9 +149,11 @@ def _csv_bytes(rows: Iterable[list]) -> bytes:
     return buffer.getvalue().encode("utf-8", errors="surrogateescape")
 
 
-def predict_folder(files: Sequence[Path], root: Path, classifier: Classifier, out: Path, *, signature: dict,
-                   options: StreamOptions = StreamOptions(), dp: DataParallel | None = None) -> StreamReport:
-    """Predict every file and write ``out`` (path relative to ``root``, predicted label, ``p_<class>`` …).
+def predict_folder(files: Sequence[Path], root: Path | None, classifier: Classifier, out: Path, *, signature: dict,
+                   options: StreamOptions = StreamOptions(), dp: DataParallel | None = None,
+                   names: Mapping[Path, str] | None = None) -> StreamReport:
+    """Predict every file and write ``out`` (path relative to ``root``, or ``names[file]``, predicted label,
+    ``p_<class>`` …).
 
     Each chunk ``x`` is padded to a multiple of the local device count and sharded over them.
     With ``options.resume`` the photos already in ``OUT.partial`` are skipped (``signature`` must
@@ -165,7 +167,7 @@ def predict_folder(files: Sequence[Path], root: Path, classifier: Classifier, ou
     size = dp.padded_batch_size(o.batch_size)
     partial = PartialCSV(out, csv_header(c.class_names), signature)
     report = StreamReport()
-    rel = {f: f.relative_to(root).as_posix() for f in files}
+    rel = {f: names[f] for f in files} if names is not None else {f: f.relative_to(root).as_posix() for f in files}
     if o.resume and partial.exists():
         done, report.skipped = partial.resume()
         skipped = {path for path, _ in report.skipped}  # counted once, not tried again
@@ -227,8 +229,9 @@ def _shard_report(shard: Path) -> Path:
     return shard.with_name(shard.name + ".json")
 
 
-def predict_sharded(files: Sequence[Path], root: Path, classifier: Classifier, out: Path, *, signature: dict,
-                    options: StreamOptions = StreamOptions(), overwrite: bool = False) -> StreamReport:
+def predict_sharded(files: Sequence[Path], root: Path | None, classifier: Classifier, out: Path, *, signature: dict,
+                    options: StreamOptions = StreamOptions(), overwrite: bool = False,
+                    names: Mapping[Path, str] | None = None) -> StreamReport:
     """:func:`predict_folder` as one process of a job (one process: the same call).
 
     Process ``i`` of ``N`` predicts :func:`~training.loop.distributed.shard` ``(len(files), block=B)``
@@ -239,7 +242,7 @@ def predict_sharded(files: Sequence[Path], root: Path, classifier: Classifier, o
     """
     count, index = process_count(), process_index()
     if count == 1:
-        return predict_folder(files, root, classifier, out, signature=signature, options=options)
+        return predict_folder(files, root, classifier, out, signature=signature, options=options, names=names)
     dp = DataParallel(jax.local_devices())
     chunk = dp.padded_batch_size(options.batch_size)
     part = shard(len(files), block=chunk)
@@ -254,7 +257,8 @@ def predict_sharded(files: Sequence[Path], root: Path, classifier: Classifier, o
         report = StreamReport(resumed=len(files[part]) - len(skipped), skipped=skipped)
         log.info(f"process {index}: its shard is complete already ({mine})")
     else:
-        report = predict_folder(files[part], root, classifier, mine, signature=sig, options=options, dp=dp)
+        report = predict_folder(files[part], root, classifier, mine, signature=sig, options=options, dp=dp,
+                                names=names)
         write_json_atomic(_shard_report(mine), {"skipped": [list(s) for s in report.skipped]})
     barrier(f"predict {out}")
     if index == 0:
