@@ -165,7 +165,10 @@ def run(args: argparse.Namespace) -> dict:
     with outputs_of_this_process(args.out) as out:
         result = _run(args, out)
     if process_index() == 0:
-        print(f"run written to {args.out}")
+        folds = len(result["results"])
+        where = f"{args.out}/fold_1 … fold_{folds}" if folds > 1 else str(args.out)
+        print(f"run written to {args.out}: summary {args.out}/summary.md, report (metrics.md, plots) and "
+              f"checkpoints/ in {where}")
     return result
 
 

@@ -213,7 +213,9 @@ def extract_features(x: np.ndarray | Sequence[str | Path], digests: Sequence[str
         # one chunk at a time either way: indexing the array copies, so it is done per chunk
         chunks = ((x[missing[i:i + batch_size]] for i in range(0, len(missing), batch_size)) if in_memory else
                   decode_chunks([Path(x[i]) for i in missing], pre, chunk_size=batch_size))
-        bar = tqdm(total=len(missing), desc="backbone features", unit="photo", disable=not progress)
+        what = "backbone features" if block is None else f"frozen blocks' maps (input of block {block})"
+        bar = tqdm(total=len(missing), desc=what + (f", {views.count} views" if views is not None else ""),
+                   unit="photo", disable=not progress)
         for start, chunk in zip(range(0, len(missing), batch_size), chunks):
             if not in_memory:
                 bad = [a for _, a in chunk if isinstance(a, str)]
