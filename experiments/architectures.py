@@ -57,14 +57,15 @@ def parser() -> argparse.ArgumentParser:
     add_common(p, "data", "out", "seed", "skip-bad", "cache-dir", "no-progress", "engine",
                out="reports/architectures",
                data_required=True)
-    p.add_argument("--scenario", choices=sorted(SCENARIOS))
-    p.add_argument("--grouping")
+    p.add_argument("--scenario", choices=sorted(SCENARIOS), help="the lab's label grouping (as train's)")
+    p.add_argument("--grouping", help="JSON/TOML grouping file instead (as train's)")
     p.add_argument("--image-size", type=image_size, default=108, help="square side in pixels (default 108)")
     deprecated_alias(p, "--size", "--image-size", "image_size", type=image_size)
-    p.add_argument("--rgb", action="store_true")
-    p.add_argument("--folds", type=positive_int, default=5)
-    p.add_argument("--epochs", type=positive_int, default=30)
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    p.add_argument("--rgb", action="store_true", help="keep colour (default grayscale)")
+    p.add_argument("--folds", type=positive_int, default=5, help="outer folds, the same for every model (default 5)")
+    p.add_argument("--epochs", type=positive_int, default=30, help="at most this many epochs each (default 30)")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS,
+                   help="networks trained from scratch with the improved recipe (default all three)")
     return p
 
 

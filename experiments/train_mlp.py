@@ -102,15 +102,18 @@ def parser() -> argparse.ArgumentParser:
     add_common(p, "data", "out", "seed", "no-progress",
                out="runs/train_mlp",
                data_help="MNIST .npz (x_train/y_train/x_valid/y_valid/x_test/y_test); default: digits")
-    p.add_argument("--preset", choices=sorted(MLP_PRESETS), default="network")
+    p.add_argument("--preset", choices=sorted(MLP_PRESETS), default="network",
+                   help="network: Nielsen's network.py (sigmoid, quadratic cost); network2: cross-entropy and L2 "
+                        "(default network); the flags below override it")
     p.add_argument("--hidden", type=positive_int, nargs="+", help="hidden layer widths")
-    p.add_argument("--activation", choices=sorted(ACTIVATIONS))
-    p.add_argument("--cost", choices=sorted(COSTS))
-    p.add_argument("--eta", type=positive_float)
+    p.add_argument("--activation", choices=sorted(ACTIVATIONS), help="of every layer")
+    p.add_argument("--cost", choices=sorted(COSTS), help="the cost C whose gradient the hand-written backward gives")
+    p.add_argument("--eta", type=positive_float, help="the learning rate η of plain minibatch SGD")
     p.add_argument("--lmbda", type=nonnegative_float, help="L2 strength λ (the term is λ/2n Σw²)")
-    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--batch-size", type=positive_int, help="examples per SGD step")
     p.add_argument("--epochs", type=positive_int)
-    p.add_argument("--weight-scale", choices=["unit", "fan_in"])
+    p.add_argument("--weight-scale", choices=["unit", "fan_in"],
+                   help="initial weights N(0, 1) (network.py) or N(0, 1/fan_in)")
     return p
 
 
