@@ -387,6 +387,7 @@ def test_every_command_names_a_missing_file_in_one_line(command, tmp_path, capsy
         module.main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert info.value.code == 1 and len(err) == 1 and err[0].startswith("error: ") and missing in err[0]
+    assert not (tmp_path / "out").exists()  # a failed command leaves no empty folder behind
 
 
 @pytest.mark.parametrize(("command", "argv"), [
