@@ -43,11 +43,14 @@ def run(args: argparse.Namespace) -> list[dict]:
     from training.inference.engine import trained_classifier
     from training.inference.stream import csv_header
     from training.loop.devices import DataParallel
+    from training.runs.saved import load_trained, run_config
 
     if args.cache_dir is not None:
         print("warning: --cache-dir is deprecated and ignored: explain streams the photos as predict does",
               file=sys.stderr)
-    c, engine, (model, params, config), _ = trained_classifier(args.checkpoint, args.engine)
+    model, params, config, class_names = load_trained(args.checkpoint)
+    _, saved = run_config(args.checkpoint)
+    c, engine = trained_classifier(model, params, config, class_names, saved.get("operating_point"), args.engine)
     ignored: list[tuple[str, str]] = []
     photos = photo_inputs(args.images, ignored=ignored)
     names = dict(photos)

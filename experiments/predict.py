@@ -50,12 +50,13 @@ def run(args: argparse.Namespace) -> dict:
     from training.inference.engine import trained_classifier
     from training.inference.stream import PartialCSV, StreamOptions, csv_header, predict_sharded, shard_path
     from training.loop.distributed import process_count, process_index
-    from training.runs.saved import run_config
+    from training.runs.saved import load_trained, run_config
 
     out = Path(args.out)
-    classifier, engine, (_, _, config), op = trained_classifier(args.checkpoint, args.engine)
-    class_names = classifier.class_names
-    ckpt_dir, _ = run_config(args.checkpoint)
+    model, params, config, class_names = load_trained(args.checkpoint)
+    ckpt_dir, saved = run_config(args.checkpoint)
+    op = saved.get("operating_point")
+    classifier, engine = trained_classifier(model, params, config, class_names, op, args.engine)
     header = csv_header(class_names)
     signature = {"checkpoint": str(Path(args.checkpoint).resolve()), "images": images_signature(args.images),
                  "checkpoint_config_sha256": hashlib.sha256((ckpt_dir / "config.json").read_bytes()).hexdigest()}
