@@ -11,8 +11,9 @@ test-time averaging, balanced class weights. The validation fold(s) are scored o
 DIR: one subfolder per label (Probable/, Possible/, Improbable/, or any labels), read recursively;
 CSV: columns path,label (paths relative to the CSV). Without --data the embedded
 scikit-learn digits (upscaled to --image-size, default 32 for them) are used.
-Writes to --out: data_report.json, split.json, metrics.{md,csv}, history.{md,csv,json},
-learning_curves.png, confusion_matrix.png, checkpoints/{best,last,config.json}
+Writes to --out: data_report.json, split.json, metrics.{md,csv}, history.{md,csv}, confusion_matrix.png,
+checkpoints/{best,config.json}; for a network trained by epochs also history.json, learning_curves.png and
+checkpoints/last; for a frozen backbone's head head_selection.png (its inner-CV loss curves) instead
 (with --folds K: one fold_k/ folder each and summary.{md,csv} with mean ± std), and run.json.
 A folder that holds a run is refused unless --resume (same settings and data; the differences
 are named) or --overwrite (the new run replaces it whole, only once complete).
