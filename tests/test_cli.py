@@ -116,7 +116,7 @@ def test_predict_rows_for_copies_atomic_csv_and_odd_names(tmp_path, capsys):
         predict.main(["--checkpoint", str(run), "--images", str(tmp_path / "missing"), "--out", str(out),
                       "--overwrite"])
     assert out.read_bytes() == before
-    assert "error: image folder not found" in capsys.readouterr().err
+    assert "error: photo or folder not found" in capsys.readouterr().err
 
 
 # ---- run folders: refused, resumed or replaced whole ----------------------------------------------------------
