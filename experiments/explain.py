@@ -1,4 +1,4 @@
-"""Predict, and show what the model looks at: saliency, Grad-CAM and Grad-CAM++ over each photo.
+"""Predict, and show what the model looks at: Grad-CAM and Grad-CAM++ (and saliency) over each photo.
 
     python -m experiments.explain --checkpoint runs/NAME --images DIR --out reports/explain
     python -m experiments.explain --checkpoint runs/NAME --images photo.jpg DIR2 other.png
@@ -13,7 +13,7 @@ PNG per photo: the photo as the model sees it (titled with the predicted class a
 probability), then each map of the predicted class over it (bright: raises that class's score).
 The maps are computed on the photo itself, not its mirror image. Photos are decoded a few
 chunks ahead by a thread pool; the maps of a chunk come from one batched, jitted pass (one
-forward and one backward for all methods together).
+forward and one backward for all methods together; the backward reaches the image only for saliency).
 """
 
 from __future__ import annotations
@@ -178,8 +178,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True, nargs="+", metavar="PHOTO_OR_DIR",
                    help="photo files and folders of photos (read recursively), in any mix; paths as predict "
                         "writes them")
-    p.add_argument("--methods", nargs="+", choices=EXPLAIN_METHODS, default=list(EXPLAIN_METHODS),
-                   help="which maps to draw (default all)")
+    p.add_argument("--methods", nargs="+", choices=EXPLAIN_METHODS, default=["grad_cam", "grad_cam_plus_plus"],
+                   help="which maps to draw (default grad_cam grad_cam_plus_plus: the gradient at the last feature "
+                        "maps flows back through the head alone; saliency needs a backward pass through the whole "
+                        "network, about 5× the CPU time a photo)")
     add_common(p, "out", "skip-bad", "workers", "no-progress", "engine", out="reports/explain")
     p.add_argument("--batch-size", type=positive_int,
                    help="photos per batched pass (default: the run's), rounded up to a multiple of the devices")

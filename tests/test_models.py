@@ -102,8 +102,11 @@ def test_batched_maps_equal_each_method_alone():
     model = Model1(2)
     x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 40, 40, 3)), jnp.float32)
     params = _initializer(model, x.shape[1:])(jax.random.PRNGKey(1))
-    maps = batched(model, tuple(METHODS))(params, x, jnp.array([0, 1]))
-    for name, f in METHODS.items():
-        for i in range(2):
-            want = f(model, params, x[i], i)
-            assert float(jnp.linalg.norm(maps[name][i] - want)) <= 1e-5 * max(float(jnp.linalg.norm(want)), 1.0)
+    want = {name: [f(model, params, x[i], i) for i in range(2)] for name, f in METHODS.items()}
+    for methods in (tuple(METHODS), ("grad_cam_plus_plus", "grad_cam")):  # explain's default: no image gradient
+        maps = batched(model, methods)(params, x, jnp.array([0, 1]))
+        assert set(maps) == set(methods)
+        for name in methods:
+            for i in range(2):
+                error = float(jnp.linalg.norm(maps[name][i] - want[name][i]))
+                assert error <= 1e-5 * max(float(jnp.linalg.norm(want[name][i])), 1.0), (methods, name)

@@ -95,7 +95,11 @@ def all_maps(model, params, x: jax.Array, cls: jax.Array, methods: tuple[str, ..
         logits, state = model.apply(variables, x, mutable=["intermediates"])
         return logits[cls], state["intermediates"]
 
-    (gx, gp), intermediates = jax.grad(score, argnums=(0, 1), has_aux=True)(x, zeros)
+    # the score's gradient at the feature maps flows back through the head alone; only saliency needs it at the
+    # image (a backward pass through the whole network), so it is asked for only then
+    wrt = (0, 1) if "saliency" in methods and cams else (0,) if "saliency" in methods else (1,)
+    grads, intermediates = jax.grad(score, argnums=wrt, has_aux=True)(x, zeros)
+    gx, gp = (grads[0], grads[1]) if len(wrt) == 2 else (grads[0], None) if wrt == (0,) else (None, grads[0])
     maps = {}
     if "saliency" in methods:
         maps["saliency"] = _to_image(jnp.max(jnp.abs(gx), axis=-1), x.shape[:2])

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -38,7 +39,9 @@ from models.efficientnet_lite import EfficientNetLite
 from training.common.files import cache_root, load_cached_npy
 from training.data.augment import Augment, augment_image
 from training.loop.devices import resolve_engine
-from training.loop.distributed import any_process, gather_rows, process_count, shard
+from training.loop.distributed import any_process, gather_rows, process_count, process_index, shard
+
+log = logging.getLogger(__name__)  # shown by the commands (experiments.errors)
 
 
 def feature_cache_dir(cache_dir: str | Path | None, variant: str, weights_digest: str, pre_key: str,
@@ -237,6 +240,8 @@ def extract_features(x: np.ndarray | Sequence[str | Path], digests: Sequence[str
     width = 2 * len(names)
     entry = shape[1:] if shape is not None else (next((a.shape[1] for a in rows if a is not None), 1280),)
     if process_count() > 1 and everyone:
+        log.info(f"process {process_index()} of {process_count()}: {len(missing)} of the job's {len(everyone)} "
+                 "photos computed here")
         mine = np.stack([rows[i] for i in missing]) if missing else np.zeros((0, width, *entry), np.float32)
         for i, f in zip(everyone, gather_rows(mine)):
             rows[i] = f
