@@ -2,14 +2,16 @@
 
     python -m benchmarks.explain_speed --checkpoint runs/NAME --images DIR [DIR …] [--batch-size 8]
 
-1. ``experiments.explain`` (all three maps) and ``experiments.predict`` on the same photos, in this
-   process, each run twice: the first includes compiling, the second is warm. photos/s = photos / wall
-   seconds of the whole command (decoding, the probabilities, the maps, the PNGs, the CSV), beside the
-   CPU seconds the process used (all threads): on a shared machine, wall time depends on the others'
-   load; photos per CPU second, times the cores, bounds what an idle machine gives.
+1. ``experiments.explain`` (its default maps, Grad-CAM and Grad-CAM++) and ``experiments.predict`` on
+   the same photos, in this process, each run twice: the first includes compiling, the second is
+   warm. photos/s = photos / wall seconds of the whole command (decoding, the probabilities, the
+   maps, the PNGs, the CSV), beside the CPU seconds the process used (all threads): on a shared
+   machine wall time depends on the others' load; photos per CPU second, times the cores, bounds
+   what an idle machine gives.
 2. The maps alone, warm: the batched pass (``training.evaluation.explain.batched``: one forward and one
-   backward for all three methods, vmapped over a chunk) against the three methods jitted one photo at a
-   time (``jitted``, what explain ran before), on the same preprocessed photos.
+   backward for the methods together, vmapped over a chunk), for explain's default and for all three
+   (saliency's backward reaches the image), against the three methods jitted one photo at a time
+   (``jitted``, what explain ran before), on the same preprocessed photos.
 """
 
 from __future__ import annotations
@@ -65,13 +67,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     pre = Preprocess(config.image_size, config.crop, config.rgb)
     x = np.stack([load_image(f, pre) for f, _ in photos[: args.batch_size or config.batch_size]])
     k = jnp.zeros(len(x), jnp.int32)
-    f = batched(model, tuple(METHODS))
-    jax.block_until_ready(f(params, x, k))
-    start = time.perf_counter()
-    jax.block_until_ready(f(params, x, k))
-    s = time.perf_counter() - start
-    rows.append({"what": f"maps, batched ({len(x)} photos, one pass)", "photos": len(x), "seconds": s,
-                 "photos/s": len(x) / s})
+    for methods in (("grad_cam", "grad_cam_plus_plus"), tuple(METHODS)):
+        f = batched(model, methods)
+        jax.block_until_ready(f(params, x, k))
+        start, cpu = time.perf_counter(), time.process_time()
+        jax.block_until_ready(f(params, x, k))
+        s, cpu = time.perf_counter() - start, time.process_time() - cpu
+        rows.append({"what": f"maps {' + '.join(methods)}, batched ({len(x)} photos, one pass)", "photos": len(x),
+                     "seconds": s, "photos/s": len(x) / s, "cpu": cpu})
     single = {m: jitted(model, m) for m in METHODS}
     for m, g in single.items():
         jax.block_until_ready(g(params, x[0], 0))
