@@ -64,3 +64,23 @@ def probs_function(model, params, config, engine: str = "auto") -> tuple[Callabl
     if isinstance(model, TransferClassifier) and not model.folded:
         model, params = model.clone(folded=True), {**params, "backbone": fold_batchnorm(params["backbone"])}
     return make_eval_step(model, tta_flip=tta_flip), params, used
+
+
+def trained_classifier(model, params, config, class_names: list[str], operating_point: dict | None,
+                       engine: str = "auto"):
+    """What ``experiments.predict`` and ``experiments.explain`` both predict with, so that their probabilities
+    are the same numbers: ``(classifier, engine used)`` for a trained run (``training.runs.saved.load_trained``
+    and the ``operating_point`` its ``run_config`` holds).
+
+    ``classifier`` (:class:`training.inference.stream.Classifier`) holds :func:`probs_function`'s
+    probabilities (flip-averaged for a pretrained run) and the run's decision: its class when the
+    probability reaches a saved ``--target-recall`` threshold (``training.evaluation.decision.decide``),
+    else the most probable class."""
+    from training.data.images import Preprocess
+    from training.evaluation.decision import decide
+    from training.inference.stream import Classifier
+
+    probs_fn, fn_params, used = probs_function(model, params, config, engine)
+    classifier = Classifier(probs_fn, fn_params, Preprocess(config.image_size, config.crop, config.rgb), class_names,
+                            decide=lambda p: decide(p, operating_point), on_device=used == "jax")
+    return classifier, used

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -38,7 +39,9 @@ from models.efficientnet_lite import EfficientNetLite
 from training.common.files import cache_root, load_cached_npy
 from training.data.augment import Augment, augment_image
 from training.loop.devices import resolve_engine
-from training.loop.distributed import any_process, gather_rows, process_count, shard
+from training.loop.distributed import any_process, gather_rows, process_count, process_index, shard
+
+log = logging.getLogger(__name__)  # shown by the commands (experiments.errors)
 
 
 def feature_cache_dir(cache_dir: str | Path | None, variant: str, weights_digest: str, pre_key: str,
@@ -216,7 +219,9 @@ def extract_features(x: np.ndarray | Sequence[str | Path], digests: Sequence[str
         # one chunk at a time either way: indexing the array copies, so it is done per chunk
         chunks = ((x[missing[i:i + batch_size]] for i in range(0, len(missing), batch_size)) if in_memory else
                   decode_chunks([Path(x[i]) for i in missing], pre, chunk_size=batch_size))
-        bar = tqdm(total=len(missing), desc="backbone features", unit="photo", disable=not progress)
+        what = "backbone features" if block is None else f"frozen blocks' maps (input of block {block})"
+        bar = tqdm(total=len(missing), desc=what + (f", {views.count} views" if views is not None else ""),
+                   unit="photo", disable=not progress)
         for start, chunk in zip(range(0, len(missing), batch_size), chunks):
             if not in_memory:
                 bad = [a for _, a in chunk if isinstance(a, str)]
@@ -238,6 +243,8 @@ def extract_features(x: np.ndarray | Sequence[str | Path], digests: Sequence[str
     width = 2 * len(names)
     entry = shape[1:] if shape is not None else (next((a.shape[1] for a in rows if a is not None), 1280),)
     if process_count() > 1 and everyone:
+        log.info(f"process {process_index()} of {process_count()}: {len(missing)} of the job's {len(everyone)} "
+                 "photos computed here")
         mine = np.stack([rows[i] for i in missing]) if missing else np.zeros((0, width, *entry), np.float32)
         for i, f in zip(everyone, gather_rows(mine)):
             rows[i] = f
