@@ -83,7 +83,7 @@ def test_depthwise_shift_equals_grouped_convolution(size, k, stride):
     assert max(relative_errors(depthwise_shift(x, kernel, stride), ref)) <= 1e-12  # float64
 
 
-@pytest.mark.parametrize("chunk", [None, 0, 1, 2, 3, 5], ids=["default", "vmap", "1", "2-with-remainder", "3", "all"])
+@pytest.mark.parametrize("chunk", [None, 0, 2, 5], ids=["default", "vmap", "2-with-remainder", "all"])
 def test_map_images_equals_vmap_whatever_the_chunk(chunk):
     rng = np.random.default_rng(3)
     x, kernel = jnp.asarray(rng.normal(size=(5, 6, 7, 4)), jnp.float32), jnp.asarray(rng.normal(size=(3, 3, 1, 4)))
@@ -95,7 +95,7 @@ def test_map_images_equals_vmap_whatever_the_chunk(chunk):
     assert ours["map"].shape == (5, 3, 4, 4)
     assert max(relative_errors(ours["map"], ref["map"]) + relative_errors(ours["sum"], ref["sum"])) <= 1e-6
     program = jax.jit(lambda a: map_images(fn, a, chunk=chunk)).lower(x).as_text()
-    looped = chunk in (1, 2, 3) or (chunk is None and jax.default_backend() == "cpu")
+    looped = chunk == 2 or (chunk is None and jax.default_backend() == "cpu")
     assert ("while" in program) == looped  # on CPU the default runs the images one at a time
 
 
