@@ -18,7 +18,9 @@ A batch goes through :func:`map_images`: on CPU one image at a time, elsewhere `
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -46,7 +48,7 @@ VARIANTS = {
 CPU_IMAGE_CHUNK = 1
 
 
-def map_images(fn, x, *, chunk: int | None = None):
+def map_images(fn: Callable[[Any], Any], x: Any, *, chunk: int | None = None) -> Any:
     """``fn`` (one image, or one row, in → a pytree out) over the leading axis of ``x``; the same values as
     ``jax.vmap(fn)(x)``, up to float32 rounding.
 
