@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.efficientnet_lite import EfficientNetLite
+from models.efficientnet_lite import EfficientNetLite, map_images
 from training.common.files import cache_root, load_cached_npy
 from training.data.augment import Augment, augment_image
 from training.loop.devices import resolve_engine
@@ -55,13 +55,14 @@ def feature_cache_dir(cache_dir: str | Path | None, variant: str, weights_digest
 def make_feature_fn(variant: str, depthwise: str = "shift"):
     """``features(params, x) -> (B, 2, D)``: pooled features of each image and of its mirror image, jitted
     (one function per backbone: a second extraction in the same process compiles nothing). ``params``: the
-    backbone's with BatchNorm folded (:func:`~models.efficientnet_lite.fold_batchnorm`)."""
+    backbone's with BatchNorm folded (:func:`~models.efficientnet_lite.fold_batchnorm`). Batched by
+    :func:`~models.efficientnet_lite.map_images` (on CPU one image, and then its mirror image, at a time)."""
     model = EfficientNetLite(variant, depthwise=depthwise, folded=True)
 
     @jax.jit
     def features(params, x):
         one = lambda im: model.apply({"params": params}, im, features_only=True)  # noqa: E731
-        return jnp.stack([jax.vmap(one)(x), jax.vmap(one)(x[:, :, ::-1, :])], axis=1)
+        return map_images(lambda im: jnp.stack([one(im), one(im[:, ::-1, :])]), x)
 
     return features
 
@@ -70,13 +71,13 @@ def make_feature_fn(variant: str, depthwise: str = "shift"):
 def make_block_input_fn(variant: str, block: int, depthwise: str = "shift"):
     """``maps(params, x) -> (B, 2, h, w, C)``: the activation map at the input of MBConv block ``block`` of each
     image and of its mirror image, jitted. ``params``: the backbone's as trained (BatchNorm not folded), so
-    the map is the one the whole classifier computes there."""
+    the map is the one the whole classifier computes there. Batched by :func:`~models.efficientnet_lite.map_images`."""
     model = EfficientNetLite(variant, depthwise=depthwise)
 
     @jax.jit
     def maps(params, x):
         one = lambda im: model.apply({"params": params}, im, stop_block=block)  # noqa: E731
-        return jnp.stack([jax.vmap(one)(x), jax.vmap(one)(x[:, :, ::-1, :])], axis=1)
+        return map_images(lambda im: jnp.stack([one(im), one(im[:, ::-1, :])]), x)
 
     return maps
 
