@@ -1,14 +1,19 @@
-"""EfficientNet-Lite forward pass on CPU: Flax (four formulations) against PyTorch, same weights, same run.
+"""EfficientNet-Lite forward pass on CPU: JAX against PyTorch and ONNX Runtime, same weights, same run.
 
-    python -m benchmarks.backbone_forward [--variant efficientnet_lite0] [--batch 32] [--repeats 5]
+    python -m benchmarks.backbone_forward [--variant efficientnet_lite1] [--batch 32] [--repeats 7]
 
-Prints images/s of the jitted, vmapped Flax forward: the default (depthwise convolution as shifted
-slices, 1×1 convolutions as ``dot_general``), the same with BatchNorm folded into the convolutions
-(``fold_batchnorm``: what prediction and feature extraction run), with the 1×1 convolutions as XLA convolutions
-(``conv``), and with the depthwise convolution as XLA's grouped convolution (``lax``); of PyTorch
-eager (``torch.inference_mode``, if installed: ``pip install -e '.[bench]'``); the ratio
-Flax/PyTorch, and the fraction of this machine's float32 matmul ceiling (measured in the same run)
-that the forward's FLOPs reach. Also per layer shape: depthwise shift vs lax, 1×1 dot vs conv.
+Prints images/s of the jitted JAX forward with BatchNorm folded (what prediction and feature extraction run)
+batched by ``models.efficientnet_lite.map_images``: one image at a time (the CPU default), chunks of 2 and 4
+images, and ``jax.vmap`` over the whole batch (the default before issue 37); the model as it trains (BatchNorm
+as an affine) one image at a time; PyTorch eager (``torch.inference_mode``, if installed:
+``pip install -e '.[bench]'``); ONNX Runtime on PyTorch's ``torch.onnx.export`` of the same network and on this
+project's own graph (``models.onnx_graph``). Each row carries its ratio to ONNX Runtime on PyTorch's export and the
+fraction of this machine's float32 matmul ceiling (measured in the same run) that the forward's FLOPs reach.
+
+Per layer: every distinct depthwise shape in six formulations (shifted slices batched by ``vmap`` and one image
+at a time, taps padded inside the fusion, NCHW shifted slices, XLA's grouped convolution NHWC and NCHW) with a
+copy of the same input beside (the memory bound); every distinct MBConv block batched by ``vmap`` and one image at
+a time; every block's 1×1 projection as ``dot_general`` and as ``conv_general_dilated``.
 """
 
 from __future__ import annotations
@@ -20,12 +25,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.mlp_epoch import matmul_ceiling_gflops
+from models.common import same_padding
 from models.efficientnet_lite import (
     EfficientNetLite,
     PointwiseConv,
     block_specs,
     depthwise_shift,
     fold_batchnorm,
+    map_images,
     native_size,
 )
 from models.pretrained import load_backbone, packaged_weights_file
@@ -107,19 +114,115 @@ def _add_torch_exported(fns: dict, forward, xt) -> None:
     fns["onnxruntime, PyTorch-exported graph"] = lambda: session.run(None, {"x": x})
 
 
-def run(variant: str, batch: int, repeats: int, out: str) -> list[dict]:
+def _depthwise_formulations(x: jax.Array, k: jax.Array, stride: int) -> dict:
+    """One depthwise layer (batch ``x`` NHWC, kernel (k, k, 1, C)) in each formulation measured, jitted; the NCHW
+    ones take ``x`` transposed (outside the timing: inside a network the layout would be NCHW throughout)."""
+    c = x.shape[-1]
+    kk = k.shape[0]
+
+    def padded_taps(a):  # each tap reads the unpadded input through lax.pad: no padded copy is written
+        n, h, w, _ = a.shape
+        (ho, pt, _), (wo, pl, _) = same_padding(h, kk, stride), same_padding(w, kk, stride)
+        out = None
+        for u in range(kk):
+            for v in range(kk):
+                rows = (pt - u, u - pt + (ho - 1) * stride + 1 - h, 0)
+                cols = (pl - v, v - pl + (wo - 1) * stride + 1 - w, 0)
+                win = jax.lax.pad(a, jnp.zeros((), a.dtype), ((0, 0, 0), rows, cols, (0, 0, 0)))
+                term = win[:, ::stride, ::stride] * k[u, v, 0]
+                out = term if out is None else out + term
+        return out
+
+    def shift_nchw(a):
+        n, _, h, w = a.shape
+        (ho, pt, pb), (wo, pl, pr) = same_padding(h, kk, stride), same_padding(w, kk, stride)
+        ap = jnp.pad(a, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+        out = None
+        for u in range(kk):
+            for v in range(kk):
+                win = jax.lax.slice(ap, (0, 0, u, v), (n, c, u + (ho - 1) * stride + 1, v + (wo - 1) * stride + 1),
+                                    (1, 1, stride, stride))
+                term = win * k[u, v, 0][None, :, None, None]
+                out = term if out is None else out + term
+        return out
+
+    one = lambda im: depthwise_shift(im, k, stride)  # noqa: E731
+    return {
+        "copy": (jax.jit(lambda a: a + 1.0), False),
+        "shift, vmap": (jax.jit(jax.vmap(one)), False),
+        "shift, per image": (jax.jit(lambda a: map_images(one, a, chunk=1)), False),
+        "taps padded in the fusion": (jax.jit(padded_taps), False),
+        "shift, NCHW": (jax.jit(shift_nchw), True),
+        "lax NHWC": (jax.jit(lambda a: jax.lax.conv_general_dilated(
+            a, k, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c)), False),
+        "lax NCHW": (jax.jit(lambda a: jax.lax.conv_general_dilated(
+            a, k.transpose(3, 2, 0, 1), (stride, stride), "SAME", dimension_numbers=("NCHW", "OIHW", "NCHW"),
+            feature_group_count=c)), True),
+    }
+
+
+def _depthwise_row(batch: int, side: int, spec, mid: int, repeats: int) -> dict:
+    xs = jnp.asarray(np.random.default_rng(1).uniform(size=(batch, side, side, mid)), jnp.float32)
+    xc = jnp.asarray(np.asarray(xs).transpose(0, 3, 1, 2))
+    k = jnp.asarray(np.random.default_rng(2).normal(size=(spec.kernel, spec.kernel, 1, mid)), jnp.float32)
+    forms = _depthwise_formulations(xs, k, spec.stride)
+    reference = np.asarray(forms["shift, vmap"][0](xs))
+    for name, (f, nchw) in forms.items():
+        if name != "copy":
+            out = np.asarray(f(xc if nchw else xs))
+            np.testing.assert_allclose(out.transpose(0, 2, 3, 1) if nchw else out, reference, rtol=1e-4, atol=1e-4)
+    t = time_interleaved({name: (lambda f=f, a=(xc if nchw else xs): f(a)) for name, (f, nchw) in forms.items()},
+                         repeats=repeats)
+    side_out = -(-side // spec.stride)
+    flops = 2 * batch * spec.kernel**2 * mid * side_out * side_out
+    best = min((name for name in t if name != "copy"), key=lambda name: t[name][1])
+    row = {"input": f"{side}×{side}×{mid}", "kernel": spec.kernel, "stride": spec.stride}
+    row.update({f"{name} ms": 1e3 * t[name][1] for name in t})
+    row.update({"fastest": best, "fastest GFLOP/s": flops / t[best][1] / 1e9,
+                "per image / vmap": t["shift, per image"][1] / t["shift, vmap"][1]})
+    return row
+
+
+def _block_row(variant: str, folded: dict, i: int, side: int, batch: int, repeats: int) -> dict:
+    """MBConv block ``i`` (BatchNorm folded) on a batch of maps, batched by ``vmap`` and one image at a time."""
+    model = EfficientNetLite(variant, folded=True)
+    s = block_specs(variant)[i]
+    xs = jnp.asarray(np.random.default_rng(3).uniform(size=(batch, side, side, s.c_in)), jnp.float32)
+    one = lambda p, h: model.apply({"params": p}, h, start_block=i, stop_block=i + 1)  # noqa: E731
+    fns = {chunk: jax.jit(lambda p, a, chunk=chunk: map_images(lambda h: one(p, h), a, chunk=chunk))
+           for chunk in (0, 1)}
+    t = time_interleaved({chunk: (lambda f=f: f(folded, xs)) for chunk, f in fns.items()}, repeats=repeats)
+    return {"block": i, "input": f"{side}×{side}×{s.c_in}", "expanded": s.c_in * s.expand, "kernel": s.kernel,
+            "stride": s.stride, "vmap ms": 1e3 * t[0][1], "per image ms": 1e3 * t[1][1],
+            "per image / vmap": t[1][1] / t[0][1]}
+
+
+JAX_ROWS = (  # (name, BatchNorm folded, map_images chunk)
+    ("JAX, BatchNorm folded, one image at a time (map_images: the CPU default)", True, 1),
+    ("JAX, BatchNorm folded, chunks of 2 images", True, 2),
+    ("JAX, BatchNorm folded, chunks of 4 images", True, 4),
+    ("JAX, BatchNorm folded, vmap over the batch (the default before issue 37)", True, 0),
+    ("JAX, BatchNorm as an affine (the model as it trains), one image at a time", False, 1),
+)
+PEER = "onnxruntime, PyTorch-exported graph"  # the peer of issue 37's targets
+ENGINE = "onnxruntime, this project's export"  # the project's CPU engine
+
+
+def run(variant: str, batch: int, repeats: int, out: str, layers: bool = True) -> list[dict]:
     size = native_size(variant)
     params, _ = load_backbone(variant)
     x = np.random.default_rng(0).uniform(0, 1, (batch, size, size, 3)).astype(np.float32)
     fns = {}
     xj = jnp.asarray(x)
     folded = jax.device_put(fold_batchnorm(params))
-    for depthwise, pointwise, fold in (("shift", "dot", True), ("shift", "dot", False), ("shift", "conv", False),
-                                       ("lax", "dot", False)):
-        model = EfficientNetLite(variant, depthwise=depthwise, pointwise=pointwise, folded=fold)
-        f = jax.jit(jax.vmap(lambda p, im, m=model: m.apply({"params": p}, im), (None, 0)))
-        name = f"flax (depthwise {depthwise}, 1×1 {pointwise}{', BatchNorm folded' if fold else ''})"
+    for name, fold, chunk in JAX_ROWS:
+        model = EfficientNetLite(variant, folded=fold)
+        f = jax.jit(lambda p, xs, m=model, chunk=chunk: map_images(lambda im: m.apply({"params": p}, im), xs,
+                                                                   chunk=chunk))
         fns[name] = lambda f=f, p=(folded if fold else params): f(p, xj)
+    reference = np.asarray(fns[JAX_ROWS[3][0]]())
+    for name, *_ in JAX_ROWS[:3]:
+        np.testing.assert_allclose(np.asarray(fns[name]()), reference, rtol=1e-4, atol=1e-4)
     try:
         import torch
 
@@ -132,67 +235,69 @@ def run(variant: str, batch: int, repeats: int, out: str) -> list[dict]:
             with torch.inference_mode():
                 return forward(xt)
 
-        fns["pytorch eager"] = torch_fn
+        fns["PyTorch eager"] = torch_fn
         torch_info = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
         _add_torch_exported(fns, forward, xt)
     except ImportError:
         torch_info = "torch not installed: no peer measured"
     ort_info = _add_onnxruntime(fns, variant, params, x)
-    times = time_interleaved(fns, repeats=repeats)
+    times = time_interleaved(fns, repeats=repeats, rotate=True)
     ceiling = matmul_ceiling_gflops()
     flops = forward_flops(variant, size) * batch
-    ref = times.get("pytorch eager")
+    ref, engine = times.get(PEER), times.get(ENGINE)
     rows = []
     for name, (best, median) in times.items():
         rows.append({"implementation": name, "images/s (best)": batch / best, "images/s (median)": batch / median,
-                     "vs PyTorch (median)": (ref[1] / median) if ref else "",
-                     "GFLOP/s": flops / best / 1e9, "fraction of matmul ceiling": flops / best / 1e9 / ceiling})
-    layer_rows, pointwise_rows = [], []
+                     "vs ONNX Runtime on PyTorch's export (median)": (ref[1] / median) if ref else "",
+                     "vs ONNX Runtime on this project's export (median)": (engine[1] / median) if engine else "",
+                     "GFLOP/s (median)": flops / median / 1e9,
+                     "fraction of matmul ceiling": flops / median / 1e9 / ceiling})
+    notes = (f"{variant} at {size} px, batch {batch}, float32, {forward_flops(variant, size) / 1e9:.2f} GFLOP per "
+             f"image. Device: {device_description()}; {torch_info}. Matmul ceiling measured in this run: "
+             f"{ceiling:.0f} GFLOP/s. Ratios compare medians of {repeats} interleaved rounds. {ort_info}\n")
+    path = output_dir(out)
+    write_table(rows, path, "backbone_forward", title="Backbone forward", notes=notes)
+    print((path / "backbone_forward.md").read_text(), flush=True)
+    if not layers:
+        return rows
+    layer_rows, block_rows, pointwise_rows = [], [], []
     seen = set()
     side = -(-size // 2)
-    for s in block_specs(variant):
+    for i, s in enumerate(block_specs(variant)):
         mid = s.c_in * s.expand
-        key = (side, mid, s.kernel, s.stride)
+        key = (side, s.c_in, mid, s.c_out, s.kernel, s.stride)
         if key not in seen:
             seen.add(key)
-            xs = jnp.asarray(np.random.default_rng(1).uniform(size=(batch, side, side, mid)), jnp.float32)
-            k = jnp.asarray(np.random.default_rng(2).normal(size=(s.kernel, s.kernel, 1, mid)), jnp.float32)
-            shift = jax.jit(jax.vmap(lambda im, k=k, st=s.stride: depthwise_shift(im, k, st)))
-            lax = jax.jit(lambda a, k=k, st=s.stride, c=mid: jax.lax.conv_general_dilated(
-                a, k, (st, st), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c))
-            t = time_interleaved({"shift": lambda f=shift, a=xs: f(a), "lax": lambda f=lax, a=xs: f(a)},
-                                 repeats=3)
-            layer_rows.append({"input": f"{side}×{side}×{mid}", "kernel": s.kernel, "stride": s.stride,
-                               "shift ms": 1e3 * t["shift"][0], "lax ms": 1e3 * t["lax"][0],
-                               "lax / shift": t["lax"][0] / t["shift"][0]})
+            block_rows.append(_block_row(variant, folded, i, side, batch, repeats))
+            layer_rows.append(_depthwise_row(batch, side, s, mid, max(3, repeats // 2)))
+            print(layer_rows[-1], block_rows[-1], flush=True)
         side = -(-side // s.stride)
         key = (side, mid, s.c_out)
         if key not in seen:  # the block's projection: a 1×1 convolution
             seen.add(key)
             pointwise_rows.append(_pointwise_row(batch, side, mid, s.c_out))
-    notes = (f"{variant} at {size} px, batch {batch}, float32, {forward_flops(variant, size) / 1e9:.2f} GFLOP per "
-             f"image. Device: {device_description()}; {torch_info}. Matmul ceiling measured in this run: "
-             f"{ceiling:.0f} GFLOP/s. Ratios compare medians of interleaved runs. {ort_info}\n")
-    path = output_dir(out)
-    write_table(rows, path, "backbone_forward", title="Backbone forward", notes=notes)
-    write_table(layer_rows, path, "depthwise_layers", title="Depthwise convolution: shifted slices vs XLA grouped conv",
-                notes=f"Per distinct layer shape of {variant}, batch {batch}, best of 3.\n")
+    write_table(layer_rows, path, "depthwise_layers", title="Depthwise convolution per shape: six formulations",
+                notes=f"Per distinct block shape of {variant}, batch {batch}, ms a batch (medians of interleaved "
+                      f"rounds); 'copy' is x + 1 on the same input, the memory bound beside. Matmul ceiling "
+                      f"{ceiling:.0f} GFLOP/s.\n")
+    write_table(block_rows, path, "blocks", title="MBConv blocks (BatchNorm folded): vmap vs one image at a time",
+                notes=f"Per distinct block shape of {variant}, batch {batch}, ms a batch (medians).\n")
     write_table(pointwise_rows, path, "pointwise_layers", title="1×1 convolution: dot_general vs conv_general_dilated",
                 notes=f"Each block's projection (H×W×C_in → C_out) of {variant}, batch {batch}, best of 3.\n")
-    print((path / "backbone_forward.md").read_text())
-    print((path / "depthwise_layers.md").read_text())
-    print((path / "pointwise_layers.md").read_text())
+    for name in ("depthwise_layers", "blocks", "pointwise_layers"):
+        print((path / f"{name}.md").read_text())
     return rows
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variant", default="efficientnet_lite0")
+    p.add_argument("--variant", default="efficientnet_lite1")
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--no-layers", action="store_true", help="the whole forward only, no per-layer tables")
     p.add_argument("--out", default="runs/bench_backbone")
     args = p.parse_args(argv)
-    run(args.variant, args.batch, args.repeats, args.out)
+    run(args.variant, args.batch, args.repeats, args.out, layers=not args.no_layers)
 
 
 if __name__ == "__main__":

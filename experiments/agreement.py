@@ -19,15 +19,16 @@ import argparse
 import collections
 
 from experiments.errors import add_common, mapping, run_command
-from training.common.files import FileFormatError, output_dir, read_csv_checked, safe_name
-from training.common.tables import write_table
-from training.evaluation.agreement import ORDER, agreement, match_paths
+
+ORDER = ("Improbable", "Possible", "Probable")  # training.evaluation.agreement.ORDER, lowest first
 
 
 def read_rows(path: str, *, written: bool = False) -> list[dict]:
     """The rows of a CSV with a ``path`` column (BOM and CRLF accepted): every row with the header's fields, no
     field over 128 KiB (:func:`~training.common.files.read_csv_checked`; ``written``: predict's CSV, read back
     through the CSV rule); anything else is one line."""
+    from training.common.files import FileFormatError, read_csv_checked
+
     rows = read_csv_checked(path, "a CSV with a 'path' column", required=("path",), errors="surrogateescape",
                             written=written).rows
     if not rows:
@@ -36,6 +37,10 @@ def read_rows(path: str, *, written: bool = False) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
+    from training.common.files import output_dir, safe_name
+    from training.common.tables import write_table
+    from training.evaluation.agreement import agreement, match_paths
+
     relabel = dict(args.map or [])
     predictions = read_rows(args.predictions, written=True)
     if "predicted" not in predictions[0]:
@@ -54,14 +59,13 @@ def run(args: argparse.Namespace) -> list[dict]:
         raise ValueError(f"{args.ratings}: the rating columns {raters} give the same file name once made safe "
                          f"({sorted(stems.values())}): rename one")
     model = [preds[p] for p in match_paths([r["path"] for r in ratings], list(preds), args.ratings)]
-    out = output_dir(args.out)
     order = args.order or list(ORDER)
-    rows = []
     pairs = [("model", rater) for rater in raters] + ([tuple(raters)] if len(raters) == 2 else [])
-    for first, second in pairs:
-        a = model if first == "model" else [r[first] for r in ratings]
-        b = [r[second] for r in ratings]
-        result = agreement(a, b, order)
+    results = [agreement(model if first == "model" else [r[first] for r in ratings],
+                         [r[second] for r in ratings], order) for first, second in pairs]
+    out = output_dir(args.out)  # made only once every pair is scored: a failure leaves no folder behind
+    rows = []
+    for (first, second), result in zip(pairs, results):
         rows.append({"pair": f"{first} vs {second}", "n": result["n"], "agreement": result["agreement"],
                      "cohen_kappa": result["cohen_kappa"],
                      "linear_weighted_kappa": _or_na(result["linear_weighted_kappa"]),
@@ -77,6 +81,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                       f"the mean number of levels between the two ratings (order: {' < '.join(order)}); "
                       "0 is perfect. n/a: every rating on one level (κ is 0/0).\n")
     print((out / "agreement.md").read_text())
+    print(f"{len(ratings)} rated photos compared ({len(pairs)} pairs): table {out / 'agreement.md'} (and .csv), "
+          f"confusion tables {out}/confusion_*.md")
     return rows
 
 
@@ -86,12 +92,13 @@ def _or_na(value: float | None) -> float | str:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--predictions", required=True)
-    p.add_argument("--ratings", required=True)
-    p.add_argument("--order", nargs="+", help="ordered labels, lowest first")
+    p.add_argument("--predictions", required=True, help="a CSV written by experiments.predict")
+    p.add_argument("--ratings", required=True,
+                   help="a CSV with a path column and one or two rating columns (e.g. rater1,rater2)")
+    p.add_argument("--order", nargs="+", help="ordered labels, lowest first (default Improbable Possible Probable)")
     p.add_argument("--map", nargs="*", type=mapping, metavar="OLD=NEW",
                    help="relabel predictions, e.g. 'Probable+Possible=Probable'")
-    add_common(p, "out", out="reports/agreement")
+    add_common(p, "out", "no-progress", out="reports/agreement")
     return run_command(p, run, argv)
 
 

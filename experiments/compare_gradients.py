@@ -10,18 +10,10 @@ the Flax model: per-parameter relative error (float64, float32) and per-layer ba
 from __future__ import annotations
 
 import argparse
+import functools
 from functools import partial
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
-import manual_backprop as mb
 from experiments.errors import add_common, deprecated_alias, image_size, positive_int, run_command
-from training.common.files import output_dir
-from training.common.tables import pyplot, save_figure, write_table
-from training.common.timing import device_description, time_interleaved
-from training.loop.devices import float64
 
 ARCHITECTURES = {
     "3-2-3-5": [3, 2, 3, 5],
@@ -37,6 +29,11 @@ TIMED = {"784-30-10": [784, 30, 10], "784-100-10": [784, 100, 10], "8x10": [8] *
 def problem(sizes, dtype, batch, cost, seed=0):
     """Parameters (fan-in scaled), inputs X ~ U[0, 1) and targets Y ~ U[0.05, 0.95) (rows summing to 1 for
     the softmax cost), from ``seed``: one compiled program per architecture, not one per drawn shape."""
+    import jax
+    import jax.numpy as jnp
+
+    import manual_backprop as mb
+
     key_p, key_x, key_y = jax.random.split(jax.random.PRNGKey(seed), 3)
     params = mb.init_mlp(key_p, sizes, weight_scale="fan_in", dtype=dtype)
     dtype = jnp.dtype(dtype)
@@ -44,8 +41,10 @@ def problem(sizes, dtype, batch, cost, seed=0):
     return params, X, Y
 
 
-@partial(jax.jit, static_argnums=(2, 3, 4, 5))
-def _inputs(key_x, key_y, x_shape, y_shape, dtype, normalize):
+def _draw_inputs(key_x, key_y, x_shape, y_shape, dtype, normalize):
+    import jax
+    import jax.numpy as jnp
+
     X = jax.random.uniform(key_x, x_shape, dtype)
     Y = jax.random.uniform(key_y, y_shape, dtype, 0.05, 0.95)
     if normalize:
@@ -53,8 +52,22 @@ def _inputs(key_x, key_y, x_shape, y_shape, dtype, normalize):
     return X, Y
 
 
+@functools.cache
+def _inputs_jitted():
+    import jax
+
+    return jax.jit(_draw_inputs, static_argnums=(2, 3, 4, 5))
+
+
+def _inputs(*args):
+    """X, Y drawn by one compiled program per shape (compiled on first use, not at import)."""
+    return _inputs_jitted()(*args)
+
+
 def relative_error(actual, expected) -> float:
     """‖Δ‖/‖ref‖ of one array (‖Δ‖ where the reference is zero), in NumPy: no program compiled per shape."""
+    import numpy as np
+
     a, e = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
     ref, diff = float(np.linalg.norm(e)), float(np.linalg.norm(a - e))
     return diff / ref if ref > 0 else diff
@@ -62,11 +75,18 @@ def relative_error(actual, expected) -> float:
 
 def max_relative_error(actual, expected) -> float:
     """Largest per-array :func:`relative_error` of two matching pytrees."""
+    import jax
+
     return max(relative_error(a, e) for a, e in zip(jax.tree_util.tree_leaves(actual),
                                                       jax.tree_util.tree_leaves(expected)))
 
 
 def error_rows(batch: int = 16) -> list[dict]:
+    import jax
+    import jax.numpy as jnp
+
+    import manual_backprop as mb
+
     rows = []
     for arch, sizes in ARCHITECTURES.items():
         for activation in sorted(mb.ACTIVATIONS):
@@ -97,6 +117,13 @@ def timing_rows(batch: int = 64, repeats: int = 21, calls: int = CALLS_PER_SAMPL
     ``CONTROL`` is a second, separately jitted copy of jax.grad timed among the others: the same program, so
     its ratio departs from 1 only by the machine's noise, which shows how far from 1 a ratio must be to mean
     anything (on a shared 2-core host it measured 0.87–1.10)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import manual_backprop as mb
+    from training.common.timing import time_interleaved
+
     rows = []
     kw = dict(activation="sigmoid", cost="half_sse")
     for arch, sizes in TIMED.items():
@@ -129,6 +156,10 @@ def timing_rows(batch: int = 64, repeats: int = 21, calls: int = CALLS_PER_SAMPL
 
 
 def plot(errors: list[dict], timings: list[dict], path) -> None:
+    import numpy as np
+
+    from training.common.tables import pyplot, save_figure
+
     plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
     labels = [f"{r['architecture']}\n{r['activation']}/{r['cost']}" for r in errors]
@@ -157,6 +188,11 @@ def plot(errors: list[dict], timings: list[dict], path) -> None:
 
 
 def run(out: str, quick: bool = False) -> dict:
+    from training.common.files import output_dir
+    from training.common.tables import write_table
+    from training.common.timing import device_description
+    from training.loop.devices import float64
+
     out_path = output_dir(out)
     with float64():  # the error table compares in float64 (and float32) where asked
         errors = error_rows()
@@ -177,12 +213,17 @@ def run(out: str, quick: bool = False) -> dict:
     )
     plot(errors, timings, out_path / "gradient_comparison.png")
     print(f"max relative error vs jax.grad: float64 {worst64:.2e}, float32 {worst32:.2e}")
-    print(f"wrote {out_path}/gradient_errors.md, gradient_timings.md, gradient_comparison.png")
+    print(f"{len(errors)} gradient comparisons and {len(timings)} timings: tables {out_path / 'gradient_errors.md'}, "
+          f"{out_path / 'gradient_timings.md'} (and .csv), plot {out_path / 'gradient_comparison.png'}")
     return {"worst_float64": worst64, "worst_float32": worst32}
 
 
 def run_cnn(out: str, image_size: int = 108, batch: int = 32, quick: bool = False) -> dict:
     from experiments import compare_cnn
+    from training.common.files import output_dir
+    from training.common.tables import write_table
+    from training.common.timing import device_description
+    from training.loop.devices import float64
 
     out_path = output_dir(out)
     with float64():
@@ -198,16 +239,20 @@ def run_cnn(out: str, image_size: int = 108, batch: int = 32, quick: bool = Fals
                       f"Device: {device_description()}.\n")
     print((out_path / "cnn_gradient_errors.md").read_text())
     print((out_path / "cnn_backward_timings.md").read_text())
+    print(f"Model 1's backward compared with jax.grad: tables {out_path / 'cnn_gradient_errors.md'}, "
+          f"{out_path / 'cnn_backward_timings.md'} (and .csv)")
     return {"worst_float64": worst, "timings": timings}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common(parser, "out", out="runs/compare_gradients")
+    add_common(parser, "out", "no-progress", out="runs/compare_gradients")
     parser.add_argument("--quick", action="store_true", help="fewer timing repeats")
     parser.add_argument("--cnn", action="store_true", help="Model 1's hand-written backward instead of the MLP")
-    parser.add_argument("--image-size", type=image_size, default=108)
-    parser.add_argument("--batch-size", type=positive_int, default=32)
+    parser.add_argument("--image-size", type=image_size, default=108,
+                        help="with --cnn: Model 1's input side (default 108)")
+    parser.add_argument("--batch-size", type=positive_int, default=32,
+                        help="with --cnn: photos per gradient (default 32)")
     deprecated_alias(parser, "--batch", "--batch-size", "batch_size", type=positive_int)
     run_command(parser, lambda a: run_cnn(a.out, a.image_size, a.batch_size, quick=a.quick) if a.cnn
                 else run(a.out, quick=a.quick), argv)

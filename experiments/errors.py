@@ -9,11 +9,14 @@ files, corrupt checkpoints and a diverging run print one ``error: …`` line and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import logging
 import math
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 # bad input, bad or missing files, bad weights or checkpoints, a diverging run: the user's to fix
@@ -62,6 +65,7 @@ def run_command(p: argparse.ArgumentParser, run: Callable[[argparse.Namespace], 
     show_library_messages()
     if validate is not None:
         validate(p, args)
+    run = _leaving_no_empty_folder(run, getattr(args, "out", None))
     if hasattr(args, "join_timeout"):  # a command that can run as several processes
         from training.loop.distributed import job_from, join
 
@@ -73,6 +77,49 @@ def run_command(p: argparse.ArgumentParser, run: Callable[[argparse.Namespace], 
         if job is not None:
             return _in_job(lambda: user_errors(lambda: run(args), debug=args.debug))
     return user_errors(lambda: run(args), debug=args.debug)
+
+
+def _leaving_no_empty_folder(run: Callable[[argparse.Namespace], Any],
+                             out: str | None) -> Callable[[argparse.Namespace], Any]:
+    """``run``, after which a failure removes the empty folders it made on the way to ``out``."""
+    if not out:
+        return run
+    keep = _existing_ancestor(out)
+
+    def checked(args: argparse.Namespace) -> Any:
+        try:
+            return run(args)
+        except BaseException:
+            _remove_new_empty_folders(Path(out), keep)
+            raise
+
+    return checked
+
+
+def _existing_ancestor(path: str) -> Path:
+    """The nearest of ``path`` and its parents that exists now (``path`` itself when it exists)."""
+    here = Path(path).absolute()
+    while not os.path.lexists(here) and here.parent != here:
+        here = here.parent
+    return here
+
+
+def _remove_new_empty_folders(path: Path, keep: Path) -> None:
+    """Remove the folders a failed command made between ``keep`` (which existed before) and ``path`` when they
+    hold nothing but empty folders; never a file, a symlink, or anything at or above ``keep``."""
+    here = path.absolute()
+    if here == keep or keep not in here.parents:
+        return
+    while here != keep:
+        if here.is_dir() and not here.is_symlink():
+            for root, dirs, files in os.walk(here, topdown=False):
+                if files or any(Path(root, d).is_symlink() for d in dirs):
+                    return
+                with contextlib.suppress(OSError):
+                    os.rmdir(root)
+            if os.path.lexists(here):
+                return
+        here = here.parent
 
 
 def _in_job(fn: Callable[[], Any]) -> Any:
@@ -177,7 +224,7 @@ def add_common(p: argparse.ArgumentParser, *names: str, out: str | None = None, 
         elif name == "workers":
             p.add_argument(flag, type=positive_int, help=help_text)
         elif name == "engine":
-            from training.loop.devices import ENGINES
+            from experiments.names import ENGINES
 
             p.add_argument(flag, choices=ENGINES, default="auto", help=help_text)
         elif name in ("cache-dir", "coordinator"):

@@ -19,8 +19,6 @@ import json
 from pathlib import Path
 
 from experiments.errors import DISTRIBUTED, add_common, run_command
-from training.common.files import atomic_open, check_destination
-from training.runs.saved import load_trained, read_saved_run
 
 
 def export_metadata(config, class_names: list[str], op: dict | None, calibration=None,
@@ -53,6 +51,7 @@ def export_metadata(config, class_names: list[str], op: dict | None, calibration
 
 
 def run(args: argparse.Namespace) -> dict:
+    from training.common.files import atomic_open, check_destination
     from training.loop.distributed import process_index
 
     if process_index() != 0:  # one small file: process 0 writes it, the others have nothing to do
@@ -66,6 +65,7 @@ def run(args: argparse.Namespace) -> dict:
     except ImportError:
         raise ValueError("experiments.export needs the onnx package: pip install -e '.[deploy]'") from None
     from models.onnx_graph import classifier_to_onnx
+    from training.runs.saved import load_trained, read_saved_run
 
     saved = read_saved_run(args.checkpoint)  # the run is read once, here
     model, params, config, class_names = load_trained(saved)
@@ -87,7 +87,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a run folder written by experiments.train")
     p.add_argument("--out", default="model.onnx", help="the ONNX file to write (default model.onnx)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    add_common(p, *DISTRIBUTED)
+    add_common(p, "no-progress", *DISTRIBUTED)
     return p
 
 

@@ -13,23 +13,24 @@ from __future__ import annotations
 import argparse
 import time
 
-import jax
-
 from experiments.errors import add_common, positive_int, run_command
-from training.common.files import output_dir
-from training.common.tables import write_table
-from training.common.timing import device_description
-from training.data.arrays import load_mnist_npz
-from training.data.augment import Augment
-from training.evaluation.metrics import classification_metrics
-from training.loop.config import get_config
-from training.loop.steps import fit, make_eval_step, predict_proba
-from training.runs.saved import load_trained
 
 
 def run(args: argparse.Namespace) -> dict:
-    out = output_dir(args.out)
+    import jax
+
+    from training.common.files import output_dir
+    from training.common.tables import write_table
+    from training.common.timing import device_description
+    from training.data.arrays import load_mnist_npz
+    from training.data.augment import Augment
+    from training.evaluation.metrics import classification_metrics
+    from training.loop.config import get_config
+    from training.loop.steps import fit, make_eval_step, predict_proba
+    from training.runs.saved import load_trained
+
     data = load_mnist_npz(args.data)
+    out = output_dir(args.out)  # made only once the data is read: a missing file leaves no folder behind
     shape = (-1, 28, 28, 1)
     x_train, x_valid, x_test = (data.train.x.reshape(shape), data.valid.x.reshape(shape), data.test.x.reshape(shape))
     if args.limit:  # the first N images of each split
@@ -57,6 +58,7 @@ def run(args: argparse.Namespace) -> dict:
                       f"Backend devices: {jax.device_count()}.\n")
     print(f"MNIST test accuracy {100 * test['accuracy']:.2f}% (best epoch {result.best_epoch} on validation), "
           f"{seconds:.0f} s")
+    print(f"trained on {len(x_train)} images, tested on {len(x_test)}: run in {out}, table {out / 'mnist_test.md'}")
     return summary
 
 

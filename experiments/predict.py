@@ -1,16 +1,21 @@
 """Predict with a trained run on new photos: one CSV row per image, streamed in bounded memory.
 
     python -m experiments.predict --checkpoint runs/NAME --images DIR --out predictions.csv [--resume]
+    python -m experiments.predict --checkpoint runs/NAME --images photo.jpg DIR2 other.png
 
-Columns: path (relative to DIR, as experiments.agreement matches it), predicted label, then one
-probability column per class (p_<class>), calibrated as the run was (its saved calibration), and ``refer``
-(1: send the photo to a person) when the run saved a referral threshold or with --refer FRACTION (the least
-confident FRACTION of these photos). A run trained with --target-recall predicts its class
-whenever that class's probability reaches the saved threshold; a pretrained model averages each
+Columns: path, predicted label, then one probability column per class (p_<class>), calibrated as the run
+was (its saved calibration), and ``refer`` (1: send the photo to a person) when the run saved a referral
+threshold or with --refer FRACTION (the least confident FRACTION of these photos). The path of a
+photo found in a folder given to --images is relative to that folder (siteA/IMG_1.jpg), as
+experiments.agreement matches it; a photo file given directly keeps the path as given. Two
+different photos that would get the same path are refused: give their common folder.
+
+A run trained with --target-recall predicts its class whenever that class's probability reaches
+the saved threshold; a pretrained model averages each
 photo with its mirror image, as in training. On CPU, with the ``deploy`` extra installed, ONNX Runtime
 computes the probabilities from the run's ONNX graph (``--engine``); the results equal JAX's to 1e-4.
 
-Every file under DIR (recursively; hidden entries and .md/.txt/.csv/.json/.toml files are left
+Every file under each DIR (recursively; hidden entries and .md/.txt/.csv/.json/.toml files are left
 out and counted) gets its row, byte-identical copies included. Photos are decoded by a thread
 pool a few chunks ahead of the device, each chunk sharded over all local devices, so memory
 does not grow with the folder. Rows are appended to OUT.partial as chunks finish; after an
@@ -34,22 +39,28 @@ file system every process sees.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
 
 from experiments.errors import DISTRIBUTED, add_common, fraction, positive_int, run_command
-from training.data.images import Preprocess, image_files
-from training.evaluation.decision import decide
-from training.inference.engine import probs_function
-from training.inference.stream import Classifier, PartialCSV, StreamOptions, predict_sharded, shard_path
-from training.loop.distributed import process_count, process_index
-from training.runs.saved import load_trained, read_saved_run
+
+
+def images_signature(images: list[str]) -> str:
+    """What --images names, as a resumed run's partial file records it (one folder: its absolute path)."""
+    resolved = [str(Path(i).resolve()) for i in images]
+    return resolved[0] if len(resolved) == 1 else json.dumps(resolved)
 
 
 def run(args: argparse.Namespace) -> dict:
+    from training.data.images import photo_inputs
+    from training.inference.engine import trained_classifier
+    from training.inference.stream import PartialCSV, StreamOptions, predict_sharded, shard_path
+    from training.loop.distributed import process_count, process_index
+    from training.runs.saved import load_trained, read_saved_run
+
     out = Path(args.out)
-    root = Path(args.images)
     count, index = process_count(), process_index()
     # this process's partial output: of OUT, or of its shard of OUT in a job of several processes (only its paths
     # are used here; predict_folder writes it)
@@ -69,12 +80,15 @@ def run(args: argparse.Namespace) -> dict:
     saved = read_saved_run(args.checkpoint)  # the run is read once, here
     model, params, config, class_names = load_trained(saved)
     op = saved.operating_point.as_json() if saved.operating_point else None
-    signature = {"checkpoint": str(Path(args.checkpoint).resolve()), "images": str(root.resolve()),
+    classifier, engine = trained_classifier(model, params, config, class_names, op, args.engine,
+                                            calibration=saved.calibration)
+    signature = {"checkpoint": str(Path(args.checkpoint).resolve()), "images": images_signature(args.images),
                  "checkpoint_config_sha256": saved.sha256}
     if args.overwrite:
         partial.discard()
     ignored: list[tuple[str, str]] = []
-    files = image_files(root, ignored=ignored)
+    photos = photo_inputs(args.images, ignored=ignored)
+    files, names = [f for f, _ in photos], dict(photos)
     out.parent.mkdir(parents=True, exist_ok=True)
     if op:
         print(f"operating point: {op['class']} when its probability ≥ {op['threshold']:.4f}"
@@ -82,14 +96,10 @@ def run(args: argparse.Namespace) -> dict:
     calibration = saved.calibration
     if calibration is not None:
         print(f"probabilities calibrated by the run's {calibration.method} scaling (fitted on inner predictions)")
-    probs_fn, fn_params, engine = probs_function(model, params, config, args.engine, calibration=calibration)
-    classifier = Classifier(probs_fn, fn_params, Preprocess(config.image_size, config.crop, config.rgb), class_names,
-                            decide=lambda p: decide(p, op, None if calibration is None else calibration.shift),
-                            on_device=engine == "jax")
     options = StreamOptions(batch_size=args.batch_size or config.batch_size, workers=args.workers,
                             resume=args.resume, skip_bad=args.skip_bad, progress=not args.no_progress)
-    report = predict_sharded(files, root, classifier, out, signature=signature, options=options,
-                             overwrite=args.overwrite)
+    report = predict_sharded(files, None, classifier, out, signature=signature, options=options,
+                             overwrite=args.overwrite, names=names)
     for path, reason in report.skipped:
         print(f"skipped: {reason}", file=sys.stderr)
     n_rows = report.predicted + report.resumed
@@ -116,7 +126,8 @@ def run(args: argparse.Namespace) -> dict:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a run folder written by experiments.train")
-    p.add_argument("--images", required=True, help="folder of photos (read recursively)")
+    p.add_argument("--images", required=True, nargs="+", metavar="PHOTO_OR_DIR",
+                   help="photo files and folders of photos (read recursively), in any mix")
     p.add_argument("--out", default="predictions.csv", help="the CSV to write (default predictions.csv)")
     add_common(p, "skip-bad", "workers", "no-progress", "engine", *DISTRIBUTED)
     p.add_argument("--resume", action="store_true", help="continue an interrupted prediction into --out")

@@ -1,7 +1,7 @@
-"""The lab's results table, reproduced honestly: scenarios × image sizes × {lab-2020, improved}.
+"""The lab's results table, reproduced honestly: scenarios × image sizes × {lab-2020, improved, pretrained}.
 
     python -m experiments.results_table --data DIR_OR_CSV --out reports/NAME \\
-        [--scenarios Pr_Im PrPo_Im Pr_PoIm Pr_Po_Im] [--image-size 108 224] [--configs lab-2020 improved] \\
+        [--scenario Pr_Im PrPo_Im Pr_PoIm Pr_Po_Im] [--image-size 108 224] [--configs lab-2020 improved pretrained] \\
         [--grouping FILE ...] [--rgb] [--model model1] [--max-epochs N]
 
 Every row: the lab's columns (Prec., Recall — of the named positive class — and Acc.) plus
@@ -19,20 +19,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import jax
-
 from experiments.errors import DISTRIBUTED, add_common, deprecated_alias, image_size, positive_int, run_command
-from training.common.files import output_dir, write_json_atomic
-from training.common.tables import write_table
-from training.common.timing import device_description
-from training.data.dataset import load_dataset
-from training.data.images import Preprocess
-from training.data.labels import SCENARIOS
-from training.evaluation.metrics import bootstrap_interval
-from training.loop.distributed import from_process_0, outputs_of_this_process, process_index
-from training.runs.folds import pooled, pooled_predictions, run_folds
-from training.runs.report import plot_confusion, plot_reliability
-from training.runs.results import CONFIGS, config_for, describe, read_result_row, table_row
+from experiments.names import SCENARIOS, TABLE_CONFIGS
 
 COLUMNS = ["classes", "size", "config", "positive class", "Prec.", "Recall", "Acc.", "Bal. acc.", "Bal. acc. 95% CI",
            "Macro-F1",
@@ -42,15 +30,36 @@ COLUMNS = ["classes", "size", "config", "positive class", "Prec.", "Recall", "Ac
 
 
 def run(args: argparse.Namespace) -> list[dict]:
+    from training.common.files import output_dir
+    from training.loop.distributed import outputs_of_this_process, process_index
+
     with outputs_of_this_process(args.out) as out:  # process 0 writes; the others compute alongside it
-        return _run(args, output_dir(out))
+        rows = _run(args, output_dir(out))
+    if process_index() == 0:
+        out = Path(args.out)
+        print(f"{len(rows)} rows: table {out / 'results.md'} (and .csv), one confusion matrix per row "
+              f"({out}/confusion_*.png), each row's runs under {out / 'runs'}")
+    return rows
 
 
 def _run(args: argparse.Namespace, out: Path) -> list[dict]:
+    import jax
+
+    from training.common.files import write_json_atomic
+    from training.common.tables import write_table
+    from training.common.timing import device_description
+    from training.data.dataset import load_dataset
+    from training.data.images import Preprocess
+    from training.evaluation.metrics import bootstrap_interval
+    from training.loop.distributed import from_process_0, process_index
+    from training.runs.folds import pooled_predictions, run_folds
+    from training.runs.report import plot_confusion
+    from training.runs.results import CONFIGS, config_for, describe, read_result_row, table_row
+
     if args.grouping:
         groupings = [("grouping", g) for g in args.grouping]
     else:
-        groupings = [("scenario", s) for s in args.scenarios]
+        groupings = [("scenario", s) for s in args.scenario]
     grid = [(g, size, cfg) for g in groupings for size in args.image_size for cfg in args.configs]
     rows = []
     loaded: dict = {}
@@ -106,10 +115,11 @@ def _run(args: argparse.Namespace, out: Path) -> list[dict]:
              f"training fold{', RGB' if args.rgb else ''}. pretrained: 5-fold CV, ImageNet EfficientNet-Lite1 "
              "features (frozen, flip-averaged), softmax head whose L2 and step count are chosen by 4-fold CV inside "
              "each training fold. Every validation fold is scored once; the interval is a bootstrap over all scored "
-             "images. Calibration (improved, pretrained): fitted on inner predictions of each training part (the "
-             "head's inner out-of-fold ones, Model 1's inner validation split); ECE on equal-mass bins of ≥ 40 "
-             "photos (their count in brackets), of the probability of each decision; Brier is ½ Σ_k (q_k − y_k)², "
-             "the usual (q − y)² for two classes; intervals are stratified bootstraps. \"beats majority?\" "
+             "images, resampled within each class. Calibration (improved, pretrained): fitted on inner predictions "
+             "of each training part (the head's inner out-of-fold ones, Model 1's inner validation split); ECE on "
+             "equal-mass bins of ≥ 40 photos (their count in brackets), of the probability of each decision; Brier "
+             "is ½ Σ_k (q_k − y_k)², the usual (q − y)² for two classes; intervals are stratified bootstraps. "
+             "\"beats majority?\" "
              "compares balanced accuracy and macro-F1 with always answering the "
              "training set's majority class.\n")
     write_table(rows, out, "results", title="Results table", notes=notes, columns=COLUMNS)
@@ -120,7 +130,11 @@ def _run(args: argparse.Namespace, out: Path) -> list[dict]:
 def _calibration_columns(results, y, seed: int, png: Path, title: str) -> dict:
     """The pooled scored photos' calibration (the decision's probability: ECE with its bins, Brier, log-loss, each
     with a stratified bootstrap interval) as table cells, and their reliability diagram."""
+    import jax
+
     from training.evaluation.calibration import calibration_metrics
+    from training.runs.folds import pooled
+    from training.runs.report import plot_reliability
 
     p = pooled(results, y)
     m = calibration_metrics(p.probs, p.y, y_pred=p.y_pred, key=jax.random.PRNGKey(seed))
@@ -141,12 +155,16 @@ def parser() -> argparse.ArgumentParser:
     add_common(p, "data", "out", "seed", "skip-bad", "cache-dir", "no-progress", "engine", *DISTRIBUTED,
                out="reports/results",
                data_required=True)
-    p.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=sorted(SCENARIOS))
+    p.add_argument("--scenario", nargs="+", default=list(SCENARIOS), choices=sorted(SCENARIOS),
+                   help="the lab's label groupings, one set of rows each (default all four)")
+    deprecated_alias(p, "--scenarios", "--scenario", "scenario", nargs="+", choices=sorted(SCENARIOS))
     p.add_argument("--grouping", nargs="+", help="grouping files to use instead of the scenarios")
     p.add_argument("--image-size", nargs="+", type=image_size, default=[108, 224],
                    help="square sides in pixels, one row each (default 108 224)")
     deprecated_alias(p, "--sizes", "--image-size", "image_size", nargs="+", type=image_size)
-    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=sorted(CONFIGS))
+    p.add_argument("--configs", nargs="+", default=list(TABLE_CONFIGS), choices=sorted(TABLE_CONFIGS),
+                   help="lab-2020 (the lab's 2020 setup), improved (Model 1 from scratch, done well), pretrained "
+                        "(the default: frozen EfficientNet-Lite1 and a head); default all three")
     p.add_argument("--rgb", action="store_true", help="improved configuration in colour")
     p.add_argument("--model", default="model1", choices=["model1", "resnet50", "googlenet"],
                    help="the network of the lab-2020 and improved rows")

@@ -11,17 +11,18 @@ test-time averaging, balanced class weights. The validation fold(s) are scored o
 DIR: one subfolder per label (Probable/, Possible/, Improbable/, or any labels), read recursively;
 CSV: columns path,label (paths relative to the CSV). Without --data the embedded
 scikit-learn digits (upscaled to --image-size, default 32 for them) are used.
-Writes to --out: data_report.json, split.json, metrics.{md,csv}, history.{md,csv,json},
-learning_curves.png, confusion_matrix.png, reliability_diagram.png, risk_coverage.{md,csv,png},
-checkpoints/{best,last,config.json} (with --folds K: one fold_k/ folder each, and summary.{md,csv,json} with
-mean ± std, the pooled calibration measures and the pooled reliability diagram and risk-coverage curve), and
-run.json.
+Writes to --out: data_report.json, split.json, metrics.{md,csv}, history.{md,csv}, confusion_matrix.png,
+checkpoints/{best,config.json}; for a network trained by epochs also history.json, learning_curves.png and
+checkpoints/last; for a frozen backbone's head head_selection.png (its inner-CV loss curves) instead
+(with --folds K: one fold_k/ folder each and summary.{md,csv,json} with mean ± std), and run.json. Every run
+folder also gets reliability_diagram.png and risk_coverage.{md,csv,png} (pooled over the folds at the top).
 
 Calibration (--calibration, default auto) is fitted on predictions of the training part that its model did not
 train on (the head's inner out-of-fold ones), never on the scored fold; the probabilities saved, reported,
 predicted and exported are the calibrated ones. A referral threshold (--refer-coverage C, default 0.8, or
 --refer-accuracy B) is chosen on the same inner predictions and saved; experiments.predict marks the photos
 below it in a refer column.
+
 A folder that holds a run is refused unless --resume (same settings and data; the differences
 are named) or --overwrite (the new run replaces it whole, only once complete).
 
@@ -36,9 +37,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-
-import jax
-import numpy as np
+from typing import TYPE_CHECKING
 
 from experiments.errors import (
     DISTRIBUTED,
@@ -51,22 +50,10 @@ from experiments.errors import (
     positive_int,
     run_command,
 )
-from models.efficientnet_lite import native_size
-from models.transfer import BACKBONES
-from training.common.files import write_json_atomic
-from training.common.layout import RunLayout
-from training.common.tables import write_table
-from training.data.augment import Augment
-from training.data.dataset import load_dataset
-from training.data.images import Preprocess
-from training.data.labels import SCENARIOS
-from training.evaluation.metrics import bootstrap_interval, classification_metrics
-from training.loop.config import FINETUNE, FINETUNE_RECIPE, MODELS, PRESETS, TOP_RECIPE, TrainConfig, get_config
-from training.loop.distributed import outputs_of_this_process, process_count, process_index
-from training.runs.folder import RunFolder
-from training.runs.folds import pooled, pooled_predictions, run_folds
-from training.runs.report import HEADLINE, calibration_notes, calibration_report
-from training.runs.results import describe
+from experiments.names import BACKBONES, FINETUNE, MODELS, PRESETS, SCENARIOS
+
+if TYPE_CHECKING:
+    from training.loop.config import TrainConfig
 
 
 def _target_recall(text: str) -> tuple[str, float]:
@@ -85,12 +72,15 @@ def parser() -> argparse.ArgumentParser:
     add_common(p, "data", "out", "seed", "skip-bad", "cache-dir", "workers", "no-progress", "engine", *DISTRIBUTED,
                out="runs/train",
                data_help="folder with one subfolder per label, or a CSV manifest (path,label)")
-    p.add_argument("--preset", choices=sorted(k for k in PRESETS if k != "default"), default="pretrained",
+    p.add_argument("--preset", choices=sorted(PRESETS), default="pretrained",
                    help="pretrained (default: the best measured), improved (Model 1 from scratch), "
                         "lab-2020 (the lab's Dec 2020 setup); the flags below override it")
-    p.add_argument("--scenario", choices=sorted(SCENARIOS), help="the lab's label grouping")
-    p.add_argument("--grouping", help="JSON/TOML grouping file (classes → labels, exclude)")
-    p.add_argument("--model", choices=list(MODELS))
+    p.add_argument("--scenario", choices=sorted(SCENARIOS),
+                   help="the lab's label grouping of Probable/Possible/Improbable folders (e.g. Pr_Im: Probable "
+                        "against Improbable, Possible left out; PrPo_Im: Probable and Possible together)")
+    p.add_argument("--grouping", help="JSON/TOML grouping file: {classes: {name: [labels]}, exclude: [labels]}")
+    p.add_argument("--model", choices=list(MODELS),
+                   help="the network (default: the preset's; pretrained: efficientnet_lite1, the best measured)")
     p.add_argument("--finetune", choices=list(FINETUNE), help="pretrained backbone: what trains (default head)")
     p.add_argument("--weights", help="a .pth state dict: instead of the packaged EfficientNet-Lite weights, or a "
                                      "torchvision resnet50 state dict with --model resnet50 (read without "
@@ -119,10 +109,13 @@ def parser() -> argparse.ArgumentParser:
                                                   "with Model 1)")
     p.add_argument("--rgb", action="store_true", default=None, help="keep colour")
     p.add_argument("--gray", dest="rgb", action="store_false", help="grayscale (the lab's)")
-    p.add_argument("--crop", choices=["center", "squash"])
-    p.add_argument("--epochs", type=positive_int)
-    p.add_argument("--batch-size", type=positive_int)
-    p.add_argument("--lr", type=positive_float)
+    p.add_argument("--crop", choices=["center", "squash"],
+                   help="center: the largest centred square (default); squash: the whole photo, resized")
+    p.add_argument("--epochs", type=positive_int,
+                   help="epochs of a network's training (a frozen backbone's head trains by steps chosen by "
+                        "inner CV instead)")
+    p.add_argument("--batch-size", type=positive_int, help="photos per step (default: the preset's)")
+    p.add_argument("--lr", type=positive_float, help="Adam's learning rate (default: the preset's)")
     p.add_argument("--class-weights", choices=["balanced", "none"], help="weight the loss by inverse class frequency")
     p.add_argument("--standardize", action="store_true", default=None,
                    help="scale inputs by the training split's per-channel mean and std (saved with the model)")
@@ -144,7 +137,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-schedule", choices=["cosine"], help="decay the learning rate to 0 over the run")
     p.add_argument("--patience", type=positive_int,
                    help="early stopping: epochs without a better inner-validation macro-F1")
-    p.add_argument("--val-fraction", type=fraction)
+    p.add_argument("--val-fraction", type=fraction,
+                   help="the share held out: the validation split scored once (with --folds 1), and the inner "
+                        "split on which a network's epoch is chosen (default 0.2)")
     p.add_argument("--folds", type=positive_int, help="K > 1: stratified K-fold cross-validation (outer folds)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint "
                                                          "(same settings and data)")
@@ -154,6 +149,10 @@ def parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The preset with every flag the user gave on top."""
+    from models.efficientnet_lite import native_size
+    from training.data.augment import Augment
+    from training.loop.config import FINETUNE_RECIPE, PRESETS, TOP_RECIPE, get_config
+
     flags = {"model": args.model, "finetune": args.finetune, "weights": args.weights, "image_size": args.image_size,
              "rgb": args.rgb, "crop": args.crop, "epochs": args.epochs, "batch_size": args.batch_size,
              "learning_rate": args.lr, "standardize": args.standardize,
@@ -191,17 +190,29 @@ def data_record(data) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
+    from training.loop.distributed import outputs_of_this_process, process_count, process_index
+
     if args.resume and process_count() > 1:
         raise ValueError("--resume: a job of several processes cannot resume (process 0 alone holds the run); "
                          "resume it as one process, or start again with --overwrite")
     with outputs_of_this_process(args.out) as out:
         result = _run(args, out)
     if process_index() == 0:
-        print(f"run written to {args.out}")
+        folds = len(result["results"])
+        where = f"{args.out}/fold_1 … fold_{folds}" if folds > 1 else str(args.out)
+        print(f"run written to {args.out}: summary {args.out}/summary.md, report (metrics.md, plots) and "
+              f"checkpoints/ in {where}")
     return result
 
 
 def _run(args: argparse.Namespace, out_path) -> dict:
+    import numpy as np
+
+    from training.data.dataset import load_dataset
+    from training.data.images import Preprocess
+    from training.runs.folder import RunFolder
+    from training.runs.results import describe
+
     folder = RunFolder(out_path, resume=args.resume, overwrite=args.overwrite)
     folder.check()  # before any work
     config = config_from_args(args)
@@ -224,6 +235,16 @@ def _run(args: argparse.Namespace, out_path) -> dict:
 
 
 def _train(args: argparse.Namespace, config: TrainConfig, data, out, counts: dict) -> dict:
+    import jax
+    import numpy as np
+
+    from training.common.files import write_json_atomic
+    from training.common.layout import RunLayout
+    from training.common.tables import write_table
+    from training.evaluation.metrics import bootstrap_interval, classification_metrics
+    from training.runs.folds import pooled_predictions, run_folds
+    from training.runs.report import HEADLINE
+
     write_json_atomic(RunLayout(out).data_report, {"source": data.source, "grouping": data.grouping.name,
                                                    "class_counts": counts, **data.report.as_dict()})
     results = run_folds(data, config, out, resume=args.resume, progress=not args.no_progress,
@@ -266,11 +287,15 @@ def _train(args: argparse.Namespace, config: TrainConfig, data, out, counts: dic
             "balanced_accuracy_ci95": (lo, hi), "pooled": pooled}
 
 
-def _calibration_summary(results, y: np.ndarray, out, config: TrainConfig) -> tuple[dict, str]:
+def _calibration_summary(results, y, out, config: TrainConfig) -> tuple[dict, str]:
     """The pooled scored photos' calibration measures, risk-coverage curve (``reliability_diagram.png``,
     ``risk_coverage.*`` in ``out``) and what the saved referral thresholds did: ``(summary.json entries,
     Markdown notes)``."""
+    import jax
+
     from training.evaluation.calibration import referral_outcome
+    from training.runs.folds import pooled
+    from training.runs.report import calibration_notes, calibration_report
 
     p = pooled(results, y)
     key = jax.random.PRNGKey(config.seed)

@@ -17,26 +17,33 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import TYPE_CHECKING
 
-import jax
-import jax.numpy as jnp
-
-import manual_backprop as mb
 from experiments.errors import add_common, nonnegative_float, positive_float, positive_int, run_command
-from training.common.files import output_dir
-from training.common.tables import pyplot, save_figure, write_table
-from training.common.timing import device_description
-from training.data.arrays import ArrayData, load_digits_data, load_mnist_npz
-from training.loop.config import MLP_PRESETS
+from experiments.names import ACTIVATIONS, COSTS, MLP_PRESETS
+
+if TYPE_CHECKING:
+    from training.data.arrays import ArrayData
 
 
 def load(data: str | None, seed: int) -> ArrayData:
+    from training.data.arrays import load_digits_data, load_mnist_npz
+
     return load_digits_data(seed=seed) if data is None else load_mnist_npz(data)
 
 
 def run(args: argparse.Namespace) -> dict:
-    out = output_dir(args.out)
+    import jax
+    import jax.numpy as jnp
+
+    import manual_backprop as mb
+    from training.common.files import output_dir
+    from training.common.tables import pyplot, save_figure, write_table
+    from training.common.timing import device_description
+    from training.loop.config import MLP_PRESETS
+
     data = load(args.data, args.seed)
+    out = output_dir(args.out)  # made only once the data is read: a missing file leaves no folder behind
     cfg = dict(MLP_PRESETS[args.preset])
     if args.data is None and args.preset == "network":
         cfg["weight_scale"] = "fan_in"
@@ -84,7 +91,9 @@ def run(args: argparse.Namespace) -> dict:
     plt.close(fig)
     print(f"final test accuracy {100 * summary['final_test_accuracy']:.2f}% "
           f"(best {100 * summary['best_test_accuracy']:.2f}% at epoch {summary['best_epoch']}), "
-          f"{seconds:.1f} s; wrote {out}")
+          f"{seconds:.1f} s")
+    print(f"trained {summary['sizes']} for {cfg['epochs']} epochs: tables {out / 'history.md'}, "
+          f"{out / 'summary.md'} (and .csv), plot {out / 'learning_curve.png'}")
     return summary
 
 
@@ -93,15 +102,18 @@ def parser() -> argparse.ArgumentParser:
     add_common(p, "data", "out", "seed", "no-progress",
                out="runs/train_mlp",
                data_help="MNIST .npz (x_train/y_train/x_valid/y_valid/x_test/y_test); default: digits")
-    p.add_argument("--preset", choices=sorted(MLP_PRESETS), default="network")
+    p.add_argument("--preset", choices=sorted(MLP_PRESETS), default="network",
+                   help="network: Nielsen's network.py (sigmoid, quadratic cost); network2: cross-entropy and L2 "
+                        "(default network); the flags below override it")
     p.add_argument("--hidden", type=positive_int, nargs="+", help="hidden layer widths")
-    p.add_argument("--activation", choices=sorted(mb.ACTIVATIONS))
-    p.add_argument("--cost", choices=sorted(mb.COSTS))
-    p.add_argument("--eta", type=positive_float)
+    p.add_argument("--activation", choices=sorted(ACTIVATIONS), help="of every layer")
+    p.add_argument("--cost", choices=sorted(COSTS), help="the cost C whose gradient the hand-written backward gives")
+    p.add_argument("--eta", type=positive_float, help="the learning rate η of plain minibatch SGD")
     p.add_argument("--lmbda", type=nonnegative_float, help="L2 strength λ (the term is λ/2n Σw²)")
-    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--batch-size", type=positive_int, help="examples per SGD step")
     p.add_argument("--epochs", type=positive_int)
-    p.add_argument("--weight-scale", choices=["unit", "fan_in"])
+    p.add_argument("--weight-scale", choices=["unit", "fan_in"],
+                   help="initial weights N(0, 1) (network.py) or N(0, 1/fan_in)")
     return p
 
 

@@ -12,12 +12,15 @@ and bottom). Inputs in [0, 1] are mapped to [−1, 1]. BatchNorm is in inference
 ``y = γ (x − μ) / √(σ² + 1e-3) + β``, with the running μ, σ² stored as parameters beside γ, β:
 the per-image forward is then a pure function that ``jax.vmap`` batches, and training keeps
 μ, σ² frozen (``training.transfer.trainable_mask``). Weights: :func:`models.pretrained.load_backbone`.
+A batch goes through :func:`map_images`: on CPU one image at a time, elsewhere ``jax.vmap``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -38,6 +41,28 @@ VARIANTS = {
     "efficientnet_lite1": (1.0, 1.1, 240, 0.2),
     "efficientnet_lite2": (1.1, 1.2, 260, 0.3),
 }
+
+
+# Images per step of :func:`map_images` on CPU (benchmarks/RESULTS.md, issue 37: one image at a time ran the
+# Lite1 forward faster than chunks of 2 or 4 and than the batch of 32 at once)
+CPU_IMAGE_CHUNK = 1
+
+
+def map_images(fn: Callable[[Any], Any], x: Any, *, chunk: int | None = None) -> Any:
+    """``fn`` (one image, or one row, in → a pytree out) over the leading axis of ``x``; the same values as
+    ``jax.vmap(fn)(x)``, up to float32 rounding.
+
+    On CPU the batch runs ``chunk`` images at a time (``jax.lax.map``; default :data:`CPU_IMAGE_CHUNK`): one
+    image's activation maps (at most 5.5 MB, Lite1's 120×120×96 expansion) stay in the cache from one layer to
+    the next, where a batch of 32's (177 MB there) goes through memory at every layer, and the depthwise layers,
+    a few operations per value read, are bound by memory. On other backends (GPU, TPU) ``chunk`` defaults to 0:
+    ``jax.vmap`` over the whole batch, which those devices need to be busy. Call it inside ``jax.jit``."""
+    if chunk is None:
+        chunk = CPU_IMAGE_CHUNK if jax.default_backend() == "cpu" else 0
+    n = jax.tree_util.tree_leaves(x)[0].shape[0]
+    if chunk <= 0 or n <= chunk:
+        return jax.vmap(fn)(x)
+    return jax.lax.map(fn, x, batch_size=chunk) if chunk > 1 else jax.lax.map(fn, x)
 
 
 def round_filters(filters: int, width: float, divisor: int = 8) -> int:

@@ -117,7 +117,7 @@ def test_predict_rows_for_copies_atomic_csv_and_odd_names(tmp_path, capsys):
         predict.main(["--checkpoint", str(run), "--images", str(tmp_path / "missing"), "--out", str(out),
                       "--overwrite"])
     assert out.read_bytes() == before
-    assert "error: image folder not found" in capsys.readouterr().err
+    assert "error: photo or folder not found" in capsys.readouterr().err
 
 
 # ---- run folders: refused, resumed or replaced whole ----------------------------------------------------------
@@ -192,12 +192,12 @@ def test_overwrite_replaces_the_run_whole_and_a_failure_keeps_the_old_one(run_co
     def crash(*args, **kwargs):
         raise ValueError("simulated failure in the middle of training")
 
-    monkeypatch.setattr(train, "run_folds", crash)
+    monkeypatch.setattr(folds, "run_folds", crash)  # the command imports it when it runs
     with pytest.raises(SystemExit):
         train.main(_train_args(root, run, tmp_path, "--image-size", "20", "--overwrite"))
     assert _snapshot(run) == before  # the old run, untouched
     assert not list(run.parent.glob(".run.new-*"))  # no staging folder left
-    monkeypatch.setattr(train, "run_folds", folds.run_folds)
+    monkeypatch.undo()
     train.main(_train_args(root, run, tmp_path, "--image-size", "20", "--overwrite"))
     assert not (run / "notes-from-the-old-run.txt").exists()
     record = json.loads((run / "run.json").read_text())
@@ -389,6 +389,7 @@ def test_every_command_names_a_missing_file_in_one_line(command, tmp_path, capsy
         module.main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert info.value.code == 1 and len(err) == 1 and err[0].startswith("error: ") and missing in err[0]
+    assert not (tmp_path / "out").exists()  # a failed command leaves no empty folder behind
 
 
 @pytest.mark.parametrize(("command", "argv"), [
@@ -446,3 +447,104 @@ def test_sigkill_at_a_random_point_then_resume_gives_the_uninterrupted_losses(tm
     np.testing.assert_allclose([h["train_loss"] for h in again], [h["train_loss"] for h in whole], rtol=1e-6,
                                err_msg=f"killed after {delay:.2f} s of {duration:.2f} s (seed {seed})")
     assert json.loads((tmp_path / "killed" / "run.json").read_text())["status"] == "complete"
+
+
+# ---- every command the same way: photo files or folders, explain = predict, flags checked first -------------------
+
+ALL_COMMANDS = ("agreement", "architectures", "backbones", "backprop_depth", "compare_gradients", "explain", "export",
+                "main", "mnist_cnn", "predict", "results_table", "train", "train_mlp")
+
+
+def test_predict_and_explain_take_a_photo_file_or_folders_and_agree(finished_run, tmp_path, capsys):
+    """One photo file gives one row named as given; a folder's photos are named relative to it; explain's
+    probabilities, decisions and paths are predict's (the same function, on the same photos)."""
+    from experiments import explain
+    from tests.helpers import read_predictions
+
+    run, root = finished_run
+    one = root / "a" / "a0.png"
+    predict.main(["--checkpoint", str(run), "--images", str(one), "--out", str(tmp_path / "one.csv"),
+                  "--no-progress"])
+    assert [r["path"] for r in read_predictions(tmp_path / "one.csv")] == [one.as_posix()]
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith(f"1 predictions written to {tmp_path}")
+
+    extra = tmp_path / "extra.png"
+    extra.write_bytes((root / "a" / "a1.png").read_bytes())
+    images = ["--images", str(root / "b"), str(extra)]
+    predict.main(["--checkpoint", str(run), *images, "--out", str(tmp_path / "mix.csv"), "--no-progress"])
+    predicted = read_predictions(tmp_path / "mix.csv")
+    assert [r["path"] for r in predicted] == ["b0.png", "b1.png", "b2.png", extra.as_posix()]
+    rows = explain.main(["--checkpoint", str(run), *images, "--out", str(tmp_path / "x"), "--no-progress",
+                         "--methods", "grad_cam", "saliency"])
+    assert [r["path"] for r in rows] == [r["path"] for r in predicted]
+    assert [r["predicted"] for r in rows] == [r["predicted"] for r in predicted]
+    probs = [k for k in predicted[0] if k.startswith("p_")]
+    assert np.abs(np.array([[r[k] for k in probs] for r in rows])
+                  - np.array([[r[k] for k in probs] for r in predicted])).max() <= 1e-6
+    assert read_predictions(tmp_path / "x" / "explanations.csv")[0]["path"] == "b0.png"
+    for r in rows:
+        with Image.open(r["png"]) as png:
+            assert png.size[0] > 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("4 photos explained") and str(tmp_path / "x" / "explanations.csv") in last
+
+
+def test_two_photos_with_one_name_are_refused_and_a_file_given_twice_is_one_row(tmp_path):
+    from training.data.images import photo_inputs
+
+    _photos(tmp_path / "site1", labels=("x",), n=1)
+    _photos(tmp_path / "site2", labels=("x",), n=1)
+    (tmp_path / "site2" / "x" / "x0.png").write_bytes(b"other bytes")
+    with pytest.raises(ValueError, match="'x0.png'.*common parent folder"):
+        photo_inputs([tmp_path / "site1" / "x", tmp_path / "site2" / "x"])
+    photo = tmp_path / "site1" / "x" / "x0.png"
+    assert photo_inputs([photo, photo, tmp_path / "site1" / "x"]) == [(photo, photo.as_posix())]
+    with pytest.raises(FileNotFoundError, match="photo or folder not found: .*nowhere"):
+        photo_inputs([tmp_path / "nowhere"])
+
+
+def test_a_bad_flag_is_reported_by_every_command_before_jax_is_imported(tmp_path):
+    """Each command parses its arguments first: a bad flag costs no import of JAX, Flax, scikit-learn or the
+    library (checked in a fresh interpreter, in the modules it loaded, not by a timing)."""
+    import subprocess
+
+    code = f"""
+import contextlib, importlib, io, sys
+for name in {ALL_COMMANDS!r}:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.suppress(SystemExit):
+        importlib.import_module("experiments." + name).main(["--no-such-flag", "--no-progress"])
+    assert "error:" in err.getvalue().strip().splitlines()[-1], (name, err.getvalue())
+heavy = ("jax", "flax", "optax", "orbax", "sklearn", "matplotlib", "models", "training.loop", "training.runs",
+         "training.data.images", "manual_backprop")
+print(sorted(m for m in heavy if m in sys.modules))
+"""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60,  # noqa: S603
+                          env={**os.environ, "PYTHONPATH": repo})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_parsers_offer_the_library_s_names_and_old_spellings_warn(capsys):
+    import manual_backprop as mb
+    from experiments import names, results_table
+    from experiments.agreement import ORDER as CLI_ORDER
+    from models.efficientnet_lite import VARIANTS
+    from training.data.labels import SCENARIOS
+    from training.evaluation.agreement import ORDER
+    from training.evaluation.explain import METHODS
+    from training.loop.config import FINETUNE, MLP_PRESETS, MODELS, PRESETS
+    from training.loop.devices import ENGINES
+    from training.runs.results import CONFIGS
+
+    assert names.ENGINES == ENGINES and names.SCENARIOS == tuple(SCENARIOS) and names.MODELS == MODELS
+    assert names.PRESETS == tuple(k for k in PRESETS if k != "default") and names.FINETUNE == FINETUNE
+    assert names.BACKBONES == tuple(VARIANTS) and names.TABLE_CONFIGS == tuple(CONFIGS)
+    assert names.MLP_PRESETS == tuple(MLP_PRESETS) and names.EXPLAIN_METHODS == tuple(METHODS)
+    assert names.ACTIVATIONS == tuple(sorted(mb.ACTIVATIONS)) and names.COSTS == tuple(sorted(mb.COSTS))
+    assert CLI_ORDER == ORDER
+    args = results_table.parser().parse_args(["--data", "d", "--scenarios", "Pr_Im", "Pr_Po_Im"])
+    assert args.scenario == ["Pr_Im", "Pr_Po_Im"]
+    assert "--scenarios is deprecated" in capsys.readouterr().err
+    assert "pretrained" in results_table.parser().format_help()

@@ -148,6 +148,7 @@ def test_train_as_two_processes_gives_the_one_process_run(model1_run, tmp_path, 
                                                str(tmp_path / "c2")]))
     assert all(rc == 0 for rc, _, _ in results), [err[-2000:] for _, _, err in results]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "c2", "one", "two"]  # process 1 kept nothing
+    assert _outline(tmp_path / "two") == _outline(tmp_path / "one")  # the same files, checkpoints/last included
     (s1, p1, n1), (s2, p2, n2) = _trained(tmp_path / "one"), _trained(tmp_path / "two")
     assert n1 == n2
     if preset == "pretrained":
@@ -162,6 +163,11 @@ def test_train_as_two_processes_gives_the_one_process_run(model1_run, tmp_path, 
                    zip(jax_leaves(p1), jax_leaves(p2))) <= 2 * lr * steps
         h1, h2 = (json.loads((tmp_path / r / "history.json").read_text()) for r in ("one", "two"))
         np.testing.assert_allclose([h["train_loss"] for h in h2], [h["train_loss"] for h in h1], rtol=1e-5)
+
+
+def _outline(run):
+    """A run folder's files and folders two levels deep (inside a checkpoint, orbax's own layout)."""
+    return sorted(str(p.relative_to(run)) for p in run.rglob("*") if len(p.relative_to(run).parts) <= 2)
 
 
 def jax_leaves(tree):

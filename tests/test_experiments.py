@@ -203,7 +203,7 @@ def test_explain_cli_writes_heat_map_pngs(tmp_path):
     for i in range(2):
         Image.fromarray((rng.uniform(0, 255, (30, 40, 3))).astype(np.uint8)).save(photos / f"p{i}.png")
     rows = explain.main(["--checkpoint", str(tmp_path / "run"), "--images", str(photos),
-                         "--out", str(tmp_path / "explain"), "--cache-dir", str(tmp_path / "cache")])
+                         "--out", str(tmp_path / "explain"), "--no-progress"])
     assert len(rows) == 2 and all(Path(r["png"]).stat().st_size > 0 for r in rows)
     assert all(r["predicted"] in ("a", "b") and 0.5 <= r["probability"] <= 1.0 for r in rows)
 
@@ -229,7 +229,7 @@ def test_results_table_grid_is_honest_and_resumable(small_photo_folder, tmp_path
     from experiments import results_table
 
     out = tmp_path / "table"
-    argv = ["--data", str(small_photo_folder), "--scenarios", "Pr_Im", "Pr_Po_Im", "--image-size", "16",
+    argv = ["--data", str(small_photo_folder), "--scenario", "Pr_Im", "Pr_Po_Im", "--image-size", "16",
             "--configs", "lab-2020", "pretrained", "--max-epochs", "1", "--out", str(out),
             "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
     rows = results_table.run(results_table.parser().parse_args(argv))
@@ -259,7 +259,7 @@ def test_results_table_reports_rows_too_small_to_split(tmp_path):
     from experiments import results_table
 
     rows = results_table.run(results_table.parser().parse_args([
-        "--data", str(shared_path("tree-risk-examples")), "--scenarios", "Pr_Im", "--image-size", "16",
+        "--data", str(shared_path("tree-risk-examples")), "--scenario", "Pr_Im", "--image-size", "16",
         "--configs", "lab-2020", "--out", str(tmp_path / "t"), "--cache-dir", str(tmp_path / "c"), "--no-progress"]))
     assert rows[0]["beats majority?"].startswith("not run: too few images to stratify")
     assert rows[0]["n images"] == 2  # the Possible photos are excluded in Pr_Im

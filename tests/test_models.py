@@ -91,3 +91,22 @@ def test_explanations_on_model1_are_finite_maps(name):
     heat = METHODS[name](model, params, x, 0)
     assert heat.shape == (40, 40) and bool(jnp.all(jnp.isfinite(heat)))
     assert 0.0 <= float(heat.min()) and float(heat.max()) <= 1.0 + 1e-6
+
+
+def test_batched_maps_equal_each_method_alone():
+    """explain's one-pass, vmapped maps (training.evaluation.explain.batched) are each method's own map."""
+    from models import Model1
+    from training.evaluation.explain import batched
+    from training.loop.steps import _initializer
+
+    model = Model1(2)
+    x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 40, 40, 3)), jnp.float32)
+    params = _initializer(model, x.shape[1:])(jax.random.PRNGKey(1))
+    want = {name: [f(model, params, x[i], i) for i in range(2)] for name, f in METHODS.items()}
+    for methods in (tuple(METHODS), ("grad_cam_plus_plus", "grad_cam")):  # explain's default: no image gradient
+        maps = batched(model, methods)(params, x, jnp.array([0, 1]))
+        assert set(maps) == set(methods)
+        for name in methods:
+            for i in range(2):
+                error = float(jnp.linalg.norm(maps[name][i] - want[name][i]))
+                assert error <= 1e-5 * max(float(jnp.linalg.norm(want[name][i])), 1.0), (methods, name)

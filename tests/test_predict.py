@@ -436,8 +436,10 @@ def test_a_job_whose_processes_disagree_stops_before_any_work(trained, tmp_path,
     run, root = trained
     monkeypatch.setattr(stream, "process_count", lambda: 2)
     monkeypatch.setattr(stream, "process_index", lambda: 0)
-    monkeypatch.setattr(predict, "process_count", lambda: 2)
-    monkeypatch.setattr(predict, "process_index", lambda: 0)
+    from training.loop import distributed
+
+    monkeypatch.setattr(distributed, "process_count", lambda: 2)  # (predict imports them when it runs)
+    monkeypatch.setattr(distributed, "process_index", lambda: 0)
     monkeypatch.setattr(stream, "gather_rows", lambda mine: np.concatenate([mine, mine[:, ::-1]]))
     with pytest.raises(SystemExit):
         _predict(run, root, tmp_path / "p.csv")

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models.efficientnet_lite import EfficientNetLite, block_specs, depthwise_shift, native_size
+from models.efficientnet_lite import EfficientNetLite, block_specs, depthwise_shift, map_images, native_size
 from models.pretrained import load_backbone, packaged_weights_file
 from models.torch_weights import WeightsFileError, load_state_dict
 from models.transfer import TransferClassifier
@@ -82,6 +82,22 @@ def test_depthwise_shift_equals_grouped_convolution(size, k, stride):
     ref = jax.lax.conv_general_dilated(x[None], kernel, (stride, stride), "SAME",
                                        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=4)[0]
     assert max(relative_errors(depthwise_shift(x, kernel, stride), ref)) <= 1e-12  # float64
+
+
+@pytest.mark.parametrize("chunk", [None, 0, 2, 5], ids=["default", "vmap", "2-with-remainder", "all"])
+def test_map_images_equals_vmap_whatever_the_chunk(chunk):
+    rng = np.random.default_rng(3)
+    x, kernel = jnp.asarray(rng.normal(size=(5, 6, 7, 4)), jnp.float32), jnp.asarray(rng.normal(size=(3, 3, 1, 4)))
+
+    def fn(im):
+        return {"map": depthwise_shift(im, kernel, 2), "sum": im.sum()}
+
+    ours, ref = jax.jit(lambda a: map_images(fn, a, chunk=chunk))(x), jax.vmap(fn)(x)
+    assert ours["map"].shape == (5, 3, 4, 4)
+    assert max(relative_errors(ours["map"], ref["map"]) + relative_errors(ours["sum"], ref["sum"])) <= 1e-6
+    program = jax.jit(lambda a: map_images(fn, a, chunk=chunk)).lower(x).as_text()
+    looped = chunk == 2 or (chunk is None and jax.default_backend() == "cpu")
+    assert ("while" in program) == looped  # on CPU the default runs the images one at a time
 
 
 @pytest.mark.x64

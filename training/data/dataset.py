@@ -76,7 +76,7 @@ def load_dataset(
                              progress=progress)
     else:
         kept, digests, report = index_images(items, skip_bad=skip_bad, workers=workers)
-        report.loaded = len(kept)
+        report.loaded, report.decoded = len(kept), False
         images = ImageSet(None, [label for _, label in kept], [str(p) for p, _ in kept], digests, report)
     images.report.ignored = ignored
     grouping = get_grouping(scenario, grouping_file, images.labels)

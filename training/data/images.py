@@ -27,7 +27,7 @@ import stat
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -191,9 +191,12 @@ class LoadReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     excluded: dict[str, int] = field(default_factory=dict)  # label -> count left out by the grouping
     ignored: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): entries not read as photos
+    decoded: bool = True  # False: the photos were hashed, not decoded (a frozen backbone's cached features)
 
     def summary(self) -> str:
-        parts = [f"{self.found} files found", f"{self.loaded} images loaded ({self.cache_hits} from cache)"]
+        loaded = (f"{self.loaded} images decoded ({self.cache_hits} from the image cache)" if self.decoded else
+                  f"{self.loaded} photos hashed, not decoded (read later only where no cached features exist)")
+        parts = [f"{self.found} files found", loaded]
         if self.duplicates:
             parts.append(f"{len(self.duplicates)} exact duplicates kept once")
         if self.skipped:
@@ -207,7 +210,7 @@ class LoadReport:
 
     def as_dict(self) -> dict:
         return {
-            "found": self.found, "loaded": self.loaded, "cache_hits": self.cache_hits,
+            "found": self.found, "loaded": self.loaded, "cache_hits": self.cache_hits, "decoded": self.decoded,
             "duplicates": [list(d) for d in self.duplicates], "skipped": [list(s) for s in self.skipped],
             "excluded": dict(self.excluded),
             "ignored_counts": dict(collections.Counter(_reason_kind(r) for _, r in self.ignored)),
@@ -445,6 +448,51 @@ def image_files(folder: str | Path, *, ignored: list[tuple[str, str]] | None = N
     if not files:
         raise ValueError(f"{folder}: no image files found ({len(left_out)} entries left out)")
     return files
+
+
+def photo_inputs(inputs: str | Path | Sequence[str | Path], *,
+                 ignored: list[tuple[str, str]] | None = None) -> list[tuple[Path, str]]:
+    """Every photo named by ``inputs`` (photo files and folders, in any mix) with the name its rows carry:
+    ``(file, name)``, in the order given (a folder's photos in :func:`image_files`' order).
+
+    A folder contributes every candidate photo under it (:func:`image_files`), named relative to the
+    folder (``siteA/IMG_1.jpg``), as ``experiments.agreement`` matches them; a file given directly is
+    named as it was given (``photo.jpg``, ``site/IMG_1.jpg``; ``./`` dropped). A file given twice, or
+    also found in a folder given, gets one row. Two different files with the same name are refused
+    (their rows could not be told apart): give their common parent folder instead.
+    """
+    entries = [inputs] if isinstance(inputs, str | Path) else list(inputs)
+    if not entries:
+        raise ValueError("no photos given")
+    named: dict[str, Path] = {}  # in insertion order
+    for entry in entries:
+        entry = Path(entry)
+        if entry.is_dir():
+            found = [(f, f.relative_to(entry).as_posix()) for f in image_files(entry, ignored=ignored)]
+        elif entry.is_file():
+            found = [(entry, PurePosixPath(entry.as_posix()).as_posix())]
+        else:
+            raise FileNotFoundError(f"photo or folder not found: {entry}")
+        for f, name in found:
+            if name in named and not _same_file(named[name], f):
+                raise ValueError(f"two photos would be written as {name!r} ({named[name]} and {f}): give their "
+                                 "common parent folder instead")
+            named.setdefault(name, f)
+    seen: set[Path] = set()
+    out = []
+    for name in named:
+        key = named[name].resolve()
+        if key not in seen:  # one file reached under two names (given and inside a folder given): its first
+            seen.add(key)
+            out.append((named[name], name))
+    return out
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
 
 
 def load_unlabelled(folder: str | Path, pre: Preprocess, *, skip_bad: bool = False,

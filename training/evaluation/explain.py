@@ -77,3 +77,49 @@ def jitted(model, method: str):
     parameters and the class are arguments, so one compilation serves every class and every caller."""
     f = METHODS[method]
     return jax.jit(lambda params, x, cls: f(model, params, x, cls))
+
+
+def all_maps(model, params, x: jax.Array, cls: jax.Array, methods: tuple[str, ...]) -> dict[str, jax.Array]:
+    """Every map of ``methods`` for one image and class from one forward and one backward pass.
+
+    The score y_c is differentiated once with respect to both the image (saliency) and the zero added to
+    the feature maps A (Grad-CAM, Grad-CAM++), and A is that same forward pass's ``intermediates``: the
+    maps equal :func:`saliency`, :func:`grad_cam` and :func:`grad_cam_plus_plus` (tests/test_models.py),
+    which pay a pass each. ``cls`` may be traced (one compilation for every class)."""
+    cams = [m for m in methods if m != "saliency"]
+    shapes = jax.eval_shape(lambda: model.apply({"params": params}, x, mutable=["perturbations"])[1])
+    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["perturbations"]) if cams else None
+
+    def score(x, perturbations):
+        variables = {"params": params, **({"perturbations": perturbations} if cams else {})}
+        logits, state = model.apply(variables, x, mutable=["intermediates"])
+        return logits[cls], state["intermediates"]
+
+    # the score's gradient at the feature maps flows back through the head alone; only saliency needs it at the
+    # image (a backward pass through the whole network), so it is asked for only then
+    wrt = (0, 1) if "saliency" in methods and cams else (0,) if "saliency" in methods else (1,)
+    grads, intermediates = jax.grad(score, argnums=wrt, has_aux=True)(x, zeros)
+    gx, gp = (grads[0], grads[1]) if len(wrt) == 2 else (grads[0], None) if wrt == (0,) else (None, grads[0])
+    maps = {}
+    if "saliency" in methods:
+        maps["saliency"] = _to_image(jnp.max(jnp.abs(gx), axis=-1), x.shape[:2])
+    if cams:
+        A, g = _cam_entry(intermediates, "intermediates")[0], _cam_entry(gp, "perturbations")
+        if "grad_cam" in methods:
+            alpha = jnp.mean(g, axis=(0, 1))
+            maps["grad_cam"] = _to_image(jax.nn.relu(jnp.sum(A * alpha.reshape(1, 1, -1), axis=-1)), x.shape[:2])
+        if "grad_cam_plus_plus" in methods:
+            g2, g3 = g**2, g**3
+            denom = 2 * g2 + jnp.sum(A, axis=(0, 1), keepdims=True) * g3
+            a = g2 / jnp.where(denom != 0, denom, 1.0)
+            w = jnp.sum(a * jax.nn.relu(g), axis=(0, 1))
+            maps["grad_cam_plus_plus"] = _to_image(jax.nn.relu(jnp.sum(A * w.reshape(1, 1, -1), axis=-1)),
+                                                   x.shape[:2])
+    return {m: maps[m] for m in methods}
+
+
+@functools.lru_cache(maxsize=16)
+def batched(model, methods: tuple[str, ...]):
+    """``f(params, x, cls) -> {method: maps}`` over a batch: :func:`all_maps` vmapped over images ``x``
+    (N, H, W, C) and their classes ``cls`` (N,), jitted once per (model, methods)."""
+    return jax.jit(jax.vmap(lambda params, x, cls: all_maps(model, params, x, cls, methods), in_axes=(None, 0, 0)))

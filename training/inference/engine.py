@@ -74,3 +74,25 @@ def probs_function(model, params, config, engine: str = "auto", *, calibration=N
     from training.evaluation.calibration import apply_jax
 
     return jax.jit(lambda p, x: apply_jax(calibration, step(p, x))), params, used
+
+
+def trained_classifier(model, params, config, class_names: list[str], operating_point: dict | None,
+                       engine: str = "auto", *, calibration=None):
+    """What ``experiments.predict`` and ``experiments.explain`` both predict with, so that their probabilities
+    are the same numbers: ``(classifier, engine used)`` for a trained run (``training.runs.saved.load_trained``
+    and the ``operating_point`` its ``run_config`` holds).
+
+    ``classifier`` (:class:`training.inference.stream.Classifier`) holds :func:`probs_function`'s
+    probabilities (flip-averaged for a pretrained run) and the run's decision: its class when the
+    probability reaches a saved ``--target-recall`` threshold (``training.evaluation.decision.decide``),
+    else the most probable class. ``calibration``: the run's (``SavedRun.calibration``): the probabilities are
+    calibrated, and the decision leaves the calibration's shift out."""
+    from training.data.images import Preprocess
+    from training.evaluation.decision import decide
+    from training.inference.stream import Classifier
+
+    probs_fn, fn_params, used = probs_function(model, params, config, engine, calibration=calibration)
+    shift = None if calibration is None else calibration.shift
+    classifier = Classifier(probs_fn, fn_params, Preprocess(config.image_size, config.crop, config.rgb), class_names,
+                            decide=lambda p: decide(p, operating_point, shift), on_device=used == "jax")
+    return classifier, used

@@ -34,7 +34,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -334,9 +334,11 @@ def _csv_bytes(rows: Iterable[list]) -> bytes:
     return buffer.getvalue().encode("utf-8", errors="surrogateescape")
 
 
-def predict_folder(files: Sequence[Path], root: Path, classifier: Classifier, out: Path, *, signature: dict,
-                   options: StreamOptions = StreamOptions(), dp: DataParallel | None = None) -> StreamReport:
-    """Predict every file and write ``out`` (path relative to ``root``, predicted label, ``p_<class>`` …).
+def predict_folder(files: Sequence[Path], root: Path | None, classifier: Classifier, out: Path, *, signature: dict,
+                   options: StreamOptions = StreamOptions(), dp: DataParallel | None = None,
+                   names: Mapping[Path, str] | None = None) -> StreamReport:
+    """Predict every file and write ``out`` (path relative to ``root``, or ``names[file]``, predicted label,
+    ``p_<class>`` …).
 
     Each chunk ``x`` is padded to a multiple of the local device count and sharded over them.
     With ``options.resume`` the photos already in ``OUT.partial`` are skipped (``signature`` must
@@ -350,7 +352,7 @@ def predict_folder(files: Sequence[Path], root: Path, classifier: Classifier, ou
     size = dp.padded_batch_size(o.batch_size)
     partial = PartialCSV(out, csv_header(c.class_names), signature)
     report = StreamReport()
-    rel = {f: f.relative_to(root).as_posix() for f in files}
+    rel = dict(zip(files, row_names(files, root, names), strict=True))
     partial.check_destinations()
     if o.resume and partial.exists():
         done, report.skipped = partial.resume(Plan(tuple(rel[f] for f in files), tuple(c.class_names)))
@@ -456,8 +458,15 @@ def agree_on_plan(fingerprint: np.ndarray) -> None:
         raise ValueError(message)
 
 
-def predict_sharded(files: Sequence[Path], root: Path, classifier: Classifier, out: Path, *, signature: dict,
-                    options: StreamOptions = StreamOptions(), overwrite: bool = False) -> StreamReport:
+def row_names(files: Sequence[Path], root: Path | None, names: Mapping[Path, str] | None) -> list[str]:
+    """Each file's name in the CSV's ``path`` column: ``names[f]`` when given (``photo_inputs``' names), else its
+    path relative to ``root``."""
+    return [names[f] for f in files] if names is not None else [f.relative_to(root).as_posix() for f in files]
+
+
+def predict_sharded(files: Sequence[Path], root: Path | None, classifier: Classifier, out: Path, *, signature: dict,
+                    options: StreamOptions = StreamOptions(), overwrite: bool = False,
+                    names: Mapping[Path, str] | None = None) -> StreamReport:
     """:func:`predict_folder` as one process of a job (one process: the same call).
 
     The processes first agree on the plan (:func:`agree_on_plan`). Process ``i`` of ``N`` predicts
@@ -471,10 +480,10 @@ def predict_sharded(files: Sequence[Path], root: Path, classifier: Classifier, o
     """
     count, index = process_count(), process_index()
     if count == 1:
-        return predict_folder(files, root, classifier, out, signature=signature, options=options)
+        return predict_folder(files, root, classifier, out, signature=signature, options=options, names=names)
     dp = DataParallel(jax.local_devices())
     chunk = dp.padded_batch_size(options.batch_size)
-    rel = [f.relative_to(root).as_posix() for f in files]
+    rel = row_names(files, root, names)
     agree_on_plan(plan_fingerprint(rel, classifier, signature, chunk=chunk, options=options, overwrite=overwrite,
                                    count=count))
     parts = [shard(len(files), block=chunk, index=k, count=count) for k in range(count)]
@@ -492,7 +501,8 @@ def predict_sharded(files: Sequence[Path], root: Path, classifier: Classifier, o
         report = StreamReport(resumed=max(len(files[part]) - len(skipped), 0), skipped=skipped)
         log.info(f"process {index}: its shard is complete already ({mine})")
     else:
-        report = predict_folder(files[part], root, classifier, mine, signature=sig, options=options, dp=dp)
+        report = predict_folder(files[part], root, classifier, mine, signature=sig, options=options, dp=dp,
+                                names=names)
         write_json_atomic(_shard_report(mine), {"skipped": [list(s) for s in report.skipped]})
     barrier(f"predict {out}")
     if index == 0:

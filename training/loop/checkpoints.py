@@ -109,7 +109,9 @@ class Checkpoints:
         self.alone = jax.process_count() > 1
         self.memory: dict[str, tuple[int, Any, dict]] | None = {} if self.alone and me else None
         jobs = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me}) if self.alone else None
-        options = ocp.CheckpointManagerOptions(max_to_keep=1, create=not self.alone, enable_async_checkpointing=False,
+        # no folder is made before something is saved in it (orbax's create=True would make an empty last/ for a
+        # frozen backbone's head, which has no epochs): the same files whatever the number of processes
+        options = ocp.CheckpointManagerOptions(max_to_keep=1, create=False, enable_async_checkpointing=False,
                                                **({"multiprocessing_options": jobs} if jobs else {}))
         self.managers = {
             which: ocp.CheckpointManager(self.directory / which, options=options) for which in ("best", "last")
@@ -123,8 +125,7 @@ class Checkpoints:
         if self.memory is not None:
             self.memory[which] = (step, state, meta)
             return
-        if self.alone:
-            (self.directory / which).mkdir(parents=True, exist_ok=True)  # orbax's create=True is one-process only
+        (self.directory / which).mkdir(parents=True, exist_ok=True)
         manager = self.managers[which]
         if step in manager.all_steps():
             manager.delete(step)

@@ -21,6 +21,7 @@ import numpy as np
 from flax.training import train_state
 
 from models.common import jit_run_once
+from models.efficientnet_lite import map_images
 from models.model1 import Model1
 from models.transfer import TransferClassifier
 from training.common.files import output_dir, write_json_atomic
@@ -229,10 +230,14 @@ def make_eval_step(model, *, tta_flip: bool = False, mirrored: bool = False):
     epochs and the fold's scoring of the chosen epoch share its compiled program.
 
     ``mirrored``: each row of ``x`` is a pair (input, its mirror image's) on axis 1, as cached activation maps
-    are (a map of the mirror image is not the mirrored map)."""
+    are (a map of the mirror image is not the mirrored map).
+
+    An EfficientNet-Lite classifier is batched by :func:`~models.efficientnet_lite.map_images` (on CPU one image
+    at a time: faster there, benchmarks/RESULTS.md), every other model by ``jax.vmap``."""
+    chunk = None if isinstance(model, TransferClassifier) else 0
 
     def probs(params, x):
-        logits = jax.vmap(lambda xi: model.apply({"params": params}, xi, train=False))(x)
+        logits = map_images(lambda xi: model.apply({"params": params}, xi, train=False), x, chunk=chunk)
         return jax.nn.softmax(logits, axis=-1)
 
     @jax.jit

@@ -326,7 +326,7 @@ def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bo
             feats, computed = extract_features(source, data.digests, config.model, backbone, digest,
                                                pre.cache_key(), pre=pre, cache_dir=cache_dir,
                                                batch_size=config.batch_size, progress=progress, engine=engine)
-            log.info(f"backbone features: {computed} computed, {len(feats) - computed} from cache "
+            log.info(f"backbone features: {_computed(computed)}, {len(feats) - computed} from cache "
                      f"({time.perf_counter() - start:.1f} s)")
             spec = views_for(config) if config.finetune == "head" else None
             if spec is not None:
@@ -335,7 +335,7 @@ def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bo
                                                    pre.cache_key(), pre=pre, cache_dir=cache_dir,
                                                    batch_size=config.batch_size, progress=progress, engine=engine,
                                                    views=spec)
-                log.info(f"{config.head_views} augmented views of each photo: {computed} photos computed, "
+                log.info(f"{config.head_views} augmented views of each photo: {_computed(computed, 'photos')}, "
                          f"{len(views) - computed} from cache ({time.perf_counter() - start:.1f} s)")
         if config.top_views:
             maps = _cached_maps(source, data.digests, config, backbone, digest, pre, cache_dir=cache_dir,
@@ -367,6 +367,15 @@ def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bo
     return results
 
 
+def _computed(n: int, what: str = "") -> str:
+    """``"406 computed"``; in a job of several processes, said to be the whole job's (each computes a shard)."""
+    from training.loop.distributed import process_count
+
+    count = process_count()
+    what = f" {what}" if what else ""
+    return f"{n}{what} computed" if count == 1 else f"{n}{what} computed by the {count} processes together"
+
+
 def _cached_maps(source, digests: list[str], config: TrainConfig, backbone: dict, digest: str, pre, *,
                  cache_dir: str | Path | None, progress: bool) -> Maps:
     """:class:`Maps` of every photo (``source``: the decoded images or their files, read by ``pre``): the frozen
@@ -380,7 +389,8 @@ def _cached_maps(source, digests: list[str], config: TrainConfig, backbone: dict
     views, computed_views = extract_features(source, digests, config.model, backbone, digest, pre.cache_key(),
                                              views=spec, **common)
     log.info(f"the frozen blocks 0–{block - 1}: maps {plain.shape[2:]} of each photo and {config.top_views} "
-             f"augmented views (and mirror images); {computed} + {computed_views} photos computed, the rest from "
+             f"augmented views (and mirror images); {_computed(computed)} + {_computed(computed_views, 'photos')}, "
+             "the rest from "
              f"cache ({time.perf_counter() - start:.1f} s, {(plain.nbytes + views.nbytes) / 2**20:.0f} MiB)")
     return Maps(block, plain, views)
 

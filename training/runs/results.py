@@ -107,16 +107,23 @@ def table_row(results: list[FoldResult], class_names: list[str], *, positive: in
 
 
 def describe(config: TrainConfig) -> dict:
-    """The settings a reader of a report needs (fine-tuning's own only when it fine-tunes)."""
+    """The settings a run actually uses, as a reader of its report needs them: fine-tuning's own only when it
+    fine-tunes; for a frozen backbone's head (``finetune head``), which trains by Adam steps chosen by inner CV
+    (λ from ``head_l2_grid``, at most ``head_steps``), not by epochs, none of the epoch-based settings."""
+    head = config.pretrained and config.finetune == "head"
     tuning = ("top_blocks", "warmup_epochs", "weight_decay", "head_init", "block_lr_decay", "top_views") \
         if config.pretrained and config.finetune != "head" else ()
-    if config.pretrained and config.finetune == "head" and config.head_views:
-        tuning = ("head_views",)
+    if head:
+        tuning = ("head_steps", "head_l2_grid", "inner_folds", *(("head_views",) if config.head_views else ()))
+    unused = ("epochs", "lr_schedule", "patience", "augment", "standardize", "selection", "refit") if head else ()
+    if not config.pretrained:  # a network trained from scratch: nothing to fine-tune, no mirror-image average
+        unused = ("finetune", "tta_flip")
     return {k: v for k, v in config.to_json().items()
             if k in ("model", "finetune", "image_size", "rgb", "augment", "class_weights", "standardize",
                      "learning_rate", "lr_schedule", "epochs", "patience", "folds", "selection", "tta_flip",
                      "target_recall", "grad", "calibration", "refer_coverage", "refer_accuracy", *tuning,
-                     *(("refit",) if config.refit else ()))}
+                     *(("refit",) if config.refit else ()))
+            and k not in unused}
 
 
 def read_result_row(path: str | Path, key: str) -> dict:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -34,11 +35,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.efficientnet_lite import EfficientNetLite
+from models.efficientnet_lite import EfficientNetLite, map_images
 from training.common.files import cache_root, load_cached_npy
 from training.data.augment import Augment, augment_image
 from training.loop.devices import resolve_engine
-from training.loop.distributed import any_process, gather_rows, process_count, shard
+from training.loop.distributed import any_process, gather_rows, process_count, process_index, shard
+
+log = logging.getLogger(__name__)  # shown by the commands (experiments.errors)
 
 
 def feature_cache_dir(cache_dir: str | Path | None, variant: str, weights_digest: str, pre_key: str,
@@ -52,13 +55,14 @@ def feature_cache_dir(cache_dir: str | Path | None, variant: str, weights_digest
 def make_feature_fn(variant: str, depthwise: str = "shift"):
     """``features(params, x) -> (B, 2, D)``: pooled features of each image and of its mirror image, jitted
     (one function per backbone: a second extraction in the same process compiles nothing). ``params``: the
-    backbone's with BatchNorm folded (:func:`~models.efficientnet_lite.fold_batchnorm`)."""
+    backbone's with BatchNorm folded (:func:`~models.efficientnet_lite.fold_batchnorm`). Batched by
+    :func:`~models.efficientnet_lite.map_images` (on CPU one image, and then its mirror image, at a time)."""
     model = EfficientNetLite(variant, depthwise=depthwise, folded=True)
 
     @jax.jit
     def features(params, x):
         one = lambda im: model.apply({"params": params}, im, features_only=True)  # noqa: E731
-        return jnp.stack([jax.vmap(one)(x), jax.vmap(one)(x[:, :, ::-1, :])], axis=1)
+        return map_images(lambda im: jnp.stack([one(im), one(im[:, ::-1, :])]), x)
 
     return features
 
@@ -67,13 +71,13 @@ def make_feature_fn(variant: str, depthwise: str = "shift"):
 def make_block_input_fn(variant: str, block: int, depthwise: str = "shift"):
     """``maps(params, x) -> (B, 2, h, w, C)``: the activation map at the input of MBConv block ``block`` of each
     image and of its mirror image, jitted. ``params``: the backbone's as trained (BatchNorm not folded), so
-    the map is the one the whole classifier computes there."""
+    the map is the one the whole classifier computes there. Batched by :func:`~models.efficientnet_lite.map_images`."""
     model = EfficientNetLite(variant, depthwise=depthwise)
 
     @jax.jit
     def maps(params, x):
         one = lambda im: model.apply({"params": params}, im, stop_block=block)  # noqa: E731
-        return jnp.stack([jax.vmap(one)(x), jax.vmap(one)(x[:, :, ::-1, :])], axis=1)
+        return map_images(lambda im: jnp.stack([one(im), one(im[:, ::-1, :])]), x)
 
     return maps
 
@@ -216,7 +220,9 @@ def extract_features(x: np.ndarray | Sequence[str | Path], digests: Sequence[str
         # one chunk at a time either way: indexing the array copies, so it is done per chunk
         chunks = ((x[missing[i:i + batch_size]] for i in range(0, len(missing), batch_size)) if in_memory else
                   decode_chunks([Path(x[i]) for i in missing], pre, chunk_size=batch_size))
-        bar = tqdm(total=len(missing), desc="backbone features", unit="photo", disable=not progress)
+        what = "backbone features" if block is None else f"frozen blocks' maps (input of block {block})"
+        bar = tqdm(total=len(missing), desc=what + (f", {views.count} views" if views is not None else ""),
+                   unit="photo", disable=not progress)
         for start, chunk in zip(range(0, len(missing), batch_size), chunks):
             if not in_memory:
                 bad = [a for _, a in chunk if isinstance(a, str)]
@@ -238,6 +244,8 @@ def extract_features(x: np.ndarray | Sequence[str | Path], digests: Sequence[str
     width = 2 * len(names)
     entry = shape[1:] if shape is not None else (next((a.shape[1] for a in rows if a is not None), 1280),)
     if process_count() > 1 and everyone:
+        log.info(f"process {process_index()} of {process_count()}: {len(missing)} of the job's {len(everyone)} "
+                 "photos computed here")
         mine = np.stack([rows[i] for i in missing]) if missing else np.zeros((0, width, *entry), np.float32)
         for i, f in zip(everyone, gather_rows(mine)):
             rows[i] = f
