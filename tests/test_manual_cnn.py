@@ -216,9 +216,12 @@ def test_adam_trajectory_with_manual_gradients_follows_jax_grad():
     assert_tree_close(pm, pa, 1e-9)
 
 
+@pytest.mark.parametrize("kernel_grad", ["taps", "correlation"])
 @pytest.mark.parametrize("case", list(CONV_CASES))
-def test_conv2d_backward_batch_equals_the_sum_of_per_image_rules(case):
-    """The batched rule (one contraction over the batch) equals Σ over images of the per-image rule."""
+def test_conv2d_backward_batch_equals_the_sum_of_per_image_rules(case, kernel_grad, monkeypatch):
+    """The batched rule (one contraction over the batch) equals Σ over images of the per-image rule, with ∂C/∂K
+    as k² GEMMs over strided slices and as one correlation (each shape forced through both)."""
+    monkeypatch.setattr(layers, "TAPS_MIN_CHANNELS", 1 if kernel_grad == "taps" else 10**9)
     H, W, C, O, k, s, padding = CONV_CASES[case]
     k_h, k_w = (k, 3) if case.startswith("5x3") else (k, k)
     params = {"kernel": rand(1, (k_h, k_w, C, O)), "bias": rand(2, (O,))}
