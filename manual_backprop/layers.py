@@ -235,11 +235,24 @@ def conv2d_backward_batch(dout: Array, x: Array, K: Array, stride: int, pads: tu
     db = jnp.sum(dout, axis=(0, 1, 2))
     if not input_grad:
         return None, {"kernel": dK, "bias": db}
-    # ∂C/∂x: δ dilated by s, fully correlated with the flipped kernel whose C_in/C_out roles swap ("HWOI")
+    return conv2d_input_grad_batch(dout, K, s, pads, (H, W)), {"kernel": dK, "bias": db}
+
+
+def conv2d_input_grad_batch(dout: Array, K: Array, stride: int, pads: tuple[int, int, int, int],
+                            in_hw: tuple[int, int]) -> Array:
+    """∂C/∂x (N, H, W, C_in) of a minibatch: δ dilated by s, fully correlated with the flipped kernel whose
+    C_in/C_out roles swap (dimension numbers ``"HWOI"``: no copy of the kernel). Per layer this ran at
+    XLA's autodiff speed and at PyTorch's (benchmarks/RESULTS.md, issue 37); a k²-tap GEMM form was slower."""
+    s, (pt, pb, pl, pr) = stride, pads
+    k_h, k_w = K.shape[:2]
+    H, W = in_hw
+    oh, ow = dout.shape[1:3]
+    extra_h = H + pt + pb - ((oh - 1) * s + k_h)  # rows/columns of x̃ that no window reaches
+    extra_w = W + pl + pr - ((ow - 1) * s + k_w)
     dx_pad = jax.lax.conv_general_dilated(dout, K[::-1, ::-1], window_strides=(1, 1),
                                           padding=((k_h - 1, k_h - 1 + extra_h), (k_w - 1, k_w - 1 + extra_w)),
                                           lhs_dilation=(s, s), dimension_numbers=("NHWC", "HWOI", "NHWC"))
-    return dx_pad[:, pt:pt + H, pl:pl + W], {"kernel": dK, "bias": db}
+    return dx_pad[:, pt:pt + H, pl:pl + W]
 
 
 def dense_backward_batch(dout: Array, x: Array, K: Array) -> tuple[Array, dict]:
