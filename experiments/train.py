@@ -87,8 +87,9 @@ def parser() -> argparse.ArgumentParser:
                                      "running pickled code)")
     p.add_argument("--grad", choices=["autodiff", "manual"],
                    help="gradients: jax.grad or the hand-written backward (manual_backprop: Model 1 and "
-                        "EfficientNet-Lite with any --finetune); default: manual with --finetune top|all "
-                        "(the same gradients, 2.5x faster for all), jax.grad otherwise")
+                        "EfficientNet-Lite with any --finetune); default: manual for the lab-2020 and improved "
+                        "presets' Model 1 (ReLU) and with --finetune top|all (the same gradients, faster: "
+                        "benchmarks/RESULTS.md), jax.grad otherwise")
     p.add_argument("--no-tta", action="store_true", help="do not average each photo with its mirror image")
     p.add_argument("--target-recall", type=_target_recall, metavar="CLASS=R",
                    help="choose the probability threshold of CLASS for recall ≥ R on inner data")

@@ -174,17 +174,47 @@ def softmax_cross_entropy_backward(dout: Array, cache: Cache) -> tuple[Array, di
 
 # ---- the same rules over a whole minibatch (leading axis N): one contraction over the batch per gradient ----
 
+# From this many input channels on, :func:`conv2d_backward_batch` forms ∂C/∂K as k² GEMMs over strided slices
+# (:func:`conv2d_kernel_grad_taps`); below it (a first layer on 1–3 channels, where each GEMM would be a
+# matrix–vector product) as one convolution. Chosen per layer from benchmarks/model1_conv_layers.py.
+TAPS_MIN_CHANNELS = 16
+
+
+def conv2d_kernel_grad_taps(dout: Array, x: Array, kernel_shape: tuple[int, int], stride: int,
+                            pads: tuple[int, int, int, int]) -> Array:
+    """∂C/∂K of a minibatch as one GEMM per kernel tap over strided slices of the padded input:
+
+        ∂C/∂K[i, j] = P_ijᵀ Δ,   P_ij = x̃[:, i :: s, j :: s] (its first oh × ow positions) as (N·oh·ow, C_in),
+                                  Δ = δ as (N·oh·ow, C_out)
+
+    i.e. ∂C/∂K[i, j, c, o] = Σ_{n,y,x} x̃[n, s·y + i, s·x + j, c] δ[n, y, x, o], the sum over the batch and the
+    positions being each GEMM's contraction. Each P_ij is a slice (read once, no gather), and the GEMMs run at
+    the machine's matmul speed, where XLA:CPU's convolution with δ as the kernel (the formulation autodiff
+    emits) ran 1.5–1.7× slower on Model 1's conv2/conv3 (benchmarks/RESULTS.md, issue 37).
+    """
+    s, (pt, pb, pl, pr) = stride, pads
+    k_h, k_w = kernel_shape
+    oh, ow, c_out = dout.shape[1:]
+    c_in = x.shape[3]
+    x_pad = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    delta = dout.reshape(-1, c_out)
+    taps = [x_pad[:, i:i + (oh - 1) * s + 1:s, j:j + (ow - 1) * s + 1:s].reshape(-1, c_in).T @ delta
+            for i in range(k_h) for j in range(k_w)]
+    return jnp.stack(taps).reshape(k_h, k_w, c_in, c_out)
+
+
 def conv2d_backward_batch(dout: Array, x: Array, K: Array, stride: int, pads: tuple[int, int, int, int], *,
                           input_grad: bool = True) -> tuple[Array | None, dict]:
     """:func:`conv2d_backward` for a minibatch ``x`` (N, H, W, C_in), ``dout`` (N, oh, ow, C_out).
 
-    The kernel gradient is summed over the batch inside one correlation, the batch axis being
-    contracted like the spatial ones:
+    The kernel gradient is summed over the batch inside one contraction, the batch axis being
+    contracted like the spatial ones (as k² GEMMs, :func:`conv2d_kernel_grad_taps`, from
+    ``TAPS_MIN_CHANNELS`` input channels on; as one correlation below that):
 
         ∂C/∂K[i, j, c, o] = Σ_{n,y,x} x̃[n, s·y + i, s·x + j, c] δ[n, y, x, o]
 
-    (x̃ with its channels as the convolution's batch and its images as the contracted feature),
-    and ∂C/∂x is the full correlation of the dilated δ with the flipped kernel, for all images at
+    (in the correlation, x̃ with its channels as the convolution's batch and its images as the contracted
+    feature), and ∂C/∂x is the full correlation of the dilated δ with the flipped kernel, for all images at
     once. No per-image kernel gradient is formed.
     """
     s, (pt, pb, pl, pr) = stride, pads
@@ -194,18 +224,35 @@ def conv2d_backward_batch(dout: Array, x: Array, K: Array, stride: int, pads: tu
     # rows/columns of x̃ that no window reaches get no gradient: trimmed from the high padding
     extra_h = H + pt + pb - ((oh - 1) * s + k_h)
     extra_w = W + pl + pr - ((ow - 1) * s + k_w)
-    # ∂C/∂K: the roles are given by dimension numbers, not by copies: in x the channel axis plays the
-    # batch and the image axis the contracted feature; δ is the "kernel", dilated by s; out (k_h, k_w, C_in, C_out)
-    dK = jax.lax.conv_general_dilated(x, dout, window_strides=(1, 1), padding=((pt, pb - extra_h), (pl, pr - extra_w)),
-                                      rhs_dilation=(s, s), dimension_numbers=("CHWN", "IHWO", "HWNC"))
+    if x.shape[3] >= TAPS_MIN_CHANNELS:
+        dK = conv2d_kernel_grad_taps(dout, x, (k_h, k_w), s, pads)
+    else:
+        # ∂C/∂K: the roles are given by dimension numbers, not by copies: in x the channel axis plays the
+        # batch and the image axis the contracted feature; δ is the "kernel", dilated by s; out (k_h, k_w, C_in, C_out)
+        dK = jax.lax.conv_general_dilated(x, dout, window_strides=(1, 1),
+                                          padding=((pt, pb - extra_h), (pl, pr - extra_w)),
+                                          rhs_dilation=(s, s), dimension_numbers=("CHWN", "IHWO", "HWNC"))
     db = jnp.sum(dout, axis=(0, 1, 2))
     if not input_grad:
         return None, {"kernel": dK, "bias": db}
-    # ∂C/∂x: δ dilated by s, fully correlated with the flipped kernel whose C_in/C_out roles swap ("HWOI")
+    return conv2d_input_grad_batch(dout, K, s, pads, (H, W)), {"kernel": dK, "bias": db}
+
+
+def conv2d_input_grad_batch(dout: Array, K: Array, stride: int, pads: tuple[int, int, int, int],
+                            in_hw: tuple[int, int]) -> Array:
+    """∂C/∂x (N, H, W, C_in) of a minibatch: δ dilated by s, fully correlated with the flipped kernel whose
+    C_in/C_out roles swap (dimension numbers ``"HWOI"``: no copy of the kernel). Per layer this ran at
+    XLA's autodiff speed and at PyTorch's (benchmarks/RESULTS.md, issue 37); a k²-tap GEMM form was slower."""
+    s, (pt, pb, pl, pr) = stride, pads
+    k_h, k_w = K.shape[:2]
+    H, W = in_hw
+    oh, ow = dout.shape[1:3]
+    extra_h = H + pt + pb - ((oh - 1) * s + k_h)  # rows/columns of x̃ that no window reaches
+    extra_w = W + pl + pr - ((ow - 1) * s + k_w)
     dx_pad = jax.lax.conv_general_dilated(dout, K[::-1, ::-1], window_strides=(1, 1),
                                           padding=((k_h - 1, k_h - 1 + extra_h), (k_w - 1, k_w - 1 + extra_w)),
                                           lhs_dilation=(s, s), dimension_numbers=("NHWC", "HWOI", "NHWC"))
-    return dx_pad[:, pt:pt + H, pl:pl + W], {"kernel": dK, "bias": db}
+    return dx_pad[:, pt:pt + H, pl:pl + W]
 
 
 def dense_backward_batch(dout: Array, x: Array, K: Array) -> tuple[Array, dict]:

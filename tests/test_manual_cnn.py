@@ -216,9 +216,17 @@ def test_adam_trajectory_with_manual_gradients_follows_jax_grad():
     assert_tree_close(pm, pa, 1e-9)
 
 
-@pytest.mark.parametrize("case", list(CONV_CASES))
-def test_conv2d_backward_batch_equals_the_sum_of_per_image_rules(case):
-    """The batched rule (one contraction over the batch) equals Σ over images of the per-image rule."""
+# Model 1's tests run the k²-GEMM kernel gradient at stride 1, SAME (≥ 16 channels); these shapes force it
+# through a stride 2, VALID windows that leave rows unread, and a non-square kernel
+TAPS_CASES = ["7x7-s2-same-c3-o4-odd", "3x3-s2-valid-c2-o3", "5x3-s1-valid-c3-o2"]
+
+
+@pytest.mark.parametrize("case, kernel_grad", [*[(c, "correlation") for c in CONV_CASES],
+                                               *[(c, "taps") for c in TAPS_CASES]])
+def test_conv2d_backward_batch_equals_the_sum_of_per_image_rules(case, kernel_grad, monkeypatch):
+    """The batched rule (one contraction over the batch) equals Σ over images of the per-image rule, with ∂C/∂K
+    as one correlation and, forced on small shapes, as k² GEMMs over strided slices."""
+    monkeypatch.setattr(layers, "TAPS_MIN_CHANNELS", 1 if kernel_grad == "taps" else 10**9)
     H, W, C, O, k, s, padding = CONV_CASES[case]
     k_h, k_w = (k, 3) if case.startswith("5x3") else (k, k)
     params = {"kernel": rand(1, (k_h, k_w, C, O)), "bias": rand(2, (O,))}

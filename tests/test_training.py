@@ -554,7 +554,7 @@ def test_lab_2020_preset_is_the_decks_setup_field_by_field():
     c = get_config("lab-2020")
     deck = {"model": "model1", "rgb": False, "learning_rate": 1e-3, "batch_size": 32, "epochs": 4,
             "val_fraction": 0.2, "folds": 1, "selection": "last", "class_weights": None, "standardize": False,
-            "augment": None, "lr_schedule": None, "patience": None, "tta_flip": False, "grad": "autodiff",
+            "augment": None, "lr_schedule": None, "patience": None, "tta_flip": False, "grad": "manual",
             "image_size": 108, "crop": "center", "calibration": "none", "refer_coverage": None}
     assert {k: getattr(c, k) for k in deck} == deck
     assert set(PRESETS["lab-2020"]) <= set(deck)  # the preset sets nothing outside the deck's list
@@ -646,7 +646,7 @@ def test_warmup_then_cosine_and_weight_decay_of_kernels_only():
     ([], {"learning_rate": 1e-2, "lr_schedule": None, "head_init": False, "augment": None, "top_views": 0,
           "grad": "autodiff"}),
     (["--finetune", "head"], {"learning_rate": 1e-2, "head_init": False, "grad": "autodiff"}),
-    (["--preset", "lab-2020"], {"learning_rate": 1e-3, "head_init": False, "grad": "autodiff"}),
+    (["--preset", "lab-2020"], {"learning_rate": 1e-3, "head_init": False, "grad": "manual"}),
     (["--preset", "lab-2020", "--model", "resnet50", "--finetune", "all"], {"grad": "autodiff"}),
 ], ids=["top", "top-without-cached-maps", "all-with-flags", "all-autodiff", "no-flag", "head", "lab-2020",
         "resnet50-all"])

@@ -90,7 +90,8 @@ class TrainConfig:
     refer_coverage: float | None = 0.8
     refer_accuracy: float | None = None
     # "autodiff" (jax.grad) or "manual": Model 1's hand-written backward (manual_backprop.cnn) through a
-    # jax.custom_vjp; the optimizer and the jitted step are the same
+    # jax.custom_vjp; the optimizer and the jitted step are the same. The Model 1 presets (lab-2020, improved)
+    # train on "manual", the faster of the two (benchmarks/RESULTS.md, issue 37)
     grad: str = "autodiff"
 
     def __post_init__(self):
@@ -233,13 +234,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the 4th epoch is scored (no choice is made on the validation split)
     "lab-2020": dict(model="model1", image_size=108, rgb=False, crop="center", epochs=4, batch_size=32,
                      learning_rate=1e-3, class_weights=None, standardize=False, augment=None, lr_schedule=None,
-                     patience=None, selection="last", folds=1, tta_flip=False, calibration="none",
+                     patience=None, selection="last", folds=1, tta_flip=False, grad="manual", calibration="none",
                      refer_coverage=None),
     # the best from-scratch Model 1 settings: colour, augmentation, balanced weights, standardized inputs,
     # Adam 1e-4 with cosine decay, early stopping on an inner validation split
     "improved": dict(model="model1", image_size=108, rgb=True, augment=Augment(), class_weights="balanced",
                      standardize=True, learning_rate=1e-4, lr_schedule="cosine", epochs=30, patience=6,
-                     selection="inner", batch_size=32, tta_flip=False),
+                     selection="inner", batch_size=32, tta_flip=False, grad="manual"),
     # the best measured: ImageNet EfficientNet-Lite1 (240 px), frozen, softmax head chosen on inner folds
     "pretrained": dict(model="efficientnet_lite1", image_size=240, rgb=True, finetune="head", learning_rate=1e-2,
                        class_weights="balanced", standardize=False, augment=None, selection="inner",
@@ -268,7 +269,13 @@ def get_config(preset: str = "default", **overrides: Any) -> TrainConfig:
     """The ``preset``'s config with ``overrides`` (tests shrink it this way)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
-    return dataclasses.replace(TrainConfig(), **{**PRESETS[preset], **overrides})
+    fields = {**PRESETS[preset], **overrides}
+    if ("grad" not in overrides and fields.get("grad") == "manual" and fields.get("model") == "model1"
+            and fields.get("activation", "relu") != "relu"):
+        fields["grad"] = "autodiff"  # a Model 1 preset's hand-written backward is ReLU's: jax.grad for the others
+    if "grad" not in overrides and "model" in overrides and overrides["model"] != PRESETS[preset].get("model"):
+        fields.pop("grad", None)  # a preset's gradient path is its model's: another model starts from the default
+    return dataclasses.replace(TrainConfig(), **fields)
 
 
 # Nielsen's two networks for the hand-written MLP (experiments.train_mlp): network.py's and network2.py's settings
