@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import re
 
 from experiments.errors import add_common, mapping, run_command
 from training.common.files import FileFormatError, output_dir, read_csv_checked
@@ -51,6 +52,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     order = args.order or list(ORDER)
     rows = []
     pairs = [("model", rater) for rater in raters] + ([tuple(raters)] if len(raters) == 2 else [])
+    names = file_names(["model", *raters])
     for first, second in pairs:
         a = model if first == "model" else [r[first] for r in ratings]
         b = [r[second] for r in ratings]
@@ -62,7 +64,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                      "mean_absolute_level_error": result["mean_absolute_level_error"]})
         table = [{first + " \\ " + second: lab, **{lab2: result["confusion"][i][j] for j, lab2 in enumerate(order)}}
                  for i, lab in enumerate(order)]
-        write_table(table, out, f"confusion_{first}_vs_{second}", title=f"{first} (rows) vs {second} (columns)")
+        write_table(table, out, f"confusion_{names[first]}_vs_{names[second]}",
+                    title=f"{first} (rows) vs {second} (columns)")
     write_table(rows, out, "agreement", title="Agreement with professional ratings",
                 notes="κ = 1: perfect agreement; 0: chance level. Weighted κ counts a Probable↔Improbable "
                       "disagreement 2× (linear) or 4× (quadratic) a one-step one. Mean absolute level error: "
@@ -70,6 +73,19 @@ def run(args: argparse.Namespace) -> list[dict]:
                       "0 is perfect. n/a: every rating on one level (κ is 0/0).\n")
     print((out / "agreement.md").read_text())
     return rows
+
+
+def file_names(columns: list[str]) -> dict[str, str]:
+    """A file-name part for each column name taken from the ratings file: letters, digits, ``.``, ``_`` and ``-``
+    only (a name such as ``/../../x`` never leaves the output folder), distinct (a clash gets ``_2``, ``_3``…)."""
+    out: dict[str, str] = {}
+    for column in columns:
+        base = re.sub(r"[^A-Za-z0-9_.-]+", "_", column).strip("._")[:60] or "rater"
+        name, k = base, 2
+        while name in out.values():
+            name, k = f"{base}_{k}", k + 1
+        out[column] = name
+    return out
 
 
 def _or_na(value: float | None) -> float | str:

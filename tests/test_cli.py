@@ -282,6 +282,21 @@ def test_agreement_refuses_an_ambiguous_name_and_a_bad_map(tmp_path, capsys):
     assert info.value.code == 2 and "argument --map: expected OLD=NEW" in capsys.readouterr().err
 
 
+
+def test_agreement_rater_names_never_leave_the_output(tmp_path):
+    # a rater column named '/../../victim' was a file name: agreement wrote victim.{md,csv} two folders up
+    from experiments import agreement
+
+    preds = _write_csv(tmp_path / "p.csv", ["path", "predicted"], [["a.jpg", "Probable"], ["b.jpg", "Improbable"]])
+    ratings = _write_csv(tmp_path / "r.csv", ["path", "/../../victim", "..\\x"],
+                         [["a.jpg", "Probable", "Probable"], ["b.jpg", "Improbable", "Possible"]])
+    out = tmp_path / "o" / "sub"
+    agreement.main(["--predictions", str(preds), "--ratings", str(ratings), "--out", str(out)])
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["sub"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{n}.{e}" for n in ("agreement", "confusion_model_vs_victim", "confusion_model_vs_x", "confusion_victim_vs_x")
+        for e in ("md", "csv"))
+
 # ---- damaged checkpoints and every command's one-line errors --------------------------------------------------
 
 def _truncate_biggest_array(run):

@@ -39,6 +39,8 @@ def write_table(
     columns: Sequence[str] | None = None,
 ) -> tuple[Path, Path]:
     """Write ``name.md`` (title, table, notes) and ``name.csv`` into ``out``; return both paths."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise ValueError(f"table name {name[:80]!r}: expected a file name (no folder part)")
     columns = list(columns or (rows[0].keys() if rows else []))
     md_path, csv_path = out / f"{name}.md", out / f"{name}.csv"
     with atomic_open(md_path, encoding="utf-8") as f:
