@@ -460,3 +460,19 @@ def test_sigkill_at_a_random_point_then_resume_gives_the_uninterrupted_losses(tm
     np.testing.assert_allclose([h["train_loss"] for h in again], [h["train_loss"] for h in whole], rtol=1e-6,
                                err_msg=f"killed after {delay:.2f} s of {duration:.2f} s (seed {seed})")
     assert json.loads((tmp_path / "killed" / "run.json").read_text())["status"] == "complete"
+
+
+def test_agreement_matching_a_deep_path_stays_linear(tmp_path):
+    # every suffix of every predicted path was a dict key: one path of 30,000 components ('a/a/…', 60 KB, a
+    # legal CSV cell) cost ~4.5e8 tuple slots (GBs) before the first rating was matched
+    from tests.read_files import read_in_child
+    from training.evaluation.agreement import match_paths
+
+    deep = "a/" * 30_000 + "x.jpg"
+
+    def match(ratings_file):
+        return match_paths(["x.jpg", "a/x.jpg", "b/y.jpg"], [deep, "b/y.jpg"], ratings_file, strict=False)
+
+    [result] = read_in_child(match, [{"id": "deep", "path": str(tmp_path / "r.csv")}])
+    assert result["outcome"] == "ok", result
+    assert match("r.csv") == [deep, deep, "b/y.jpg"]
