@@ -44,6 +44,7 @@ REGISTRY: dict[str, str] = {
     "training/common/files.py::read_bytes_checked": "helper",
     "training/common/files.py::read_text_checked": "helper",
     "training/common/files.py::parse_document": "helper",
+    "training/common/files.py::json_loads_strict": "helper: parses text parse_document and _parse_bytes read",
     "training/common/files.py::read_csv_checked": "helper",
     "training/common/files.py::read_npy_member": "helper",
     "training/common/files.py::read_npz_checked": "npz",
@@ -88,7 +89,8 @@ REGISTRY: dict[str, str] = {
 }
 
 CHECKED_READERS = {"parse_document", "read_csv_checked", "read_npz_checked", "read_npy_member", "read_text_checked",
-                   "read_bytes_checked", "load_cached_npy", "read_json", "sha256_of", "regular_file"}
+                   "read_bytes_checked", "load_cached_npy", "read_json", "sha256_of", "regular_file",
+                   "json_loads_strict"}
 
 
 def _reads_a_file(call: ast.Call) -> bool:
@@ -221,6 +223,7 @@ SPECIFIC: dict[str, dict] = {  # reader → case → content (saved_run: an edit
         "config-bad-type": lambda s: s["config"].update(image_size=[32]),
         "class-names-a-string": lambda s: s.update(class_names="tree"),
         "threshold-1e400": lambda s: s["operating_point"].update(threshold="INF"),
+        "duplicate-key": lambda s: s.update(DUPKEY=["oak", "pine"]),  # class_names twice: the last one was used
     },
     "json": {"deep-5000": _deep(5000).encode(), "nan": b"[NaN]", "truncated": b'{"a": [1, 2'},
     "run_record": {"deep-5000": _deep(5000).encode(), "a-list": b"[]", "bad-status": b'{"status": "x"}',
@@ -237,6 +240,9 @@ SPECIFIC: dict[str, dict] = {  # reader → case → content (saved_run: an edit
         "name-a-table": b'[name]\nx = 1\n[classes]\na = ["1"]\nb = ["2"]\n',
         "bad-toml": b"[classes\n",
         "empty-class-name": b'[classes]\n"" = ["1"]\nb = ["2"]\n',
+        "label-in-two-classes": b'[classes]\na = ["1"]\nb = ["1", "2"]\n',  # was: 1's photos all in b, a empty
+        "label-in-a-class-and-excluded": b'exclude = ["1"]\n[classes]\na = ["1"]\nb = ["2"]\n',
+        "json-duplicate-key": b'{"classes": {"a": ["1"], "b": ["2"], "a": ["3"]}}',
     },
     "manifest": {
         "extra-field": b"path,label\nx.jpg,a,b\n",
@@ -321,7 +327,7 @@ def _cases() -> list[tuple[str, str, object]]:
             if reader == "saved_run":
                 saved = _good_saved_run()
                 content(saved)
-                content = json.dumps(saved).replace('"INF"', "1e400").encode()
+                content = json.dumps(saved).replace('"INF"', "1e400").replace('"DUPKEY"', '"class_names"').encode()
             cases.append((reader, name, content))
         if reader in VALID:
             cases.append((reader, "valid", VALID[reader]))

@@ -191,6 +191,25 @@ def nesting_depth(value: Any, limit: int = MAX_NESTING) -> int:
     return deepest
 
 
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        dup = next(k for i, k in enumerate(keys) if k in keys[:i])
+        raise ValueError(f"the key {dup[:40]!r} appears more than once in an object")
+    return dict(pairs)
+
+
+def json_loads_strict(text: str | bytes) -> Any:
+    """``json.loads`` that refuses what Python's parser lets through but JSON does not mean: ``NaN``,
+    ``Infinity`` and an object with a key given twice (Python keeps the last one silently, so what a person
+    reads in the file is not what the program uses). Raises ``ValueError`` (or ``RecursionError``)."""
+    return json.loads(text, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+
+
 def parse_document(path: str | Path, what: str, *, fmt: str | None = None, max_bytes: int = MAX_TEXT_BYTES,
                    max_depth: int = MAX_NESTING) -> Any:
     """A JSON or TOML document (``fmt`` ``"json"`` / ``"toml"``; by default from the suffix: ``.toml`` is
@@ -202,11 +221,8 @@ def parse_document(path: str | Path, what: str, *, fmt: str | None = None, max_b
     text = read_text_checked(path, what, max_bytes=max_bytes)
     fmt = fmt or ("toml" if path.suffix.lower() == ".toml" else "json")
 
-    def no_constant(name: str):
-        raise ValueError(f"{name} is not JSON")
-
     try:  # the parsers recurse: a document nested thousands deep raises RecursionError, caught here
-        value = tomllib.loads(text) if fmt == "toml" else json.loads(text, parse_constant=no_constant)
+        value = tomllib.loads(text) if fmt == "toml" else json_loads_strict(text)
     except (ValueError, RecursionError) as exc:  # TOMLDecodeError and JSONDecodeError are ValueErrors
         msg = " ".join(str(exc).split()) or type(exc).__name__
         raise FileFormatError(path, "", f"cannot be read as {what} ({msg})") from None

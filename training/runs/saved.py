@@ -15,12 +15,11 @@ optional record (e.g. a calibration): a NamedTuple with a ``parse(value, class_n
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from training.common.files import MAX_NESTING, FileFormatError, nesting_depth, read_bytes_checked
+from training.common.files import MAX_NESTING, FileFormatError, json_loads_strict, nesting_depth, read_bytes_checked
 from training.common.layout import RunLayout
 from training.loop.checkpoints import Checkpoints
 from training.loop.config import TrainConfig, is_int, is_real
@@ -155,11 +154,8 @@ def read_saved_run(run_dir: str | Path) -> SavedRun:
 
 
 def _parse_bytes(raw: bytes, path: Path) -> Any:
-    def no_constant(name: str):
-        raise ValueError(f"{name} is not JSON")
-
     try:
-        value = json.loads(raw.decode("utf-8"), parse_constant=no_constant)
+        value = json_loads_strict(raw.decode("utf-8"))
     except (ValueError, RecursionError) as exc:  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
         raise FileFormatError(path, "", f"cannot be read as a run's saved configuration "
                                         f"({' '.join(str(exc).split())[:200]})") from None
