@@ -305,8 +305,9 @@ def _truncate_biggest_array(run):
         f.truncate(biggest.stat().st_size // 3)
 
 
-@pytest.mark.parametrize("damage", ["garbage-config", "missing-step"])
+@pytest.mark.parametrize("damage", ["garbage-config", "missing-step", "normalization-width"])
 def test_a_damaged_checkpoint_is_named_in_one_line(damage, run_copy, tmp_path, capsys):
+    import json
     import shutil
 
     from experiments import predict
@@ -315,6 +316,11 @@ def test_a_damaged_checkpoint_is_named_in_one_line(damage, run_copy, tmp_path, c
     if damage == "garbage-config":
         (run / "checkpoints" / "config.json").write_text('{"config": ')
         named = "config.json"
+    elif damage == "normalization-width":  # was NumPy's "operands could not be broadcast", naming nothing
+        saved = json.loads((run / "checkpoints" / "config.json").read_text())
+        saved["normalization"] = {"mean": [0.5] * 5, "std": [0.25] * 5}  # a grayscale model: one channel
+        (run / "checkpoints" / "config.json").write_text(json.dumps(saved))
+        named = "config.json: normalization: 5 values where the model has 1 input channels"
     else:
         shutil.rmtree(run / "checkpoints" / "best")
         named = "'best' checkpoint"

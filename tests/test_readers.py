@@ -223,6 +223,8 @@ SPECIFIC: dict[str, dict] = {  # reader → case → content (saved_run: an edit
         "config-bad-type": lambda s: s["config"].update(image_size=[32]),
         "class-names-a-string": lambda s: s.update(class_names="tree"),
         "threshold-1e400": lambda s: s["operating_point"].update(threshold="INF"),
+        "normalization-tiny-std": lambda s: s.update(normalization={"mean": [0.5], "std": [1e-300]}),  # NaN out
+        "normalization-huge-mean": lambda s: s.update(normalization={"mean": [1e308], "std": [1.0]}),
         "duplicate-key": lambda s: s.update(DUPKEY=["oak", "pine"]),  # class_names twice: the last one was used
     },
     "json": {"deep-5000": _deep(5000).encode(), "nan": b"[NaN]", "truncated": b'{"a": [1, 2'},
