@@ -226,6 +226,8 @@ SPECIFIC: dict[str, dict] = {  # reader → case → content (saved_run: an edit
         "normalization-tiny-std": lambda s: s.update(normalization={"mean": [0.5], "std": [1e-300]}),  # NaN out
         "normalization-huge-mean": lambda s: s.update(normalization={"mean": [1e308], "std": [1.0]}),
         "duplicate-key": lambda s: s.update(DUPKEY=["oak", "pine"]),  # class_names twice: the last one was used
+        "threshold-400-digits": lambda s: s["operating_point"].update(threshold="BIG"),  # was an OverflowError
+        "lr-400-digits": lambda s: s["config"].update(learning_rate="BIG"),
     },
     "json": {"deep-5000": _deep(5000).encode(), "nan": b"[NaN]", "truncated": b'{"a": [1, 2'},
     "run_record": {"deep-5000": _deep(5000).encode(), "a-list": b"[]", "bad-status": b'{"status": "x"}',
@@ -262,7 +264,8 @@ SPECIFIC: dict[str, dict] = {  # reader → case → content (saved_run: an edit
     },
     "result_row": {"a-list": b"[]", "not-json": b"row", "other-key": b'{"_key": "other"}',
                    "nested-value": b'{"_key": "k", "Acc.": {"a": [1]}}', "deep-5000": _deep(5000).encode(),
-                   "long-string": b'{"_key": "k", "x": "' + b"y" * 20_000 + b'"}'},
+                   "long-string": b'{"_key": "k", "x": "' + b"y" * 20_000 + b'"}',
+                   "int-of-400-digits": b'{"_key": "k", "x": 1' + b"0" * 400 + b"}"},  # was an OverflowError
     "npz": {"member-claims-4TiB": _npz({"a.npy": HUGE}), "pickled-member": _npz({"a.npy": PICKLED}),
             "negative-dimension": _npz({"a.npy": NEGATIVE}), "not-npy": _npz({"a.txt": b"x"}),
             "truncated-member": _npz({"a.npy": _npy_of(np.ones(100, np.float32))[:-40]})},
@@ -329,7 +332,8 @@ def _cases() -> list[tuple[str, str, object]]:
             if reader == "saved_run":
                 saved = _good_saved_run()
                 content(saved)
-                content = json.dumps(saved).replace('"INF"', "1e400").replace('"DUPKEY"', '"class_names"').encode()
+                content = json.dumps(saved).replace('"INF"', "1e400").replace('"DUPKEY"', '"class_names"')
+                content = content.replace('"BIG"', "1" + "0" * 400).encode()
             cases.append((reader, name, content))
         if reader in VALID:
             cases.append((reader, "valid", VALID[reader]))

@@ -157,7 +157,13 @@ def is_int(v) -> bool:
 
 
 def is_real(v) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+    """A finite number (not a bool); an integer too large for a float (JSON allows 400 digits) is not one."""
+    if not isinstance(v, (int, float, np.integer, np.floating)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
 
 
 def _check_config(c: TrainConfig) -> None:
