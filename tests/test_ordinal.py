@@ -91,3 +91,13 @@ def test_results_table_shows_the_ordinal_metrics_for_three_levels_only():
     assert row["Level error"] == f"{1 / 6:.2f} ± {1 / 6:.2f}"
     two = table_row([fold(["Probable", "Improbable"], [0, 1], [0, 0])], ["Probable", "Improbable"])
     assert two["Quadratic κ"] == two["Level error"] == "–"
+
+
+def test_class_names_are_drawn_as_written_never_as_mathtext(tmp_path):
+    # a class folder named '$x^{{{…$' raised RecursionError (and '$\foo$' ValueError) when the confusion matrix
+    # was saved, at the end of a finished run
+    from training.runs.report import plot_confusion
+
+    plot_confusion(np.eye(3, dtype=int), ["$x^{" + "{" * 30 + "$", r"$\foo$", "a $5 tree"], tmp_path / "c.png",
+                   title="$\\bar$")
+    assert (tmp_path / "c.png").stat().st_size > 0
