@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         b = [r[second] for r in ratings]
         result = agreement(a, b, order)
         rows.append({"pair": f"{first} vs {second}", "n": result["n"], "agreement": result["agreement"],
-                     "cohen_kappa": result["cohen_kappa"],
+                     "cohen_kappa": _or_na(result["cohen_kappa"]),
                      "linear_weighted_kappa": _or_na(result["linear_weighted_kappa"]),
                      "quadratic_weighted_kappa": _or_na(result["quadratic_weighted_kappa"]),
                      "mean_absolute_level_error": result["mean_absolute_level_error"]})

@@ -482,3 +482,19 @@ def test_agreement_matching_a_deep_path_stays_linear(tmp_path):
     [result] = read_in_child(match, [{"id": "deep", "path": str(tmp_path / "r.csv")}])
     assert result["outcome"] == "ok", result
     assert match("r.csv") == [deep, deep, "b/y.jpg"]
+
+
+def test_agreement_refuses_a_level_named_twice_and_says_na_for_an_undefined_kappa(tmp_path, capsys):
+    # --order 'Improbable Possible Probable Possible' put Possible on level 3: level error 1.5 for 0.5, exit 0
+    from experiments import agreement
+
+    preds = _write_csv(tmp_path / "p.csv", ["path", "predicted"], [["a.jpg", "Probable"], ["b.jpg", "Possible"]])
+    ratings = _write_csv(tmp_path / "r.csv", ["path", "r1"], [["a.jpg", "Probable"], ["b.jpg", "Improbable"]])
+    args = ["--predictions", str(preds), "--ratings", str(ratings), "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as info:
+        agreement.main([*args, "--order", "Improbable", "Possible", "Probable", "Possible"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 1 and len(err) == 1 and "'Possible' twice" in err[0]
+    one = _write_csv(tmp_path / "r1.csv", ["path", "r1"], [["b.jpg", "Possible"]])  # both sides one label
+    rows = agreement.main([*args[:2], "--ratings", str(one), "--out", str(tmp_path / "o1")])
+    assert rows[0]["cohen_kappa"] == "n/a" and capsys.readouterr().err == ""  # was nan, and sklearn's warning

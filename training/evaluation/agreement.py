@@ -3,6 +3,7 @@ quadratic-weighted κ, mean absolute level error: :mod:`training.evaluation.ordi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
@@ -14,12 +15,26 @@ from training.evaluation.ordinal import ordinal_metrics
 ORDER = ("Improbable", "Possible", "Probable")  # likelihood of failure, lowest first
 
 
+def _finite_or_none(metric, *args, **kwargs) -> float | None:
+    """``metric(*args, **kwargs)`` as a float, or None where it is undefined (κ is 0/0 when both sides use one
+    label: scikit-learn warns and returns NaN)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        value = float(metric(*args, **kwargs))
+    return value if math.isfinite(value) else None
+
+
 def agreement(a: Sequence[str], b: Sequence[str], order: Sequence[str] = ORDER) -> dict:
     """Cohen's κ, the ordinal metrics of the ordered classes (linear- and quadratic-weighted κ, mean absolute
     level error, with ``order``'s positions as the levels) and the a-vs-b confusion table.
 
     Labels outside ``order`` raise ``ValueError`` naming them.
     """
+    if len(set(order)) != len(order):  # a level named twice took the later position: every level error was wrong
+        twice = next(x for i, x in enumerate(order) if x in order[:i])
+        raise ValueError(f"the order {list(order)[:10]} names {twice[:80]!r} twice: give each label once")
     if len(a) != len(b):
         raise ValueError(f"{len(a)} vs {len(b)} ratings: they must pair up")
     if not len(a):
@@ -34,7 +49,7 @@ def agreement(a: Sequence[str], b: Sequence[str], order: Sequence[str] = ORDER) 
     return {
         "n": len(a),
         "agreement": float(np.mean(np.asarray(a) == np.asarray(b))),
-        "cohen_kappa": float(cohen_kappa_score(a, b, labels=labels)),
+        "cohen_kappa": _finite_or_none(cohen_kappa_score, a, b, labels=labels),
         "linear_weighted_kappa": ordinal.linear_weighted_kappa,
         "quadratic_weighted_kappa": ordinal.quadratic_weighted_kappa,
         "mean_absolute_level_error": ordinal.mean_absolute_level_error,
