@@ -586,3 +586,17 @@ def test_each_command_given_a_hostile_file_prints_one_line_naming_it(tmp_path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert info.value.code == 1 and len(err) == 1, err
     assert err[0].startswith(f"error: {bad}: "), err
+
+
+def test_a_manifest_error_names_the_line_it_is_on(tmp_path):
+    # rows were numbered 2, 3, … whatever blank lines and quoted newlines came before: line 3 here, not 7
+    from training.data.images import _read_manifest
+
+    (tmp_path / "a.jpg").write_bytes(b"not read")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text('path,label\n\n"a.jpg",\n\n"x\ny.jpg",b\n\nmissing.jpg,b\n', encoding="utf-8")
+    with pytest.raises(FileFormatError, match="line 3: empty path or label"):
+        _read_manifest(manifest)
+    manifest.write_text('path,label\n\n"a.jpg",a\n\n"x\ny.jpg",b\n\nmissing.jpg,b\n', encoding="utf-8")
+    with pytest.raises(FileNotFoundError, match="line 5: file not found"):
+        _read_manifest(manifest)

@@ -314,9 +314,9 @@ def _read_manifest(path: Path) -> list[tuple[Path, str]]:
     """``(photo, label)`` of each row of a ``path,label`` CSV manifest (other columns are ignored): a regular file
     of UTF-8 text (a spreadsheet's byte-order mark and CRLF accepted), every row with the header's fields, no
     field over 128 KiB, every photo a file. Anything else is one FileFormatError naming the file and line."""
-    rows = read_csv_checked(path, "a CSV manifest with the columns path,label", required=("path", "label")).rows
+    table = read_csv_checked(path, "a CSV manifest with the columns path,label", required=("path", "label"))
     items = []
-    for line, row in enumerate(rows, start=2):
+    for line, row in zip(table.lines, table.rows, strict=True):  # (blank lines and quoted newlines counted)
         if not row["path"] or not row["label"].strip():
             raise FileFormatError(path, f"line {line}", "empty path or label")
         p = Path(row["path"])
