@@ -600,3 +600,12 @@ def test_a_manifest_error_names_the_line_it_is_on(tmp_path):
     manifest.write_text('path,label\n\n"a.jpg",a\n\n"x\ny.jpg",b\n\nmissing.jpg,b\n', encoding="utf-8")
     with pytest.raises(FileNotFoundError, match="line 5: file not found"):
         _read_manifest(manifest)
+
+
+def test_a_resumed_runs_differences_are_quoted_short():
+    # a tampered run.json's values were quoted whole: one 'error:' line of megabytes
+    from training.runs.folder import run_differences
+
+    old = {"config": {"image_size": "x" * 1_000_000, **{f"k{i}\n": i for i in range(100)}}}
+    diffs = run_differences(old, {"config": {"image_size": 32}})
+    assert diffs[0] == "image_size: '" + "x" * 78 + "… → 32" and max(map(len, diffs)) < 200
