@@ -195,6 +195,18 @@ def _npz(members: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
+def _npz_big_directory() -> bytes:
+    """An .npz whose central directory is 6 MB (100 entries with 60 KB comments): zipfile builds every entry's
+    ZipInfo before anything can count them, ~7 bytes of memory a byte, so its size is checked first."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for i in range(100):
+            info = zipfile.ZipInfo(f"{i}.npy")
+            info.comment = b"c" * 60_000
+            z.writestr(info, b"")
+    return buf.getvalue()
+
+
 def _npy_of(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, a)
@@ -268,7 +280,8 @@ SPECIFIC: dict[str, dict] = {  # reader → case → content (saved_run: an edit
                    "int-of-400-digits": b'{"_key": "k", "x": 1' + b"0" * 400 + b"}"},  # was an OverflowError
     "npz": {"member-claims-4TiB": _npz({"a.npy": HUGE}), "pickled-member": _npz({"a.npy": PICKLED}),
             "negative-dimension": _npz({"a.npy": NEGATIVE}), "not-npy": _npz({"a.txt": b"x"}),
-            "truncated-member": _npz({"a.npy": _npy_of(np.ones(100, np.float32))[:-40]})},
+            "truncated-member": _npz({"a.npy": _npy_of(np.ones(100, np.float32))[:-40]}),
+            "directory-of-6MB": _npz_big_directory()},
     "mnist": {"member-claims-4TiB": _npz({"x_train.npy": HUGE}), "pickled-member": _npz({"x_train.npy": PICKLED}),
               "missing-arrays": _npz({"x_train.npy": _npy_of(np.zeros((2, 28, 28), np.uint8))})},
     "feature_cache": {"wrong-width": _npy_of(np.ones((2, 9), np.float32)),
@@ -609,3 +622,12 @@ def test_a_resumed_runs_differences_are_quoted_short():
     old = {"config": {"image_size": "x" * 1_000_000, **{f"k{i}\n": i for i in range(100)}}}
     diffs = run_differences(old, {"config": {"image_size": 32}})
     assert diffs[0] == "image_size: '" + "x" * 78 + "… → 32" and max(map(len, diffs)) < 200
+
+
+def test_an_npz_with_a_huge_zip_directory_is_refused_before_it_is_parsed(tmp_path):
+    from training.common.files import read_npz_checked
+
+    path = tmp_path / "a.npz"
+    path.write_bytes(_npz_big_directory())
+    with pytest.raises(FileFormatError, match="a zip directory of 6"):
+        read_npz_checked(path, "an .npz", max_bytes=1 << 20)
