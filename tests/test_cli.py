@@ -245,6 +245,41 @@ def test_class_folders_are_read_recursively_and_every_left_out_entry_is_reported
     assert sum(report["ignored_counts"].values()) == len(report["ignored"]) == 6
 
 
+
+@pytest.mark.skipif(not hasattr(os, "symlink") or sys.platform == "win32", reason="needs POSIX symbolic links")
+def test_a_deep_tree_and_links_reaching_a_folder_many_ways_are_walked_once(tmp_path):
+    # the walk recursed (1,200 folders deep: RecursionError) and followed every route of links (two links a
+    # level, 24 levels: 2^24 visits, a hang)
+    from training.data.images import walk_files
+
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    fds = [os.open(deep, os.O_RDONLY)]
+    try:
+        for _ in range(1_200):  # by relative steps: the whole path is longer than one call may name
+            os.mkdir("d", dir_fd=fds[-1])
+            fds.append(os.open("d", os.O_RDONLY, dir_fd=fds[-1]))
+        os.close(os.open("x.jpg", os.O_CREAT | os.O_WRONLY, dir_fd=fds[-1]))
+        ignored = []
+        assert [p.name for p in walk_files(deep, ignored)] == ["x.jpg"] and not ignored
+    finally:  # removed here, bottom up: shutil.rmtree (pytest's clean-up) recurses too
+        if len(fds) == 1201:
+            os.unlink("x.jpg", dir_fd=fds[-1])
+        for child, parent in zip(fds[:0:-1], fds[-2::-1], strict=True):
+            os.close(child)
+            os.rmdir("d", dir_fd=parent)
+        os.close(fds[0])
+    dag = tmp_path / "dag"
+    (dag / "L0").mkdir(parents=True)
+    for i in range(24):
+        (dag / f"L{i + 1}").mkdir(parents=True)
+        for k in range(2):
+            (dag / f"L{i}" / f"s{k}").symlink_to(dag / f"L{i + 1}", target_is_directory=True)
+    (dag / "L24" / "x.jpg").write_bytes(b"x")
+    ignored = []
+    assert [p.name for p in walk_files(dag / "L0", ignored)] == ["x.jpg"]
+    assert len(ignored) == 24 and all(r.startswith("a link to a folder already read") for _, r in ignored)
+
 # ---- agreement: matched by path --------------------------------------------------------------------------------
 
 def _write_csv(path, header, rows):

@@ -48,6 +48,7 @@ REGISTRY: dict[str, str] = {
     "training/common/files.py::read_csv_checked": "helper",
     "training/common/files.py::read_npy_member": "helper",
     "training/common/files.py::read_npz_checked": "npz",
+    "training/common/files.py::_zip_directory_bytes": "npz (its end record, of a file stat'ed as regular first)",
     "training/common/files.py::read_json": "json",
     "training/common/files.py::load_cached_npy": "helper (feature_cache, image_cache)",
     "training/common/files.py::sha256_of": "helper: hashes a file its callers stat as regular first",
