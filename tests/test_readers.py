@@ -241,6 +241,7 @@ SPECIFIC: dict[str, dict] = {  # reader → case → content (saved_run: an edit
         "duplicate-key": lambda s: s.update(DUPKEY=["oak", "pine"]),  # class_names twice: the last one was used
         "threshold-400-digits": lambda s: s["operating_point"].update(threshold="BIG"),  # was an OverflowError
         "lr-400-digits": lambda s: s["config"].update(learning_rate="BIG"),
+        "batch-of-192TiB": lambda s: s["config"].update(batch_size=1 << 20, image_size=4096),  # was a MemoryError
     },
     "json": {"deep-5000": _deep(5000).encode(), "nan": b"[NaN]", "truncated": b'{"a": [1, 2'},
     "run_record": {"deep-5000": _deep(5000).encode(), "a-list": b"[]", "bad-status": b'{"status": "x"}',
