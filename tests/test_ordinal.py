@@ -44,7 +44,8 @@ def test_weighted_kappas_and_level_error_by_hand():
     (["Probable", "Improbable"], None, None),  # two classes: κ_w is κ, nothing to add
     (["Probable+Possible", "Improbable", "x"], None, None),  # not a known scale
     (["low", "high", "mid"], ["low", "mid", "high"], (0, 2, 1)),  # the user's --order
-], ids=["scale", "permuted-any-case", "two-classes", "unknown", "user-order"])
+    (["Probable", "probable", "Possible"], None, None),  # two levels under three names: not the scale
+], ids=["scale", "permuted-any-case", "two-classes", "unknown", "user-order", "one-level-twice-by-case"])
 def test_ordinal_levels(names, order, levels):
     assert ordinal_levels(names, order) == levels
 
