@@ -533,3 +533,21 @@ def test_agreement_refuses_a_level_named_twice_and_says_na_for_an_undefined_kapp
     one = _write_csv(tmp_path / "r1.csv", ["path", "r1"], [["b.jpg", "Possible"]])  # both sides one label
     rows = agreement.main([*args[:2], "--ratings", str(one), "--out", str(tmp_path / "o1")])
     assert rows[0]["cohen_kappa"] == "n/a" and capsys.readouterr().err == ""  # was nan, and sklearn's warning
+
+
+def test_agreement_with_a_column_that_is_not_utf8_or_a_bad_label(tmp_path, capsys):
+    # a rater column of bytes that are not UTF-8 was "error: 'utf-8' codec can't encode…" naming no file, after
+    # the output folder was made; a label outside the order left an empty output folder
+    from experiments import agreement
+
+    preds = _write_csv(tmp_path / "p.csv", ["path", "predicted"], [["a.jpg", "Probable"], ["b.jpg", "Possible"]])
+    ratings = tmp_path / "r.csv"
+    ratings.write_bytes(b"path,r\xff1\na.jpg,Probable\nb.jpg,Possible\n")
+    rows = agreement.main(["--predictions", str(preds), "--ratings", str(ratings), "--out", str(tmp_path / "o")])
+    assert rows[0]["pair"] == "model vs r\ufffd1" and rows[0]["agreement"] == 1.0
+    ratings.write_bytes(b"path,r1\na.jpg,Probable\nb.jpg,Dead\n")
+    with pytest.raises(SystemExit) as info:
+        agreement.main(["--predictions", str(preds), "--ratings", str(ratings), "--out", str(tmp_path / "o2")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 1 and len(err) == 1 and str(ratings) in err[0] and "'Dead'" in err[0]
+    assert not (tmp_path / "o2").exists()
