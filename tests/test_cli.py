@@ -503,20 +503,20 @@ def test_sigkill_at_a_random_point_then_resume_gives_the_uninterrupted_losses(tm
     assert json.loads((tmp_path / "killed" / "run.json").read_text())["status"] == "complete"
 
 
-def test_agreement_matching_a_deep_path_stays_linear(tmp_path):
-    # every suffix of every predicted path was a dict key: one path of 30,000 components ('a/a/…', 60 KB, a
-    # legal CSV cell) cost ~4.5e8 tuple slots (GBs) before the first rating was matched
-    from tests.read_files import read_in_child
-    from training.evaluation.agreement import match_paths
+def test_agreement_matching_a_deep_path_stays_linear():
+    # every suffix of every predicted path was a dict key: one path of 40,000 components ('a/a/…', 80 KB, a legal
+    # CSV cell) cost ~8e8 tuple slots (GBs) before the first rating was matched; here in a process limited to 3 GiB
+    import subprocess
 
-    deep = "a/" * 30_000 + "x.jpg"
-
-    def match(ratings_file):
-        return match_paths(["x.jpg", "a/x.jpg", "b/y.jpg"], [deep, "b/y.jpg"], ratings_file, strict=False)
-
-    [result] = read_in_child(match, [{"id": "deep", "path": str(tmp_path / "r.csv")}])
-    assert result["outcome"] == "ok", result
-    assert match("r.csv") == [deep, deep, "b/y.jpg"]
+    code = ("import resource; resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))\n"
+            "from training.evaluation.agreement import match_paths\n"
+            "deep = 'a/' * 40_000 + 'x.jpg'\n"
+            "got = match_paths(['x.jpg', 'a/x.jpg', 'b/y.jpg'], [deep, 'b/y.jpg'], 'r.csv', strict=False)\n"
+            "assert got == [deep, deep, 'b/y.jpg'], got\n")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120,  # noqa: S603 (this interpreter, the test's own code; no shell)
+                          env={**os.environ, "PYTHONPATH": repo})
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_agreement_refuses_a_level_named_twice_and_says_na_for_an_undefined_kappa(tmp_path, capsys):
