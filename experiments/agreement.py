@@ -61,29 +61,40 @@ def run(args: argparse.Namespace) -> list[dict]:
     model = [preds[p] for p in match_paths([r["path"] for r in ratings], list(preds), args.ratings)]
     order = args.order or list(ORDER)
     pairs = [("model", rater) for rater in raters] + ([tuple(raters)] if len(raters) == 2 else [])
-    results = [agreement(model if first == "model" else [r[first] for r in ratings],
-                         [r[second] for r in ratings], order) for first, second in pairs]
-    out = output_dir(args.out)  # made only once every pair is scored: a failure leaves no folder behind
+    # every pair computed before anything is written: a bad label leaves no output folder behind
+    try:
+        results = [agreement(model if first == "model" else [r[first] for r in ratings],
+                             [r[second] for r in ratings], order) for first, second in pairs]
+    except ValueError as exc:  # a label outside --order: name the file it came from
+        raise ValueError(f"{args.ratings}: {exc}") from None
+    out = output_dir(args.out)
     rows = []
-    for (first, second), result in zip(pairs, results):
-        rows.append({"pair": f"{first} vs {second}", "n": result["n"], "agreement": result["agreement"],
-                     "cohen_kappa": result["cohen_kappa"],
+    shown = [_shown(label) for label in order]
+    for (first, second), result in zip(pairs, results, strict=True):
+        a, b = _shown(first), _shown(second)
+        rows.append({"pair": f"{a} vs {b}", "n": result["n"], "agreement": result["agreement"],
+                     "cohen_kappa": _or_na(result["cohen_kappa"]),
                      "linear_weighted_kappa": _or_na(result["linear_weighted_kappa"]),
                      "quadratic_weighted_kappa": _or_na(result["quadratic_weighted_kappa"]),
                      "mean_absolute_level_error": result["mean_absolute_level_error"]})
-        table = [{first + " \\ " + second: lab, **{lab2: result["confusion"][i][j] for j, lab2 in enumerate(order)}}
-                 for i, lab in enumerate(order)]
-        write_table(table, out, f"confusion_{stems[first]}_vs_{stems[second]}",
-                    title=f"{first} (rows) vs {second} (columns)")
+        table = [{a + " \\ " + b: lab, **{lab2: result["confusion"][i][j] for j, lab2 in enumerate(shown)}}
+                 for i, lab in enumerate(shown)]
+        write_table(table, out, f"confusion_{stems[first]}_vs_{stems[second]}", title=f"{a} (rows) vs {b} (columns)")
     write_table(rows, out, "agreement", title="Agreement with professional ratings",
                 notes="κ = 1: perfect agreement; 0: chance level. Weighted κ counts a Probable↔Improbable "
                       "disagreement 2× (linear) or 4× (quadratic) a one-step one. Mean absolute level error: "
-                      f"the mean number of levels between the two ratings (order: {' < '.join(order)}); "
+                      f"the mean number of levels between the two ratings (order: {' < '.join(shown)}); "
                       "0 is perfect. n/a: every rating on one level (κ is 0/0).\n")
     print((out / "agreement.md").read_text())
     print(f"{len(ratings)} rated photos compared ({len(pairs)} pairs): table {out / 'agreement.md'} (and .csv), "
           f"confusion tables {out}/confusion_*.md")
     return rows
+
+
+def _shown(name: str) -> str:
+    """A column name as written into the tables (UTF-8): bytes that were not UTF-8 shown as U+FFFD (they were a
+    UnicodeEncodeError naming no file, after the output folder was made)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _or_na(value: float | None) -> float | str:

@@ -20,12 +20,17 @@ from experiments.errors import add_common, mapping, positive_int, run_command
 from training.evaluation.review import THUMB_SIZE, ReviewSummary, write_review
 
 
+def _shown(text: str) -> str:
+    """``text`` for the terminal: one line, no escape sequences (non-printable characters as Python escapes)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def run(args: argparse.Namespace) -> ReviewSummary:
     s = write_review(args.predictions, args.images, args.out, explain=args.explain, ratings=args.ratings,
                      rater=args.rater, relabel=dict(args.map or []), overwrite=args.overwrite,
                      thumb_size=args.thumb_size, workers=args.workers, title=args.title)
-    for path, why in s.missing[:10]:
-        print(f"no thumbnail: {path}: {why}")
+    for path, why in s.missing[:10]:  # a name from the data: its control characters (a newline, ESC) escaped
+        print(f"no thumbnail: {_shown(path)}: {_shown(why)}")
     if len(s.missing) > 10:
         print(f"no thumbnail: … and {len(s.missing) - 10} more")
     parts = [f"{s.photos} photos", f"{s.thumbnails_made} thumbnails made, {s.thumbnails_reused} reused"

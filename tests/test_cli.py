@@ -246,6 +246,41 @@ def test_class_folders_are_read_recursively_and_every_left_out_entry_is_reported
     assert sum(report["ignored_counts"].values()) == len(report["ignored"]) == 6
 
 
+
+@pytest.mark.skipif(not hasattr(os, "symlink") or sys.platform == "win32", reason="needs POSIX symbolic links")
+def test_a_deep_tree_and_links_reaching_a_folder_many_ways_are_walked_once(tmp_path):
+    # the walk recursed (1,200 folders deep: RecursionError) and followed every route of links (two links a
+    # level, 24 levels: 2^24 visits, a hang)
+    from training.data.images import walk_files
+
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    fds = [os.open(deep, os.O_RDONLY)]
+    try:
+        for _ in range(1_200):  # by relative steps: the whole path is longer than one call may name
+            os.mkdir("d", dir_fd=fds[-1])
+            fds.append(os.open("d", os.O_RDONLY, dir_fd=fds[-1]))
+        os.close(os.open("x.jpg", os.O_CREAT | os.O_WRONLY, dir_fd=fds[-1]))
+        ignored = []
+        assert [p.name for p in walk_files(deep, ignored)] == ["x.jpg"] and not ignored
+    finally:  # removed here, bottom up: shutil.rmtree (pytest's clean-up) recurses too
+        if len(fds) == 1201:
+            os.unlink("x.jpg", dir_fd=fds[-1])
+        for child, parent in zip(fds[:0:-1], fds[-2::-1], strict=True):
+            os.close(child)
+            os.rmdir("d", dir_fd=parent)
+        os.close(fds[0])
+    dag = tmp_path / "dag"
+    (dag / "L0").mkdir(parents=True)
+    for i in range(24):
+        (dag / f"L{i + 1}").mkdir(parents=True)
+        for k in range(2):
+            (dag / f"L{i}" / f"s{k}").symlink_to(dag / f"L{i + 1}", target_is_directory=True)
+    (dag / "L24" / "x.jpg").write_bytes(b"x")
+    ignored = []
+    assert [p.name for p in walk_files(dag / "L0", ignored)] == ["x.jpg"]
+    assert len(ignored) == 24 and all(r.startswith("a link to a folder already read") for _, r in ignored)
+
 # ---- agreement: matched by path --------------------------------------------------------------------------------
 
 def _write_csv(path, header, rows):
@@ -283,6 +318,22 @@ def test_agreement_refuses_an_ambiguous_name_and_a_bad_map(tmp_path, capsys):
     assert info.value.code == 2 and "argument --map: expected OLD=NEW" in capsys.readouterr().err
 
 
+
+def test_agreement_rater_names_never_leave_the_output(tmp_path):
+    # a rater column named '/../../victim' was a file name: agreement wrote victim.{md,csv} two folders up
+    from experiments import agreement
+
+    preds = _write_csv(tmp_path / "p.csv", ["path", "predicted"], [["a.jpg", "Probable"], ["b.jpg", "Improbable"]])
+    ratings = _write_csv(tmp_path / "r.csv", ["path", "/../../victim", "..\\x"],
+                         [["a.jpg", "Probable", "Probable"], ["b.jpg", "Improbable", "Possible"]])
+    out = tmp_path / "o" / "sub"
+    agreement.main(["--predictions", str(preds), "--ratings", str(ratings), "--out", str(out)])
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["sub"]
+    v, x = "_.._.._victim", "_.._x"  # training.common.files.safe_name: one plain file-name part each
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{n}.{e}" for n in ("agreement", f"confusion_model_vs_{v}", f"confusion_model_vs_{x}", f"confusion_{v}_vs_{x}")
+        for e in ("md", "csv"))
+
 # ---- damaged checkpoints and every command's one-line errors --------------------------------------------------
 
 def _truncate_biggest_array(run):
@@ -291,8 +342,9 @@ def _truncate_biggest_array(run):
         f.truncate(biggest.stat().st_size // 3)
 
 
-@pytest.mark.parametrize("damage", ["garbage-config", "missing-step"])
+@pytest.mark.parametrize("damage", ["garbage-config", "missing-step", "normalization-width"])
 def test_a_damaged_checkpoint_is_named_in_one_line(damage, run_copy, tmp_path, capsys):
+    import json
     import shutil
 
     from experiments import predict
@@ -301,6 +353,11 @@ def test_a_damaged_checkpoint_is_named_in_one_line(damage, run_copy, tmp_path, c
     if damage == "garbage-config":
         (run / "checkpoints" / "config.json").write_text('{"config": ')
         named = "config.json"
+    elif damage == "normalization-width":  # was NumPy's "operands could not be broadcast", naming nothing
+        saved = json.loads((run / "checkpoints" / "config.json").read_text())
+        saved["normalization"] = {"mean": [0.5] * 5, "std": [0.25] * 5}  # a grayscale model: one channel
+        (run / "checkpoints" / "config.json").write_text(json.dumps(saved))
+        named = "config.json: normalization: 5 values where the model has 1 input channels"
     else:
         shutil.rmtree(run / "checkpoints" / "best")
         named = "'best' checkpoint"
@@ -548,3 +605,51 @@ def test_the_parsers_offer_the_library_s_names_and_old_spellings_warn(capsys):
     assert args.scenario == ["Pr_Im", "Pr_Po_Im"]
     assert "--scenarios is deprecated" in capsys.readouterr().err
     assert "pretrained" in results_table.parser().format_help()
+def test_agreement_matching_a_deep_path_stays_linear():
+    # every suffix of every predicted path was a dict key: one path of 40,000 components ('a/a/…', 80 KB, a legal
+    # CSV cell) cost ~8e8 tuple slots (GBs) before the first rating was matched; here in a process limited to 3 GiB
+    import subprocess
+
+    code = ("import resource; resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))\n"
+            "from training.evaluation.agreement import match_paths\n"
+            "deep = 'a/' * 40_000 + 'x.jpg'\n"
+            "got = match_paths(['x.jpg', 'a/x.jpg', 'b/y.jpg'], [deep, 'b/y.jpg'], 'r.csv', strict=False)\n"
+            "assert got == [deep, deep, 'b/y.jpg'], got\n")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120,  # noqa: S603 (this interpreter, the test's own code; no shell)
+                          env={**os.environ, "PYTHONPATH": repo})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_agreement_refuses_a_level_named_twice_and_says_na_for_an_undefined_kappa(tmp_path, capsys):
+    # --order 'Improbable Possible Probable Possible' put Possible on level 3: level error 1.5 for 0.5, exit 0
+    from experiments import agreement
+
+    preds = _write_csv(tmp_path / "p.csv", ["path", "predicted"], [["a.jpg", "Probable"], ["b.jpg", "Possible"]])
+    ratings = _write_csv(tmp_path / "r.csv", ["path", "r1"], [["a.jpg", "Probable"], ["b.jpg", "Improbable"]])
+    args = ["--predictions", str(preds), "--ratings", str(ratings), "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as info:
+        agreement.main([*args, "--order", "Improbable", "Possible", "Probable", "Possible"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 1 and len(err) == 1 and "'Possible' twice" in err[0]
+    one = _write_csv(tmp_path / "r1.csv", ["path", "r1"], [["b.jpg", "Possible"]])  # both sides one label
+    rows = agreement.main([*args[:2], "--ratings", str(one), "--out", str(tmp_path / "o1")])
+    assert rows[0]["cohen_kappa"] == "n/a" and capsys.readouterr().err == ""  # was nan, and sklearn's warning
+
+
+def test_agreement_with_a_column_that_is_not_utf8_or_a_bad_label(tmp_path, capsys):
+    # a rater column of bytes that are not UTF-8 was "error: 'utf-8' codec can't encode…" naming no file, after
+    # the output folder was made; a label outside the order left an empty output folder
+    from experiments import agreement
+
+    preds = _write_csv(tmp_path / "p.csv", ["path", "predicted"], [["a.jpg", "Probable"], ["b.jpg", "Possible"]])
+    ratings = tmp_path / "r.csv"
+    ratings.write_bytes(b"path,r\xff1\na.jpg,Probable\nb.jpg,Possible\n")
+    rows = agreement.main(["--predictions", str(preds), "--ratings", str(ratings), "--out", str(tmp_path / "o")])
+    assert rows[0]["pair"] == "model vs r\ufffd1" and rows[0]["agreement"] == 1.0
+    ratings.write_bytes(b"path,r1\na.jpg,Probable\nb.jpg,Dead\n")
+    with pytest.raises(SystemExit) as info:
+        agreement.main(["--predictions", str(preds), "--ratings", str(ratings), "--out", str(tmp_path / "o2")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 1 and len(err) == 1 and str(ratings) in err[0] and "'Dead'" in err[0]
+    assert not (tmp_path / "o2").exists()

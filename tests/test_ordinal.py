@@ -44,7 +44,8 @@ def test_weighted_kappas_and_level_error_by_hand():
     (["Probable", "Improbable"], None, None),  # two classes: κ_w is κ, nothing to add
     (["Probable+Possible", "Improbable", "x"], None, None),  # not a known scale
     (["low", "high", "mid"], ["low", "mid", "high"], (0, 2, 1)),  # the user's --order
-], ids=["scale", "permuted-any-case", "two-classes", "unknown", "user-order"])
+    (["Probable", "probable", "Possible"], None, None),  # two levels under three names: not the scale
+], ids=["scale", "permuted-any-case", "two-classes", "unknown", "user-order", "one-level-twice-by-case"])
 def test_ordinal_levels(names, order, levels):
     assert ordinal_levels(names, order) == levels
 
@@ -91,3 +92,13 @@ def test_results_table_shows_the_ordinal_metrics_for_three_levels_only():
     assert row["Level error"] == f"{1 / 6:.2f} ± {1 / 6:.2f}"
     two = table_row([fold(["Probable", "Improbable"], [0, 1], [0, 0])], ["Probable", "Improbable"])
     assert two["Quadratic κ"] == two["Level error"] == "–"
+
+
+def test_class_names_are_drawn_as_written_never_as_mathtext(tmp_path):
+    # a class folder named '$x^{{{…$' raised RecursionError (and '$\foo$' ValueError) when the confusion matrix
+    # was saved, at the end of a finished run
+    from training.runs.report import plot_confusion
+
+    plot_confusion(np.eye(3, dtype=int), ["$x^{" + "{" * 30 + "$", r"$\foo$", "a $5 tree"], tmp_path / "c.png",
+                   title="$\\bar$")
+    assert (tmp_path / "c.png").stat().st_size > 0

@@ -44,9 +44,11 @@ REGISTRY: dict[str, str] = {
     "training/common/files.py::read_bytes_checked": "helper",
     "training/common/files.py::read_text_checked": "helper",
     "training/common/files.py::parse_document": "helper",
+    "training/common/files.py::json_loads_strict": "helper: parses text parse_document and _parse_bytes read",
     "training/common/files.py::read_csv_checked": "helper",
     "training/common/files.py::read_npy_member": "helper",
     "training/common/files.py::read_npz_checked": "npz",
+    "training/common/files.py::_zip_directory_bytes": "npz (its end record, of a file stat'ed as regular first)",
     "training/common/files.py::read_json": "json",
     "training/common/files.py::load_cached_npy": "helper (feature_cache, image_cache)",
     "training/common/files.py::sha256_of": "helper: hashes a file its callers stat as regular first",
@@ -92,7 +94,8 @@ REGISTRY: dict[str, str] = {
 }
 
 CHECKED_READERS = {"parse_document", "read_csv_checked", "read_npz_checked", "read_npy_member", "read_text_checked",
-                   "read_bytes_checked", "load_cached_npy", "read_json", "sha256_of", "regular_file"}
+                   "read_bytes_checked", "load_cached_npy", "read_json", "sha256_of", "regular_file",
+                   "json_loads_strict"}
 
 
 def _reads_a_file(call: ast.Call) -> bool:
@@ -197,6 +200,18 @@ def _npz(members: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
+def _npz_big_directory() -> bytes:
+    """An .npz whose central directory is 6 MB (100 entries with 60 KB comments): zipfile builds every entry's
+    ZipInfo before anything can count them, ~7 bytes of memory a byte, so its size is checked first."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for i in range(100):
+            info = zipfile.ZipInfo(f"{i}.npy")
+            info.comment = b"c" * 60_000
+            z.writestr(info, b"")
+    return buf.getvalue()
+
+
 def _npy_of(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, a)
@@ -225,6 +240,12 @@ SPECIFIC: dict[str, dict] = {  # reader → case → content (saved_run: an edit
         "config-bad-type": lambda s: s["config"].update(image_size=[32]),
         "class-names-a-string": lambda s: s.update(class_names="tree"),
         "threshold-1e400": lambda s: s["operating_point"].update(threshold="INF"),
+        "normalization-tiny-std": lambda s: s.update(normalization={"mean": [0.5], "std": [1e-300]}),  # NaN out
+        "normalization-huge-mean": lambda s: s.update(normalization={"mean": [1e308], "std": [1.0]}),
+        "duplicate-key": lambda s: s.update(DUPKEY=["oak", "pine"]),  # class_names twice: the last one was used
+        "threshold-400-digits": lambda s: s["operating_point"].update(threshold="BIG"),  # was an OverflowError
+        "lr-400-digits": lambda s: s["config"].update(learning_rate="BIG"),
+        "batch-of-192TiB": lambda s: s["config"].update(batch_size=1 << 20, image_size=4096),  # was a MemoryError
     },
     "json": {"deep-5000": _deep(5000).encode(), "nan": b"[NaN]", "truncated": b'{"a": [1, 2'},
     "run_record": {"deep-5000": _deep(5000).encode(), "a-list": b"[]", "bad-status": b'{"status": "x"}',
@@ -241,6 +262,9 @@ SPECIFIC: dict[str, dict] = {  # reader → case → content (saved_run: an edit
         "name-a-table": b'[name]\nx = 1\n[classes]\na = ["1"]\nb = ["2"]\n',
         "bad-toml": b"[classes\n",
         "empty-class-name": b'[classes]\n"" = ["1"]\nb = ["2"]\n',
+        "label-in-two-classes": b'[classes]\na = ["1"]\nb = ["1", "2"]\n',  # was: 1's photos all in b, a empty
+        "label-in-a-class-and-excluded": b'exclude = ["1"]\n[classes]\na = ["1"]\nb = ["2"]\n',
+        "json-duplicate-key": b'{"classes": {"a": ["1"], "b": ["2"], "a": ["3"]}}',
     },
     "manifest": {
         "extra-field": b"path,label\nx.jpg,a,b\n",
@@ -258,10 +282,12 @@ SPECIFIC: dict[str, dict] = {  # reader → case → content (saved_run: an edit
     },
     "result_row": {"a-list": b"[]", "not-json": b"row", "other-key": b'{"_key": "other"}',
                    "nested-value": b'{"_key": "k", "Acc.": {"a": [1]}}', "deep-5000": _deep(5000).encode(),
-                   "long-string": b'{"_key": "k", "x": "' + b"y" * 20_000 + b'"}'},
+                   "long-string": b'{"_key": "k", "x": "' + b"y" * 20_000 + b'"}',
+                   "int-of-400-digits": b'{"_key": "k", "x": 1' + b"0" * 400 + b"}"},  # was an OverflowError
     "npz": {"member-claims-4TiB": _npz({"a.npy": HUGE}), "pickled-member": _npz({"a.npy": PICKLED}),
             "negative-dimension": _npz({"a.npy": NEGATIVE}), "not-npy": _npz({"a.txt": b"x"}),
-            "truncated-member": _npz({"a.npy": _npy_of(np.ones(100, np.float32))[:-40]})},
+            "truncated-member": _npz({"a.npy": _npy_of(np.ones(100, np.float32))[:-40]}),
+            "directory-of-6MB": _npz_big_directory()},
     "mnist": {"member-claims-4TiB": _npz({"x_train.npy": HUGE}), "pickled-member": _npz({"x_train.npy": PICKLED}),
               "missing-arrays": _npz({"x_train.npy": _npy_of(np.zeros((2, 28, 28), np.uint8))})},
     "feature_cache": {"wrong-width": _npy_of(np.ones((2, 9), np.float32)),
@@ -325,7 +351,8 @@ def _cases() -> list[tuple[str, str, object]]:
             if reader == "saved_run":
                 saved = _good_saved_run()
                 content(saved)
-                content = json.dumps(saved).replace('"INF"', "1e400").encode()
+                content = json.dumps(saved).replace('"INF"', "1e400").replace('"DUPKEY"', '"class_names"')
+                content = content.replace('"BIG"', "1" + "0" * 400).encode()
             cases.append((reader, name, content))
         if reader in VALID:
             cases.append((reader, "valid", VALID[reader]))
@@ -578,3 +605,35 @@ def test_each_command_given_a_hostile_file_prints_one_line_naming_it(tmp_path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert info.value.code == 1 and len(err) == 1, err
     assert err[0].startswith(f"error: {bad}: "), err
+
+
+def test_a_manifest_error_names_the_line_it_is_on(tmp_path):
+    # rows were numbered 2, 3, … whatever blank lines and quoted newlines came before: line 3 here, not 7
+    from training.data.images import _read_manifest
+
+    (tmp_path / "a.jpg").write_bytes(b"not read")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text('path,label\n\n"a.jpg",\n\n"x\ny.jpg",b\n\nmissing.jpg,b\n', encoding="utf-8")
+    with pytest.raises(FileFormatError, match="line 3: empty path or label"):
+        _read_manifest(manifest)
+    manifest.write_text('path,label\n\n"a.jpg",a\n\n"x\ny.jpg",b\n\nmissing.jpg,b\n', encoding="utf-8")
+    with pytest.raises(FileNotFoundError, match="line 5: file not found"):
+        _read_manifest(manifest)
+
+
+def test_a_resumed_runs_differences_are_quoted_short():
+    # a tampered run.json's values were quoted whole: one 'error:' line of megabytes
+    from training.runs.folder import run_differences
+
+    old = {"config": {"image_size": "x" * 1_000_000, **{f"k{i}\n": i for i in range(100)}}}
+    diffs = run_differences(old, {"config": {"image_size": 32}})
+    assert diffs[0] == "image_size: '" + "x" * 78 + "… → 32" and max(map(len, diffs)) < 200
+
+
+def test_an_npz_with_a_huge_zip_directory_is_refused_before_it_is_parsed(tmp_path):
+    from training.common.files import read_npz_checked
+
+    path = tmp_path / "a.npz"
+    path.write_bytes(_npz_big_directory())
+    with pytest.raises(FileFormatError, match="a zip directory of 6"):
+        read_npz_checked(path, "an .npz", max_bytes=1 << 20)

@@ -246,6 +246,17 @@ def test_the_command_prints_one_line_where_the_page_is_and_one_line_for_a_bad_fi
     assert "\n" not in err and not (tmp_path / "r2").exists()
 
 
+
+def test_a_missing_photo_named_with_control_characters_is_printed_on_one_line(tmp_path, photos, capsys):
+    # a path from the CSV was printed raw: a newline split the line, an ESC sequence reached the terminal
+    from experiments import review
+
+    name = "x\n\x1b]0;pwned\x07.jpg"
+    csv_path = write_csv(tmp_path / "p.csv", ["path", "predicted", "p_A", "p_B"], [[name, "A", 1, 0]])
+    review.main(["--predictions", str(csv_path), "--images", str(photos), "--out", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and len(out.strip().splitlines()) == 2
+
 BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome", "chrome") if shutil.which(b)), None)
 
 

@@ -77,6 +77,13 @@ class _Figures:
         """Nothing to release: the figure is not registered with pyplot."""
 
 
+def plain_text(text: str) -> str:
+    """``text`` (a class or file name from the data) for a matplotlib label: every ``$`` escaped, so it is drawn as
+    written and never parsed as mathtext (a name holding ``$x^{{{…$`` raised RecursionError, ``$\\foo$``
+    ValueError, when the figure was saved at the end of a run)."""
+    return str(text).replace("$", r"\$")
+
+
 def pyplot() -> _Figures:
     """``subplots`` and ``close`` as pyplot spells them, for figures saved to files (see :class:`_Figures`)."""
     return _Figures()

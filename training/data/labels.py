@@ -124,11 +124,22 @@ def load_grouping(path: str | Path) -> Grouping:
     name = raw.get("name", path.stem)
     if not isinstance(name, str) or not 0 < len(name) <= 200:
         raise FileFormatError(path, "name", "expected a non-empty string of at most 200 characters")
-    return Grouping(
+    grouping = Grouping(
         name,
         {k: names(v, f"classes.{k[:40]}", at_least=1) for k, v in classes.items()},
         names(raw.get("exclude", []), "exclude", at_least=0),
     )
+    # each label goes to one place: named twice, its photos went silently to the last class (leaving the first
+    # empty), or were trained on while counted as excluded
+    seen: dict[str, str] = {}
+    for where, labels in [*((f"classes.{k[:40]}", v) for k, v in grouping.classes.items()),
+                          ("exclude", grouping.exclude)]:
+        for label in labels:
+            if label in seen:
+                raise FileFormatError(path, where, f"the label {label[:40]!r} is also in {seen[label]}: "
+                                                   "a label goes to one class, or is excluded")
+            seen[label] = where
+    return grouping
 
 
 def get_grouping(scenario: str | None, grouping_file: str | Path | None, labels: Sequence[str]) -> Grouping:

@@ -55,8 +55,9 @@ def ordinal_levels(class_names: Sequence[str], order: Sequence[str] | None = Non
         return None
     for scale in ORDERED_SCALES:
         position = {name.casefold(): i for i, name in enumerate(scale)}
-        if all(c.casefold() in position for c in class_names) and len(set(class_names)) == len(class_names):
-            return tuple(position[c.casefold()] for c in class_names)
+        folded = [c.casefold() for c in class_names]  # distinct once folded: 'Probable' and 'probable' are one level
+        if all(c in position for c in folded) and len(set(folded)) == len(folded):
+            return tuple(position[c] for c in folded)
     return None
 
 

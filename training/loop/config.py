@@ -161,6 +161,8 @@ _INTS = {"image_size": (8, 4096), "epochs": (1, 100_000), "batch_size": (1, 1 <<
          "head_views": (0, 64), "top_views": (0, 64)}
 
 
+MAX_BATCH_VALUES = 1 << 31  # batch_size × image_size² × channels
+
 _BOOLS = ("rgb", "standardize", "tta_flip", "head_init", "refit")
 
 
@@ -169,7 +171,13 @@ def is_int(v) -> bool:
 
 
 def is_real(v) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+    """A finite number (not a bool); an integer too large for a float (JSON allows 400 digits) is not one."""
+    if not isinstance(v, (int, float, np.integer, np.floating)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
 
 
 def _check_config(c: TrainConfig) -> None:
@@ -187,6 +195,11 @@ def _check_config(c: TrainConfig) -> None:
     for name in _BOOLS:
         if not isinstance(getattr(c, name), (bool, np.bool_)):
             fail(name, "true or false")
+    per_image = c.image_size ** 2 * (3 if c.rgb else 1)
+    if c.batch_size * per_image > MAX_BATCH_VALUES:  # (predict allocates a batch of images up front: a config.json
+        # of batch_size 2^20 at 4096 px asked for 192 TiB and died with a MemoryError)
+        fail("batch_size", f"at most {MAX_BATCH_VALUES // per_image} images of {c.image_size} px (a batch of at "
+                           f"most 2^31 values, 8 GiB of float32)")
     for name, lo, hi in (("learning_rate", 0, 10), ("val_fraction", 0, 1), ("dropout_rate", -1e-12, 1),
                          ("weight_decay", -1e-12, 1)):
         if not is_real(getattr(c, name)) or not lo < getattr(c, name) < hi:

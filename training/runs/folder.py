@@ -65,8 +65,16 @@ def run_differences(old: dict, new: dict) -> list[str]:
             continue  # a run written before data fingerprints: only its config can be compared
         for key in sorted(set(a) | set(b)):
             if _plain(a.get(key)) != _plain(b.get(key)):
-                diffs.append(f"{'data ' if section == 'data' else ''}{key}: {a.get(key)!r} → {b.get(key)!r}")
+                name = key if key.isprintable() and len(key) <= 80 else _short(key)
+                diffs.append(f"{'data ' if section == 'data' else ''}{name}: {_short(a.get(key))} → "
+                             f"{_short(b.get(key))}")
     return diffs
+
+
+def _short(value, limit: int = 80) -> str:
+    """``repr(value)``, at most ``limit`` characters: a value read from a tampered run.json can be megabytes."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _plain(value):
@@ -153,7 +161,9 @@ class RunFolder:
         if self.resume and holds_run(t):
             diffs = run_differences(read_run(t), record)
             if diffs:
-                raise ValueError(f"--resume: the run in {t} was trained with other settings: " + "; ".join(diffs)
+                more = f"; and {len(diffs) - 10} more" if len(diffs) > 10 else ""
+                raise ValueError(f"--resume: the run in {t} was trained with other settings: " + "; ".join(diffs[:10])
+                                 + more
                                  + " (use the same flags, or --overwrite to start again)")
             self.resuming = True
             log.info(f"resuming the run in {t}")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from training.common.tables import pyplot, save_figure, write_table
+from training.common.tables import plain_text, pyplot, save_figure, write_table
 from training.evaluation.metrics import beats_baseline
 
 if TYPE_CHECKING:
@@ -70,8 +70,9 @@ def plot_confusion(matrix, class_names: Sequence[str], path: Path, title: str = 
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.2 * len(class_names) + 3, 1.2 * len(class_names) + 2.5))
-    ConfusionMatrixDisplay(np.asarray(matrix), display_labels=list(class_names)).plot(ax=ax, colorbar=False)
-    ax.set_title(title)
+    ConfusionMatrixDisplay(np.asarray(matrix), display_labels=[plain_text(c) for c in class_names]).plot(
+        ax=ax, colorbar=False)
+    ax.set_title(plain_text(title))
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
     plt.close(fig)

@@ -18,12 +18,11 @@ optional record (e.g. a calibration): a NamedTuple with a ``parse(value, class_n
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from training.common.files import MAX_NESTING, FileFormatError, nesting_depth, read_bytes_checked
+from training.common.files import MAX_NESTING, FileFormatError, json_loads_strict, nesting_depth, read_bytes_checked
 from training.common.layout import RunLayout
 from training.evaluation.calibration import Calibration, Referral
 from training.loop.checkpoints import Checkpoints
@@ -33,6 +32,9 @@ from training.loop.steps import create_model, state_template
 MAX_CLASSES = 10_000
 MAX_CHANNELS = 1 << 16
 CONFIG_BYTES = 16 << 20
+# normalization bounds: training clamps a std at 1e-6 (float32: 9.99999997e-07); pixels lie in [0, 1], features
+# of the frozen backbones within a few units
+MIN_STD, MAX_STD, MAX_MEAN = 1e-7, 1e6, 1e6
 
 
 class Normalization(NamedTuple):
@@ -45,9 +47,13 @@ class Normalization(NamedTuple):
     def parse(cls, value: Any, class_names: tuple[str, ...]) -> Normalization:
         if not (isinstance(value, dict) and set(value) == {"mean", "std"}
                 and all(isinstance(value[k], list) and 0 < len(value[k]) <= MAX_CHANNELS for k in ("mean", "std"))
-                and len(value["mean"]) == len(value["std"]) and all(is_real(v) for v in value["mean"])
-                and all(is_real(v) and v > 0 for v in value["std"])):
-            raise ValueError("expected null or {mean: [finite numbers], std: [positive numbers]} of equal length")
+                and len(value["mean"]) == len(value["std"])
+                and all(is_real(v) and abs(v) <= MAX_MEAN for v in value["mean"])
+                and all(is_real(v) and MIN_STD <= v <= MAX_STD for v in value["std"])):
+            # (bounded: a std of 1e-300 or a mean of 1e308 is finite here but overflows the float32 model, and
+            # predict wrote NaN probabilities for every photo)
+            raise ValueError(f"expected null or {{mean: [numbers in ±{MAX_MEAN:g}], std: [numbers in "
+                             f"[{MIN_STD:g}, {MAX_STD:g}]]}} of equal length")
         return cls(tuple(map(float, value["mean"])), tuple(map(float, value["std"])))
 
     def as_json(self) -> dict:
@@ -164,11 +170,8 @@ def read_saved_run(run_dir: str | Path) -> SavedRun:
 
 
 def _parse_bytes(raw: bytes, path: Path) -> Any:
-    def no_constant(name: str):
-        raise ValueError(f"{name} is not JSON")
-
     try:
-        value = json.loads(raw.decode("utf-8"), parse_constant=no_constant)
+        value = json_loads_strict(raw.decode("utf-8"))
     except (ValueError, RecursionError) as exc:  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
         raise FileFormatError(path, "", f"cannot be read as a run's saved configuration "
                                         f"({' '.join(str(exc).split())[:200]})") from None
@@ -198,6 +201,12 @@ def load_trained(run: str | Path | SavedRun, which: str = "best"):
     model = create_model(config, len(class_names), saved.normalization.as_json() if saved.normalization else None)
     shape = (config.image_size, config.image_size, 3 if config.rgb else 1)
     template = state_template(model, config, shape)
+    if saved.normalization is not None:  # one statistic per input channel, or per feature of a frozen backbone
+        width = int(template.params["head"]["kernel"].shape[0]) if config.pretrained else shape[-1]
+        if len(saved.normalization.mean) != width:
+            raise FileFormatError(saved.path, "normalization",
+                                  f"{len(saved.normalization.mean)} values where the model has {width} "
+                                  f"{'features' if config.pretrained else 'input channels'}")
     ckpt = Checkpoints(saved.checkpoints)
     try:
         state, _ = ckpt.restore(which, template)
