@@ -44,7 +44,7 @@ import os
 import sys
 from pathlib import Path
 
-from experiments.errors import DISTRIBUTED, add_common, fraction, positive_int, run_command
+from experiments.cli import DISTRIBUTED, add_common, fraction, positive_int, run_command
 
 
 def images_signature(images: list[str]) -> str:

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from training.common.files import FileFormatError, atomic_open, csv_value
+from common.files import FileFormatError, atomic_open, csv_value
 
 
 class ReferralCount(NamedTuple):
