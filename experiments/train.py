@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 from typing import TYPE_CHECKING
 
 from experiments.cli import (
@@ -54,6 +53,7 @@ from experiments.names import BACKBONES, FINETUNE, MODELS, PRESETS, SCENARIOS
 
 if TYPE_CHECKING:
     from training.loop.config import TrainConfig
+    from training.runs.experiment import RunSummary
 
 
 def _target_recall(text: str) -> tuple[str, float]:
@@ -183,142 +183,21 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return config
 
 
-def data_record(data) -> dict:
-    """What identifies the training data of a run: its classes, size and a digest of (image, label) pairs."""
-    pairs = sorted(f"{d} {data.class_names[int(y)]}" for d, y in zip(data.digests, data.y))
-    return {"classes": list(data.class_names), "images": len(pairs),
-            "fingerprint": hashlib.sha256("\n".join(pairs).encode()).hexdigest()}
+def run(args: argparse.Namespace) -> RunSummary:
+    from training.loop.distributed import process_index
+    from training.runs.experiment import DataSpec, RunOptions, train_and_evaluate
 
-
-def run(args: argparse.Namespace) -> dict:
-    from training.loop.distributed import outputs_of_this_process, process_count, process_index
-
-    if args.resume and process_count() > 1:
-        raise ValueError("--resume: a job of several processes cannot resume (process 0 alone holds the run); "
-                         "resume it as one process, or start again with --overwrite")
-    with outputs_of_this_process(args.out) as out:
-        result = _run(args, out)
+    options = RunOptions(resume=args.resume, overwrite=args.overwrite, skip_bad=args.skip_bad,
+                         cache_dir=args.cache_dir, workers=args.workers, progress=not args.no_progress,
+                         engine=args.engine)
+    summary = train_and_evaluate(config_from_args(args), DataSpec(args.data, args.scenario, args.grouping), args.out,
+                                 options)
     if process_index() == 0:
-        folds = len(result["results"])
+        folds = len(summary.results)
         where = f"{args.out}/fold_1 … fold_{folds}" if folds > 1 else str(args.out)
         print(f"run written to {args.out}: summary {args.out}/summary.md, report (metrics.md, plots) and "
               f"checkpoints/ in {where}")
-    return result
-
-
-def _run(args: argparse.Namespace, out_path) -> dict:
-    import numpy as np
-
-    from training.data.dataset import load_dataset
-    from training.data.images import Preprocess
-    from training.runs.folder import RunFolder
-    from training.runs.results import describe
-
-    folder = RunFolder(out_path, resume=args.resume, overwrite=args.overwrite)
-    folder.check()  # before any work
-    config = config_from_args(args)
-    if config.weights:  # a user's weights file is read, safely, before any photo
-        from models.pretrained import check_weights_file
-
-        check_weights_file(config.model, config.weights, cache_dir=args.cache_dir)
-    data = load_dataset(args.data, Preprocess(config.image_size, config.crop, config.rgb), scenario=args.scenario,
-                        grouping_file=args.grouping, skip_bad=args.skip_bad, cache_dir=args.cache_dir,
-                        workers=args.workers, progress=not args.no_progress,
-                        # a frozen backbone needs only features: photos are read in chunks, never all at once
-                        decode=not (config.pretrained and (config.finetune == "head" or config.top_views))
-                        or args.skip_bad)
-    counts = {name: int(np.sum(data.y == i)) for i, name in enumerate(data.class_names)}
-    print(f"{data.source}: {data.report.summary()}; classes {counts}")
-    print(f"configuration: {describe(config)}")
-    with folder.writing({"config": config.to_json(), "data": data_record(data)}) as out:
-        result = _train(args, config, data, out, counts)
-    return {**result, "out": str(folder.target)}
-
-
-def _train(args: argparse.Namespace, config: TrainConfig, data, out, counts: dict) -> dict:
-    import jax
-    import numpy as np
-
-    from common.files import write_json_atomic
-    from common.layout import RunLayout
-    from common.tables import write_table
-    from training.evaluation.metrics import bootstrap_interval, classification_metrics
-    from training.runs.folds import pooled_predictions, run_folds
-    from training.runs.report import HEADLINE
-
-    write_json_atomic(RunLayout(out).data_report, {"source": data.source, "grouping": data.grouping.name,
-                                                   "class_counts": counts, **data.report.as_dict()})
-    results = run_folds(data, config, out, resume=args.resume, progress=not args.no_progress,
-                        cache_dir=args.cache_dir, engine=args.engine)
-    for r in results:
-        print(f"validation (scored once): accuracy {r.metrics['accuracy']:.3f}, balanced accuracy "
-              f"{r.metrics['balanced_accuracy']:.3f}, macro-F1 {r.metrics['macro_f1']:.3f} "
-              f"(majority baseline {r.baseline['accuracy']:.3f} / "
-              f"{r.baseline['balanced_accuracy']:.3f} / {r.baseline['macro_f1']:.3f}): {r.verdict}")
-        if r.metrics.get("operating_point"):
-            op = r.metrics["operating_point"]
-            print(f"operating point: {op['class']} when p ≥ {op['threshold']:.4f}: recall {op['recall']:.3f}, "
-                  f"precision {op['precision']:.3f} (target recall {op['target_recall']:g})")
-    y_true, y_pred = pooled_predictions(results, data.y)
-    lo, hi = bootstrap_interval(y_true, y_pred, key=jax.random.PRNGKey(config.seed))
-    rows = []
-    for key in HEADLINE:
-        vals = [r.metrics[key] for r in results if r.metrics.get(key) is not None]
-        base = [r.baseline[key] for r in results if r.baseline.get(key) is not None]
-        if vals:
-            rows.append({"metric": key, "mean": float(np.mean(vals)), "std": float(np.std(vals)),
-                         "baseline_mean": float(np.mean(base)) if base else ""})
-    pooled = classification_metrics(y_true, np.eye(len(data.class_names))[y_pred], data.class_names)
-    notes = (f"Every figure is from validation folds used for no choice. Balanced accuracy over all scored "
-             f"images: {pooled['balanced_accuracy']:.3f}, bootstrap 95% interval [{lo:.3f}, {hi:.3f}] "
-             f"({len(y_true)} images).\n")
-    calib, cal_notes = _calibration_summary(results, data.y, out, config)
-    notes += cal_notes
-    title = (f"{len(results)}-fold cross-validation (mean ± std over folds)" if len(results) > 1
-             else "Validation split (scored once)")
-    write_table(rows, out, "summary", title=title, notes=notes)
-    print(f"balanced accuracy {pooled['balanced_accuracy']:.3f}, bootstrap 95% interval [{lo:.3f}, {hi:.3f}]")
-    print(cal_notes.strip())
-    write_json_atomic(out / "summary.json", {
-        "config": config.to_json(), "balanced_accuracy": pooled["balanced_accuracy"],
-        "balanced_accuracy_ci95": [lo, hi], "n_scored": int(len(y_true)), **calib,
-        "folds": [{"metrics": r.metrics, "baseline": r.baseline, "best_epoch": r.best_epoch,
-                   "selection": r.selection, "seconds": r.seconds} for r in results]})
-    return {"results": results, "class_names": data.class_names, "out": str(out), "config": config,
-            "balanced_accuracy_ci95": (lo, hi), "pooled": pooled}
-
-
-def _calibration_summary(results, y, out, config: TrainConfig) -> tuple[dict, str]:
-    """The pooled scored photos' calibration measures, risk-coverage curve (``reliability_diagram.png``,
-    ``risk_coverage.*`` in ``out``) and what the saved referral thresholds did: ``(summary.json entries,
-    Markdown notes)``."""
-    import jax
-
-    from training.evaluation.calibration import referral_outcome
-    from training.runs.folds import pooled
-    from training.runs.report import calibration_notes, calibration_report
-
-    p = pooled(results, y)
-    key = jax.random.PRNGKey(config.seed)
-    report = calibration_report(out, p.probs, p.y, raw_probs=p.raw_probs, y_pred=p.y_pred, key=key,
-                                title=f"All {len(p.y)} scored photos.", conf=p.conf)
-    cal = [r.calibration["method"] for r in results if r.calibration]
-    notes = ("\nCalibration: " + (f"{config.calibration}, fitted in each fold on inner predictions of its training "
-                                   f"part (chosen: {', '.join(cal)})" if cal else "none (the raw softmax)")
-             + f"; all {len(p.y)} scored photos:\n\n"
-             + calibration_notes(report["calibration"], report.get("uncalibrated")))
-    if p.kept is not None:
-        outcome = referral_outcome(p.y, p.y_pred, p.kept, key=key)
-        ref = results[0].referral
-        lo, hi = outcome["balanced_accuracy_kept_ci95"]
-        clo, chi = outcome["coverage_ci95"]
-        notes += (f"\nReferral (threshold chosen in each fold on its inner predictions, for {ref['rule']} "
-                  f"{ref['target']:g}): {outcome['referred']} of {outcome['n']} photos referred; the "
-                  f"{outcome['kept']} kept ({outcome['coverage']:.3f} [{clo:.3f}, {chi:.3f}]) have balanced "
-                  f"accuracy {outcome['balanced_accuracy_kept']:.3f} [{lo:.3f}, {hi:.3f}] (all: "
-                  f"{outcome['balanced_accuracy_all']:.3f}).\n")
-        report["referral"] = outcome
-    return report, notes
+    return summary
 
 
 def validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -120,19 +120,19 @@ def test_default_train_and_predict_on_real_tree_photos(tmp_path):
     argv = ["--data", str(trees), "--grouping", str(repo / "examples" / "tree_vs_not.toml"),
             "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
     result = train.run(train.parser().parse_args(argv))
-    assert result["config"].model == "efficientnet_lite1" and result["config"].finetune == "head"
+    assert result.config.model == "efficientnet_lite1" and result.config.finetune == "head"
     report = json.loads((out / "data_report.json").read_text())
     assert report["found"] == 406 and report["loaded"] == 406 and not report["skipped"]  # nothing dropped
     assert report["class_counts"] == {"tree": 315, "not_a_tree": 91}
     for name in ("metrics.md", "metrics.csv", "history.csv", "head_selection.png", "confusion_matrix.png",
                  "summary.md"):
         assert (out / name).stat().st_size > 0, name
-    run = result["results"][0]
+    run = result.results[0]
     metrics = run.metrics
     assert metrics["n"] == 81 and run.baseline["balanced_accuracy"] == 0.5
     # measured 0.78 on this split (5-fold CV: 0.79-0.82); Model 1 from scratch: 0.50-0.65
     assert metrics["balanced_accuracy"] > 0.70
-    lo, hi = result["balanced_accuracy_ci95"]
+    lo, hi = result.balanced_accuracy_ci95
     assert lo < metrics["balanced_accuracy"] < hi
     predict.main(["--checkpoint", str(out), "--images", str(shared_path("tree-risk-examples")), "--out",
                   str(tmp_path / "p.csv"), "--no-progress"])
@@ -143,7 +143,7 @@ def test_default_train_and_predict_on_real_tree_photos(tmp_path):
         assert abs(r["p_tree"] + r["p_not_a_tree"] - 1.0) < 1e-5
     # a second run reads the cached features: the same figures
     again = train.run(train.parser().parse_args([*argv[:4], "--out", str(tmp_path / "again"), *argv[6:]]))
-    assert again["results"][0].metrics["balanced_accuracy"] == metrics["balanced_accuracy"]
+    assert again.results[0].metrics["balanced_accuracy"] == metrics["balanced_accuracy"]
 
 
 @pytest.mark.slow
@@ -308,7 +308,7 @@ def test_backbones_rows_agree_with_train_on_the_same_folds(small_photo_folder, t
     lite0 = backbones.parser().parse_args([*common, "--backbones", "efficientnet_lite0", "--out", str(tmp_path / "b")])
     _, _, probs, _ = backbones.fold_probabilities(lite0)  # its features from the cache
     results = train.run(train.parser().parse_args([*common, "--model", "efficientnet_lite0",
-                                                   "--out", str(tmp_path / "t")]))["results"]
+                                                   "--out", str(tmp_path / "t")])).results
     assert len(results) == len(probs["efficientnet_lite0"]) == 2
     for result, (rows_va, p) in zip(results, probs["efficientnet_lite0"]):
         np.testing.assert_array_equal(result.outer_index, rows_va)

@@ -504,13 +504,13 @@ def test_target_recall_threshold_is_saved_and_applied_by_predict(tmp_path, monke
         "--data", str(root), "--model", "efficientnet_lite0", "--image-size", "32", "--target-recall", "Probable=0.9",
         "--calibration", "auto", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]))
     split = json.loads((out / "split.json").read_text())
-    names = result["class_names"]
+    names = result.class_names
     (y_fit,) = seen
     assert y_fit.tolist() == [names.index(Path(p).parent.name) for p in split["train"]]
     assert len(y_fit) == 16 and len(split["validation"]) == 4
     cal = json.loads((out / "checkpoints" / "config.json").read_text())["calibration"]
     assert cal["requested"] == "auto" and cal["method"] in cal["cv_log_loss"] and cal["fitted_on"] == 16
-    op = result["results"][0].metrics["operating_point"]
+    op = result.results[0].metrics["operating_point"]
     assert op["class"] == "Probable" and op["target_recall"] == 0.9 and 0 <= op["threshold"] <= 1
     saved = json.loads((out / "checkpoints" / "config.json").read_text())["operating_point"]
     assert saved["threshold"] == op["threshold"]
