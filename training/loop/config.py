@@ -223,7 +223,9 @@ def _check_config(c: TrainConfig) -> None:
     for name in ("refer_coverage", "refer_accuracy"):
         if getattr(c, name) is not None and not (is_real(getattr(c, name)) and 0 < getattr(c, name) <= 1):
             fail(name, "null or a number in (0, 1]")
-    if c.selection != "inner" and (c.calibration != "none" or c.refer_coverage or c.refer_accuracy):
+    frozen_head = c.pretrained and c.finetune == "head"  # its inner predictions are the head's own inner CV
+    if (c.selection != "inner" and not frozen_head
+            and (c.calibration != "none" or c.refer_coverage or c.refer_accuracy)):
         raise ValueError(f"calibration and referral are fitted on inner predictions of the training part: they need "
                          f"selection 'inner' (here {c.selection!r}); use --calibration none (and no --refer-*)")
     if c.patience is not None and not (is_int(c.patience) and c.patience >= 1):
