@@ -42,33 +42,12 @@ from training.loop.steps import (
     predict_proba,
     write_history,
 )
+from training.runs.records import FoldResult
 from training.runs.report import write_run_report
 from training.transfer.features import backbone_for, extract_features, views_for
 from training.transfer.head import fit_head, head_probs, select_head
 
 log = logging.getLogger(__name__)  # shown by the commands (experiments.errors); silent in library use
-
-
-class FoldResult(NamedTuple):
-    """One outer fold, scored once.
-
-    ``kind`` is ``"epochs"`` (a network trained by epochs: ``history`` has one row per epoch) or
-    ``"head"`` (a softmax head on frozen features: ``history`` samples the inner-CV loss curves,
-    ``curves`` holds them whole, one row per λ)."""
-
-    kind: str
-    history: list[dict]
-    metrics: dict  # on the scored fold
-    baseline: dict  # the majority predictor on the scored fold
-    best_epoch: int  # the epoch (or the head's step count) that was chosen
-    val_probs: np.ndarray  # the scored fold's probabilities, rows in ``outer_index`` order
-    normalization: dict | None
-    operating_point: dict | None
-    selection: str  # how the model was chosen, in words
-    curves: np.ndarray | None = None
-    outer_index: np.ndarray | None = None  # the scored rows of the data set
-    seconds: float = 0.0
-    verdict: str = ""
 
 
 def splits_for(data: Dataset, config: TrainConfig) -> list[tuple[np.ndarray, np.ndarray]]:

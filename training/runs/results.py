@@ -23,7 +23,7 @@ from training.evaluation.metrics import beats_baseline
 from training.loop.config import PRESETS, TrainConfig, get_config
 
 if TYPE_CHECKING:
-    from training.runs.folds import FoldResult
+    from training.runs.records import FoldResult
 
 CONFIGS = {
     "lab-2020": dict(PRESETS["lab-2020"], folds=1),
