@@ -25,6 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.mlp_epoch import matmul_ceiling_gflops
+from common.files import output_dir
+from common.tables import write_table
+from common.timing import device_description, time_interleaved
 from models.common import same_padding
 from models.efficientnet_lite import (
     EfficientNetLite,
@@ -37,9 +40,6 @@ from models.efficientnet_lite import (
 )
 from models.pretrained import load_backbone, packaged_weights_file
 from models.torch_weights import load_state_dict
-from training.common.files import output_dir
-from training.common.tables import write_table
-from training.common.timing import device_description, time_interleaved
 
 
 def forward_flops(variant: str, size: int) -> int:

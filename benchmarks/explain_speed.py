@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import jax.numpy as jnp
     import numpy as np
 
+    from common.timing import device_description
     from experiments import explain, predict
-    from training.common.timing import device_description
     from training.data.images import Preprocess, load_image, photo_inputs
     from training.evaluation.explain import METHODS, batched, jitted
     from training.runs.saved import load_trained

@@ -33,12 +33,12 @@ import numpy as np
 
 from benchmarks.backbone_forward import forward_flops
 from benchmarks.mlp_epoch import matmul_ceiling_gflops
+from common.files import output_dir
+from common.tables import write_table
+from common.timing import device_description, time_interleaved
 from manual_backprop import efficientnet as eff
 from models.efficientnet_lite import DepthwiseConv, FrozenBatchNorm, PointwiseConv, block_specs
 from models.pretrained import load_backbone, packaged_weights_file
-from training.common.files import output_dir
-from training.common.tables import write_table
-from training.common.timing import device_description, time_interleaved
 from training.loop.config import get_config
 from training.loop.steps import create_model, create_state, make_batch, make_train_step
 from training.transfer.features import make_block_input_fn

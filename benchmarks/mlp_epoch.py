@@ -27,9 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import manual_backprop as mb
-from training.common.files import output_dir
-from training.common.tables import write_table
-from training.common.timing import device_description, time_call, time_interleaved
+from common.files import output_dir
+from common.tables import write_table
+from common.timing import device_description, time_call, time_interleaved
 
 SIZES = [784, 30, 10]
 ETA, BATCH = 3.0, 10

@@ -20,12 +20,12 @@ import os
 import jax
 
 from benchmarks.mlp_epoch import matmul_ceiling_gflops
+from common.files import output_dir
+from common.tables import write_table
+from common.timing import device_description, time_interleaved
 from manual_backprop import layers
 from models.common import same_padding
 from models.model1 import model1_layer_shapes
-from training.common.files import output_dir
-from training.common.tables import write_table
-from training.common.timing import device_description, time_interleaved
 
 
 def torch_available() -> bool:

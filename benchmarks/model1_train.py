@@ -22,10 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.mlp_epoch import matmul_ceiling_gflops
+from common.files import output_dir
+from common.tables import write_table
+from common.timing import device_description, time_interleaved
 from models.model1 import model1_forward_flops, model1_layer_shapes
-from training.common.files import output_dir
-from training.common.tables import write_table
-from training.common.timing import device_description, time_interleaved
 from training.loop.config import get_config
 from training.loop.steps import create_model, create_state, make_batch, make_train_step
 

@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 from benchmarks.predict_stream import make_photos, train_default_run
-from training.common.files import output_dir
-from training.common.tables import write_table
-from training.common.timing import device_description
+from common.files import output_dir
+from common.tables import write_table
+from common.timing import device_description
 
 
 def _free_port() -> int:

@@ -30,9 +30,9 @@ import jax
 import numpy as np
 from PIL import Image
 
-from training.common.files import output_dir
-from training.common.tables import write_table
-from training.common.timing import device_description
+from common.files import output_dir
+from common.tables import write_table
+from common.timing import device_description
 from training.inference.engine import probs_function
 from training.loop.devices import onnxruntime_available
 

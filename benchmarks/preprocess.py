@@ -16,8 +16,8 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from training.common.files import output_dir
-from training.common.tables import write_table
+from common.files import output_dir
+from common.tables import write_table
 from training.data.images import ImageCache, Preprocess, discover, load_images
 
 

@@ -18,16 +18,16 @@ from __future__ import annotations
 import argparse
 import collections
 
-from experiments.errors import add_common, mapping, run_command
+from experiments.cli import add_common, mapping, run_command
 
 ORDER = ("Improbable", "Possible", "Probable")  # training.evaluation.agreement.ORDER, lowest first
 
 
 def read_rows(path: str, *, written: bool = False) -> list[dict]:
     """The rows of a CSV with a ``path`` column (BOM and CRLF accepted): every row with the header's fields, no
-    field over 128 KiB (:func:`~training.common.files.read_csv_checked`; ``written``: predict's CSV, read back
+    field over 128 KiB (:func:`~common.files.read_csv_checked`; ``written``: predict's CSV, read back
     through the CSV rule); anything else is one line."""
-    from training.common.files import FileFormatError, read_csv_checked
+    from common.files import FileFormatError, read_csv_checked
 
     rows = read_csv_checked(path, "a CSV with a 'path' column", required=("path",), errors="surrogateescape",
                             written=written).rows
@@ -37,8 +37,8 @@ def read_rows(path: str, *, written: bool = False) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    from training.common.files import output_dir, safe_name
-    from training.common.tables import write_table
+    from common.files import output_dir, safe_name
+    from common.tables import write_table
     from training.evaluation.agreement import agreement, match_paths
 
     relabel = dict(args.map or [])

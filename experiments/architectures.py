@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import argparse
 
-from experiments.errors import add_common, deprecated_alias, image_size, positive_int, run_command
+from experiments.cli import add_common, deprecated_alias, image_size, positive_int, run_command
 from experiments.names import SCENARIOS
 
 MODELS = ("model1", "resnet50", "googlenet")
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    from training.common.files import output_dir
-    from training.common.tables import write_table
-    from training.common.timing import device_description
+    from common.files import output_dir
+    from common.tables import write_table
+    from common.timing import device_description
     from training.data.dataset import load_dataset
     from training.data.images import Preprocess
     from training.runs.folds import run_folds

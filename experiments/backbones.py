@@ -16,7 +16,7 @@ import argparse
 import time
 from typing import TYPE_CHECKING, Any
 
-from experiments.errors import add_common, image_size, positive_int, run_command
+from experiments.cli import add_common, image_size, positive_int, run_command
 from experiments.names import BACKBONES, SCENARIOS
 
 if TYPE_CHECKING:
@@ -80,9 +80,9 @@ def fold_probabilities(args: argparse.Namespace) -> tuple[Any, dict, dict[str, l
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    from training.common.files import output_dir
-    from training.common.tables import write_table
-    from training.common.timing import device_description
+    from common.files import output_dir
+    from common.tables import write_table
+    from common.timing import device_description
 
     data, configs, probs, seconds = fold_probabilities(args)
     rows = []
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 def plot(rows: list[dict], path, *, chance: float) -> None:
     import numpy as np
 
-    from training.common.tables import pyplot, save_figure
+    from common.tables import pyplot, save_figure
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(rows) + 1.2))

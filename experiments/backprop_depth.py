@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from functools import partial
 
-from experiments.errors import add_common, deprecated_alias, positive_int, run_command
+from experiments.cli import add_common, deprecated_alias, positive_int, run_command
 
 METHODS = ("naive chain", "cached backprop", "jax.grad")
 
@@ -50,9 +50,9 @@ def run(out: str, depths=(2, 4, 8, 16, 32, 64), width: int = 32, batch: int = 64
     import jax
 
     import manual_backprop as mb
-    from training.common.files import output_dir
-    from training.common.tables import pyplot, save_figure, write_table
-    from training.common.timing import device_description, time_call
+    from common.files import output_dir
+    from common.tables import pyplot, save_figure, write_table
+    from common.timing import device_description, time_call
 
     out_path = output_dir(out)
     fns = gradient_functions()

@@ -10,13 +10,13 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from common.timing import time_interleaved
 from manual_backprop import layers
 from manual_backprop.check import relative_error
 from manual_backprop.cnn import model1_batch_grads
 from models import Model1
 from models.common import jit_run_once
 from models.model1 import model1_layer_shapes
-from training.common.timing import time_interleaved
 
 
 def flax_loss(model, params, X, y, keys):

@@ -13,7 +13,7 @@ import argparse
 import functools
 from functools import partial
 
-from experiments.errors import add_common, deprecated_alias, image_size, positive_int, run_command
+from experiments.cli import add_common, deprecated_alias, image_size, positive_int, run_command
 
 ARCHITECTURES = {
     "3-2-3-5": [3, 2, 3, 5],
@@ -106,7 +106,7 @@ def timing_rows(batch: int = 64, repeats: int = 21, calls: int = CALLS_PER_SAMPL
     import numpy as np
 
     import manual_backprop as mb
-    from training.common.timing import time_interleaved
+    from common.timing import time_interleaved
 
     rows = []
     kw = dict(activation="sigmoid", cost="half_sse")
@@ -142,7 +142,7 @@ def timing_rows(batch: int = 64, repeats: int = 21, calls: int = CALLS_PER_SAMPL
 def plot(errors: list[dict], timings: list[dict], path) -> None:
     import numpy as np
 
-    from training.common.tables import pyplot, save_figure
+    from common.tables import pyplot, save_figure
 
     plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
@@ -172,9 +172,9 @@ def plot(errors: list[dict], timings: list[dict], path) -> None:
 
 
 def run(out: str, quick: bool = False) -> dict:
-    from training.common.files import output_dir
-    from training.common.tables import write_table
-    from training.common.timing import device_description
+    from common.files import output_dir
+    from common.tables import write_table
+    from common.timing import device_description
     from training.loop.devices import float64
 
     out_path = output_dir(out)
@@ -203,10 +203,10 @@ def run(out: str, quick: bool = False) -> dict:
 
 
 def run_cnn(out: str, image_size: int = 108, batch: int = 32, quick: bool = False) -> dict:
+    from common.files import output_dir
+    from common.tables import write_table
+    from common.timing import device_description
     from experiments import compare_cnn
-    from training.common.files import output_dir
-    from training.common.tables import write_table
-    from training.common.timing import device_description
     from training.loop.devices import float64
 
     out_path = output_dir(out)

@@ -26,7 +26,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from experiments.errors import add_common, positive_int, run_command
+from experiments.cli import add_common, positive_int, run_command
 from experiments.names import EXPLAIN_METHODS
 
 
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     import numpy as np
     from tqdm.auto import tqdm
 
-    from training.common.files import atomic_open, csv_row, output_dir
+    from common.files import atomic_open, csv_row, output_dir
     from training.data.images import BadImageError, photo_inputs
     from training.data.prefetch import decode_chunks
     from training.evaluation.explain import batched
@@ -150,7 +150,7 @@ def _draw(path: Path, x, maps: dict, title: str, name: str) -> None:
     from matplotlib import colormaps
     from PIL import Image, ImageDraw
 
-    from training.common.files import atomic_open
+    from common.files import atomic_open
 
     side = x.shape[0]
     scale = max(1, -(-160 // side))  # small inputs drawn at least 160 px wide

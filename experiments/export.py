@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from experiments.errors import DISTRIBUTED, add_common, run_command
+from experiments.cli import DISTRIBUTED, add_common, run_command
 
 
 def export_metadata(config, class_names: list[str], op: dict | None) -> dict[str, str]:
@@ -39,7 +39,7 @@ def export_metadata(config, class_names: list[str], op: dict | None) -> dict[str
 
 
 def run(args: argparse.Namespace) -> dict:
-    from training.common.files import atomic_open, check_destination
+    from common.files import atomic_open, check_destination
     from training.loop.distributed import process_index
 
     if process_index() != 0:  # one small file: process 0 writes it, the others have nothing to do

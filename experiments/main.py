@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from experiments.errors import add_common, run_command
+from experiments.cli import add_common, run_command
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,15 +13,15 @@ from __future__ import annotations
 import argparse
 import time
 
-from experiments.errors import add_common, positive_int, run_command
+from experiments.cli import add_common, positive_int, run_command
 
 
 def run(args: argparse.Namespace) -> dict:
     import jax
 
-    from training.common.files import output_dir
-    from training.common.tables import write_table
-    from training.common.timing import device_description
+    from common.files import output_dir
+    from common.tables import write_table
+    from common.timing import device_description
     from training.data.arrays import load_mnist_npz
     from training.evaluation.metrics import classification_metrics
     from training.loop.config import get_config

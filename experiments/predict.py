@@ -42,7 +42,7 @@ import os
 import sys
 from pathlib import Path
 
-from experiments.errors import DISTRIBUTED, add_common, positive_int, run_command
+from experiments.cli import DISTRIBUTED, add_common, positive_int, run_command
 
 
 def images_signature(images: list[str]) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from experiments.errors import DISTRIBUTED, add_common, deprecated_alias, image_size, positive_int, run_command
+from experiments.cli import DISTRIBUTED, add_common, deprecated_alias, image_size, positive_int, run_command
 from experiments.names import SCENARIOS, TABLE_CONFIGS
 
 COLUMNS = ["classes", "size", "config", "positive class", "Prec.", "Recall", "Acc.", "Bal. acc.", "Bal. acc. 95% CI",
@@ -29,7 +29,7 @@ COLUMNS = ["classes", "size", "config", "positive class", "Prec.", "Recall", "Ac
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    from training.common.files import output_dir
+    from common.files import output_dir
     from training.loop.distributed import outputs_of_this_process, process_index
 
     with outputs_of_this_process(args.out) as out:  # process 0 writes; the others compute alongside it
@@ -44,9 +44,9 @@ def run(args: argparse.Namespace) -> list[dict]:
 def _run(args: argparse.Namespace, out: Path) -> list[dict]:
     import jax
 
-    from training.common.files import write_json_atomic
-    from training.common.tables import write_table
-    from training.common.timing import device_description
+    from common.files import write_json_atomic
+    from common.tables import write_table
+    from common.timing import device_description
     from training.data.dataset import load_dataset
     from training.data.images import Preprocess
     from training.evaluation.metrics import bootstrap_interval

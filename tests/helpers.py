@@ -32,10 +32,10 @@ def assert_tree_close(actual, expected, rtol: float) -> None:
 
 def read_predictions(path) -> list[dict]:
     """The rows of a CSV written by ``experiments.predict``, probabilities as floats, text as written (the CSV
-    formula rule undone: ``training.common.files.csv_value``)."""
+    formula rule undone: ``common.files.csv_value``)."""
     import csv
 
-    from training.common.files import csv_value
+    from common.files import csv_value
 
     with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         return [{k: float(v) if k.startswith("p_") else csv_value(v) for k, v in row.items()}

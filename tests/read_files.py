@@ -22,9 +22,9 @@ TIMEOUT_S = 20
 
 
 def _readers() -> dict:
+    from common.files import parse_document, read_json, read_npz_checked
     from experiments.agreement import read_rows
     from models.pretrained import read_cached_backbone
-    from training.common.files import parse_document, read_json, read_npz_checked
     from training.data.arrays import load_mnist_npz
     from training.data.images import ImageCache, Preprocess, discover
     from training.data.labels import load_grouping
@@ -67,7 +67,7 @@ def _describe(value) -> str:
 
 
 def _outcome(read, path: str) -> dict:
-    from training.common.files import FileFormatError
+    from common.files import FileFormatError
 
     try:
         return {"outcome": "ok", "detail": _describe(read(path))}

@@ -328,7 +328,7 @@ def test_agreement_rater_names_never_leave_the_output(tmp_path):
     out = tmp_path / "o" / "sub"
     agreement.main(["--predictions", str(preds), "--ratings", str(ratings), "--out", str(out)])
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["sub"]
-    v, x = "_.._.._victim", "_.._x"  # training.common.files.safe_name: one plain file-name part each
+    v, x = "_.._.._victim", "_.._x"  # common.files.safe_name: one plain file-name part each
     assert sorted(p.name for p in out.iterdir()) == sorted(
         f"{n}.{e}" for n in ("agreement", f"confusion_model_vs_{v}", f"confusion_model_vs_{x}", f"confusion_{v}_vs_{x}")
         for e in ("md", "csv"))

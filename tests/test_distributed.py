@@ -348,7 +348,7 @@ def test_a_process_that_cannot_join_stops_with_one_line_within_its_timeout(tmp_p
 
 _PEER = """
 import os, sys, time
-from experiments.errors import add_common, run_command
+from experiments.cli import add_common, run_command
 import argparse
 p = argparse.ArgumentParser()
 add_common(p, "coordinator", "num-processes", "process-id", "join-timeout")

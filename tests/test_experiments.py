@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.tables import markdown_table
 from experiments import backprop_depth, compare_gradients, train_mlp
 from tests.conftest import shared_path
 from tests.helpers import read_predictions
-from training.common.tables import markdown_table
 from training.data.arrays import load_mnist_npz
 
 

@@ -2,7 +2,7 @@
 
 From the bottom up: ``common`` (files, tables, timing; imports nothing of the project) →
 ``data`` → ``evaluation`` → ``loop`` → ``transfer`` → ``runs`` and ``inference`` (siblings that
-do not import each other). ``models`` may use ``training.common`` only; ``manual_backprop`` (the
+do not import each other). ``models`` may use ``common`` only; ``manual_backprop`` (the
 hand-written rules) may use ``models.common``, the models' shared input and padding helpers.
 Lazy imports inside functions count too, and no module of the project (``training``, ``models``,
 ``manual_backprop``, ``experiments``, ``benchmarks``) reaches itself again through its imports.
@@ -67,8 +67,8 @@ def test_models_and_the_math_stand_below_training(package):
 
 
 def test_common_is_a_leaf():
-    for path in modules("training/common"):
-        assert all(m.startswith("training.common") for m in project_imports(path)), path
+    for path in modules("common"):
+        assert all(m.startswith("common") for m in project_imports(path)), path
 
 
 def module_name(path: Path) -> str:

@@ -1,4 +1,4 @@
-"""The one output writer (training.common.files): the user's umask, never through a link, never outside the output,
+"""The one output writer (common.files): the user's umask, never through a link, never outside the output,
 FIFOs and devices refused before anything opens, names from data made safe, one CSV formula rule."""
 
 import csv
@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from training.common.files import (
+from common.files import (
     UnsafeOutputError,
     atomic_open,
     csv_cell,
@@ -18,7 +18,7 @@ from training.common.files import (
     save_npy_atomic,
     write_json_atomic,
 )
-from training.common.tables import pyplot, save_figure, write_table
+from common.tables import pyplot, save_figure, write_table
 
 
 @pytest.fixture

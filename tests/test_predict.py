@@ -190,7 +190,7 @@ def _plan(paths=_PLAN_PATHS):
 
 def _partial(folder, n_rows=4, skipped=((_PLAN_PATHS[5], "bad photo"),)):
     """A partial output as predict leaves it: ``n_rows`` rows of the plan's files, one skipped file recorded."""
-    from training.common.files import csv_row
+    from common.files import csv_row
     from training.inference.stream import PartialCSV, csv_header
 
     partial = PartialCSV(folder / "o.csv", csv_header(_NAMES), _SIG)
@@ -259,7 +259,7 @@ _HOSTILE_PARTIALS = {
 
 @pytest.mark.parametrize("case", list(_HOSTILE_PARTIALS))
 def test_a_hostile_partial_output_is_one_error_naming_the_file_and_field(tmp_path, case):
-    from training.common.files import FileFormatError
+    from common.files import FileFormatError
 
     partial = _partial(tmp_path)
     edit, expected = _HOSTILE_PARTIALS[case]
@@ -304,7 +304,7 @@ def test_a_mutated_partial_output_resumes_correctly_or_is_one_error(tmp_path_fac
     whose rows are the plan's files, in order, once each, with probabilities that sum to 1 (read independently)."""
     import tracemalloc
 
-    from training.common.files import FileFormatError, csv_value
+    from common.files import FileFormatError, csv_value
     from training.inference.stream import PartialCSV, csv_header
 
     if not _TEMPLATE:  # one valid partial output, copied for each example (its fsyncs are slow)
@@ -340,7 +340,7 @@ def test_a_mutated_partial_output_resumes_correctly_or_is_one_error(tmp_path_fac
 def _shards(folder, bad=None):
     """Two complete shards of ``_PLAN_PATHS`` (4 files each, one skipped in the second), as the processes leave
     them; ``bad(lines)`` edits the second's rows."""
-    from training.common.files import csv_row, write_json_atomic
+    from common.files import csv_row, write_json_atomic
     from training.inference.stream import _csv_bytes, csv_header
 
     out = folder / "o.csv"
@@ -359,7 +359,7 @@ def _shards(folder, bad=None):
 @pytest.mark.parametrize("bad", [None, "row-of-the-other-shard", "row-twice", "row-missing", "probability-nan",
                                  "report-not-json"])
 def test_shards_are_joined_only_when_every_row_is_the_plans(tmp_path, bad):
-    from training.common.files import FileFormatError, csv_value
+    from common.files import FileFormatError, csv_value
     from training.inference.stream import csv_header, join_shards
 
     edits = {"row-of-the-other-shard": lambda ls: ls.append(b"a/0.png,a,0.5,0.5\n"),

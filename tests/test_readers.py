@@ -3,7 +3,7 @@
 - The registry (:data:`REGISTRY`) names every function that opens or parses a file. An AST scan of the project
   finds each call that reads a file (``open`` for reading, ``read_text``/``read_bytes``, ``json``/``tomllib``/
   ``np.load``, ``csv.reader``, ``Image.open``, zip members, unpicklers, orbax ``restore``) or uses one of the
-  checked readers of ``training.common.files``; the function holding it must be registered, so a new reader
+  checked readers of ``common.files``; the function holding it must be registered, so a new reader
   that is not fails :func:`test_every_reader_is_registered`.
 - Each reader key of ``tests/read_files.py`` gets structural hostile files (a FIFO, a folder, a device, an empty,
   binary, non-UTF-8, oversized or 5,000-deep file, and its format's own traps), each read in a forked child under
@@ -31,27 +31,27 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from training.common.files import FileFormatError
+from common.files import FileFormatError
 
 REPO = Path(__file__).resolve().parents[1]
 
 # ---- the registry ----------------------------------------------------------------------------------------------
 # "file::function" → how it is tested: a reader key of tests/read_files.py (hostile and fuzzed files here),
-# "helper" (a checked reader of training.common.files, reached through the readers that call it), another test,
+# "helper" (a checked reader of common.files, reached through the readers that call it), another test,
 # or why it is not a file reader.
 REGISTRY: dict[str, str] = {
     # checked readers: every reader below goes through them
-    "training/common/files.py::read_bytes_checked": "helper",
-    "training/common/files.py::read_text_checked": "helper",
-    "training/common/files.py::parse_document": "helper",
-    "training/common/files.py::json_loads_strict": "helper: parses text parse_document and _parse_bytes read",
-    "training/common/files.py::read_csv_checked": "helper",
-    "training/common/files.py::read_npy_member": "helper",
-    "training/common/files.py::read_npz_checked": "npz",
-    "training/common/files.py::_zip_directory_bytes": "npz (its end record, of a file stat'ed as regular first)",
-    "training/common/files.py::read_json": "json",
-    "training/common/files.py::load_cached_npy": "helper (feature_cache, image_cache)",
-    "training/common/files.py::sha256_of": "helper: hashes a file its callers stat as regular first",
+    "common/files.py::read_bytes_checked": "helper",
+    "common/files.py::read_text_checked": "helper",
+    "common/files.py::parse_document": "helper",
+    "common/files.py::json_loads_strict": "helper: parses text parse_document and _parse_bytes read",
+    "common/files.py::read_csv_checked": "helper",
+    "common/files.py::read_npy_member": "helper",
+    "common/files.py::read_npz_checked": "npz",
+    "common/files.py::_zip_directory_bytes": "npz (its end record, of a file stat'ed as regular first)",
+    "common/files.py::read_json": "json",
+    "common/files.py::load_cached_npy": "helper (feature_cache, image_cache)",
+    "common/files.py::sha256_of": "helper: hashes a file its callers stat as regular first",
     # readers of the user's files and of files the project wrote earlier
     "training/runs/saved.py::read_saved_run": "saved_run",
     "training/runs/saved.py::_parse_bytes": "saved_run",
@@ -81,7 +81,7 @@ REGISTRY: dict[str, str] = {
     "training/inference/stream.py::_json_object": "partial record and shard reports: tests/test_predict.py",
     "training/inference/stream.py::RowChecker.rows": "partial and shard rows: tests/test_predict.py (hostile, fuzz)",
     # not file readers
-    "training/common/files.py::umask": "not a user file: the process's /proc/self/status",
+    "common/files.py::umask": "not a user file: the process's /proc/self/status",
     "training/runs/folder.py::_plain": "not a file: json.loads(json.dumps(value)) normalises a value",
     "training/runs/folder.py::RunFolder.writing": "not a file: calls the method RunFolder.open",
     "experiments/agreement.py::run": "prints the report this command just wrote",
@@ -527,7 +527,7 @@ def test_fuzzed_csv_files_give_rows_or_one_line(fuzz_dir, body, reader):
 @FUZZ
 @given(st.binary(max_size=8), st.integers(0, 10_000), st.booleans())
 def test_fuzzed_npz_files_give_the_arrays_or_one_line(fuzz_dir, patch, at, cut):
-    from training.common.files import read_npz_checked
+    from common.files import read_npz_checked
 
     good = VALID["npz"]
     at %= len(good)
@@ -628,7 +628,7 @@ def test_a_resumed_runs_differences_are_quoted_short():
 
 
 def test_an_npz_with_a_huge_zip_directory_is_refused_before_it_is_parsed(tmp_path):
-    from training.common.files import read_npz_checked
+    from common.files import read_npz_checked
 
     path = tmp_path / "a.npz"
     path.write_bytes(_npz_big_directory())

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.common.files import FileFormatError
+from common.files import FileFormatError
 from training.evaluation.review import (
     PAGE,
     Prediction,

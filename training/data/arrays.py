@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from training.common.files import FileFormatError, read_npz_checked
+from common.files import FileFormatError, read_npz_checked
 
 
 class ArraySplit(NamedTuple):

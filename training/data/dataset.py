@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from training.common.files import sha256_of, sha256_of_array
+from common.files import sha256_of, sha256_of_array
 from training.data.arrays import digits
 from training.data.images import ImageCache, ImageSet, LoadReport, Preprocess, discover, index_images, load_images
 from training.data.labels import Grouping, get_grouping, require_two_classes

@@ -32,7 +32,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from training.common.files import (
+from common.files import (
     FileFormatError,
     cache_root,
     load_cached_npy,

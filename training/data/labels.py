@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.common.files import FileFormatError, parse_document
+from common.files import FileFormatError, parse_document
 
 
 def require_two_classes(labels, source) -> None:
@@ -98,7 +98,7 @@ def load_grouping(path: str | Path) -> Grouping:
 
     A regular file of at most 1 MiB; names are non-empty strings of at most 200 characters, at most 10,000 of
     each. Anything else (other keys, other types, nesting) is one
-    :class:`~training.common.files.FileFormatError` naming the file and the key.
+    :class:`~common.files.FileFormatError` naming the file and the key.
     """
     path = Path(path)
     raw = parse_document(path, "a grouping (TOML or JSON)", max_bytes=MAX_GROUPING_BYTES, max_depth=3)

@@ -20,7 +20,7 @@ Thumbnails load lazily (``loading="lazy"``), and the HTML costs well under 1 KB 
 Every name from the data (paths, class names, ratings) is HTML-escaped, links are percent-encoded, and
 the output is written atomically into a folder that is not a symlink. A malformed CSV (wrong columns,
 a field over 128 KiB, a non-finite or out-of-range probability, a path leaving the photos' folder) is
-one :class:`~training.common.files.FileFormatError` naming the file, the line and the field.
+one :class:`~common.files.FileFormatError` naming the file, the line and the field.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
-from training.common.files import FileFormatError, atomic_open, output_dir, read_csv_checked
+from common.files import FileFormatError, atomic_open, output_dir, read_csv_checked
 from training.evaluation.agreement import match_paths
 
 MAX_CSV_BYTES = 64 << 20  # predict's CSV for 5,000 photos is ~0.3 MB; this allows ~1,000,000 rows
@@ -102,7 +102,7 @@ class ReviewSummary:
 # ---- reading: predict's CSV, a person's ratings, explain's overlays -------------------------------------------
 
 def _csv_rows(path: Path, what: str, *, written: bool = True) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """``(header, [(line, cells)])`` of a CSV read by :func:`~training.common.files.read_csv_checked` (a regular
+    """``(header, [(line, cells)])`` of a CSV read by :func:`~common.files.read_csv_checked` (a regular
     file of at most :data:`MAX_CSV_BYTES`, cells of at most :data:`MAX_FIELD`; names that are not UTF-8 kept
     byte for byte, as predict writes them; ``written``: a CSV the project wrote, read back through its CSV rule)."""
     table = read_csv_checked(path, what, max_bytes=MAX_CSV_BYTES, max_field=MAX_FIELD, errors="surrogateescape",

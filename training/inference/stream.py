@@ -23,7 +23,7 @@ What is read back is verified, not trusted: the partial record and the shard rep
 records (:class:`ResumeState`, :func:`read_shard_report`), every row is checked against the :class:`Plan` (the
 folder's listing and the classes: :class:`RowChecker`) before it is kept or joined, and the processes of a job
 agree on a fingerprint of the plan before any work (:func:`agree_on_plan`). Every file is opened as a regular file
-only, never through a symbolic link and never blocking on a FIFO (``training.common.files.open_regular``)."""
+only, never through a symbolic link and never blocking on a FIFO (``common.files.open_regular``)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ from typing import IO, Any
 import jax
 import numpy as np
 
-from training.common.files import (
+from common.files import (
     FileFormatError,
     atomic_open,
     check_destination,
@@ -57,7 +57,7 @@ from training.data.prefetch import decode_chunks
 from training.loop.devices import DataParallel
 from training.loop.distributed import barrier, gather_rows, process_count, process_index, shard
 
-log = logging.getLogger(__name__)  # shown by the commands (experiments.errors); silent in library use
+log = logging.getLogger(__name__)  # shown by the commands (experiments.cli); silent in library use
 
 
 @dataclass(frozen=True)
@@ -251,7 +251,7 @@ class PartialCSV:
     """``OUT.partial`` (rows so far) and ``OUT.partial.json`` (its complete length and the run's signature).
 
     Both are opened only as regular files, never through a symbolic link and never blocking on a FIFO
-    (``training.common.files.open_regular``); what is read back is parsed (:func:`read_resume_state`) and
+    (``common.files.open_regular``); what is read back is parsed (:func:`read_resume_state`) and
     every row checked (:class:`RowChecker`) before any of it is kept."""
 
     def __init__(self, out: Path, header: list[str], signature: dict):

@@ -20,13 +20,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax.training import train_state
 
+from common.files import output_dir, write_json_atomic
+from common.layout import RunLayout
+from common.tables import write_table
 from models.common import jit_run_once
 from models.efficientnet_lite import map_images
 from models.model1 import Model1
 from models.transfer import TransferClassifier
-from training.common.files import output_dir, write_json_atomic
-from training.common.layout import RunLayout
-from training.common.tables import write_table
 from training.data.augment import Augment, augment_batch
 from training.evaluation.metrics import classification_metrics, majority_baseline
 from training.loop.checkpoints import Checkpoints
@@ -35,7 +35,7 @@ from training.loop.devices import DataParallel
 from training.loop.distributed import to_host
 from training.loop.optimizer import make_optimizer, masked_optimizer, trainable_mask
 
-log = logging.getLogger(__name__)  # shown by the commands (experiments.errors); silent in library use
+log = logging.getLogger(__name__)  # shown by the commands (experiments.cli); silent in library use
 
 
 class TrainState(train_state.TrainState):

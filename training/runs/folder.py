@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from training.common.files import (
+from common.files import (
     FileFormatError,
     check_destination,
     output_dir,
@@ -18,9 +18,9 @@ from training.common.files import (
     umask,
     write_json_atomic,
 )
-from training.common.layout import RunLayout
+from common.layout import RunLayout
 
-log = logging.getLogger(__name__)  # shown by the commands (experiments.errors); silent in library use
+log = logging.getLogger(__name__)  # shown by the commands (experiments.cli); silent in library use
 
 
 # ---- run folders: never left inconsistent ---------------------------------------------------------------

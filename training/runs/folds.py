@@ -24,9 +24,9 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from training.common.files import output_dir, write_json_atomic
-from training.common.layout import RunLayout
-from training.common.timing import device_description
+from common.files import output_dir, write_json_atomic
+from common.layout import RunLayout
+from common.timing import device_description
 from training.data.dataset import Dataset
 from training.data.labels import require_two_classes, stratified_folds, stratified_split
 from training.evaluation.decision import decide, operating_point
@@ -47,7 +47,7 @@ from training.runs.report import write_run_report
 from training.transfer.features import backbone_for, extract_features, views_for
 from training.transfer.head import fit_head, head_probs, select_head
 
-log = logging.getLogger(__name__)  # shown by the commands (experiments.errors); silent in library use
+log = logging.getLogger(__name__)  # shown by the commands (experiments.cli); silent in library use
 
 
 def splits_for(data: Dataset, config: TrainConfig) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from training.common.tables import plain_text, pyplot, save_figure, write_table
+from common.tables import plain_text, pyplot, save_figure, write_table
 from training.evaluation.metrics import beats_baseline
 
 if TYPE_CHECKING:

@@ -125,8 +125,8 @@ def read_result_row(path: str | Path, key: str) -> dict:
     read back to skip its work: a JSON object of at most 100 fields whose ``_key`` is ``key`` and whose values are
     numbers, strings (at most 10,000 characters), booleans, null, or (``settings``) an object of those, lists of
     them and objects of them (``augment``). Anything else is one
-    :class:`~training.common.files.FileFormatError` naming the file and field."""
-    from training.common.files import FileFormatError, parse_document
+    :class:`~common.files.FileFormatError` naming the file and field."""
+    from common.files import FileFormatError, parse_document
     from training.loop.config import is_real
 
     row = parse_document(path, "a row of the results table (delete it to compute the row again)", fmt="json",

@@ -7,7 +7,7 @@
 - ``normalization`` (optional): null or :class:`Normalization`;
 - ``operating_point`` (optional): null or :class:`OperatingPoint`.
 
-Anything else is one :class:`~training.common.files.FileFormatError` naming the file and the key. To add an
+Anything else is one :class:`~common.files.FileFormatError` naming the file and the key. To add an
 optional record (e.g. a calibration): a NamedTuple with a ``parse(value, class_names)`` that raises
 ``ValueError``, a field of :class:`SavedRun` defaulting to None, and its key in :data:`OPTIONAL`.
 """
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from training.common.files import MAX_NESTING, FileFormatError, json_loads_strict, nesting_depth, read_bytes_checked
-from training.common.layout import RunLayout
+from common.files import MAX_NESTING, FileFormatError, json_loads_strict, nesting_depth, read_bytes_checked
+from common.layout import RunLayout
 from training.loop.checkpoints import Checkpoints
 from training.loop.config import TrainConfig, is_int, is_real
 from training.loop.steps import create_model, state_template

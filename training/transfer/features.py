@@ -35,13 +35,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from common.files import cache_root, load_cached_npy
 from models.efficientnet_lite import EfficientNetLite, map_images
-from training.common.files import cache_root, load_cached_npy
 from training.data.augment import Augment, augment_image
 from training.loop.devices import resolve_engine
 from training.loop.distributed import any_process, gather_rows, process_count, process_index, shard
 
-log = logging.getLogger(__name__)  # shown by the commands (experiments.errors)
+log = logging.getLogger(__name__)  # shown by the commands (experiments.cli)
 
 
 def feature_cache_dir(cache_dir: str | Path | None, variant: str, weights_digest: str, pre_key: str,
@@ -186,7 +186,7 @@ def extract_features(x: np.ndarray | Sequence[str | Path], digests: Sequence[str
     """
     from tqdm.auto import tqdm
 
-    from training.common.files import save_npy_atomic
+    from common.files import save_npy_atomic
     from training.data.images import BadImageError
     from training.data.prefetch import decode_chunks
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from training.common.files import atomic_open, csv_cell, csv_row, inside
+from common.files import atomic_open, csv_cell, csv_row, inside
 
 
 def _fmt(value: Any) -> str:
@@ -40,7 +40,7 @@ def write_table(
 ) -> tuple[Path, Path]:
     """Write ``name.md`` (title, table, notes) and ``name.csv`` into ``out``; return both paths.
 
-    ``name`` must be a plain file name (:func:`~training.common.files.inside`; one made from data goes through
+    ``name`` must be a plain file name (:func:`~common.files.inside`; one made from data goes through
     ``safe_name`` first); the CSV's text cells follow the project's formula rule (``csv_cell``)."""
     columns = list(columns or (rows[0].keys() if rows else []))
     md_path, csv_path = inside(out, f"{name}.md"), inside(out, f"{name}.csv")
