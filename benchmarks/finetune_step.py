@@ -112,7 +112,7 @@ def step_rows(variant: str, size: int, batch: int, modes: list[str], top_blocks:
     for mode in modes:
         finetune = "top" if mode == "top-maps" else mode
         config = get_config(model=variant, finetune=finetune, top_blocks=top_blocks, image_size=size,
-                            learning_rate=1e-4, batch_size=batch)
+                            learning_rate=1e-4, batch_size=batch, recipe=False)
         model = create_model(config, 2)
         state0 = create_state(model, config, (size, size, 3), key=jax.random.PRNGKey(0), backbone=backbone)
         batch_in = b

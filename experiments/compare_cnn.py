@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 
 from common.timing import time_interleaved
-from experiments.compare_gradients import relative_error
 from manual_backprop import layers
+from manual_backprop.check import relative_error
 from manual_backprop.cnn import model1_batch_grads
 from models import Model1
 from models.common import jit_run_once

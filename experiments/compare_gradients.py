@@ -64,28 +64,12 @@ def _inputs(*args):
     return _inputs_jitted()(*args)
 
 
-def relative_error(actual, expected) -> float:
-    """‖Δ‖/‖ref‖ of one array (‖Δ‖ where the reference is zero), in NumPy: no program compiled per shape."""
-    import numpy as np
-
-    a, e = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    ref, diff = float(np.linalg.norm(e)), float(np.linalg.norm(a - e))
-    return diff / ref if ref > 0 else diff
-
-
-def max_relative_error(actual, expected) -> float:
-    """Largest per-array :func:`relative_error` of two matching pytrees."""
-    import jax
-
-    return max(relative_error(a, e) for a, e in zip(jax.tree_util.tree_leaves(actual),
-                                                      jax.tree_util.tree_leaves(expected)))
-
-
 def error_rows(batch: int = 16) -> list[dict]:
     import jax
     import jax.numpy as jnp
 
     import manual_backprop as mb
+    from manual_backprop.check import max_relative_error
 
     rows = []
     for arch, sizes in ARCHITECTURES.items():

@@ -23,9 +23,9 @@ def run(args: argparse.Namespace) -> dict:
     from common.tables import write_table
     from common.timing import device_description
     from training.data.arrays import load_mnist_npz
-    from training.data.augment import Augment
     from training.evaluation.metrics import classification_metrics
     from training.loop.config import get_config
+    from training.loop.presets import preset
     from training.loop.steps import fit, make_eval_step, predict_proba
     from training.runs.saved import load_trained
 
@@ -38,10 +38,8 @@ def run(args: argparse.Namespace) -> dict:
         x_train, x_valid, x_test = x_train[:n], x_valid[:n], x_test[:n]
         data = data._replace(**{split: getattr(data, split)._replace(y=getattr(data, split).y[:n])
                                 for split in ("train", "valid", "test")})
-    config = get_config("lab-2020", image_size=28, first_kernel=5, epochs=args.epochs, batch_size=128,
-                        learning_rate=1e-3, lr_schedule="cosine", standardize=True,
-                        augment=Augment(crop_pad=2, flip=False, max_degrees=8.0, brightness=0.0, contrast=0.0),
-                        selection="inner", seed=args.seed, grad=args.grad)
+    mnist = preset("mnist", "mnist_cnn")  # training.loop.presets
+    config = get_config(mnist.base, **mnist.settings, epochs=args.epochs, seed=args.seed, grad=args.grad)
     names = [str(i) for i in range(10)]
     start = time.perf_counter()
     result = fit(config, x_train, data.train.y, x_valid, data.valid.y, names, out, progress=not args.no_progress)

@@ -152,7 +152,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The preset with every flag the user gave on top."""
     from models.efficientnet_lite import native_size
     from training.data.augment import Augment
-    from training.loop.config import FINETUNE_RECIPE, PRESETS, TOP_RECIPE, get_config
+    from training.loop.config import get_config
 
     flags = {"model": args.model, "finetune": args.finetune, "weights": args.weights, "image_size": args.image_size,
              "rgb": args.rgb, "crop": args.crop, "epochs": args.epochs, "batch_size": args.batch_size,
@@ -170,12 +170,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         overrides["class_weights"] = None if args.class_weights == "none" else args.class_weights
     if args.no_tta:
         overrides["tta_flip"] = False
-    preset = PRESETS[args.preset]
-    finetune = overrides.get("finetune", preset.get("finetune", "head"))
-    if overrides.get("model", preset.get("model")) in BACKBONES and finetune != "head":
-        recipe = {**FINETUNE_RECIPE, **(TOP_RECIPE if finetune == "top" else {})}
-        overrides = {**recipe, **overrides}  # fine-tuning's own recipe; the user's flags win
-    config = get_config(args.preset, seed=args.seed, **overrides)
+    config = get_config(args.preset, seed=args.seed, **overrides)  # with fine-tuning's recipe; the user's flags win
     if config.model in BACKBONES and args.image_size is None:
         config = dataclasses.replace(config, image_size=native_size(config.model))
     if args.data is None and args.image_size is None and not config.pretrained:

@@ -221,7 +221,8 @@ def test_adam_steps_on_the_manual_backward_equal_autodiffs(lite0_case, autodiff_
     from training.loop.steps import TrainState, make_train_step
 
     model, params, batch, _ = lite0_case
-    config = get_config(model="efficientnet_lite0", finetune=finetune, top_blocks=1, learning_rate=1e-3)
+    config = get_config(model="efficientnet_lite0", finetune=finetune, top_blocks=1, learning_rate=1e-3,
+                        recipe=False)
     tx = masked_optimizer(make_optimizer(config), params, finetune, config.top_blocks)
     state0 = TrainState.create(apply_fn=model.apply, params=params, tx=tx).replace(step=jnp.zeros((), jnp.int32))
     step = make_train_step(model, grad="manual", finetune=finetune, top_blocks=config.top_blocks)

@@ -165,7 +165,7 @@ def test_finetune_modes_train_what_they_say_and_batchnorm_stays_frozen(finetune,
     params, _ = lite0
     backbone = {k: v for k, v in params.items() if k != "fc"}
     config = get_config(model="efficientnet_lite0", finetune=finetune, image_size=32, learning_rate=1e-3,
-                        batch_size=2)
+                        batch_size=2, recipe=False)
     model = create_model(config, 2)
     state = create_state(model, config, (32, 32, 3), key=jax.random.PRNGKey(0), backbone=backbone)
     rng = np.random.default_rng(0)
@@ -402,7 +402,8 @@ def test_fine_tuning_the_top_on_cached_maps_is_fine_tuning_it_on_the_photos(tmp_
     backbone = {k: v for k, v in params.items() if k != "fc"}
     block = len(block_specs("efficientnet_lite0")) - 2
     config = get_config(model="efficientnet_lite0", finetune="top", image_size=32, learning_rate=1e-3, batch_size=2,
-                        epochs=2, selection="last", tta_flip=True, calibration="none", refer_coverage=None)
+                        epochs=2, selection="last", tta_flip=True, calibration="none", refer_coverage=None,
+                        recipe=False)
     rng = np.random.default_rng(4)
     x, xv = (rng.uniform(0, 1, (n, 32, 32, 3)).astype(np.float32) for n in (4, 2))
     y, yv = np.arange(4, dtype=np.int32) % 2, np.arange(2, dtype=np.int32) % 2

@@ -560,6 +560,44 @@ def test_lab_2020_preset_is_the_decks_setup_field_by_field():
     assert set(PRESETS["lab-2020"]) <= set(deck)  # the preset sets nothing outside the deck's list
 
 
+def test_every_preset_is_one_typed_registry_entry_and_the_old_names_are_its_views():
+    """One place defines a preset (training.loop.presets); PRESETS, FINETUNE_RECIPE, TOP_RECIPE, MLP_PRESETS and
+    results.CONFIGS read it, read-only; every entry says what it is, and every TrainConfig one builds a config."""
+    from training.loop import config, presets
+    from training.runs import results
+
+    registry = presets.REGISTRY
+    views = [(config.PRESETS, "train"), (config.MLP_PRESETS, "mlp"), (results.CONFIGS, "table")]
+    for view, kind in views:
+        assert list(view) == [n for k, n in registry if k == kind]
+        assert all(view[name] is registry[kind, name].settings for name in view), kind
+    assert config.FINETUNE_RECIPE is registry["recipe", "all"].settings
+    assert {**config.FINETUNE_RECIPE, **config.TOP_RECIPE} == registry["recipe", "top"].settings
+    for (kind, name), entry in registry.items():
+        assert entry.doc and (entry.kind, entry.name) == (kind, name)
+        if kind in ("train", "table", "mnist"):
+            get_config(entry.base or "lab-2020", **entry.settings)  # a valid config (checked when built)
+    with pytest.raises(TypeError):
+        config.PRESETS["lab-2020"]["epochs"] = 5  # type: ignore[index]
+    with pytest.raises(ValueError, match="unknown mlp preset 'network3'"):
+        presets.preset("mlp", "network3")
+    # the table's improved and pretrained rows are built on lab-2020 (no calibration) and take the defaults back
+    defaults = config.TrainConfig(model="model1")
+    assert presets._CALIBRATED == {"calibration": defaults.calibration, "refer_coverage": defaults.refer_coverage}
+    assert results.config_for("pretrained", 240).calibration == defaults.calibration
+
+
+@pytest.mark.parametrize("finetune", ["top", "all"])
+def test_a_fine_tuned_preset_from_python_gets_the_recipe_the_command_gets(finetune):
+    from experiments import train
+
+    config = get_config("pretrained", finetune=finetune)
+    assert config == train.config_from_args(train.parser().parse_args(["--finetune", finetune]))
+    assert (config.learning_rate, config.head_init, config.top_views) == (3e-4, True, 8 if finetune == "top" else 0)
+    assert get_config("pretrained", finetune=finetune, learning_rate=1e-3).learning_rate == 1e-3  # overrides win
+    assert get_config("pretrained", finetune=finetune, recipe=False).learning_rate == 1e-2  # the preset alone
+
+
 @pytest.mark.parametrize("preset", ["lab-2020", "improved", "pretrained"])
 def test_a_config_survives_its_json_and_the_augmentation_is_one_object(preset):
     import json

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,7 @@ from models.model1 import ACTIVATIONS
 from models.transfer import BACKBONES
 from training.data.augment import Augment
 from training.data.images import CROPS
+from training.loop.presets import REGISTRY, presets, recipe_for
 
 MODELS = ("model1", "resnet50", "googlenet", *BACKBONES)
 GRADS = ("autodiff", "manual")
@@ -244,46 +246,27 @@ def _check_config(c: TrainConfig) -> None:
         fail("target_recall", "null or [class name, recall in (0, 1]]")
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # the lab's Dec 2020 deck: grayscale Model 1, Adam 1e-3, 4 epochs, batch 32, one seeded 80:20 split;
-    # the 4th epoch is scored (no choice is made on the validation split)
-    "lab-2020": dict(model="model1", image_size=108, rgb=False, crop="center", epochs=4, batch_size=32,
-                     learning_rate=1e-3, class_weights=None, standardize=False, augment=None, lr_schedule=None,
-                     patience=None, selection="last", folds=1, tta_flip=False, grad="manual", calibration="none",
-                     refer_coverage=None),
-    # the best from-scratch Model 1 settings: colour, augmentation, balanced weights, standardized inputs,
-    # Adam 1e-4 with cosine decay, early stopping on an inner validation split
-    "improved": dict(model="model1", image_size=108, rgb=True, augment=Augment(), class_weights="balanced",
-                     standardize=True, learning_rate=1e-4, lr_schedule="cosine", epochs=30, patience=6,
-                     selection="inner", batch_size=32, tta_flip=False, grad="manual"),
-    # the best measured: ImageNet EfficientNet-Lite1 (240 px), frozen, softmax head chosen on inner folds
-    "pretrained": dict(model="efficientnet_lite1", image_size=240, rgb=True, finetune="head", learning_rate=1e-2,
-                       class_weights="balanced", standardize=False, augment=None, selection="inner",
-                       tta_flip=True),
-}
+# The presets are defined once, in training.loop.presets; these names are read-only views of that registry
+PRESETS = presets("train")  # lab-2020, improved, pretrained and default (= pretrained)
+FINETUNE_RECIPE = REGISTRY["recipe", "all"].settings  # what fine-tuning a backbone adds (finetune "all")
+TOP_RECIPE = MappingProxyType({k: v for k, v in REGISTRY["recipe", "top"].settings.items()
+                               if k not in FINETUNE_RECIPE})  # and what "top" adds to that (top_views)
+MLP_PRESETS = presets("mlp")  # Nielsen's two networks for the hand-written MLP (experiments.train_mlp)
 
 
-PRESETS["default"] = PRESETS["pretrained"]
+def get_config(preset: str = "default", *, recipe: bool = True, **overrides: Any) -> TrainConfig:
+    """The ``preset``'s config with ``overrides`` (tests shrink it this way).
 
-# What ``--finetune top|all`` changes in the pretrained preset (each flag the user gives still wins): Keras' and
-# fastai's recipe. The head first (the frozen-feature head chosen by inner CV), then the top blocks (or all) with
-# it at a 30× lower rate, warmed up over one epoch and cosine-decayed, AdamW weight decay, augmented training
-# photos, and the epoch chosen (with early stopping) on an inner split of the training part. BatchNorm stays
-# in inference form. Adam at the head's 1e-2 on a random head collapses to the constant predictor (issue 17).
-# The steps run on the hand-written backward (manual_backprop.efficientnet): the same gradients as jax.grad,
-# 0.40x its time for ``all`` (benchmarks/RESULTS.md).
-FINETUNE_RECIPE: dict[str, Any] = dict(learning_rate=3e-4, lr_schedule="cosine", warmup_epochs=1, epochs=10,
-                                       weight_decay=1e-4, augment=Augment(crop_pad=16), patience=4,
-                                       selection="inner", head_init=True, grad="manual")
-# ``--finetune top`` on top of that: the frozen blocks' maps of each photo and of 8 augmented views (and their
-# mirror images) are computed once and cached, and each step runs the trainable top alone (issue 17, item 2)
-TOP_RECIPE: dict[str, Any] = dict(top_views=8)
-
-
-def get_config(preset: str = "default", **overrides: Any) -> TrainConfig:
-    """The ``preset``'s config with ``overrides`` (tests shrink it this way)."""
+    A pretrained backbone fine-tuned (``finetune`` ``"top"`` or ``"all"``) takes fine-tuning's recipe
+    (:func:`training.loop.presets.recipe_for`) on top of the preset, as ``train --finetune`` does; the
+    ``overrides`` still win. ``recipe=False`` leaves it out: the preset and the overrides alone (for a test or a
+    benchmark that pins one step's settings)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+    if recipe:
+        base = PRESETS[preset]
+        overrides = {**recipe_for(overrides.get("model", base.get("model")),
+                                  overrides.get("finetune", base.get("finetune", "head"))), **overrides}
     fields = {**PRESETS[preset], **overrides}
     if ("grad" not in overrides and fields.get("grad") == "manual" and fields.get("model") == "model1"
             and fields.get("activation", "relu") != "relu"):
@@ -291,12 +274,3 @@ def get_config(preset: str = "default", **overrides: Any) -> TrainConfig:
     if "grad" not in overrides and "model" in overrides and overrides["model"] != PRESETS[preset].get("model"):
         fields.pop("grad", None)  # a preset's gradient path is its model's: another model starts from the default
     return dataclasses.replace(TrainConfig(), **fields)
-
-
-# Nielsen's two networks for the hand-written MLP (experiments.train_mlp): network.py's and network2.py's settings
-MLP_PRESETS: dict[str, dict[str, Any]] = {
-    "network": dict(hidden=[30], activation="sigmoid", cost="half_sse", eta=3.0, lmbda=0.0,
-                    batch_size=10, epochs=30, weight_scale="unit"),
-    "network2": dict(hidden=[100], activation="sigmoid", cost="cross_entropy", eta=0.5, lmbda=5.0,
-                     batch_size=10, epochs=30, weight_scale="fan_in"),
-}

@@ -20,18 +20,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from training.evaluation.metrics import beats_baseline
-from training.loop.config import PRESETS, TrainConfig, get_config
+from training.loop.config import TrainConfig, get_config
+from training.loop.presets import presets
 
 if TYPE_CHECKING:
-    from training.runs.folds import FoldResult
+    from training.runs.records import FoldResult
 
-# config_for builds on the lab-2020 preset: the other rows take the default calibration and referral back
-_CALIBRATED = dict(calibration=TrainConfig.calibration, refer_coverage=TrainConfig.refer_coverage)
-CONFIGS = {
-    "lab-2020": dict(PRESETS["lab-2020"], folds=1),
-    "improved": dict(PRESETS["improved"], folds=5, **_CALIBRATED),
-    "pretrained": dict(PRESETS["pretrained"], folds=5, **_CALIBRATED),
-}
+CONFIGS = presets("table")  # defined in training.loop.presets: the training presets with their folds
 
 
 def config_for(name: str, image_size: int, *, rgb: bool = False, seed: int = 0, **overrides) -> TrainConfig:
