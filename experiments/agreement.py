@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+from pathlib import Path
 
 from experiments.cli import add_common, mapping, run_command
 
@@ -67,6 +68,9 @@ def run(args: argparse.Namespace) -> list[dict]:
                              [r[second] for r in ratings], order) for first, second in pairs]
     except ValueError as exc:  # a label outside --order: name the file it came from
         raise ValueError(f"{args.ratings}: {exc}") from None
+    report = Path(args.out) / "agreement.md"
+    if (report.exists() or report.is_symlink()) and not args.overwrite:  # a user's earlier report is kept
+        raise FileExistsError(f"{report} exists: pass --overwrite to replace it (or choose another --out)")
     out = output_dir(args.out)
     rows = []
     shown = [_shown(label) for label in order]
@@ -110,6 +114,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--map", nargs="*", type=mapping, metavar="OLD=NEW",
                    help="relabel predictions, e.g. 'Probable+Possible=Probable'")
     add_common(p, "out", "no-progress", out="reports/agreement")
+    p.add_argument("--overwrite", action="store_true", help="replace the report of an earlier run in --out")
     return run_command(p, run, argv)
 
 

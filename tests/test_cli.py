@@ -297,8 +297,14 @@ def test_agreement_matches_photos_by_path_not_by_name(tmp_path):
     ratings = _write_csv(tmp_path / "r.csv", ["path", "rater1"],
                          [["siteA/IMG_0001.jpg", "Probable"], ["siteB/IMG_0001.jpg", "Improbable"],
                           ["IMG_0002.jpg", "Possible"]])  # a unique bare name is enough
-    rows = agreement.main(["--predictions", str(preds), "--ratings", str(ratings), "--out", str(tmp_path / "o")])
+    args = ["--predictions", str(preds), "--ratings", str(ratings), "--out", str(tmp_path / "o")]
+    rows = agreement.main(args)
     assert rows[0]["agreement"] == 1.0 and rows[0]["cohen_kappa"] == 1.0
+    before = (tmp_path / "o" / "agreement.md").read_bytes()
+    with pytest.raises(SystemExit) as info:  # the earlier report is the user's: replaced only when asked
+        agreement.main(args)
+    assert info.value.code == 1 and (tmp_path / "o" / "agreement.md").read_bytes() == before
+    assert agreement.main([*args, "--overwrite"])[0]["agreement"] == 1.0
 
 
 def test_agreement_refuses_an_ambiguous_name_and_a_bad_map(tmp_path, capsys):
