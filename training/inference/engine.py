@@ -28,9 +28,12 @@ def choose_engine(requested: str, model) -> str:
 
 
 def onnxruntime_probs(model, params, *, image_size: int, channels: int, tta_flip: bool,
-                      threads: int | None = None, calibration=None) -> Callable[[object, np.ndarray], np.ndarray]:
+                      threads: int | None = None, calibration=None,
+                      spin: bool | None = None) -> Callable[[object, np.ndarray], np.ndarray]:
     """``probs_fn(_, x)``: ONNX Runtime on the classifier's ONNX graph, built in memory (nothing written), with
-    the run's ``calibration`` inside it."""
+    the run's ``calibration`` inside it. ``threads``: its intra-op threads (None: ONNX Runtime's default, one
+    per core); ``spin``: whether they busy-wait for work between operators (None: ONNX Runtime's default, they
+    do)."""
     import onnxruntime as ort
 
     from models.onnx_graph import classifier_to_onnx
@@ -40,6 +43,8 @@ def onnxruntime_probs(model, params, *, image_size: int, channels: int, tta_flip
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
+    if spin is not None:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
     def probs_fn(_params, x) -> np.ndarray:
