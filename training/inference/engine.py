@@ -1,7 +1,8 @@
 """Which engine computes a trained classifier's probabilities: JAX, or ONNX Runtime on the exported graph.
 
-On CPU, ONNX Runtime runs this project's ONNX export of EfficientNet-Lite1 (``models.onnx_graph``) at
-1.5–1.8× the jitted JAX forward (benchmarks/RESULTS.md), so ``"auto"`` picks it there when ``onnx`` and
+On CPU, ONNX Runtime runs this project's ONNX export of EfficientNet-Lite1 (``models.onnx_graph``); it ran at
+1.5–1.8× the jitted JAX forward before ``map_images``, and at about its speed since (``predict``'s engine
+alone, benchmarks/RESULTS.md, issue 37 item 3), so ``"auto"`` still picks it there when ``onnx`` and
 ``onnxruntime`` are installed (``pip install -e '.[deploy]'``) and the model has an ONNX form (Model 1,
 EfficientNet-Lite); otherwise, and on GPU or TPU, JAX. Both give the same probabilities to 1e-4
 (``tests/test_matrix.py``). Either way the result is one ``probs_fn(params, x)``.
