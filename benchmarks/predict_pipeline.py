@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.common.timing import device_description
+from common.timing import device_description
 
 
 def _engine(model, params, config, engine: str, threads: int, spin: str):
