@@ -28,8 +28,9 @@ def onnxruntime_available() -> bool:
 
 def resolve_engine(requested: str, *, exportable: bool = True, what: str = "the model") -> str:
     """``"jax"`` or ``"onnxruntime"`` for ``requested`` (one of :data:`ENGINES`). ``"auto"``: ONNX Runtime on a
-    CPU backend when it is installed and ``exportable`` (it ran this project's EfficientNet-Lite graphs at
-    1.5–1.8× the JAX forward on CPU, benchmarks/RESULTS.md), else JAX (and always JAX on GPU or TPU). An
+    CPU backend when it is installed and ``exportable`` (since the JAX forward runs one image at a time on CPU,
+    the two engines run at about the same speed there and the measurements do not clearly favour a switch:
+    benchmarks/RESULTS.md, "predict against the bound"), else JAX (and always JAX on GPU or TPU). An
     impossible request raises ``ValueError`` naming it."""
     if requested not in ENGINES:
         raise ValueError(f"unknown engine {requested!r}; expected one of {list(ENGINES)}")
