@@ -527,14 +527,19 @@ def test_fuzzed_csv_files_give_rows_or_one_line(fuzz_dir, body, reader):
         assert len(result) == len(rows)
 
 
+def _mutated(good: bytes, patch: bytes, at: int, cut: bool) -> bytes:
+    """A valid file cut short at ``at`` (``cut``), or with ``patch`` written over it there."""
+    at %= len(good)
+    return good[:at] if cut else good[:at] + patch + good[at + len(patch):]
+
+
 @FUZZ
 @given(st.binary(max_size=8), st.integers(0, 10_000), st.booleans())
 def test_fuzzed_npz_files_give_the_arrays_or_one_line(fuzz_dir, patch, at, cut):
     from common.files import read_npz_checked
 
     good = VALID["npz"]
-    at %= len(good)
-    raw = good[:at] if cut else good[:at] + patch + good[at + len(patch):]
+    raw = _mutated(good, patch, at, cut)
     path = Path(tempfile.mkdtemp(dir=fuzz_dir)) / "a.npz"
     path.write_bytes(raw)
     result = _read_or_format_error(lambda p: read_npz_checked(p, "an .npz", max_bytes=1 << 20), path)
@@ -548,8 +553,7 @@ def test_fuzzed_feature_cache_entries_are_used_whole_or_computed_again(fuzz_dir,
     from training.transfer.features import _load_cached
 
     good = VALID["feature_cache"]
-    at %= len(good)
-    raw = good[:at] if cut else good[:at] + patch + good[at + len(patch):]
+    raw = _mutated(good, patch, at, cut)
     path = Path(tempfile.mkdtemp(dir=fuzz_dir)) / "f.npy"
     path.write_bytes(raw)
     entry = _load_cached(path, (2, 8))
