@@ -39,88 +39,31 @@ file system every process sees.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-from pathlib import Path
 
 from experiments.cli import DISTRIBUTED, add_common, fraction, positive_int, run_command
 
 
-def images_signature(images: list[str]) -> str:
-    """What --images names, as a resumed run's partial file records it (one folder: its absolute path)."""
-    resolved = [str(Path(i).resolve()) for i in images]
-    return resolved[0] if len(resolved) == 1 else json.dumps(resolved)
-
-
 def run(args: argparse.Namespace) -> dict:
-    from training.data.images import photo_inputs
-    from training.inference.engine import trained_classifier
-    from training.inference.stream import PartialCSV, StreamOptions, predict_sharded, shard_path
-    from training.loop.distributed import process_count, process_index
-    from training.runs.saved import load_trained, read_saved_run
+    from training.runs.predict import PredictOptions, predict_photos
 
-    out = Path(args.out)
-    count, index = process_count(), process_index()
-    # this process's partial output: of OUT, or of its shard of OUT in a job of several processes (only its paths
-    # are used here; predict_folder writes it)
-    partial = PartialCSV(out if count == 1 else shard_path(out, index, count), [], {})
-    partial.check_destinations()  # a link, FIFO, device or folder at OUT or a partial file: refused before any work
-    mine = partial.out  # this process's output: OUT, or its complete shard
-    if args.overwrite:
-        pass  # discarded once the run is loaded
-    elif partial.exists() and not args.resume:
-        raise FileExistsError(f"an interrupted prediction into {out} exists ({partial.path}): pass --resume to "
-                              "continue it or --overwrite to start again")
-    elif os.path.lexists(out) and not args.resume:
-        raise FileExistsError(f"{out} exists: pass --overwrite to replace it (or choose another --out)")
-    elif os.path.lexists(out) and not partial.exists() and (count == 1 or not os.path.lexists(mine)):
-        raise FileExistsError(f"{out} is complete and there is no interrupted prediction into it to resume "
-                              f"({partial.path}): --resume never replaces it; pass --overwrite to predict again")
-    saved = read_saved_run(args.checkpoint)  # the run is read once, here
-    model, params, config, class_names = load_trained(saved)
-    op = saved.operating_point.as_json() if saved.operating_point else None
-    classifier, engine = trained_classifier(model, params, config, class_names, op, args.engine,
-                                            calibration=saved.calibration)
-    signature = {"checkpoint": str(Path(args.checkpoint).resolve()), "images": images_signature(args.images),
-                 "checkpoint_config_sha256": saved.sha256}
-    if args.overwrite:
-        partial.discard()
-    ignored: list[tuple[str, str]] = []
-    photos = photo_inputs(args.images, ignored=ignored)
-    files, names = [f for f, _ in photos], dict(photos)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if op:
-        print(f"operating point: {op['class']} when its probability ≥ {op['threshold']:.4f}"
-              + (f" (chosen for recall ≥ {op['target_recall']:g})" if "target_recall" in op else ""))
-    calibration = saved.calibration
-    if calibration is not None:
-        print(f"probabilities calibrated by the run's {calibration.method} scaling (fitted on inner predictions)")
-    options = StreamOptions(batch_size=args.batch_size or config.batch_size, workers=args.workers,
-                            resume=args.resume, skip_bad=args.skip_bad, progress=not args.no_progress)
-    report = predict_sharded(files, None, classifier, out, signature=signature, options=options,
-                             overwrite=args.overwrite, names=names)
-    for path, reason in report.skipped:
+    options = PredictOptions(resume=args.resume, overwrite=args.overwrite, skip_bad=args.skip_bad, refer=args.refer,
+                             batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress,
+                             engine=args.engine)
+    report = predict_photos(args.checkpoint, args.images, args.out, options)
+    for _, reason in report.skipped:
         print(f"skipped: {reason}", file=sys.stderr)
-    n_rows = report.predicted + report.resumed
-    referral = None
-    threshold = saved.referral.threshold if saved.referral else None
-    if index == 0 and (args.refer is not None or threshold is not None):  # OUT is complete (joined) here
-        from training.inference.refer import add_refer_column
-
-        referral = add_refer_column(out, class_names, threshold=None if args.refer is not None else threshold,
-                                    fraction=args.refer, shift=None if calibration is None else calibration.shift)
-    where = str(out) if count == 1 else f"shard {index} of {count} of {out}" + (" (joined into it)" if index == 0
-                                                                                 else "")
-    print(f"{n_rows} predictions written to {where}"
+    out, index, count = report.out, report.process_index, report.process_count
+    where = out if count == 1 else f"shard {index} of {count} of {out}" + (" (joined into it)" if index == 0 else "")
+    print(f"{report.rows} predictions written to {where}"
           + (f" ({report.resumed} from the interrupted run)" if report.resumed else "")
           + (f"; {len(report.skipped)} bad files skipped" if report.skipped else "")
-          + (f"; {len(ignored)} entries left out (not photos: {', '.join(sorted({r for _, r in ignored}))})"
-             if ignored else "")
-          + (f"; {referral.referred} of {referral.rows} referred to a person ({referral.rule}; column refer)"
-             if referral else ""))
-    return {"rows": n_rows, "referred": None if referral is None else referral.referred,
-            "skipped": report.skipped, "ignored": ignored, "out": str(out)}
+          + (f"; {len(report.ignored)} entries left out (not photos: "
+             f"{', '.join(sorted({r for _, r in report.ignored}))})" if report.ignored else "")
+          + (f"; {report.referred} of {report.referral_rows} referred to a person ({report.referral_rule}; "
+             "column refer)" if report.referred is not None else ""))
+    return {"rows": report.rows, "referred": report.referred, "skipped": report.skipped, "ignored": report.ignored,
+            "out": out}
 
 
 def parser() -> argparse.ArgumentParser:

@@ -3,9 +3,10 @@
 ``common/`` (files, tables, timing, the run folder's layout) is project-wide and imports nothing of the
 project: every package may use it, ``models`` included, which imports nothing else above it. In training/,
 from the bottom up:
-``data`` → ``evaluation`` → ``loop`` → ``transfer`` → ``runs`` and ``inference`` (siblings that
-do not import each other). ``models`` may use ``common`` only; ``manual_backprop`` (the
-hand-written rules) may use ``models.common``, the models' shared input and padding helpers.
+``data`` → ``evaluation`` → ``loop`` → ``transfer`` → ``inference`` → ``runs`` (a whole run, predicting
+with a saved one included: ``runs`` may use ``inference``, never the reverse).
+``models`` may use ``common`` only; ``manual_backprop`` (the hand-written rules) may use ``models.common``,
+the models' shared input and padding helpers.
 Lazy imports inside functions count too, and no module of the project (``training``, ``models``,
 ``manual_backprop``, ``experiments``, ``benchmarks``) reaches itself again through its imports.
 """
@@ -19,7 +20,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("common", "training", "models", "manual_backprop", "experiments", "benchmarks")
-LAYERS = {"data": 1, "evaluation": 2, "loop": 3, "transfer": 4, "runs": 5, "inference": 5}
+LAYERS = {"data": 1, "evaluation": 2, "loop": 3, "transfer": 4, "inference": 5, "runs": 6}
 
 
 def project_imports(path: Path) -> list[str]:
