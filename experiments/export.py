@@ -15,71 +15,19 @@ are refused, naming the model.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from experiments.cli import DISTRIBUTED, add_common, run_command
 
 
-def export_metadata(config, class_names: list[str], op: dict | None, calibration=None,
-                    referral: dict | None = None) -> dict[str, str]:
-    """What a user of the file needs besides the graph, as strings (ONNX ``metadata_props``)."""
-    calibrated = calibration is not None and calibration.method != "none"
-    shift_note = (f" after log(p) − shift, shift = {list(calibration.shift)} (the calibration's shift, left out of "
-                  "the decision)" if calibrated and any(calibration.shift) else "")
-    return {
-        "input": "image: float32 (N, H, W, C), NHWC, RGB (C = 3) or ITU-R 601 luma (C = 1), values in [0, 1]",
-        "image_size": str(config.image_size),
-        "channels": "3" if config.rgb else "1",
-        "preprocessing": (f"decode, apply the EXIF orientation, {'take the largest centred square' if config.crop == 'center' else 'use the whole photo (squashed)'}, "  # noqa: E501
-                          f"bicubic resize to {config.image_size}×{config.image_size}, divide by 255"),
-        "output": "probabilities: float32 (N, classes), softmax" + (
-            "; the mean of the image's and its mirror image's" if (config.pretrained and config.tta_flip) else "")
-            + ("; then calibrated inside the graph: softmax(scale * log(max(p, 1e-12)) + shift)" if calibrated else ""),
-        "calibration": json.dumps(calibration.to_json() if calibrated else None),
-        "referral": json.dumps(None if referral is None else {
-            "threshold": referral["threshold"], "rule": "send the photo to a person when its largest probability < "
-                                                        "threshold (chosen on inner predictions)"}),
-        "class_names": json.dumps(class_names),
-        "decision": (json.dumps({"class": op["class"], "class_index": op["class_index"], "threshold": op["threshold"],
-                                 "rule": "predict this class when its probability ≥ threshold, else the most "
-                                         "probable other class" + shift_note}) if op else
-                     "the most probable class" + shift_note),
-        "model": config.model + (f" (finetune {config.finetune})" if config.pretrained else ""),
-        "producer": "tree-risk-jax experiments.export",
-    }
-
-
 def run(args: argparse.Namespace) -> dict:
-    from common.files import atomic_open, check_destination
-    from training.loop.distributed import process_index
+    from training.runs.export import ExportOptions, export_onnx
 
-    if process_index() != 0:  # one small file: process 0 writes it, the others have nothing to do
-        return {"out": None, "classes": None}
-    out = Path(args.out)
-    check_destination(out)  # a link, FIFO or folder at --out: refused before any work
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(f"{out} exists: pass --overwrite to replace it (or choose another --out)")
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
-        raise ValueError("experiments.export needs the onnx package: pip install -e '.[deploy]'") from None
-    from models.onnx_graph import classifier_to_onnx
-    from training.runs.saved import load_trained, read_saved_run
-
-    saved = read_saved_run(args.checkpoint)  # the run is read once, here
-    model, params, config, class_names = load_trained(saved)
-    op = saved.operating_point.as_json() if saved.operating_point else None
-    proto = classifier_to_onnx(model, params, image_size=config.image_size, channels=3 if config.rgb else 1,
-                               tta_flip=config.pretrained and config.tta_flip, calibration=saved.calibration,
-                               metadata=export_metadata(config, class_names, op, saved.calibration,
-                                                        saved.referral.as_json() if saved.referral else None))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(out, "wb") as f:
-        f.write(proto.SerializeToString())
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): {config.model}, {len(class_names)} classes, "
-          f"input (N, {config.image_size}, {config.image_size}, {3 if config.rgb else 1}) in [0, 1]")
-    return {"out": str(out), "classes": class_names}
+    report = export_onnx(args.checkpoint, args.out, ExportOptions(overwrite=args.overwrite))
+    if report.out is not None:
+        size = report.image_size
+        print(f"wrote {report.out} ({report.size_bytes / 1e6:.1f} MB): {report.model}, {len(report.classes)} classes, "
+              f"input (N, {size}, {size}, {report.channels}) in [0, 1]")
+    return {"out": report.out, "classes": report.classes}
 
 
 def parser() -> argparse.ArgumentParser:
