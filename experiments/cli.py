@@ -1,7 +1,7 @@
 """The command-line tools' error boundary: arguments checked by argparse, one line for a user's mistake.
 
 Argument types (``positive_int``, ``positive_float``, ``fraction``, ``mapping``) make argparse
-print its one-line ``error: argument --x: …`` and exit 2 before any work. :func:`run_command`
+print one line, ``PROG: error: argument --x: …`` (no usage block), and exit 2 before any work. :func:`run_command`
 adds ``--debug`` and runs the command under :func:`user_errors`: bad input, bad or missing
 files, corrupt checkpoints and a diverging run print one ``error: …`` line and exit 1.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import logging
 import math
@@ -17,7 +18,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 # bad input, bad or missing files, bad weights or checkpoints, a diverging run: the user's to fix
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, PermissionError,
@@ -61,6 +62,7 @@ def run_command(p: argparse.ArgumentParser, run: Callable[[argparse.Namespace], 
                 validate: Callable[[argparse.ArgumentParser, argparse.Namespace], None] | None = None) -> Any:
     """Parse ``argv`` (adding ``--debug``), check the arguments, then ``run(args)`` under :func:`user_errors`."""
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    p.error = functools.partial(_one_line_error, p)  # type: ignore[method-assign]
     args = p.parse_args(argv)
     show_library_messages()
     if validate is not None:
@@ -77,6 +79,11 @@ def run_command(p: argparse.ArgumentParser, run: Callable[[argparse.Namespace], 
         if job is not None:
             return _in_job(lambda: user_errors(lambda: run(args), debug=args.debug))
     return user_errors(lambda: run(args), debug=args.debug)
+
+
+def _one_line_error(p: argparse.ArgumentParser, message: str) -> NoReturn:
+    """argparse's error, as one line (``PROG: error: …``; no usage block above it) and exit status 2."""
+    p.exit(2, f"{p.prog}: error: {' '.join(message.split())} (--help lists the flags)\n")
 
 
 def _leaving_no_empty_folder(run: Callable[[argparse.Namespace], Any],
