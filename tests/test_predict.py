@@ -532,3 +532,28 @@ def test_a_hostile_prediction_csv_given_to_referral_is_one_error_and_left_as_it_
     with pytest.raises(FileFormatError, match=f"p.csv: {field}"):
         add_refer_column(path, ["a", "b"], fraction=0.5)
     assert path.read_text() == text
+
+
+def test_a_model_whose_probabilities_are_not_finite_is_refused_naming_the_photo(tmp_path):
+    """Broken weights (NaN out of the network) stop predict with one line naming the first such photo; no row
+    of it is written, and the finished CSV is not made."""
+    from training.data.images import Preprocess
+    from training.inference.stream import Classifier, StreamOptions, predict_folder
+
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (10, 10), (40, 90, 160)).save(tmp_path / name)
+    files = [tmp_path / "a.png", tmp_path / "b.png"]
+
+    def probs_fn(_params, x):
+        p = np.full((len(x), 2), 0.5, np.float32)
+        p[1] = np.nan  # the second photo of the chunk
+        return p
+
+    classifier = Classifier(probs_fn, None, Preprocess(8, "center", True), ["x", "y"],
+                            decide=lambda p: np.argmax(p, axis=1), on_device=False)
+    out = tmp_path / "out" / "p.csv"
+    out.parent.mkdir()
+    with pytest.raises(FloatingPointError, match="'b.png' are not finite"):
+        predict_folder(files, tmp_path, classifier, out, signature={},
+                       options=StreamOptions(batch_size=2, workers=1, progress=False))
+    assert not out.exists()

@@ -370,6 +370,10 @@ def predict_folder(files: Sequence[Path], root: Path | None, classifier: Classif
 
     def write(paths: list[Path], probs) -> None:
         p = np.asarray(probs)[: len(paths)]
+        bad = ~np.isfinite(p).all(axis=1)
+        if bad.any():  # broken weights: no row is written for them, and the partial file keeps what was good
+            raise FloatingPointError(f"the model's probabilities for {rel[paths[int(np.argmax(bad))]]!r:.200} are "
+                                     "not finite (NaN or infinite): the run's weights are broken; train it again")
         k = c.decide(p)
         partial.append([csv_row([rel[f], c.class_names[int(i)], *map(float, row)]) for f, row, i in zip(paths, p, k)],
                        report.skipped)
