@@ -177,6 +177,14 @@ fraction = _number(float, lambda v: 0 < v < 1, "a number between 0 and 1")
 fraction_or_one = _number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 
 
+MAX_WORKERS = 256  # decoding threads: more than any machine's cores, far fewer than would exhaust its memory
+
+
+def worker_count(text: str) -> int:
+    """A number of decoding threads, 1 … :data:`MAX_WORKERS`."""
+    return _number(int, lambda v: 1 <= v <= MAX_WORKERS, f"an integer from 1 to {MAX_WORKERS}")(text)
+
+
 def image_size(text: str) -> int:
     """A square side in pixels, at least 8."""
     return _number(int, lambda v: v >= 8, "an integer ≥ 8")(text)
@@ -198,7 +206,7 @@ COMMON_HELP = {
     "seed": "the seed of every random choice (splits, initialisation, shuffling, augmentation)",
     "skip-bad": "skip unreadable photos (counted and named in the report) instead of stopping",
     "cache-dir": "cache of preprocessed images, features and converted weights (default ~/.cache/tree-risk-jax)",
-    "workers": "decoding threads (default: all cores)",
+    "workers": "decoding threads, at most 256 (default: all cores)",
     "no-progress": "no progress bars",
     "engine": "what runs the frozen network forward (predict's probabilities, the backbone's features): jax, or "
               "onnxruntime on this project's ONNX graph (the 'deploy' extra); auto (default): onnxruntime on CPU "
@@ -229,7 +237,7 @@ def add_common(p: argparse.ArgumentParser, *names: str, out: str | None = None, 
         elif name == "seed":
             p.add_argument(flag, type=int, default=0, help=f"{help_text} (default 0)")
         elif name == "workers":
-            p.add_argument(flag, type=positive_int, help=help_text)
+            p.add_argument(flag, type=worker_count, help=help_text)
         elif name == "engine":
             from experiments.names import ENGINES
 

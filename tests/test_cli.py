@@ -23,9 +23,10 @@ def _photos(root, labels=("a", "b"), n=3, size=12):
 
 @pytest.mark.parametrize(("flag", "value"), [("--epochs", "0"), ("--batch-size", "0"), ("--lr", "nan"),
                                              ("--lr", "-1"), ("--image-size", "0"), ("--folds", "0"),
-                                             ("--val-fraction", "1.5"), ("--target-recall", "Probable")],
+                                             ("--val-fraction", "1.5"), ("--target-recall", "Probable"),
+                                             ("--workers", "100000000")],
                          ids=["epochs-0", "batch-0", "lr-nan", "lr-negative", "size-0", "folds-0", "val-1.5",
-                              "recall-no-equals"])
+                              "recall-no-equals", "workers-1e8"])
 def test_bad_arguments_stop_before_any_work_with_one_line(flag, value, tmp_path, capsys):
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as info:
