@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from common.files import sha256_of, sha256_of_array
+from common.files import sha256_of_array
 from training.data.arrays import digits
 from training.data.cache import ImageCache
 from training.data.decoding import Preprocess
@@ -93,4 +93,4 @@ def load_dataset(
                    grouping, images.report, str(source))
 
 
-__all__ = ["Dataset", "digits_images", "load_dataset", "sha256_of"]
+__all__ = ["Dataset", "digits_images", "load_dataset"]
