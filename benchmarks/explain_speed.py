@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     from common.timing import device_description
     from experiments import explain, predict
-    from training.data.images import Preprocess, load_image, photo_inputs
+    from training.data.decoding import Preprocess, load_image
+    from training.data.discovery import photo_inputs
     from training.evaluation.explain import METHODS, batched, jitted
     from training.runs.saved import load_trained
 

@@ -49,7 +49,8 @@ def _engine(model, params, config, engine: str, threads: int, spin: str):
 
 def run(checkpoint: str, images: str, *, repeats: int, engines: list[str], workers: list[int],
         ort_threads: list[int], spins: list[str], batch_size: int | None) -> list[dict]:
-    from training.data.images import Preprocess, image_files, load_image
+    from training.data.decoding import Preprocess, load_image
+    from training.data.discovery import image_files
     from training.data.prefetch import decode_chunks
     from training.evaluation.decision import decide
     from training.inference.stream import Classifier, StreamOptions, predict_folder

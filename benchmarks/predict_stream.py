@@ -78,7 +78,8 @@ def train_default_run(tmp: Path) -> Path:
 
 
 def run(sizes: list[int], out: str, workers: int | None = None) -> list[dict]:
-    from training.data.images import Preprocess, image_files
+    from training.data.decoding import Preprocess
+    from training.data.discovery import image_files
     from training.evaluation.decision import decide
     from training.inference.stream import Classifier, StreamOptions, predict_folder
     from training.runs.saved import load_trained

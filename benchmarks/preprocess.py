@@ -3,7 +3,7 @@
     python -m benchmarks.preprocess --images ../shared/data/tree-risk-examples [--repeat 5]
 
 Plain: ``Image.open`` → ``exif_transpose`` → ``convert("L")`` → centre-crop bicubic resize, one
-photo after another. Ours: :func:`training.data.images.load_images` with JPEG draft decoding over
+photo after another. Ours: :func:`training.data.loading.load_images` with JPEG draft decoding over
 all cores, first with an empty cache (cold), then again (warm: no decoding at all).
 """
 
@@ -18,7 +18,10 @@ from PIL import Image, ImageOps
 
 from common.files import output_dir
 from common.tables import write_table
-from training.data.images import ImageCache, Preprocess, discover, load_images
+from training.data.cache import ImageCache
+from training.data.decoding import Preprocess
+from training.data.discovery import discover
+from training.data.loading import load_images
 
 
 def plain(path: Path, size: int) -> None:

@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     from common.tables import write_table
     from common.timing import device_description
     from training.data.dataset import load_dataset
-    from training.data.images import Preprocess
+    from training.data.decoding import Preprocess
     from training.runs.folds import run_folds
     from training.runs.results import config_for, table_row
 

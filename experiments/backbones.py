@@ -46,7 +46,7 @@ def fold_probabilities(args: argparse.Namespace) -> tuple[Any, dict, dict[str, l
     every backbone's features (cached), then each row's heads on the same outer folds."""
     from models.efficientnet_lite import native_size
     from training.data.dataset import load_dataset
-    from training.data.images import Preprocess
+    from training.data.decoding import Preprocess
     from training.loop.config import get_config
     from training.runs.folds import head_cv_probs
     from training.transfer.features import backbone_for, extract_features

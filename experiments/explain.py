@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     from tqdm.auto import tqdm
 
     from common.files import atomic_open, csv_row, output_dir
-    from training.data.images import BadImageError, photo_inputs
+    from training.data.decoding import BadImageError
+    from training.data.discovery import photo_inputs
     from training.data.prefetch import decode_chunks
     from training.evaluation.explain import batched
     from training.inference.engine import trained_classifier

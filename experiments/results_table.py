@@ -49,7 +49,7 @@ def _run(args: argparse.Namespace, out: Path) -> list[dict]:
     from common.tables import write_table
     from common.timing import device_description
     from training.data.dataset import load_dataset
-    from training.data.images import Preprocess
+    from training.data.decoding import Preprocess
     from training.evaluation.metrics import bootstrap_interval
     from training.loop.distributed import from_process_0, process_index
     from training.runs.folds import pooled_predictions, run_folds

@@ -202,7 +202,7 @@ def validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     except ValueError as exc:  # flags that do not go together (TrainConfig's own checks)
         p.error(str(exc))
     if args.data is not None:
-        from training.data.images import discover
+        from training.data.discovery import discover
         from training.data.labels import require_two_classes
 
         try:

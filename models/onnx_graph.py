@@ -2,7 +2,7 @@
 
 The graph takes ``image``: float32 (N, H, W, C), NHWC, values in [0, 1], H = W = the run's image size
 (the photo decoded, EXIF-rotated, centre-cropped or squashed and bicubic-resized, exactly as
-``training.data.images.load_image`` does) and returns ``probabilities``: float32 (N, n_classes),
+``training.data.decoding.load_image`` does) and returns ``probabilities``: float32 (N, n_classes),
 softmax over the classes (for a pretrained backbone with flip averaging: the mean of the image's and
 its mirror image's, as ``experiments.predict`` does).
 

@@ -26,7 +26,9 @@ def _readers() -> dict:
     from experiments.agreement import read_rows
     from models.pretrained import read_cached_backbone
     from training.data.arrays import load_mnist_npz
-    from training.data.images import ImageCache, Preprocess, discover
+    from training.data.cache import ImageCache
+    from training.data.decoding import Preprocess
+    from training.data.discovery import discover
     from training.data.labels import load_grouping
     from training.runs.folder import read_run
     from training.runs.results import read_result_row

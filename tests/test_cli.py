@@ -83,7 +83,7 @@ def test_a_single_class_data_set_is_refused_before_any_work(tmp_path, capsys):
 
 @pytest.mark.parametrize("newline", ["\n", "\r\n"], ids=["lf", "crlf"])
 def test_spreadsheet_manifest_with_bom_is_read(newline, tmp_path):
-    from training.data.images import discover
+    from training.data.discovery import discover
 
     _photos(tmp_path / "photos")
     manifest = tmp_path / "ratings.csv"
@@ -224,7 +224,7 @@ def test_a_non_empty_folder_without_a_run_is_refused(tmp_path, capsys):
 @pytest.mark.skipif(not hasattr(os, "symlink") or sys.platform == "win32", reason="needs POSIX symbolic links")
 def test_class_folders_are_read_recursively_and_every_left_out_entry_is_reported(tmp_path):
     from training.data.dataset import load_dataset
-    from training.data.images import Preprocess
+    from training.data.decoding import Preprocess
 
     root = _photos(tmp_path / "photos", n=2)
     (root / "a" / "2021").mkdir()
@@ -252,7 +252,7 @@ def test_class_folders_are_read_recursively_and_every_left_out_entry_is_reported
 def test_a_deep_tree_and_links_reaching_a_folder_many_ways_are_walked_once(tmp_path):
     # the walk recursed (1,200 folders deep: RecursionError) and followed every route of links (two links a
     # level, 24 levels: 2^24 visits, a hang)
-    from training.data.images import walk_files
+    from training.data.discovery import walk_files
 
     deep = tmp_path / "deep"
     deep.mkdir()
@@ -554,7 +554,7 @@ def test_predict_and_explain_take_a_photo_file_or_folders_and_agree(finished_run
 
 
 def test_two_photos_with_one_name_are_refused_and_a_file_given_twice_is_one_row(tmp_path):
-    from training.data.images import photo_inputs
+    from training.data.discovery import photo_inputs
 
     _photos(tmp_path / "site1", labels=("x",), n=1)
     _photos(tmp_path / "site2", labels=("x",), n=1)
@@ -580,7 +580,7 @@ for name in {ALL_COMMANDS!r}:
         importlib.import_module("experiments." + name).main(["--no-such-flag", "--no-progress"])
     assert "error:" in err.getvalue().strip().splitlines()[-1], (name, err.getvalue())
 heavy = ("jax", "flax", "optax", "orbax", "sklearn", "matplotlib", "models", "training.loop", "training.runs",
-         "training.data.images", "manual_backprop")
+         "training.data.decoding", "training.data.discovery", "training.data.loading", "manual_backprop")
 print(sorted(m for m in heavy if m in sys.modules))
 """
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -99,7 +99,7 @@ def test_predict_writes_one_row_per_photo(kind, runs):
 @pytest.mark.parametrize("kind", BY_KIND)
 def test_explain_writes_grad_cam_for_every_photo(kind, runs, photos, tmp_path):
     from experiments import explain
-    from training.data.images import Preprocess, load_image
+    from training.data.decoding import Preprocess, load_image
     from training.evaluation.explain import jitted
     from training.runs.saved import load_trained
 
@@ -153,7 +153,7 @@ def test_export_gives_predicts_probabilities_in_onnxruntime_or_refuses(kind, run
 
     from experiments import export, predict
     from tests.helpers import read_predictions
-    from training.data.images import Preprocess, load_image
+    from training.data.decoding import Preprocess, load_image
     from training.loop.config import TrainConfig
     from training.runs.saved import run_config
 
@@ -200,7 +200,7 @@ def test_calibration_is_saved_and_predict_and_referral_use_it(runs, photos):
     test_export_gives_predicts_probabilities_in_onnxruntime_or_refuses), and the refer column marks the photos whose
     decision's probability is below the threshold."""
     from tests.helpers import read_predictions
-    from training.data.images import Preprocess, load_image
+    from training.data.decoding import Preprocess, load_image
     from training.evaluation.calibration import apply, referral_confidence
     from training.evaluation.decision import decide
     from training.inference.engine import probs_function

@@ -40,7 +40,8 @@ def _predict(run, root, out, *extra):
 
 
 def test_streamed_rows_equal_in_memory_prediction(trained, tmp_path):
-    from training.data.images import Preprocess, load_unlabelled
+    from training.data.decoding import Preprocess, load_image
+    from training.data.discovery import image_files
     from training.loop.steps import make_eval_step, predict_proba
     from training.runs.saved import load_trained
 
@@ -48,12 +49,12 @@ def test_streamed_rows_equal_in_memory_prediction(trained, tmp_path):
     _predict(run, root, tmp_path / "p.csv")
     rows = read_predictions(tmp_path / "p.csv")
     model, params, config, names = load_trained(run)
-    images = load_unlabelled(root, Preprocess(config.image_size, config.crop, config.rgb), cache_dir=tmp_path / "c")
-    expected = predict_proba(make_eval_step(model), params, images.x, batch_size=5)
+    paths = image_files(root)  # the reference: every photo decoded one by one, all in memory
+    x = np.stack([load_image(p, Preprocess(config.image_size, config.crop, config.rgb)) for p in paths])
+    expected = predict_proba(make_eval_step(model), params, x, batch_size=5)
     by_path = {r["path"]: [r[f"p_{n}"] for n in names] for r in rows}
-    assert sorted(by_path) == sorted(str(p.relative_to(root)) for p in map(__import__("pathlib").Path,
-                                                                             images.paths))
-    got = np.array([by_path[str(__import__("pathlib").Path(p).relative_to(root))] for p in images.paths])
+    assert sorted(by_path) == sorted(str(p.relative_to(root)) for p in paths)
+    got = np.array([by_path[str(p.relative_to(root))] for p in paths])
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert [r["path"] for r in rows] == sorted(r["path"] for r in rows)  # in file order
     assert not list(tmp_path.glob("*.partial*"))
@@ -130,7 +131,7 @@ def test_bad_photos_stop_the_stream_or_are_counted(trained, tmp_path, capsys):
 
 def test_decoding_stays_a_bounded_number_of_chunks_ahead(tmp_path, monkeypatch):
     """However many files, at most (prefetch + 1) chunks are being decoded or waiting: memory is bounded."""
-    from training.data.images import Preprocess
+    from training.data.decoding import Preprocess
 
     files = [tmp_path / f"{i}.png" for i in range(40)]
     started, lock = [], threading.Lock()

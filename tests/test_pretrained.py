@@ -41,7 +41,7 @@ def test_state_dict_reader_and_parameter_count(lite0):
 
 def test_banana_photos_are_bananas(lite0):
     """The issue's sanity check: ImageNet class 954 (banana) in the top 5 for 4 of the 7 banana photos."""
-    from training.data.images import Preprocess, load_image
+    from training.data.decoding import Preprocess, load_image
 
     folder = shared_path("trees", "banana")
     params, _ = lite0
@@ -627,7 +627,7 @@ def test_features_read_from_files_in_chunks_equal_those_of_decoded_images(tmp_pa
     the features equal those of the same photos decoded up front; an unreadable photo is named."""
     from PIL import Image
 
-    from training.data.images import BadImageError, Preprocess, load_image
+    from training.data.decoding import BadImageError, Preprocess, load_image
 
     params, digest = lite0
     backbone = {k: v for k, v in params.items() if k != "fc"}

@@ -59,15 +59,15 @@ REGISTRY: dict[str, str] = {
     "training/runs/folder.py::read_run": "run_record",
     "training/runs/results.py::read_result_row": "result_row",
     "training/data/labels.py::load_grouping": "grouping",
-    "training/data/images.py::_read_manifest": "manifest",
+    "training/data/discovery.py::_read_manifest": "manifest",
     "experiments/agreement.py::read_rows": "ratings",
     "training/data/arrays.py::load_mnist_npz": "mnist",
     "training/transfer/features.py::_load_cached": "feature_cache",
-    "training/data/images.py::ImageCache.get": "image_cache",
+    "training/data/cache.py::ImageCache.get": "image_cache",
     "models/pretrained.py::read_cached_backbone": "weights_cache",
     "models/pretrained.py::load_backbone": "weights_cache; the weights: tests/test_security.py",
-    "training/data/images.py::load_image": "photos: tests/test_security.py::test_mutated_photos_*",
-    "training/data/images.py::_digest_or_error": "photos: stat as a regular file before hashing",
+    "training/data/decoding.py::load_image": "photos: tests/test_security.py::test_mutated_photos_*",
+    "training/data/loading.py::_digest_or_error": "photos: stat as a regular file before hashing",
     "models/torch_weights.py::load_state_dict": "weights: tests/test_security.py (hostile corpus, forked)",
     "models/torch_weights.py::_load_zip": "weights: tests/test_security.py",
     "models/torch_weights.py::_read_entry": "weights: tests/test_security.py",
@@ -513,7 +513,7 @@ CSV_TEXT = st.lists(st.sampled_from(list('ab,"\r\n\x00é ') + ["x.jpg"]), max_si
 @given(CSV_TEXT, st.sampled_from(["manifest", "ratings"]))
 def test_fuzzed_csv_files_give_rows_or_one_line(fuzz_dir, body, reader):
     from experiments.agreement import read_rows
-    from training.data.images import _read_manifest
+    from training.data.discovery import _read_manifest
 
     where = Path(tempfile.mkdtemp(dir=fuzz_dir))
     (where / "x.jpg").write_bytes(b"x")
@@ -613,7 +613,7 @@ def test_each_command_given_a_hostile_file_prints_one_line_naming_it(tmp_path, c
 
 def test_a_manifest_error_names_the_line_it_is_on(tmp_path):
     # rows were numbered 2, 3, … whatever blank lines and quoted newlines came before: line 3 here, not 7
-    from training.data.images import _read_manifest
+    from training.data.discovery import _read_manifest
 
     (tmp_path / "a.jpg").write_bytes(b"not read")
     manifest = tmp_path / "m.csv"

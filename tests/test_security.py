@@ -279,7 +279,7 @@ _PHOTOS = {fmt: _photo_bytes(fmt) for fmt in ("JPEG", "PNG", "WEBP", "GIF", "TIF
 def test_mutated_photos_give_an_image_or_one_bad_image_error(tmp_path_factory, fmt, edits, cut):
     import warnings
 
-    from training.data.images import BadImageError, Preprocess, load_image
+    from training.data.decoding import BadImageError, Preprocess, load_image
 
     raw = bytearray(_PHOTOS[fmt])
     for where, byte in edits:
@@ -394,7 +394,8 @@ def test_hostile_cache_entries_are_computed_again_never_read(tmp_path, case):
     computes it again): no allocation of what the header claims, no code run, no crash."""
     import os
 
-    from training.data.images import ImageCache, Preprocess
+    from training.data.cache import ImageCache
+    from training.data.decoding import Preprocess
     from training.transfer.features import _load_cached
 
     f4 = {"descr": "<f4", "fortran_order": False}

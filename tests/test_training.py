@@ -16,8 +16,11 @@ from PIL import Image
 
 from models import Model1, count_params, model1_param_count
 from tests.conftest import shared_path
-from training.data.images import BadImageError, ImageCache, Preprocess, discover, load_image, load_images
+from training.data.cache import ImageCache
+from training.data.decoding import BadImageError, Preprocess, load_image
+from training.data.discovery import discover
 from training.data.labels import SCENARIOS, Grouping, load_grouping, stratified_folds, stratified_split
+from training.data.loading import load_images
 from training.evaluation.metrics import classification_metrics, majority_baseline
 from training.loop.config import get_config
 from training.loop.steps import create_model, create_state, fit, make_batch, make_train_step
@@ -156,9 +159,9 @@ def test_decompression_bomb_limit_is_kept(tmp_path, monkeypatch):
 
 
 def test_missing_heif_support_says_how_to_install(tmp_path, monkeypatch):
-    import training.data.images as images
+    import training.data.decoding as decoding
 
-    monkeypatch.setattr(images, "HEIF_AVAILABLE", False)
+    monkeypatch.setattr(decoding, "HEIF_AVAILABLE", False)
     path = tmp_path / "photo.heic"
     path.write_bytes(b"\x00\x00\x00\x18ftypheic")
     with pytest.raises(BadImageError, match=r"pillow-heif.*\[heic\]"):
@@ -382,8 +385,8 @@ def test_refit_trains_the_chosen_epochs_on_the_whole_training_part_and_keeps_tha
     that epoch count and nothing chosen), and that model is saved and scored; the run's history stays the
     selection's, whose validation rows are honest. Without an inner split there is nothing to refit."""
     from training.data.dataset import Dataset
-    from training.data.images import LoadReport
     from training.data.labels import Grouping
+    from training.data.loading import LoadReport
     from training.runs.folds import run_folds, splits_for
 
     x, y = tiny_problem(n=30)

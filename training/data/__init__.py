@@ -1,1 +1,2 @@
-"""Data: photo discovery, decoding and cache, labels and splits, augmentation, prefetch; the digits and MNIST."""
+"""Data: finding photos (discovery), decoding one photo (decoding), the decoded-photo cache (cache), loading a
+list of photos with its report (loading), labels and splits, augmentation, prefetch; the digits and MNIST."""

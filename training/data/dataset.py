@@ -8,10 +8,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from common.files import sha256_of, sha256_of_array
+from common.files import sha256_of_array
 from training.data.arrays import digits
-from training.data.images import ImageCache, ImageSet, LoadReport, Preprocess, discover, index_images, load_images
+from training.data.cache import ImageCache
+from training.data.decoding import Preprocess
+from training.data.discovery import discover
 from training.data.labels import Grouping, get_grouping, require_two_classes
+from training.data.loading import ImageSet, LoadReport, index_images, load_images
 
 
 @dataclass
@@ -90,4 +93,4 @@ def load_dataset(
                    grouping, images.report, str(source))
 
 
-__all__ = ["Dataset", "digits_images", "load_dataset", "sha256_of"]
+__all__ = ["Dataset", "digits_images", "load_dataset"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data.images import BadImageError, Preprocess, load_image
+from training.data.decoding import BadImageError, Preprocess, load_image
 
 
 def decode_chunks(files: Sequence[Path], pre: Preprocess, *, chunk_size: int, workers: int | None = None,

@@ -291,14 +291,14 @@ def make_thumbnail(photo: Path, dest: Path, size: int = THUMB_SIZE) -> None:
     atomically to ``dest``; raises ``ValueError`` naming the photo when it cannot be read."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    from training.data.images import _to_rgb_or_l
+    from training.data.decoding import to_rgb_or_l
 
     try:
         with Image.open(photo) as im:
             if im.format in ("JPEG", "MPO"):
                 im.draft("RGB", (2 * size, 2 * size))  # DCT-domain downscaling: 1/2, 1/4 or 1/8
             im = ImageOps.exif_transpose(im)
-            im = _to_rgb_or_l(im, rgb=True)
+            im = to_rgb_or_l(im, rgb=True)
             im.thumbnail((size, size), Image.Resampling.LANCZOS)
             buffer = io.BytesIO()
             im.save(buffer, "JPEG", quality=82, optimize=True)

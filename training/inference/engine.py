@@ -93,7 +93,7 @@ def trained_classifier(model, params, config, class_names: list[str], operating_
     probability reaches a saved ``--target-recall`` threshold (``training.evaluation.decision.decide``),
     else the most probable class. ``calibration``: the run's (``SavedRun.calibration``): the probabilities are
     calibrated, and the decision leaves the calibration's shift out."""
-    from training.data.images import Preprocess
+    from training.data.decoding import Preprocess
     from training.evaluation.decision import decide
     from training.inference.stream import Classifier
 

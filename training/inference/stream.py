@@ -52,7 +52,7 @@ from common.files import (
     read_regular,
     write_json_atomic,
 )
-from training.data.images import BadImageError, Preprocess
+from training.data.decoding import BadImageError, Preprocess
 from training.data.prefetch import decode_chunks
 from training.loop.devices import DataParallel
 from training.loop.distributed import barrier, gather_rows, process_count, process_index, shard

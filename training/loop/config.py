@@ -13,7 +13,7 @@ import numpy as np
 from models.model1 import ACTIVATIONS
 from models.transfer import BACKBONES
 from training.data.augment import Augment
-from training.data.images import CROPS
+from training.data.decoding import CROPS
 from training.loop.presets import REGISTRY, presets, recipe_for
 
 MODELS = ("model1", "resnet50", "googlenet", *BACKBONES)

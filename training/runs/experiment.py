@@ -83,7 +83,7 @@ def train_and_evaluate(config: TrainConfig, data_spec: DataSpec, workdir: str | 
 
 def _run(config: TrainConfig, spec: DataSpec, out_path: Path, options: RunOptions) -> RunSummary:
     from training.data.dataset import load_dataset
-    from training.data.images import Preprocess
+    from training.data.decoding import Preprocess
     from training.runs.folder import RunFolder
     from training.runs.results import describe
 

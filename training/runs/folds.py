@@ -292,7 +292,7 @@ def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bo
     if config.pretrained:
         if not config.rgb:
             raise ValueError(f"{config.model} is an RGB network: grayscale input is not supported")
-        from training.data.images import Preprocess
+        from training.data.decoding import Preprocess
 
         backbone, digest = backbone_for(config, cache_dir=cache_dir)
         pre = Preprocess(config.image_size, config.crop, True)

@@ -68,7 +68,7 @@ def predict_photos(checkpoint: str | os.PathLike, images: list[str], out: str | 
     any work. Raises :class:`FileExistsError`, :class:`~common.files.FileFormatError` or :class:`ValueError`
     naming the file or value.
     """
-    from training.data.images import photo_inputs
+    from training.data.discovery import photo_inputs
     from training.inference.engine import trained_classifier
     from training.inference.refer import add_refer_column
     from training.inference.stream import PartialCSV, StreamOptions, predict_sharded, shard_path

@@ -177,17 +177,17 @@ def extract_features(x: np.ndarray | Sequence[str | Path], digests: Sequence[str
     what the frozen blocks below a fine-tuned top compute, cached the same way.
 
     ``x``: the preprocessed images (n, s, s, 3), or their files, with ``pre`` (a
-    :class:`~training.data.images.Preprocess`): then only the photos missing from the cache are read,
+    :class:`~training.data.decoding.Preprocess`): then only the photos missing from the cache are read,
     in chunks decoded by threads ahead of the backbone (:func:`training.data.prefetch.decode_chunks`),
     so memory stays bounded however many photos there are. An unreadable photo raises
-    :class:`~training.data.images.BadImageError` naming it. In a job of several processes each computes
+    :class:`~training.data.decoding.BadImageError` naming it. In a job of several processes each computes
     a contiguous shard of the missing photos (:func:`~training.loop.distributed.shard`, whole chunks) and
     every process returns all of them (``n computed``: photos, by the whole job).
     """
     from tqdm.auto import tqdm
 
     from common.files import save_npy_atomic
-    from training.data.images import BadImageError
+    from training.data.decoding import BadImageError
     from training.data.prefetch import decode_chunks
 
     engine = resolve_engine(engine) if block is None else "jax"
