@@ -538,7 +538,7 @@ def test_a_hostile_prediction_csv_given_to_referral_is_one_error_and_left_as_it_
 def test_a_model_whose_probabilities_are_not_finite_is_refused_naming_the_photo(tmp_path):
     """Broken weights (NaN out of the network) stop predict with one line naming the first such photo; no row
     of it is written, and the finished CSV is not made."""
-    from training.data.images import Preprocess
+    from training.data.decoding import Preprocess
     from training.inference.stream import Classifier, StreamOptions, predict_folder
 
     for name in ("a.png", "b.png"):
