@@ -41,3 +41,28 @@ def read_predictions(path) -> list[dict]:
         return [{k: float(v) if k.startswith("p_") else int(v) if k == "refer" else csv_value(v)
                  for k, v in row.items()}
                 for row in csv.DictReader(f)]
+
+
+def unwritable_folder(tmp_path):
+    """An existing folder this process cannot write in: a 0500 folder under ``tmp_path``, or, for root (who
+    writes anywhere; CI runs as root), ``/sys/kernel``, which refuses new entries to root too. Skips the
+    test where neither is available. (The caller restores ``tmp_path``'s folders' modes itself if it needs.)"""
+    import os
+    from pathlib import Path
+
+    import pytest
+
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        return ro
+    kernel = Path("/sys/kernel")
+    try:
+        kernel.joinpath(".tree-risk-write-probe").open("x").close()
+    except PermissionError:
+        return kernel
+    except OSError:
+        pass
+    else:  # pragma: no cover - a writable sysfs: leave nothing behind
+        kernel.joinpath(".tree-risk-write-probe").unlink()
+    pytest.skip("running as root and no folder refuses root's writes (/sys/kernel is absent or writable)")
