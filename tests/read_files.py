@@ -23,13 +23,13 @@ TIMEOUT_S = 20
 
 def _readers() -> dict:
     from common.files import parse_document, read_json, read_npz_checked
-    from experiments.agreement import read_rows
     from models.pretrained import read_cached_backbone
     from training.data.arrays import load_mnist_npz
     from training.data.cache import ImageCache
     from training.data.decoding import Preprocess
     from training.data.discovery import discover
     from training.data.labels import load_grouping
+    from training.runs.agreement import read_rows
     from training.runs.folder import read_run
     from training.runs.results import read_result_row
     from training.runs.saved import read_saved_run

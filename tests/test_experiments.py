@@ -158,10 +158,8 @@ def test_compare_gradients_cnn_writes_per_layer_tables(tmp_path):
 
 
 def test_agreement_kappas_and_confusion(tmp_path):
-    import argparse
-
-    from experiments import agreement as agreement_cli
     from training.evaluation.agreement import agreement
+    from training.runs.agreement import compare_ratings
 
     perfect = agreement(["Probable", "Possible", "Improbable"], ["Probable", "Possible", "Improbable"])
     assert perfect["cohen_kappa"] == 1.0 and perfect["quadratic_weighted_kappa"] == 1.0
@@ -177,19 +175,18 @@ def test_agreement_kappas_and_confusion(tmp_path):
                                     "x/c.jpg,Possible,1\n")
     (tmp_path / "r.csv").write_text("path,rater1,rater2\na.jpg,Probable,Possible\nb.jpg,Improbable,Improbable\n"
                                     "c.jpg,Possible,Possible\n")
-    rows = agreement_cli.run(argparse.Namespace(predictions=str(tmp_path / "p.csv"), ratings=str(tmp_path / "r.csv"),
-                                                order=None, map=None, out=str(tmp_path / "out")))
-    assert [r["pair"] for r in rows] == ["model vs rater1", "model vs rater2", "rater1 vs rater2"]
-    assert rows[0]["cohen_kappa"] == 1.0 and rows[1]["agreement"] == pytest.approx(2 / 3)
+    rows = compare_ratings(tmp_path / "p.csv", tmp_path / "r.csv", tmp_path / "out").rows
+    assert [r.pair for r in rows] == ["model vs rater1", "model vs rater2", "rater1 vs rater2"]
+    assert rows[0].cohen_kappa == 1.0 and rows[1].agreement == pytest.approx(2 / 3)
     assert (tmp_path / "out" / "confusion_model_vs_rater2.md").exists()
 
 
 @pytest.mark.slow
 def test_explain_cli_writes_heat_map_pngs(tmp_path):
 
-    from experiments import explain
     from training.loop.config import get_config
     from training.loop.steps import fit
+    from training.runs.explain import ExplainOptions, explain_photos
 
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, (12, 24, 24, 1)).astype(np.float32)
@@ -202,10 +199,9 @@ def test_explain_cli_writes_heat_map_pngs(tmp_path):
 
     for i in range(2):
         Image.fromarray((rng.uniform(0, 255, (30, 40, 3))).astype(np.uint8)).save(photos / f"p{i}.png")
-    rows = explain.main(["--checkpoint", str(tmp_path / "run"), "--images", str(photos),
-                         "--out", str(tmp_path / "explain"), "--no-progress"])
-    assert len(rows) == 2 and all(Path(r["png"]).stat().st_size > 0 for r in rows)
-    assert all(r["predicted"] in ("a", "b") and 0.5 <= r["probability"] <= 1.0 for r in rows)
+    rows = explain_photos(tmp_path / "run", [str(photos)], tmp_path / "explain", ExplainOptions(progress=False)).rows
+    assert len(rows) == 2 and all(Path(r.png).stat().st_size > 0 for r in rows)
+    assert all(r.predicted in ("a", "b") and 0.5 <= r.probability <= 1.0 for r in rows)
 
 
 @pytest.fixture

@@ -98,15 +98,14 @@ def test_predict_writes_one_row_per_photo(kind, runs):
 
 @pytest.mark.parametrize("kind", BY_KIND)
 def test_explain_writes_grad_cam_for_every_photo(kind, runs, photos, tmp_path):
-    from experiments import explain
     from training.data.decoding import Preprocess, load_image
     from training.evaluation.explain import jitted
+    from training.runs.explain import ExplainOptions, explain_photos
     from training.runs.saved import load_trained
 
     run, _ = runs(kind)
-    rows = explain.main(["--checkpoint", str(run), "--images", str(photos), "--out", str(tmp_path / "x"),
-                         "--methods", "grad_cam"])
-    assert len(rows) == 16 and all(Path(r["png"]).stat().st_size > 0 for r in rows)
+    rows = explain_photos(run, [str(photos)], tmp_path / "x", ExplainOptions(methods=("grad_cam",))).rows
+    assert len(rows) == 16 and all(Path(r.png).stat().st_size > 0 for r in rows)
     model, params, config, _ = load_trained(run)  # the map itself, on the model's last feature map
     x = load_image(next(photos.rglob("*.png")), Preprocess(config.image_size, config.crop, config.rgb))
     cam = np.asarray(jitted(model, "grad_cam")(params, x, 1))  # explain's own compiled map

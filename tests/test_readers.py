@@ -60,7 +60,7 @@ REGISTRY: dict[str, str] = {
     "training/runs/results.py::read_result_row": "result_row",
     "training/data/labels.py::load_grouping": "grouping",
     "training/data/discovery.py::_read_manifest": "manifest",
-    "experiments/agreement.py::read_rows": "ratings",
+    "training/runs/agreement.py::read_rows": "ratings",
     "training/data/arrays.py::load_mnist_npz": "mnist",
     "training/transfer/features.py::_load_cached": "feature_cache",
     "training/data/cache.py::ImageCache.get": "image_cache",
@@ -87,7 +87,6 @@ REGISTRY: dict[str, str] = {
     "common/files.py::umask": "not a user file: the process's /proc/self/status",
     "training/runs/folder.py::_plain": "not a file: json.loads(json.dumps(value)) normalises a value",
     "training/runs/folder.py::RunFolder.writing": "not a file: calls the method RunFolder.open",
-    "experiments/agreement.py::run": "prints the report this command just wrote",
     "experiments/architectures.py::run": "prints the report this command just wrote",
     "experiments/compare_gradients.py::run_cnn": "prints the reports this command just wrote",
     "experiments/results_table.py::_run": "prints the table this command just wrote",
@@ -512,8 +511,8 @@ CSV_TEXT = st.lists(st.sampled_from(list('ab,"\r\n\x00é ') + ["x.jpg"]), max_si
 @FUZZ
 @given(CSV_TEXT, st.sampled_from(["manifest", "ratings"]))
 def test_fuzzed_csv_files_give_rows_or_one_line(fuzz_dir, body, reader):
-    from experiments.agreement import read_rows
     from training.data.discovery import _read_manifest
+    from training.runs.agreement import read_rows
 
     where = Path(tempfile.mkdtemp(dir=fuzz_dir))
     (where / "x.jpg").write_bytes(b"x")
