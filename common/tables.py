@@ -29,6 +29,13 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
     return "\n".join(lines) + "\n"
 
 
+def markdown_document(rows: Sequence[dict[str, Any]], *, title: str, notes: str = "",
+                      columns: Sequence[str] | None = None) -> str:
+    """The text of the ``name.md`` that :func:`write_table` writes: the title, the table and the notes."""
+    columns = list(columns or (rows[0].keys() if rows else []))
+    return f"# {title}\n\n{markdown_table(rows, columns)}\n{notes}".rstrip() + "\n"
+
+
 def write_table(
     rows: Sequence[dict[str, Any]],
     out: Path,
@@ -45,7 +52,7 @@ def write_table(
     columns = list(columns or (rows[0].keys() if rows else []))
     md_path, csv_path = inside(out, f"{name}.md"), inside(out, f"{name}.csv")
     with atomic_open(md_path, encoding="utf-8") as f:
-        f.write(f"# {title}\n\n{markdown_table(rows, columns)}\n{notes}".rstrip() + "\n")
+        f.write(markdown_document(rows, title=title, notes=notes, columns=columns))
     with atomic_open(csv_path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         writer = csv.writer(f)
         writer.writerow(csv_row(columns))
