@@ -6,6 +6,7 @@
 Every model gets the ``improved`` configuration of ``training.runs.results`` (augmentation, balanced
 class weights, standardized inputs, Adam 1e-4 with cosine decay, early stopping) and the same
 seeded stratified folds; the table has each metric's mean ± std over folds beside the majority baseline.
+The whole run is one library call: ``training.runs.architectures.compare_architectures``.
 """
 
 from __future__ import annotations

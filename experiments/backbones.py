@@ -7,7 +7,8 @@ Rows: each backbone alone (at its native size, or ``--image-size``), then all of
 side by side under one head (``concat``), and a head each with the probabilities averaged (``average``).
 Every head is the default's (λ and steps by inner CV of each training part); each outer fold is scored
 once; balanced accuracy pooled over all scored photos with a bootstrap 95% interval. Writes
-``backbones.md``/``.csv`` and ``backbones.png``.
+``backbones.md``/``.csv`` and ``backbones.png``. The whole run is one library call:
+``training.runs.backbones.compare_backbones``.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ Model 1 with a 5×5 first kernel on 28×28 digits, standardized inputs, light au
 crops, ±8° rotation, no flips: digits are not mirror-symmetric), Adam 1e-3 with cosine decay,
 batch 128. LeNet-5 reached 99.05 %; the target here is ≥ 99.2 %. It trains on the hand-written
 backward (``manual_backprop.cnn``, the same gradients as ``jax.grad``); ``--grad autodiff`` uses ``jax.grad``.
+The whole run is one library call: ``training.runs.mnist.train_mnist_cnn``.
 """
 
 from __future__ import annotations

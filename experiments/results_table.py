@@ -11,7 +11,8 @@ confusion-matrix PNG per row; each finished row is saved under rows/, so a re-ru
 ``--grouping`` files replace the scenarios (e.g. tree vs not_a_tree). A row whose classes are
 too small to split is reported as such, not trained. As N processes (--coordinator …, README
 "Scaling"), each row's features are computed by shard of photos and its networks train
-data-parallel; process 0 writes the table.
+data-parallel; process 0 writes the table. The whole run is one library call:
+``training.runs.grid.results_grid(data, out, GridOptions)``.
 """
 
 from __future__ import annotations

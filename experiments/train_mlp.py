@@ -10,7 +10,8 @@ Presets (any flag given explicitly overrides them):
 On the 64-pixel digits the ``network`` preset draws W ~ N(0, 1/n_in) unless
 ``--weight-scale`` says otherwise (N(0, 1) saturates some seeds there).
 
-Writes ``history.{md,csv}``, ``summary.{md,csv}`` and ``learning_curve.png`` to ``--out``.
+Writes ``history.{md,csv}``, ``summary.{md,csv}`` and ``learning_curve.png`` to ``--out``. The whole run is one
+library call: ``training.loop.mlp.train_mlp``.
 """
 
 from __future__ import annotations

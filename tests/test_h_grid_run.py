@@ -78,6 +78,39 @@ def test_the_grid_resumes_from_its_rows_without_training(tmp_path):
         results_grid(tmp_path / "no-photos-needed", out, options)
 
 
+@pytest.mark.parametrize("options", [{"configs": ("lab-2021",)}, {"scenarios": ("Pr",)}],
+                         ids=["unknown-config", "unknown-scenario"])
+def test_the_grid_refuses_unknown_names_before_any_work(tmp_path, options):
+    from training.runs.grid import GridOptions, results_grid
+
+    with pytest.raises(ValueError, match="unknown (configuration 'lab-2021'|scenario 'Pr')"):
+        results_grid(tmp_path / "photos", tmp_path / "out", GridOptions(**options))
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_mlp_settings_are_the_preset_s_with_the_options_over_them():
+    from training.loop.config import MLP_PRESETS
+    from training.loop.mlp import MlpOptions, mlp_settings
+
+    assert mlp_settings(MlpOptions(preset="network2"), digits=False) == MLP_PRESETS["network2"]
+    mine = mlp_settings(MlpOptions(hidden=(5, 4), eta=0.5), digits=True)
+    assert mine == {**MLP_PRESETS["network"], "hidden": [5, 4], "eta": 0.5, "weight_scale": "fan_in"}
+    assert mlp_settings(MlpOptions(weight_scale="unit"), digits=True)["weight_scale"] == "unit"
+    with pytest.raises(ValueError, match="unknown MLP preset 'network3'"):
+        mlp_settings(MlpOptions(preset="network3"), digits=False)
+
+
+@pytest.mark.parametrize("options", [{"backbones": ("efficientnet_lite0", "efficientnet_lite0")}, {"folds": 1}],
+                         ids=["backbone-twice", "one-fold"])
+def test_the_backbone_comparison_refuses_before_any_work(tmp_path, options):
+    from training.runs.backbones import BackboneOptions, compare_backbones
+    from training.runs.experiment import DataSpec
+
+    with pytest.raises(ValueError, match="named once|at least 2"):
+        compare_backbones(DataSpec(str(tmp_path / "photos")), tmp_path / "out", BackboneOptions(**options))
+    assert not (tmp_path / "out").exists()
+
+
 COMMANDS = ("results_table", "architectures", "backbones", "mnist_cnn", "train_mlp")
 
 

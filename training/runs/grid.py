@@ -61,10 +61,16 @@ class GridReport(NamedTuple):
 
 def results_grid(data: str | os.PathLike, out: str | os.PathLike, options: GridOptions = GridOptions()) -> GridReport:
     """Run (or resume) the results table of the photos ``data`` (a folder of class folders or a ``path,label``
-    CSV) into ``out`` (see the module)."""
+    CSV) into ``out`` (see the module). An unknown configuration or scenario is a :class:`ValueError` before any
+    work."""
     from common.files import output_dir
     from training.loop.distributed import outputs_of_this_process, process_index
 
+    for what, names, known in (("configuration", options.configs, CONFIGS),
+                               ("scenario", () if options.groupings else options.scenarios, SCENARIOS)):
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"unknown {what} {unknown[0]!r}; expected one of {sorted(known)}")
     with outputs_of_this_process(out) as mine:  # process 0 writes; the others compute alongside it
         rows, markdown = _grid(str(data), output_dir(mine), options)
     return GridReport(rows, str(out), markdown, process_index())
