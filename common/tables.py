@@ -31,7 +31,8 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
 
 def markdown_document(rows: Sequence[dict[str, Any]], *, title: str, notes: str = "",
                       columns: Sequence[str] | None = None) -> str:
-    """The text of the ``name.md`` that :func:`write_table` writes: ``# title``, the table, the notes."""
+    """The text of the ``name.md`` that :func:`write_table` writes: the title, the table and the notes."""
+    columns = list(columns or (rows[0].keys() if rows else []))
     return f"# {title}\n\n{markdown_table(rows, columns)}\n{notes}".rstrip() + "\n"
 
 

@@ -6,50 +6,36 @@
 Every model gets the ``improved`` configuration of ``training.runs.results`` (augmentation, balanced
 class weights, standardized inputs, Adam 1e-4 with cosine decay, early stopping) and the same
 seeded stratified folds; the table has each metric's mean ± std over folds beside the majority baseline.
+The whole run is one library call: ``training.runs.architectures.compare_architectures``.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from experiments.cli import add_common, deprecated_alias, image_size, positive_int, run_command
 from experiments.names import SCENARIOS
 
-MODELS = ("model1", "resnet50", "googlenet")
+if TYPE_CHECKING:
+    from training.runs.architectures import ArchitectureReport
+
+MODELS = ("model1", "resnet50", "googlenet")  # training.runs.architectures.MODELS
 
 
-def run(args: argparse.Namespace) -> list[dict]:
-    from common.files import output_dir
-    from common.tables import write_table
-    from common.timing import device_description
-    from training.data.dataset import load_dataset
-    from training.data.decoding import Preprocess
-    from training.runs.folds import run_folds
-    from training.runs.results import config_for, table_row
+def run(args: argparse.Namespace) -> ArchitectureReport:
+    from training.runs.architectures import ArchitectureOptions, compare_architectures
+    from training.runs.experiment import DataSpec
 
-    data = load_dataset(args.data, Preprocess(args.image_size, "center", args.rgb), scenario=args.scenario,
-                        grouping_file=args.grouping, skip_bad=args.skip_bad, cache_dir=args.cache_dir,
-                        progress=False)
-    print(f"{data.source}: {data.report.summary()}")
-    out = output_dir(args.out)  # made only once the data is read: a run that stops early leaves no folder
-    rows = []
-    for name in args.models:
-        config = config_for("improved", args.image_size, rgb=args.rgb, seed=args.seed, model=name, folds=args.folds,
-                            epochs=args.epochs)
-        print(f"== {name}")
-        results = run_folds(data, config, out / name, progress=not args.no_progress, engine=args.engine)
-        row = table_row(results, data.class_names)
-        row.pop("_stats")
-        row.pop("confusion (summed over folds)")
-        rows.append({"model": name, **row})
-    write_table(rows, out, "architectures", title="Architectures on the same folds",
-                notes=f"Data: {args.data} ({data.grouping.name}, {len(data.y)} images), {args.image_size} px "
-                      f"{'RGB' if args.rgb else 'grayscale'}, {args.folds} folds, up to {args.epochs} epochs. "
-                      f"Device: {device_description()}.\n")
-    print((out / "architectures.md").read_text())
-    print(f"{len(rows)} architectures compared on {len(data.y)} photos: table {out / 'architectures.md'} "
-          f"(and .csv), each model's runs under {out}/<model>/")
-    return rows
+    options = ArchitectureOptions(models=tuple(args.models), image_size=args.image_size, rgb=args.rgb,
+                                  folds=args.folds, epochs=args.epochs, seed=args.seed, skip_bad=args.skip_bad,
+                                  cache_dir=args.cache_dir, engine=args.engine, progress=not args.no_progress)
+    report = compare_architectures(DataSpec(args.data, args.scenario, args.grouping), args.out, options)
+    print(report.markdown)
+    print(f"{len(report.rows)} architectures compared on {report.n_images} photos: table "
+          f"{Path(report.out) / 'architectures.md'} (and .csv), each model's runs under {report.out}/<model>/")
+    return report
 
 
 def parser() -> argparse.ArgumentParser:

@@ -10,91 +10,38 @@ Presets (any flag given explicitly overrides them):
 On the 64-pixel digits the ``network`` preset draws W ~ N(0, 1/n_in) unless
 ``--weight-scale`` says otherwise (N(0, 1) saturates some seeds there).
 
-Writes ``history.{md,csv}``, ``summary.{md,csv}`` and ``learning_curve.png`` to ``--out``.
+Writes ``history.{md,csv}``, ``summary.{md,csv}`` and ``learning_curve.png`` to ``--out``. The whole run is one
+library call: ``training.loop.mlp.train_mlp``.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from experiments.cli import add_common, nonnegative_float, positive_float, positive_int, run_command
 from experiments.names import ACTIVATIONS, COSTS, MLP_PRESETS
 
 if TYPE_CHECKING:
-    from training.data.arrays import ArrayData
+    from training.loop.mlp import MlpReport
 
 
-def load(data: str | None, seed: int) -> ArrayData:
-    from training.data.arrays import load_digits_data, load_mnist_npz
+def run(args: argparse.Namespace) -> MlpReport:
+    from training.loop.mlp import MlpOptions, train_mlp
 
-    return load_digits_data(seed=seed) if data is None else load_mnist_npz(data)
-
-
-def run(args: argparse.Namespace) -> dict:
-    import jax
-    import jax.numpy as jnp
-
-    import manual_backprop as mb
-    from common.files import output_dir
-    from common.tables import pyplot, save_figure, write_table
-    from common.timing import device_description
-    from training.loop.config import MLP_PRESETS
-
-    data = load(args.data, args.seed)
-    out = output_dir(args.out)  # made only once the data is read: a missing file leaves no folder behind
-    cfg = dict(MLP_PRESETS[args.preset])
-    if args.data is None and args.preset == "network":
-        cfg["weight_scale"] = "fan_in"
-    for name in cfg:
-        if getattr(args, name, None) is not None:
-            cfg[name] = getattr(args, name)
-    sizes = [data.train.x.shape[1], *cfg["hidden"], data.n_classes]
-    key_init, key_train = jax.random.split(jax.random.PRNGKey(args.seed))
-    params = mb.init_mlp(key_init, sizes, weight_scale=cfg["weight_scale"])
-    print(f"{data.name}: {len(data.train.x)} train / {len(data.test.x)} test; sizes {sizes}; {cfg}")
-    start = time.perf_counter()
-    params, history = mb.train(
-        params, jnp.asarray(data.train.x), jnp.asarray(data.train.y),
-        jnp.asarray(data.test.x), jnp.asarray(data.test.y),
-        key=key_train, epochs=cfg["epochs"], batch_size=cfg["batch_size"], eta=cfg["eta"],
-        activation=cfg["activation"], cost=cfg["cost"], lmbda=cfg["lmbda"], progress=not args.no_progress,
-    )
-    seconds = time.perf_counter() - start
-    rows = [r._asdict() for r in history]
-    write_table(rows, out, "history", title=f"Per-epoch history, {data.name}")
-    summary = {
-        "data": data.name, "sizes": "-".join(map(str, sizes)), **{k: v for k, v in cfg.items() if k != "hidden"},
-        "seed": args.seed, "final_test_accuracy": history[-1].test_accuracy,
-        "best_test_accuracy": max(r.test_accuracy for r in history),
-        "best_epoch": max(history, key=lambda r: r.test_accuracy).epoch, "train_seconds": seconds,
-    }
-    if data.valid is not None:
-        summary["final_valid_accuracy"] = float(mb.accuracy(
-            params, jnp.asarray(data.valid.x), jnp.asarray(data.valid.y),
-            activation=cfg["activation"], cost=cfg["cost"]))
-    write_table([summary], out, "summary", title="MLP trained with the hand-written gradients",
-                notes=f"Device: {device_description()}. Wall time includes compilation.\n")
-    plt = pyplot()
-    fig, ax1 = plt.subplots(figsize=(6, 4))
-    epochs = [r.epoch for r in history]
-    ax1.plot(epochs, [100 * r.test_accuracy for r in history], "o-", color="C0", label="test accuracy")
-    ax1.set_xlabel("epoch")
-    ax1.set_ylabel("test accuracy (%)", color="C0")
-    ax2 = ax1.twinx()
-    ax2.plot(epochs, [r.train_cost for r in history], "s--", color="C1", label="train cost")
-    ax2.set_ylabel(f"mean training cost ({cfg['cost']})", color="C1")
-    ax1.set_title(f"{data.name}, {'-'.join(map(str, sizes))}, η={cfg['eta']}")
-    fig.tight_layout()
-    save_figure(fig, out / "learning_curve.png", dpi=120)
-    plt.close(fig)
-    print(f"final test accuracy {100 * summary['final_test_accuracy']:.2f}% "
-          f"(best {100 * summary['best_test_accuracy']:.2f}% at epoch {summary['best_epoch']}), "
-          f"{seconds:.1f} s")
-    print(f"trained {summary['sizes']} for {cfg['epochs']} epochs: tables {out / 'history.md'}, "
-          f"{out / 'summary.md'} (and .csv), plot {out / 'learning_curve.png'}")
-    return summary
+    options = MlpOptions(preset=args.preset, hidden=None if args.hidden is None else tuple(args.hidden),
+                         activation=args.activation, cost=args.cost, eta=args.eta, lmbda=args.lmbda,
+                         batch_size=args.batch_size, epochs=args.epochs, weight_scale=args.weight_scale,
+                         seed=args.seed, progress=not args.no_progress)
+    report = train_mlp(args.data, args.out, options)
+    out = Path(report.out)
+    print(f"final test accuracy {100 * report.final_test_accuracy:.2f}% "
+          f"(best {100 * report.best_test_accuracy:.2f}% at epoch {report.best_epoch}), "
+          f"{report.train_seconds:.1f} s")
+    print(f"trained {'-'.join(map(str, report.sizes))} for {report.settings['epochs']} epochs: tables "
+          f"{out / 'history.md'}, {out / 'summary.md'} (and .csv), plot {out / 'learning_curve.png'}")
+    return report
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,7 +1,7 @@
 """The command-line experiments run end to end and write their tables and plots."""
 
-import argparse
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from common.tables import markdown_table
-from experiments import backprop_depth, compare_gradients, train_mlp
+from experiments import backprop_depth, compare_gradients
 from tests.conftest import shared_path
 from tests.helpers import read_predictions
 from training.data.arrays import load_mnist_npz
@@ -26,8 +26,9 @@ def test_markdown_table_formats_rows():
 
 
 def test_train_mlp_on_digits_writes_report(tmp_path):
-    summary = train_mlp.run(train_mlp.parser().parse_args(
-        ["--epochs", "3", "--out", str(tmp_path), "--no-progress"]))
+    from training.loop.mlp import MlpOptions, train_mlp
+
+    summary = train_mlp(None, tmp_path, MlpOptions(epochs=3, progress=False)).summary()
     for name in ("history.md", "history.csv", "summary.md", "summary.csv", "learning_curve.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     history = read_csv(tmp_path / "history.csv")
@@ -222,13 +223,12 @@ def small_photo_folder(tmp_path):
 def test_results_table_grid_is_honest_and_resumable(small_photo_folder, tmp_path):
     """Two scenarios × the lab's row and the default (pretrained) row; the improved configuration's 5-fold
     Model 1 path is the same code (run_folds), exercised by the architectures test."""
-    from experiments import results_table
+    from training.runs.grid import GridOptions, results_grid
 
     out = tmp_path / "table"
-    argv = ["--data", str(small_photo_folder), "--scenario", "Pr_Im", "Pr_Po_Im", "--image-size", "16",
-            "--configs", "lab-2020", "pretrained", "--max-epochs", "1", "--out", str(out),
-            "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
-    rows = results_table.run(results_table.parser().parse_args(argv))
+    options = GridOptions(scenarios=("Pr_Im", "Pr_Po_Im"), image_sizes=(16,), configs=("lab-2020", "pretrained"),
+                          max_epochs=1, cache_dir=str(tmp_path / "cache"), progress=False)
+    rows = [r.as_json() for r in results_grid(small_photo_folder, out, options).rows]
     assert [(r["classes"], r["config"], r["size"]) for r in rows] == [
         ("Probable vs Improbable", "lab-2020", 16), ("Probable vs Improbable", "pretrained", 240),
         ("Probable vs Possible vs Improbable", "lab-2020", 16),
@@ -246,39 +246,40 @@ def test_results_table_grid_is_honest_and_resumable(small_photo_folder, tmp_path
                  "reliability_Pr_Im-240-pretrained.png"):
         assert (out / name).stat().st_size > 0
     stamp = (out / "rows" / "Pr_Im-240-pretrained.json").stat().st_mtime_ns
-    again = results_table.run(results_table.parser().parse_args(argv))
+    again = results_grid(small_photo_folder, out, options).rows
     assert (out / "rows" / "Pr_Im-240-pretrained.json").stat().st_mtime_ns == stamp  # finished rows are skipped
-    assert [r["Acc."] for r in again] == [r["Acc."] for r in rows]
+    assert [r.accuracy for r in again] == [r["Acc."] for r in rows]
 
 
 def test_results_table_reports_rows_too_small_to_split(tmp_path):
-    from experiments import results_table
+    from training.runs.grid import GridOptions, results_grid
 
-    rows = results_table.run(results_table.parser().parse_args([
-        "--data", str(shared_path("tree-risk-examples")), "--scenario", "Pr_Im", "--image-size", "16",
-        "--configs", "lab-2020", "--out", str(tmp_path / "t"), "--cache-dir", str(tmp_path / "c"), "--no-progress"]))
-    assert rows[0]["beats majority?"].startswith("not run: too few images to stratify")
-    assert rows[0]["n images"] == 2  # the Possible photos are excluded in Pr_Im
+    rows = results_grid(shared_path("tree-risk-examples"), tmp_path / "t", GridOptions(
+        scenarios=("Pr_Im",), image_sizes=(16,), configs=("lab-2020",), cache_dir=str(tmp_path / "c"),
+        progress=False)).rows
+    assert rows[0].beats_majority.startswith("not run: too few images to stratify")
+    assert rows[0].n_images == 2  # the Possible photos are excluded in Pr_Im
 
 
 @pytest.mark.slow
 def test_architectures_compares_models_on_the_same_folds(small_photo_folder, tmp_path):
-    from experiments import architectures
+    from training.runs.architectures import ArchitectureOptions, compare_architectures
+    from training.runs.experiment import DataSpec
 
-    rows = architectures.run(architectures.parser().parse_args([
-        "--data", str(small_photo_folder), "--scenario", "Pr_Im", "--image-size", "16", "--folds", "2", "--epochs", "1",
-        "--models", "model1", "--out", str(tmp_path / "a"), "--cache-dir", str(tmp_path / "c"), "--no-progress"]))
-    assert [r["model"] for r in rows] == ["model1"] and rows[0]["folds"] == 2
+    rows = compare_architectures(DataSpec(str(small_photo_folder), scenario="Pr_Im"), tmp_path / "a",
+                                 ArchitectureOptions(models=("model1",), image_size=16, folds=2, epochs=1,
+                                                     cache_dir=str(tmp_path / "c"), progress=False)).rows
+    assert [r.model for r in rows] == ["model1"] and rows[0].folds == 2
     assert (tmp_path / "a" / "architectures.md").exists()
 
 
 @pytest.mark.slow
 def test_mnist_cnn_smoke(tmp_path):
-    from experiments import mnist_cnn
+    from training.runs.mnist import MnistOptions, train_mnist_cnn
 
-    summary = mnist_cnn.run(argparse.Namespace(data=str(shared_path("mnist.npz")), epochs=1, limit=600, seed=0,
-                                                out=str(tmp_path), no_progress=True, grad="autodiff"))
-    assert summary["train_images"] == summary["test_images"] == 600 and 0.1 < summary["test_accuracy"] <= 1.0
+    report = train_mnist_cnn(shared_path("mnist.npz"), tmp_path, MnistOptions(epochs=1, limit=600, grad="autodiff",
+                                                                               progress=False))
+    assert report.train_images == report.test_images == 600 and 0.1 < report.test_accuracy <= 1.0
     assert (tmp_path / "mnist_test.md").exists()
 
 
@@ -286,14 +287,17 @@ def test_mnist_cnn_smoke(tmp_path):
 def test_backbones_rows_agree_with_train_on_the_same_folds(small_photo_folder, tmp_path):
     """Each backbone's row is the nested CV that ``experiments.train`` runs for it (same folds, same head):
     two independent paths through the library give the same probabilities on every scored photo."""
-    from experiments import backbones, train
+    from experiments import train
+    from training.runs.backbones import BackboneOptions, compare_backbones, fold_probabilities
+    from training.runs.experiment import DataSpec
 
     cache = str(tmp_path / "cache")
     common = ["--data", str(small_photo_folder), "--scenario", "Pr_Im", "--image-size", "32", "--folds", "2",
               "--cache-dir", cache, "--no-progress"]
-    args = backbones.parser().parse_args(
-        [*common, "--backbones", "efficientnet_lite0", "efficientnet_lite1", "--out", str(tmp_path / "b")])
-    rows = backbones.run(args)
+    spec = DataSpec(str(small_photo_folder), scenario="Pr_Im")
+    options = BackboneOptions(backbones=("efficientnet_lite0", "efficientnet_lite1"), image_size=32, folds=2,
+                              cache_dir=cache, progress=False)
+    rows = [r.cells() for r in compare_backbones(spec, tmp_path / "b", options).rows]
     assert [r["features"] for r in rows] == [
         "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite0 + efficientnet_lite1 (concat)",
         "efficientnet_lite0 + efficientnet_lite1 (average)"]
@@ -301,8 +305,8 @@ def test_backbones_rows_agree_with_train_on_the_same_folds(small_photo_folder, t
         low, high = (float(v) for v in r["95% interval"].split("–"))
         assert 0 <= low <= r["balanced accuracy"] <= high <= 1 and len(r["per fold"].split()) == 2
     assert (tmp_path / "b" / "backbones.md").exists() and (tmp_path / "b" / "backbones.png").stat().st_size > 0
-    lite0 = backbones.parser().parse_args([*common, "--backbones", "efficientnet_lite0", "--out", str(tmp_path / "b")])
-    _, _, probs, _ = backbones.fold_probabilities(lite0)  # its features from the cache
+    lite0 = dataclasses.replace(options, backbones=("efficientnet_lite0",))
+    probs = fold_probabilities(spec, lite0).probs  # its features from the cache
     results = train.run(train.parser().parse_args([*common, "--model", "efficientnet_lite0",
                                                    "--out", str(tmp_path / "t")])).results
     assert len(results) == len(probs["efficientnet_lite0"]) == 2

@@ -87,11 +87,11 @@ def test_results_table_shows_the_ordinal_metrics_for_three_levels_only():
                                seconds=1.0)
 
     levels = ["Improbable", "Possible", "Probable"]
-    row = table_row([fold(levels, TRUE, PRED), fold(levels, TRUE, TRUE)], levels, positive=2)
-    assert row["Quadratic κ"] == f"{(2 / 3 + 1) / 2:.2f} ± {(1 - 2 / 3) / 2:.2f}"
-    assert row["Level error"] == f"{1 / 6:.2f} ± {1 / 6:.2f}"
-    two = table_row([fold(["Probable", "Improbable"], [0, 1], [0, 0])], ["Probable", "Improbable"])
-    assert two["Quadratic κ"] == two["Level error"] == "–"
+    row, _ = table_row([fold(levels, TRUE, PRED), fold(levels, TRUE, TRUE)], levels, positive=2)
+    assert row.quadratic_kappa == f"{(2 / 3 + 1) / 2:.2f} ± {(1 - 2 / 3) / 2:.2f}"
+    assert row.level_error == f"{1 / 6:.2f} ± {1 / 6:.2f}"
+    two, _ = table_row([fold(["Probable", "Improbable"], [0, 1], [0, 0])], ["Probable", "Improbable"])
+    assert two.quadratic_kappa == two.level_error == "–"
 
 
 def test_class_names_are_drawn_as_written_never_as_mathtext(tmp_path):

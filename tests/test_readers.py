@@ -87,9 +87,7 @@ REGISTRY: dict[str, str] = {
     "common/files.py::umask": "not a user file: the process's /proc/self/status",
     "training/runs/folder.py::_plain": "not a file: json.loads(json.dumps(value)) normalises a value",
     "training/runs/folder.py::RunFolder.writing": "not a file: calls the method RunFolder.open",
-    "experiments/architectures.py::run": "prints the report this command just wrote",
     "experiments/compare_gradients.py::run_cnn": "prints the reports this command just wrote",
-    "experiments/results_table.py::_run": "prints the table this command just wrote",
 }
 
 CHECKED_READERS = {"parse_document", "read_csv_checked", "read_npz_checked", "read_npy_member", "read_text_checked",
@@ -307,7 +305,7 @@ VALID = {"json": b'{"a": [1, 2.5, "x", null]}', "run_record": b'{"status": "comp
          "feature_cache": _npy_of(np.ones((2, 8), np.float32)),
          "image_cache": _npy_of(np.full((8, 8, 3), 0.5, np.float32))}
 EXPECTED_OK = {"json": "dict", "run_record": "dict", "grouping": "Grouping", "manifest": "list", "ratings": "list",
-               "result_row": "dict", "npz": "dict", "feature_cache": "array (2, 8) float32",
+               "result_row": "ResultRow", "npz": "dict", "feature_cache": "array (2, 8) float32",
                "image_cache": "array (8, 8, 3) float32", "saved_run": "SavedRun"}
 
 

@@ -14,6 +14,8 @@ other rows show "–" there."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -65,8 +67,80 @@ def fmt_plain(mean, std, folds: int) -> str:
     return f"{mean:.2f}" if folds == 1 else f"{mean:.2f} ± {std:.2f}"
 
 
-def table_row(results: list[FoldResult], class_names: list[str], *, positive: int = 0) -> dict:
-    """Mean (± std over folds) of each metric, the majority baseline beside it, and a verdict."""
+COLUMNS = ("classes", "size", "config", "positive class", "Prec.", "Recall", "Acc.", "Bal. acc.", "Bal. acc. 95% CI",
+           "Macro-F1", "ROC-AUC", "calibration", "ECE [95% CI] (bins)", "Brier [95% CI]", "log-loss [95% CI]",
+           "Majority acc.", "Majority bal. acc.", "Majority macro-F1", "beats majority?", "folds", "train s",
+           "n images")  # the results table's columns (experiments.results_table)
+
+# (attribute, the label of its column and JSON field), in the order a row's JSON holds them
+_FIELDS = (("key", "_key"), ("model", "model"), ("classes", "classes"), ("size", "size"), ("config", "config"),
+           ("n_images", "n images"), ("positive_class", "positive class"), ("folds", "folds"),
+           ("precision", "Prec."), ("recall", "Recall"), ("accuracy", "Acc."), ("balanced_accuracy", "Bal. acc."),
+           ("macro_f1", "Macro-F1"), ("roc_auc", "ROC-AUC"), ("majority_accuracy", "Majority acc."),
+           ("majority_balanced_accuracy", "Majority bal. acc."), ("majority_macro_f1", "Majority macro-F1"),
+           ("quadratic_kappa", "Quadratic κ"), ("level_error", "Level error"), ("beats_majority", "beats majority?"),
+           ("train_seconds", "train s"), ("balanced_accuracy_ci95", "Bal. acc. 95% CI"),
+           ("calibration", "calibration"), ("ece", "ECE [95% CI] (bins)"), ("brier", "Brier [95% CI]"),
+           ("log_loss", "log-loss [95% CI]"), ("settings", "settings"))
+_INTEGERS = ("size", "n_images", "folds")
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One row of a results table: what was run (``key``: the row's name in the grid; the ``model``, ``classes``,
+    image ``size``, ``config`` and ``n_images`` it ran on), each metric's mean (± std over ``folds``) as the table
+    shows it with the majority baseline's beside it and the verdict ``beats_majority`` ("yes", "NO", or "not run:
+    why"), the training seconds, and (the grid's) the pooled balanced accuracy's bootstrap interval, the
+    calibration cells and the settings used. A field that does not apply is None and left out of the row's
+    JSON (``rows/KEY.json``, read back by :func:`read_result_row`) and blank in the table."""
+
+    key: str | None = None
+    model: str | None = None
+    classes: str | None = None
+    size: int | None = None
+    config: str | None = None
+    n_images: int | None = None
+    positive_class: str | None = None
+    folds: int | None = None
+    precision: str | None = None
+    recall: str | None = None
+    accuracy: str | None = None
+    balanced_accuracy: str | None = None
+    macro_f1: str | None = None
+    roc_auc: str | None = None
+    majority_accuracy: str | None = None
+    majority_balanced_accuracy: str | None = None
+    majority_macro_f1: str | None = None
+    quadratic_kappa: str | None = None
+    level_error: str | None = None
+    beats_majority: str | None = None
+    train_seconds: float | None = None
+    balanced_accuracy_ci95: str | None = None
+    calibration: str | None = None
+    ece: str | None = None
+    brier: str | None = None
+    log_loss: str | None = None
+    settings: dict | None = None
+
+    def as_json(self) -> dict:
+        """The row as ``rows/KEY.json`` holds it: column label → value, the fields that apply, in table order."""
+        return {label: getattr(self, name) for name, label in _FIELDS if getattr(self, name) is not None}
+
+    def cells(self, columns: Sequence[str] = COLUMNS) -> dict:
+        """The table's cells in ``columns``' order (blank where a field does not apply)."""
+        row = self.as_json()
+        return {c: row.get(c, "") for c in columns}
+
+    @classmethod
+    def from_json(cls, row: dict) -> ResultRow:
+        """The row of :meth:`as_json` (fields of other labels are left out); the values are not checked here
+        (:func:`read_result_row` checks a file's)."""
+        return cls(**{name: row[label] for name, label in _FIELDS if label in row})
+
+
+def table_row(results: list[FoldResult], class_names: list[str], *, positive: int = 0) -> tuple[ResultRow, list]:
+    """``(row, confusion)``: the mean (± std over folds) of each metric, the majority baseline beside it and a
+    verdict, and the confusion matrix summed over the folds."""
     name = class_names[positive]
     folds = len(results)
     m = {
@@ -85,20 +159,17 @@ def table_row(results: list[FoldResult], class_names: list[str], *, positive: in
     stats = {k: _mean_std(v) for k, v in m.items()}
     beats = beats_baseline({k: stats[k][0] for k in ("balanced_accuracy", "macro_f1")},
                            {k: stats[f"baseline_{k}"][0] for k in ("balanced_accuracy", "macro_f1")})
-    row = {"positive class": name, "folds": folds}
-    labels = {"precision": "Prec.", "recall": "Recall", "accuracy": "Acc.", "balanced_accuracy": "Bal. acc.",
-              "macro_f1": "Macro-F1", "roc_auc": "ROC-AUC", "baseline_accuracy": "Majority acc.",
-              "baseline_balanced_accuracy": "Majority bal. acc.", "baseline_macro_f1": "Majority macro-F1"}
-    for key, label in labels.items():
-        row[label] = fmt(*stats[key], folds)
-    row["Quadratic κ"] = fmt_plain(*stats["quadratic_weighted_kappa"], folds)
-    row["Level error"] = fmt_plain(*stats["mean_absolute_level_error"], folds)
-    row["beats majority?"] = "yes" if beats else "NO"
-    row["train s"] = round(sum(r.seconds for r in results), 1)
-    row["confusion (summed over folds)"] = np.sum([r.metrics["confusion_matrix"] for r in results],
-                                                  axis=0).tolist()
-    row["_stats"] = {k: v for k, v in stats.items()}
-    return row
+    row = ResultRow(
+        positive_class=name, folds=folds,
+        **{k: fmt(*stats[k], folds) for k in ("precision", "recall", "accuracy", "balanced_accuracy", "macro_f1",
+                                               "roc_auc")},
+        majority_accuracy=fmt(*stats["baseline_accuracy"], folds),
+        majority_balanced_accuracy=fmt(*stats["baseline_balanced_accuracy"], folds),
+        majority_macro_f1=fmt(*stats["baseline_macro_f1"], folds),
+        quadratic_kappa=fmt_plain(*stats["quadratic_weighted_kappa"], folds),
+        level_error=fmt_plain(*stats["mean_absolute_level_error"], folds),
+        beats_majority="yes" if beats else "NO", train_seconds=round(sum(r.seconds for r in results), 1))
+    return row, np.sum([r.metrics["confusion_matrix"] for r in results], axis=0).tolist()
 
 
 def describe(config: TrainConfig) -> dict:
@@ -121,12 +192,13 @@ def describe(config: TrainConfig) -> dict:
             and k not in unused}
 
 
-def read_result_row(path: str | Path, key: str) -> dict:
+def read_result_row(path: str | Path, key: str) -> ResultRow:
     """A row of the results table written by an earlier run of ``experiments.results_table`` (``rows/KEY.json``),
     read back to skip its work: a JSON object of at most 100 fields whose ``_key`` is ``key`` and whose values are
     numbers, strings (at most 10,000 characters), booleans, null, or (``settings``) an object of those, lists of
-    them and objects of them (``augment``). Anything else is one
-    :class:`~common.files.FileFormatError` naming the file and field."""
+    them and objects of them (``augment``); the fields of a :class:`ResultRow` hold its types (``size``, ``folds``
+    and ``n images`` whole numbers, ``train s`` a number, the rest strings); other fields are left out. Anything
+    else is one :class:`~common.files.FileFormatError` naming the file and field."""
     from common.files import FileFormatError, parse_document
     from training.loop.config import is_real
 
@@ -150,4 +222,18 @@ def read_result_row(path: str | Path, key: str) -> dict:
                                                     "compute the row again)")
     if row.get("_key") != key:
         raise FileFormatError(path, "_key", f"expected {key!r}: the row of another configuration")
-    return row
+    for name, label in _FIELDS:
+        value = row.get(label)
+        if value is None:
+            continue
+        if name in _INTEGERS:
+            ok, expected = isinstance(value, int) and not isinstance(value, bool), "a whole number"
+        elif name == "train_seconds":
+            ok, expected = is_real(value), "a number"
+        elif name == "settings":
+            ok, expected = isinstance(value, dict), "an object"
+        else:
+            ok, expected = isinstance(value, str), "a string"
+        if not ok:
+            raise FileFormatError(path, label, f"expected {expected} (delete the file to compute the row again)")
+    return ResultRow.from_json(row)
