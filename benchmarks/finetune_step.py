@@ -40,7 +40,8 @@ from manual_backprop import efficientnet as eff
 from models.efficientnet_lite import DepthwiseConv, FrozenBatchNorm, PointwiseConv, block_specs
 from models.pretrained import load_backbone, packaged_weights_file
 from training.loop.config import get_config
-from training.loop.steps import create_model, create_state, make_batch, make_train_step
+from training.loop.state import create_model, create_state
+from training.loop.steps import make_batch, make_train_step
 from training.transfer.features import make_block_input_fn
 
 

@@ -27,7 +27,8 @@ from common.tables import write_table
 from common.timing import device_description, time_interleaved
 from models.model1 import model1_forward_flops, model1_layer_shapes
 from training.loop.config import get_config
-from training.loop.steps import create_model, create_state, make_batch, make_train_step
+from training.loop.state import create_model, create_state
+from training.loop.steps import make_batch, make_train_step
 
 
 def torch_model1(channels: int, n_classes: int, image_size: int):

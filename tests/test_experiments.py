@@ -189,7 +189,7 @@ def test_explain_cli_writes_heat_map_pngs(tmp_path):
 
     from experiments import explain
     from training.loop.config import get_config
-    from training.loop.steps import fit
+    from training.loop.fit import fit
 
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, (12, 24, 24, 1)).astype(np.float32)

@@ -256,7 +256,8 @@ def test_training_with_grad_manual_takes_the_same_steps_as_autodiff():
     same steps as jax.grad: float64, per array relative to its norm ≤ 1e-9 after 4 steps."""
     from training.data.augment import Augment
     from training.loop.config import get_config
-    from training.loop.steps import create_model, create_state, make_batch, make_train_step
+    from training.loop.state import create_model, create_state
+    from training.loop.steps import make_batch, make_train_step
 
     config = get_config("lab-2020", image_size=20, head_units=(8, 4), learning_rate=1e-3, augment=Augment())
     model = create_model(config, 2)
@@ -282,7 +283,8 @@ def test_training_with_grad_manual_takes_the_same_steps_as_autodiff():
 
 def test_grad_manual_refuses_a_network_not_written_by_hand():
     from training.loop.config import get_config
-    from training.loop.steps import create_model, make_train_step
+    from training.loop.state import create_model
+    from training.loop.steps import make_train_step
 
     with pytest.raises(ValueError, match="written for Model 1 with ReLU"):
         make_train_step(create_model(get_config("lab-2020", activation="tanh"), 2), grad="manual")

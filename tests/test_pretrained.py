@@ -160,7 +160,8 @@ def test_finetune_modes_train_what_they_say_and_batchnorm_stays_frozen(finetune,
     import optax
 
     from training.loop.config import get_config
-    from training.loop.steps import create_model, create_state, make_train_step
+    from training.loop.state import create_model, create_state
+    from training.loop.steps import make_train_step
 
     params, _ = lite0
     backbone = {k: v for k, v in params.items() if k != "fc"}
@@ -395,7 +396,7 @@ def test_fine_tuning_the_top_on_cached_maps_is_fine_tuning_it_on_the_photos(tmp_
     no weight differs by more than 2·lr·T after T steps (the bound checked), and the frozen ones not at all.
     On the photos, ``top`` trains what it names: every weight outside it, and every BatchNorm statistic, is
     still the packaged one; the top block moved."""
-    from training.loop.steps import fit
+    from training.loop.fit import fit
     from training.transfer.features import make_block_input_fn
 
     params, _ = lite0
@@ -584,7 +585,8 @@ def test_torchvision_resnet50_weights_load_and_match_torchvision(tmp_path):
     from models.pretrained import load_torchvision_resnet50
     from models.resnet import IMAGENET_MEAN, IMAGENET_STD, ResNet50
     from training.loop.config import get_config
-    from training.loop.steps import create_model, create_state, make_train_step
+    from training.loop.state import create_model, create_state
+    from training.loop.steps import make_train_step
 
     torch.manual_seed(0)
     net = _torchvision_resnet50(torch).eval()

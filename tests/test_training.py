@@ -20,7 +20,9 @@ from training.data.images import BadImageError, ImageCache, Preprocess, discover
 from training.data.labels import SCENARIOS, Grouping, load_grouping, stratified_folds, stratified_split
 from training.evaluation.metrics import classification_metrics, majority_baseline
 from training.loop.config import get_config
-from training.loop.steps import create_model, create_state, fit, make_batch, make_train_step
+from training.loop.fit import fit
+from training.loop.state import create_model, create_state
+from training.loop.steps import make_batch, make_train_step
 from training.runs.saved import load_trained
 
 REPO = Path(__file__).resolve().parents[1]
@@ -313,7 +315,7 @@ def test_the_initializer_compiled_to_run_once_draws_the_default_compilations_bit
     """The initial weights are drawn by a program compiled at LLVM's level 1 on CPU (it runs once; it compiles
     in about half the time): every array is bit for bit what the default compilation draws from the same key."""
     from models.common import run_once_compiler_options
-    from training.loop.steps import _initializer
+    from training.loop.state import _initializer
 
     shape = (20, 20, channels)
     model = create_model(small_config(image_size=20), 3)
@@ -350,7 +352,7 @@ def test_the_next_folds_state_runs_the_compiled_step_and_init_compiles_once(sche
         sizes.append(step._cache_size())
     assert sizes[0] <= start + 1 and sizes[1] == sizes[0]
     assert sizes[2] == sizes[1] + (0 if schedule is None else 1)
-    from training.loop.steps import _initializer
+    from training.loop.state import _initializer
 
     assert _initializer(model, tuple(x.shape[1:]))._cache_size() == 1  # three keys, one compiled initializer
     assert state.step.dtype == jnp.int32 and np.isfinite(float(step(state, batch, jax.random.PRNGKey(1))[1]["loss"]))
@@ -488,7 +490,8 @@ FOUR_DEVICES = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     from tests.test_training import tiny_problem, small_config
     from training.loop.devices import DataParallel
-    from training.loop.steps import create_model, create_state, make_batch, make_batch_loss, make_train_step
+    from training.loop.state import create_model, create_state
+    from training.loop.steps import make_batch, make_batch_loss, make_train_step
     assert len(jax.devices()) == 4, jax.devices()
     x, y = tiny_problem(n=8)
     x = x.astype(np.float64)  # float64 arithmetic; the parameters (and so their gradients) stay float32

@@ -43,15 +43,9 @@ from training.evaluation.decision import decide, operating_point
 from training.evaluation.metrics import classification_metrics, majority_baseline
 from training.loop.checkpoints import Checkpoints
 from training.loop.config import PRESETS, TrainConfig
-from training.loop.steps import (
-    class_weight_vector,
-    create_model,
-    create_state,
-    fit,
-    make_eval_step,
-    predict_proba,
-    write_history,
-)
+from training.loop.fit import fit, write_history
+from training.loop.state import create_model, create_state
+from training.loop.steps import class_weight_vector, make_eval_step, predict_proba
 from training.runs.records import FoldResult
 from training.runs.report import write_run_report
 from training.transfer.features import backbone_for, extract_features, views_for

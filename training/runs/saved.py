@@ -27,7 +27,7 @@ from common.layout import RunLayout
 from training.evaluation.calibration import Calibration, Referral
 from training.loop.checkpoints import Checkpoints
 from training.loop.config import TrainConfig, is_int, is_real
-from training.loop.steps import create_model, state_template
+from training.loop.state import create_model, state_template
 
 MAX_CLASSES = 10_000
 MAX_CHANNELS = 1 << 16
