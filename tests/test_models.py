@@ -12,7 +12,7 @@ from models.googlenet import GoogLeNet, googlenet_param_count
 from models.resnet import ResNet50, resnet50_param_count
 from training.evaluation.explain import METHODS, grad_cam, grad_cam_plus_plus, saliency
 from training.loop.config import get_config
-from training.loop.state import create_model
+from training.loop.registry import build_model
 
 
 @pytest.mark.parametrize(("name", "channels", "classes"), [("resnet50", 3, 1000), ("resnet50", 1, 2),
@@ -33,7 +33,7 @@ def test_parameter_counts(name, channels, classes):
 
 def test_unknown_model_is_named():
     with pytest.raises(ValueError, match="unknown model 'vgg16'"):
-        create_model(get_config("lab-2020", model="vgg16"), 2)
+        build_model(get_config("lab-2020", model="vgg16"), 2)
 
 
 # --- explanations on tiny models whose answer is known ---

@@ -21,7 +21,8 @@ from training.data.labels import SCENARIOS, Grouping, load_grouping, stratified_
 from training.evaluation.metrics import classification_metrics, majority_baseline
 from training.loop.config import get_config
 from training.loop.fit import fit
-from training.loop.state import create_model, create_state
+from training.loop.registry import build_model
+from training.loop.state import create_state
 from training.loop.steps import make_batch, make_train_step
 from training.runs.saved import load_trained
 
@@ -296,7 +297,7 @@ def small_config(**kw):
 def test_train_step_is_finite_no_recompile_and_overfits_a_tiny_batch():
     x, y = tiny_problem(n=8)
     config = small_config(dropout_rate=0.0)
-    model = create_model(config, 2)
+    model = build_model(config, 2)
     state = create_state(model, config, x.shape[1:], key=jax.random.PRNGKey(0))
     step = make_train_step(model)
     batch = make_batch(x, y, np.arange(8), 8, np.ones(2, np.float32))
@@ -318,7 +319,7 @@ def test_the_initializer_compiled_to_run_once_draws_the_default_compilations_bit
     from training.loop.state import _initializer
 
     shape = (20, 20, channels)
-    model = create_model(small_config(image_size=20), 3)
+    model = build_model(small_config(image_size=20), 3)
     key = jax.random.PRNGKey(7)
     fast = _initializer(model, shape)(key)
     default = jax.jit(lambda k: model.init({"params": k}, jnp.zeros(shape, jnp.float32))["params"])(key)
@@ -341,10 +342,10 @@ def test_the_next_folds_state_runs_the_compiled_step_and_init_compiles_once(sche
     steps: the rate depends on it)."""
     x, y = tiny_problem(n=8)
     config = small_config(dropout_rate=0.0, lr_schedule=schedule)
-    model = create_model(config, 2)
+    model = build_model(config, 2)
     batch = make_batch(x, y, np.arange(8), 8, np.ones(2, np.float32))
     step = make_train_step(model)
-    assert make_train_step(create_model(config, 2)) is step  # an equal model: the same function
+    assert make_train_step(build_model(config, 2)) is step  # an equal model: the same function
     start, sizes = step._cache_size(), []  # (another test in this process may have compiled it already)
     for fold, steps_per_epoch in enumerate((3, 3, 4)):
         state = create_state(model, config, x.shape[1:], key=jax.random.PRNGKey(fold), steps_per_epoch=steps_per_epoch)
@@ -490,13 +491,14 @@ FOUR_DEVICES = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     from tests.test_training import tiny_problem, small_config
     from training.loop.devices import DataParallel
-    from training.loop.state import create_model, create_state
+    from training.loop.registry import build_model
+    from training.loop.state import create_state
     from training.loop.steps import make_batch, make_batch_loss, make_train_step
     assert len(jax.devices()) == 4, jax.devices()
     x, y = tiny_problem(n=8)
     x = x.astype(np.float64)  # float64 arithmetic; the parameters (and so their gradients) stay float32
     config = small_config()
-    model = create_model(config, 2)
+    model = build_model(config, 2)
     out = {}
     for n_dev in (1, 4):
         dp = DataParallel(jax.devices()[:n_dev])

@@ -16,12 +16,13 @@ import numpy as np
 from common.files import output_dir, write_json_atomic
 from common.layout import RunLayout
 from common.tables import write_table
-from models.transfer import TransferClassifier
+from models.registry import kind_of
 from training.evaluation.metrics import classification_metrics, majority_baseline
 from training.loop.checkpoints import Checkpoints
 from training.loop.config import TrainConfig
 from training.loop.devices import DataParallel
-from training.loop.state import TrainState, create_model, create_state, input_normalization, state_template
+from training.loop.registry import build_model, mirror_average
+from training.loop.state import TrainState, create_state, input_normalization, state_template
 from training.loop.steps import (
     batches,
     class_weight_vector,
@@ -83,10 +84,10 @@ class _Choice:
 def _model_for(config: TrainConfig, n_classes: int, normalization: dict | None, x_train: np.ndarray,
                x_val: np.ndarray, maps_from: int | None):
     """``(model, the shape of one input image)``; with ``maps_from``, the classifier from block ``maps_from`` up."""
-    model = create_model(config, n_classes, normalization)
+    model = build_model(config, n_classes, normalization)
     image_shape = x_train.shape[1:]
     if maps_from is not None:
-        if not (isinstance(model, TransferClassifier) and x_train.ndim == 5 and x_val.ndim == 5
+        if not (kind_of(model).pretrained and x_train.ndim == 5 and x_val.ndim == 5
                 and x_val.shape[1] == 2):
             raise ValueError(f"maps_from: a transfer classifier trains on activation maps (n, V, h, w, C) and "
                              f"validates on (n, 2, h, w, C); got {type(model).__name__}, {x_train.shape}, "
@@ -197,7 +198,7 @@ def fit(
     weights = class_weight_vector(y_train, n_classes, config.class_weights)
     train_step = make_train_step(model, None if maps_from is not None else config.augment, grad=config.grad,
                                  finetune=config.finetune, top_blocks=config.top_blocks)
-    eval_step = make_eval_step(model, tta_flip=config.pretrained and config.tta_flip, mirrored=maps_from is not None)
+    eval_step = make_eval_step(model, tta_flip=mirror_average(config), mirrored=maps_from is not None)
     key_view = jax.random.fold_in(key_shuffle, 0)  # the epochs' shuffles fold in 1, 2, …
     baseline = majority_baseline(y_train, y_val, class_names)
     for epoch in range(start_epoch, config.epochs + 1):

@@ -1,5 +1,5 @@
-"""A network's starting point: the model built from the config, its input normalization, its parameters and
-Adam state (:class:`TrainState`), and the template a checkpoint is read into."""
+"""A network's starting point: its input normalization, its parameters and Adam state (:class:`TrainState`), and
+the template a checkpoint is read into. (The model itself is built by :func:`training.loop.registry.build_model`.)"""
 
 from __future__ import annotations
 
@@ -12,46 +12,14 @@ import numpy as np
 from flax.training import train_state
 
 from models.common import jit_run_once
-from models.model1 import Model1
 from models.transfer import TransferClassifier
-from training.loop.config import MODELS, TrainConfig
+from training.loop.config import TrainConfig
 from training.loop.optimizer import make_optimizer, masked_optimizer
+from training.loop.registry import torchvision_weights
 
 
 class TrainState(train_state.TrainState):
     """Flax's TrainState (step, params, Adam state)."""
-
-
-def create_model(config: TrainConfig, n_classes: int, normalization: dict | None = None):
-    """The config's model; ``normalization`` = {"mean": [...], "std": [...]} per input channel (or, for a
-    pretrained backbone, per feature), or None."""
-    norm = normalization or {}
-    mean = tuple(norm["mean"]) if norm else None
-    std = tuple(norm["std"]) if norm else None
-    if config.pretrained:
-        return TransferClassifier(config.model, n_classes, feature_mean=mean, feature_std=std)
-    if config.model == "resnet50":
-        from models.resnet import IMAGENET_MEAN, IMAGENET_STD, ResNet50
-
-        if config.weights:  # torchvision weights: BatchNorm layout, ImageNet input normalization
-            if not config.rgb:
-                raise ValueError("torchvision resnet50 weights need RGB input: leave out --gray")
-            return ResNet50(n_classes=n_classes, norm="batch", input_mean=IMAGENET_MEAN, input_std=IMAGENET_STD)
-        return ResNet50(n_classes=n_classes, input_mean=mean, input_std=std)
-    if config.model == "googlenet":
-        from models.googlenet import GoogLeNet
-
-        return GoogLeNet(n_classes=n_classes, input_mean=mean, input_std=std)
-    if config.model != "model1":
-        raise ValueError(f"unknown model {config.model!r}; expected one of {list(MODELS)}")
-    from models.model1 import feature_side
-
-    if feature_side(config.image_size) < 1:
-        raise ValueError(f"image size {config.image_size} is too small for Model 1 (three 2×2 pools after a "
-                         "stride-2 convolution): use --image-size 16 or more")
-    return Model1(n_classes=n_classes, first_kernel=config.first_kernel, head_units=tuple(config.head_units),
-                  dropout_rate=config.dropout_rate, activation=config.activation,
-                  input_mean=tuple(norm["mean"]) if norm else None, input_std=tuple(norm["std"]) if norm else None)
 
 
 def input_normalization(config: TrainConfig, x_train: np.ndarray) -> dict | None:
@@ -100,7 +68,7 @@ def create_state(model, config: TrainConfig, image_shape: tuple[int, int, int], 
         tx = masked_optimizer(tx, params, config.finetune, config.top_blocks, config.block_lr_decay)
     else:
         params = _initializer(model, tuple(image_shape))(key)
-        if config.model == "resnet50" and config.weights:  # ImageNet weights, a new classifier
+        if torchvision_weights(config):  # ImageNet weights, a new classifier
             if backbone is not None:
                 params = {**params, **{k: v for k, v in backbone.items() if k != "logits"}}
             tx = masked_optimizer(tx, params, config.finetune, config.top_blocks, config.block_lr_decay)

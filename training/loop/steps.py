@@ -16,7 +16,7 @@ import numpy as np
 
 from models.efficientnet_lite import map_images
 from models.model1 import Model1
-from models.transfer import TransferClassifier
+from models.registry import kind_of
 from training.data.augment import Augment, augment_batch
 from training.loop.config import GRADS
 from training.loop.devices import DataParallel
@@ -33,15 +33,14 @@ def example_loss(model: Model1, params, x: jax.Array, label: jax.Array, weight: 
 
 
 def check_grad(model, grad: str) -> None:
-    """``grad="manual"`` needs the network written by hand: Model 1 with ReLU, or the EfficientNet-Lite
-    transfer classifier."""
+    """``grad="manual"`` needs the network written by hand (:meth:`models.registry.ModelKind.manual_backward`):
+    Model 1 with ReLU, or the EfficientNet-Lite transfer classifier."""
     if grad not in GRADS:
         raise ValueError(f"unknown gradient {grad!r}; expected one of {list(GRADS)}")
-    by_hand = (isinstance(model, Model1) and model.activation == "relu") or isinstance(model, TransferClassifier)
-    if grad == "manual" and not by_hand:
+    if grad == "manual" and not kind_of(model).manual_backward(model):
+        activation = getattr(model, "activation", None)
         raise ValueError(f"--grad manual is written for Model 1 with ReLU and the EfficientNet-Lite classifier, "
-                         f"not {type(model).__name__}"
-                         + (f" with {model.activation}" if isinstance(model, Model1) else ""))
+                         f"not {type(model).__name__}" + (f" with {activation}" if activation else ""))
 
 
 def _trains(params, finetune: str, top_blocks: int):
@@ -67,12 +66,13 @@ def make_batch_loss(model, augment: Augment | None = None, *, grad: str = "autod
     which runs backwards only as far down as ``finetune`` and ``top_blocks`` train).
     """
     check_grad(model, grad)
+    backbone = kind_of(model).pretrained
 
     def batch_loss(params, batch, key):
         key_aug, key_drop = jax.random.split(key)
         x = batch["x"] if augment is None else augment_batch(batch["x"], key=key_aug, aug=augment)
         keys = jax.random.split(key_drop, x.shape[0])
-        if grad == "manual" and isinstance(model, TransferClassifier):
+        if grad == "manual" and backbone:
             from manual_backprop.efficientnet import transfer_loss_with_manual_grad
 
             return transfer_loss_with_manual_grad(params, x, batch["y"], model, weights=batch["w"],
@@ -124,7 +124,7 @@ def make_eval_step(model, *, tta_flip: bool = False, mirrored: bool = False):
 
     An EfficientNet-Lite classifier is batched by :func:`~models.efficientnet_lite.map_images` (on CPU one image
     at a time: faster there, benchmarks/RESULTS.md), every other model by ``jax.vmap``."""
-    chunk = None if isinstance(model, TransferClassifier) else 0
+    chunk = kind_of(model).eval_chunk
 
     def probs(params, x):
         logits = map_images(lambda xi: model.apply({"params": params}, xi, train=False), x, chunk=chunk)

@@ -44,7 +44,8 @@ from training.evaluation.metrics import classification_metrics, majority_baselin
 from training.loop.checkpoints import Checkpoints
 from training.loop.config import PRESETS, TrainConfig
 from training.loop.fit import fit, write_history
-from training.loop.state import create_model, create_state
+from training.loop.registry import Strategy, build_model, mirror_average, strategy, torchvision_weights
+from training.loop.state import create_state
 from training.loop.steps import class_weight_vector, make_eval_step, predict_proba
 from training.runs.records import FoldResult
 from training.runs.report import write_run_report
@@ -116,7 +117,7 @@ def _head_fold(data: Dataset, config: TrainConfig, feats: np.ndarray, backbone: 
     probs = calibrate(_calibration_of(cal), raw)
     metrics = score(data.y[va], probs, y_tr, data.class_names, op, shift_of(cal))
     # save the whole classifier (backbone + head) so predict/explain read photos directly
-    model = create_model(config, n_classes, norm)
+    model = build_model(config, n_classes, norm)
     state = create_state(model, config, (config.image_size, config.image_size, 3), key=jax.random.PRNGKey(config.seed),
                          backbone=backbone)
     state = state.replace(params={**state.params, "head": head})
@@ -247,10 +248,10 @@ def _network_fold(data: Dataset, config: TrainConfig, tr: np.ndarray, va: np.nda
         write_history(out, result.history)
     if config.target_recall is not None and op is None:
         raise ValueError("a target recall needs a threshold chosen on inner data: use selection 'inner'")
-    model = create_model(config, len(data.class_names), chosen.normalization)
+    model = build_model(config, len(data.class_names), chosen.normalization)
     if maps is not None:  # the same classifier from the cached maps up (the frozen blocks' part ran once)
         model = model.clone(start_block=maps.block)
-    eval_step = make_eval_step(model, tta_flip=config.pretrained and config.tta_flip, mirrored=maps is not None)
+    eval_step = make_eval_step(model, tta_flip=mirror_average(config), mirrored=maps is not None)
     raw = predict_proba(eval_step, chosen.best_params, x_va, batch_size=config.batch_size)
     probs = calibrate(_calibration_of(cal), raw)
     selection = (f"epoch {result.best_epoch} of best macro-F1 on an inner validation split "
@@ -279,7 +280,7 @@ def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bo
     out = output_dir(out)
     splits = splits_for(data, config)
     backbone, feats, views, maps = None, None, None, None
-    if config.model == "resnet50" and config.weights:
+    if torchvision_weights(config):
         from models.pretrained import load_torchvision_resnet50
 
         backbone = load_torchvision_resnet50(config.weights)
@@ -291,14 +292,14 @@ def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bo
         backbone, digest = backbone_for(config, cache_dir=cache_dir)
         pre = Preprocess(config.image_size, config.crop, True)
         source = data.x if data.x is not None else data.paths  # files: read in chunks, bounded memory
-        if config.finetune == "head" or config.head_init:
+        if strategy(config) is Strategy.HEAD or config.head_init:
             start = time.perf_counter()
             feats, computed = extract_features(source, data.digests, config.model, backbone, digest,
                                                pre.cache_key(), pre=pre, cache_dir=cache_dir,
                                                batch_size=config.batch_size, progress=progress, engine=engine)
             log.info(f"backbone features: {_computed(computed)}, {len(feats) - computed} from cache "
                      f"({time.perf_counter() - start:.1f} s)")
-            spec = views_for(config) if config.finetune == "head" else None
+            spec = views_for(config) if strategy(config) is Strategy.HEAD else None
             if spec is not None:
                 start = time.perf_counter()
                 views, computed = extract_features(source, data.digests, config.model, backbone, digest,
@@ -316,7 +317,7 @@ def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bo
         write_json_atomic(RunLayout(fold_out).split, {"train": [data.paths[i] for i in tr],
                                                       "validation": [data.paths[i] for i in va]})
         start = time.perf_counter()
-        if config.pretrained and config.finetune == "head":
+        if strategy(config) is Strategy.HEAD:
             result = _head_fold(data, config, feats, backbone, tr, va, fold_out, views)
         else:
             result = _network_fold(data, config, tr, va, fold_out, resume=resume, progress=progress,
