@@ -48,8 +48,8 @@ def fold_probabilities(args: argparse.Namespace) -> tuple[Any, dict, dict[str, l
     from training.data.dataset import load_dataset
     from training.data.images import Preprocess
     from training.loop.config import get_config
-    from training.runs.folds import head_cv_probs
     from training.transfer.features import backbone_for, extract_features
+    from training.transfer.strategy import head_cv_probs
 
     configs = {v: get_config("pretrained", model=v, seed=args.seed, folds=args.folds,
                              image_size=args.image_size or native_size(v)) for v in args.backbones}

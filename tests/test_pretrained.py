@@ -484,7 +484,7 @@ def test_target_recall_threshold_is_saved_and_applied_by_predict(tmp_path, monke
     from PIL import Image
 
     from experiments import predict, train
-    from training.runs import folds
+    from training.loop import scoring
 
     seen = []
 
@@ -492,8 +492,8 @@ def test_target_recall_threshold_is_saved_and_applied_by_predict(tmp_path, monke
         seen.append(np.asarray(y).copy())
         return choose(method, probs, y, **kw)
 
-    choose = folds.choose_calibration
-    monkeypatch.setattr(folds, "choose_calibration", recording)
+    choose = scoring.choose_calibration
+    monkeypatch.setattr(scoring, "choose_calibration", recording)
 
     rng = np.random.default_rng(0)
     root = tmp_path / "photos"

@@ -387,7 +387,8 @@ def test_refit_trains_the_chosen_epochs_on_the_whole_training_part_and_keeps_tha
     from training.data.dataset import Dataset
     from training.data.images import LoadReport
     from training.data.labels import Grouping
-    from training.runs.folds import run_folds, splits_for
+    from training.loop.scoring import splits_for
+    from training.runs.folds import run_folds
 
     x, y = tiny_problem(n=30)
     names = ["dark", "bright"]
@@ -415,7 +416,7 @@ def test_refit_trains_the_chosen_epochs_on_the_whole_training_part_and_keeps_tha
 def test_a_training_photo_is_drawn_from_its_own_map_its_mirror_and_all_its_views():
     """``Maps.training``: what ``fit`` draws each epoch's map of a photo from, the photo's and its mirror
     image's maps and those of every view, of that photo only, in that order."""
-    from training.runs.folds import Maps
+    from training.transfer.strategy import Maps
 
     plain = np.arange(5 * 2 * 3, dtype=np.float32).reshape(5, 2, 3, 1, 1)
     views = -np.arange(5 * 6 * 3, dtype=np.float32).reshape(5, 6, 3, 1, 1) - 1

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 
 from training.loop.config import TrainConfig
-from training.runs.folds import FoldResult
+from training.loop.records import FoldResult
 
 log = logging.getLogger(__name__)  # shown by the commands (experiments.cli); silent in library use
 

@@ -25,7 +25,7 @@ from training.loop.presets import presets
 from training.loop.registry import Strategy, strategy
 
 if TYPE_CHECKING:
-    from training.runs.records import FoldResult
+    from training.loop.records import FoldResult
 
 CONFIGS = presets("table")  # defined in training.loop.presets: the training presets with their folds
 
