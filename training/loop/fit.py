@@ -81,6 +81,20 @@ class _Choice:
         return patience is not None and epoch - self.epoch >= patience
 
 
+def _resumed(ckpt: Checkpoints, state: TrainState, out: Path) -> tuple[TrainState, list[dict], _Choice, int]:
+    """``(state, history, choice, first epoch to train)`` from the ``last`` checkpoint, or a fresh start when
+    there is none."""
+    if ckpt.latest_step("last") is None:
+        return state, [], _Choice(), 1
+    state, meta = ckpt.restore("last", state)
+    history = meta["history"]
+    # the checkpoint's history is the run's: a kill after the checkpoint, before history.json, left that
+    # file an epoch short (and after the last epoch, no epoch is left to rewrite it)
+    write_history(out, history)
+    log.info(f"resuming after epoch {meta['epoch']} from {ckpt.directory / 'last'}")
+    return state, history, _Choice.resumed(history, meta["best_macro_f1"]), meta["epoch"] + 1
+
+
 def _model_for(config: TrainConfig, n_classes: int, normalization: dict | None, x_train: np.ndarray,
                x_val: np.ndarray, maps_from: int | None):
     """``(model, the shape of one input image)``; with ``maps_from``, the classifier from block ``maps_from`` up."""
@@ -184,16 +198,7 @@ def fit(
     ckpt = Checkpoints(RunLayout(out).checkpoints)
     write_json_atomic(RunLayout(out).saved_run, {"config": config.to_json(), "class_names": class_names,
                                                  "normalization": normalization})
-    history: list[dict] = []
-    choice, start_epoch = _Choice(), 1
-    if resume and ckpt.latest_step("last") is not None:
-        state, meta = ckpt.restore("last", state)
-        history, start_epoch = meta["history"], meta["epoch"] + 1
-        choice = _Choice.resumed(history, meta["best_macro_f1"])
-        # the checkpoint's history is the run's: a kill after the checkpoint, before history.json, left that
-        # file an epoch short (and after the last epoch, no epoch is left to rewrite it)
-        write_history(out, history)
-        log.info(f"resuming after epoch {meta['epoch']} from {ckpt.directory / 'last'}")
+    state, history, choice, start_epoch = _resumed(ckpt, state, out) if resume else (state, [], _Choice(), 1)
     state = dp.put_replicated(state)
     weights = class_weight_vector(y_train, n_classes, config.class_weights)
     train_step = make_train_step(model, None if maps_from is not None else config.augment, grad=config.grad,
