@@ -40,7 +40,9 @@ from manual_backprop import efficientnet as eff
 from models.efficientnet_lite import DepthwiseConv, FrozenBatchNorm, PointwiseConv, block_specs
 from models.pretrained import load_backbone, packaged_weights_file
 from training.loop.config import get_config
-from training.loop.steps import create_model, create_state, make_batch, make_train_step
+from training.loop.registry import build_model
+from training.loop.state import create_state
+from training.loop.steps import make_batch, make_train_step
 from training.transfer.features import make_block_input_fn
 
 
@@ -113,7 +115,7 @@ def step_rows(variant: str, size: int, batch: int, modes: list[str], top_blocks:
         finetune = "top" if mode == "top-maps" else mode
         config = get_config(model=variant, finetune=finetune, top_blocks=top_blocks, image_size=size,
                             learning_rate=1e-4, batch_size=batch, recipe=False)
-        model = create_model(config, 2)
+        model = build_model(config, 2)
         state0 = create_state(model, config, (size, size, 3), key=jax.random.PRNGKey(0), backbone=backbone)
         batch_in = b
         if mode == "top-maps":  # the frozen blocks' maps, computed once (as cached): the top alone runs

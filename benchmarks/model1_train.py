@@ -27,7 +27,9 @@ from common.tables import write_table
 from common.timing import device_description, time_interleaved
 from models.model1 import model1_forward_flops, model1_layer_shapes
 from training.loop.config import get_config
-from training.loop.steps import create_model, create_state, make_batch, make_train_step
+from training.loop.registry import build_model
+from training.loop.state import create_state
+from training.loop.steps import make_batch, make_train_step
 
 
 def torch_model1(channels: int, n_classes: int, image_size: int):
@@ -72,7 +74,7 @@ def jax_step(size: int, batch: int, grad: str):
     """``(step, compile seconds)``: ``step()`` runs one jitted Flax/Optax train step of Model 1 (lab-2020, the
     gradient ``grad``) on a fixed batch, carrying its state, and blocks on the result."""
     config = get_config("lab-2020", image_size=size, batch_size=batch, grad=grad)
-    model = create_model(config, 2)
+    model = build_model(config, 2)
     state = create_state(model, config, (size, size, 1), key=jax.random.PRNGKey(0))
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, (batch, size, size, 1)).astype(np.float32)

@@ -37,10 +37,11 @@ from common.timing import device_description
 def _engine(model, params, config, engine: str, threads: int, spin: str):
     """``(probs_fn, its params, on_device)`` as ``predict`` builds it, with ONNX Runtime's threads/spinning."""
     from training.inference.engine import onnxruntime_probs, probs_function
+    from training.loop.registry import mirror_average
 
     if engine == "onnxruntime":
         probs_fn = onnxruntime_probs(model, params, image_size=config.image_size, channels=3 if config.rgb else 1,
-                                     tta_flip=config.pretrained and config.tta_flip, threads=threads or None,
+                                     tta_flip=mirror_average(config), threads=threads or None,
                                      spin={"default": None, "on": True, "off": False}[spin])
         return probs_fn, None, False
     probs_fn, fn_params, _ = probs_function(model, params, config, "jax")

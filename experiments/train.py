@@ -49,7 +49,7 @@ from experiments.cli import (
     positive_int,
     run_command,
 )
-from experiments.names import BACKBONES, FINETUNE, MODELS, PRESETS, SCENARIOS
+from experiments.names import FINETUNE, MODELS, PRESETS, SCENARIOS
 
 if TYPE_CHECKING:
     from training.loop.config import TrainConfig
@@ -150,7 +150,7 @@ def parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The preset with every flag the user gave on top."""
-    from models.efficientnet_lite import native_size
+    from models.registry import model_kind
     from training.data.augment import Augment
     from training.loop.config import get_config
 
@@ -171,8 +171,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.no_tta:
         overrides["tta_flip"] = False
     config = get_config(args.preset, seed=args.seed, **overrides)  # with fine-tuning's recipe; the user's flags win
-    if config.model in BACKBONES and args.image_size is None:
-        config = dataclasses.replace(config, image_size=native_size(config.model))
+    native = model_kind(config.model).native_size
+    if native is not None and args.image_size is None:  # a pretrained backbone at the size its weights expect
+        config = dataclasses.replace(config, image_size=native)
     if args.data is None and args.image_size is None and not config.pretrained:
         config = dataclasses.replace(config, image_size=32)  # the 8×8 digits, upscaled
     return config
@@ -214,7 +215,9 @@ def validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
                 require_two_classes((label for _, label in items), args.data)
             except ValueError as exc:
                 p.error(f"argument --data: {exc}")
-    if config.grad == "manual" and not (config.model == "model1" or config.pretrained):
+    from models.registry import model_kind
+
+    if config.grad == "manual" and not model_kind(config.model).manual_activations:
         p.error(f"argument --grad: manual gradients are written for Model 1 and the EfficientNet-Lite models, "
                 f"not {config.model}")
 

@@ -195,14 +195,10 @@ def classifier_to_onnx(model, params: dict, *, image_size: int, channels: int, t
     :class:`models.transfer.TransferClassifier`; any other model raises :class:`UnsupportedModel`.
     ``calibration`` (a ``training.evaluation.calibration.Calibration``, not ``none``): the output is the
     calibrated ``softmax(scale ⊙ log(max(p, ε)) + shift)`` of the (flip-averaged) probabilities ``p``."""
-    from models.model1 import Model1
-    from models.transfer import TransferClassifier
+    from models.registry import kind_of
 
-    if isinstance(model, TransferClassifier):
-        body = _efficientnet
-    elif isinstance(model, Model1):
-        body = _model1
-    else:
+    body = {"efficientnet_lite": _efficientnet, "model1": _model1}.get(kind_of(model).onnx)
+    if body is None:
         raise UnsupportedModel(f"no ONNX export for {type(model).__name__}: only Model 1 and the EfficientNet-Lite "
                                "classifiers are written as ONNX graphs")
     params = jax.tree_util.tree_map(np.asarray, params)

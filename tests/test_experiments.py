@@ -186,7 +186,7 @@ def test_agreement_kappas_and_confusion(tmp_path):
 def test_explain_cli_writes_heat_map_pngs(tmp_path):
 
     from training.loop.config import get_config
-    from training.loop.steps import fit
+    from training.loop.fit import fit
     from training.runs.explain import ExplainOptions, explain_photos
 
     rng = np.random.default_rng(0)

@@ -256,10 +256,12 @@ def test_training_with_grad_manual_takes_the_same_steps_as_autodiff():
     same steps as jax.grad: float64, per array relative to its norm ≤ 1e-9 after 4 steps."""
     from training.data.augment import Augment
     from training.loop.config import get_config
-    from training.loop.steps import create_model, create_state, make_batch, make_train_step
+    from training.loop.registry import build_model
+    from training.loop.state import create_state
+    from training.loop.steps import make_batch, make_train_step
 
     config = get_config("lab-2020", image_size=20, head_units=(8, 4), learning_rate=1e-3, augment=Augment())
-    model = create_model(config, 2)
+    model = build_model(config, 2)
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(6, 20, 20, 1))
     y = np.array([0, 1, 0, 1, 1, 0])
@@ -282,9 +284,10 @@ def test_training_with_grad_manual_takes_the_same_steps_as_autodiff():
 
 def test_grad_manual_refuses_a_network_not_written_by_hand():
     from training.loop.config import get_config
-    from training.loop.steps import create_model, make_train_step
+    from training.loop.registry import build_model
+    from training.loop.steps import make_train_step
 
     with pytest.raises(ValueError, match="written for Model 1 with ReLU"):
-        make_train_step(create_model(get_config("lab-2020", activation="tanh"), 2), grad="manual")
+        make_train_step(build_model(get_config("lab-2020", activation="tanh"), 2), grad="manual")
     with pytest.raises(ValueError, match="EfficientNet-Lite classifier, not ResNet"):
-        make_train_step(create_model(get_config("lab-2020", model="resnet50"), 2), grad="manual")
+        make_train_step(build_model(get_config("lab-2020", model="resnet50"), 2), grad="manual")

@@ -218,7 +218,8 @@ def test_adam_steps_on_the_manual_backward_equal_autodiffs(lite0_case, autodiff_
     with ``--grad manual``: a second 30 s compilation here would check little more.)"""
     from training.loop.config import get_config
     from training.loop.optimizer import make_optimizer, masked_optimizer, trainable_mask
-    from training.loop.steps import TrainState, make_train_step
+    from training.loop.state import TrainState
+    from training.loop.steps import make_train_step
 
     model, params, batch, _ = lite0_case
     config = get_config(model="efficientnet_lite0", finetune=finetune, top_blocks=1, learning_rate=1e-3,

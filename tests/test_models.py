@@ -12,7 +12,7 @@ from models.googlenet import GoogLeNet, googlenet_param_count
 from models.resnet import ResNet50, resnet50_param_count
 from training.evaluation.explain import METHODS, grad_cam, grad_cam_plus_plus, saliency
 from training.loop.config import get_config
-from training.loop.steps import create_model
+from training.loop.registry import build_model
 
 
 @pytest.mark.parametrize(("name", "channels", "classes"), [("resnet50", 3, 1000), ("resnet50", 1, 2),
@@ -33,7 +33,7 @@ def test_parameter_counts(name, channels, classes):
 
 def test_unknown_model_is_named():
     with pytest.raises(ValueError, match="unknown model 'vgg16'"):
-        create_model(get_config("lab-2020", model="vgg16"), 2)
+        build_model(get_config("lab-2020", model="vgg16"), 2)
 
 
 # --- explanations on tiny models whose answer is known ---
@@ -83,7 +83,7 @@ def test_cam_lights_up_the_object_that_drives_the_score(method):
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_explanations_on_model1_are_finite_maps(name):
     from models import Model1
-    from training.loop.steps import _initializer
+    from training.loop.state import _initializer
 
     model = Model1(2)
     x = jnp.asarray(np.random.default_rng(0).uniform(size=(40, 40, 3)), jnp.float32)
@@ -97,7 +97,7 @@ def test_batched_maps_equal_each_method_alone():
     """explain's one-pass, vmapped maps (training.evaluation.explain.batched) are each method's own map."""
     from models import Model1
     from training.evaluation.explain import batched
-    from training.loop.steps import _initializer
+    from training.loop.state import _initializer
 
     model = Model1(2)
     x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 40, 40, 3)), jnp.float32)

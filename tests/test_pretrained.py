@@ -160,13 +160,15 @@ def test_finetune_modes_train_what_they_say_and_batchnorm_stays_frozen(finetune,
     import optax
 
     from training.loop.config import get_config
-    from training.loop.steps import create_model, create_state, make_train_step
+    from training.loop.registry import build_model
+    from training.loop.state import create_state
+    from training.loop.steps import make_train_step
 
     params, _ = lite0
     backbone = {k: v for k, v in params.items() if k != "fc"}
     config = get_config(model="efficientnet_lite0", finetune=finetune, image_size=32, learning_rate=1e-3,
                         batch_size=2, recipe=False)
-    model = create_model(config, 2)
+    model = build_model(config, 2)
     state = create_state(model, config, (32, 32, 3), key=jax.random.PRNGKey(0), backbone=backbone)
     rng = np.random.default_rng(0)
     batch = {"x": rng.uniform(0, 1, (2, 32, 32, 3)).astype(np.float32), "y": np.array([0, 1], np.int32),
@@ -395,7 +397,7 @@ def test_fine_tuning_the_top_on_cached_maps_is_fine_tuning_it_on_the_photos(tmp_
     no weight differs by more than 2·lr·T after T steps (the bound checked), and the frozen ones not at all.
     On the photos, ``top`` trains what it names: every weight outside it, and every BatchNorm statistic, is
     still the packaged one; the top block moved."""
-    from training.loop.steps import fit
+    from training.loop.fit import fit
     from training.transfer.features import make_block_input_fn
 
     params, _ = lite0
@@ -482,7 +484,7 @@ def test_target_recall_threshold_is_saved_and_applied_by_predict(tmp_path, monke
     from PIL import Image
 
     from experiments import predict, train
-    from training.runs import folds
+    from training.loop import scoring
 
     seen = []
 
@@ -490,8 +492,8 @@ def test_target_recall_threshold_is_saved_and_applied_by_predict(tmp_path, monke
         seen.append(np.asarray(y).copy())
         return choose(method, probs, y, **kw)
 
-    choose = folds.choose_calibration
-    monkeypatch.setattr(folds, "choose_calibration", recording)
+    choose = scoring.choose_calibration
+    monkeypatch.setattr(scoring, "choose_calibration", recording)
 
     rng = np.random.default_rng(0)
     root = tmp_path / "photos"
@@ -584,7 +586,9 @@ def test_torchvision_resnet50_weights_load_and_match_torchvision(tmp_path):
     from models.pretrained import load_torchvision_resnet50
     from models.resnet import IMAGENET_MEAN, IMAGENET_STD, ResNet50
     from training.loop.config import get_config
-    from training.loop.steps import create_model, create_state, make_train_step
+    from training.loop.registry import build_model
+    from training.loop.state import create_state
+    from training.loop.steps import make_train_step
 
     torch.manual_seed(0)
     net = _torchvision_resnet50(torch).eval()
@@ -608,7 +612,7 @@ def test_torchvision_resnet50_weights_load_and_match_torchvision(tmp_path):
     # fine-tuning: new 2-class head, last 2 blocks train, BatchNorm statistics stay
     config = get_config("lab-2020", model="resnet50", weights=str(path), rgb=True, finetune="top", image_size=32,
                         batch_size=2)
-    net2 = create_model(config, 2)
+    net2 = build_model(config, 2)
     state = create_state(net2, config, (32, 32, 3), key=jax.random.PRNGKey(0), backbone=params)
     batch = {"x": x[:, :32, :32], "y": np.array([0, 1], np.int32), "w": np.ones(2, np.float32),
              "mask": np.ones(2, np.float32)}

@@ -74,7 +74,8 @@ REGISTRY: dict[str, str] = {
     "models/torch_weights.py::_load_pickle": "weights: tests/test_security.py",
     "training/loop/checkpoints.py::Checkpoints.restore": "orbax: tests/test_cli.py::test_a_damaged_checkpoint_*",
     "training/loop/checkpoints.py::Checkpoints.meta": "orbax: tests/test_cli.py::test_a_damaged_checkpoint_*",
-    "training/loop/steps.py::fit": "orbax, resuming its own run: tests/test_training.py::test_resume_*",
+    "training/loop/fit.py::fit": "orbax, resuming its own run: tests/test_training.py::test_resume_*",
+    "training/loop/fit.py::_resumed": "orbax, resuming its own run: tests/test_training.py::test_resume_*",
     "training/evaluation/review.py::_csv_rows": "review's CSVs: tests/test_review.py (hostile CSV cases, FIFO)",
     "training/evaluation/review.py::make_thumbnail": "photos: tests/test_review.py (missing and broken photos)",
     # predict's partial and shard files (helper io-writer's; tests/test_predict.py)

@@ -23,7 +23,10 @@ from training.data.labels import SCENARIOS, Grouping, load_grouping, stratified_
 from training.data.loading import load_images
 from training.evaluation.metrics import classification_metrics, majority_baseline
 from training.loop.config import get_config
-from training.loop.steps import create_model, create_state, fit, make_batch, make_train_step
+from training.loop.fit import fit
+from training.loop.registry import build_model
+from training.loop.state import create_state
+from training.loop.steps import make_batch, make_train_step
 from training.runs.saved import load_trained
 
 REPO = Path(__file__).resolve().parents[1]
@@ -297,7 +300,7 @@ def small_config(**kw):
 def test_train_step_is_finite_no_recompile_and_overfits_a_tiny_batch():
     x, y = tiny_problem(n=8)
     config = small_config(dropout_rate=0.0)
-    model = create_model(config, 2)
+    model = build_model(config, 2)
     state = create_state(model, config, x.shape[1:], key=jax.random.PRNGKey(0))
     step = make_train_step(model)
     batch = make_batch(x, y, np.arange(8), 8, np.ones(2, np.float32))
@@ -316,10 +319,10 @@ def test_the_initializer_compiled_to_run_once_draws_the_default_compilations_bit
     """The initial weights are drawn by a program compiled at LLVM's level 1 on CPU (it runs once; it compiles
     in about half the time): every array is bit for bit what the default compilation draws from the same key."""
     from models.common import run_once_compiler_options
-    from training.loop.steps import _initializer
+    from training.loop.state import _initializer
 
     shape = (20, 20, channels)
-    model = create_model(small_config(image_size=20), 3)
+    model = build_model(small_config(image_size=20), 3)
     key = jax.random.PRNGKey(7)
     fast = _initializer(model, shape)(key)
     default = jax.jit(lambda k: model.init({"params": k}, jnp.zeros(shape, jnp.float32))["params"])(key)
@@ -342,10 +345,10 @@ def test_the_next_folds_state_runs_the_compiled_step_and_init_compiles_once(sche
     steps: the rate depends on it)."""
     x, y = tiny_problem(n=8)
     config = small_config(dropout_rate=0.0, lr_schedule=schedule)
-    model = create_model(config, 2)
+    model = build_model(config, 2)
     batch = make_batch(x, y, np.arange(8), 8, np.ones(2, np.float32))
     step = make_train_step(model)
-    assert make_train_step(create_model(config, 2)) is step  # an equal model: the same function
+    assert make_train_step(build_model(config, 2)) is step  # an equal model: the same function
     start, sizes = step._cache_size(), []  # (another test in this process may have compiled it already)
     for fold, steps_per_epoch in enumerate((3, 3, 4)):
         state = create_state(model, config, x.shape[1:], key=jax.random.PRNGKey(fold), steps_per_epoch=steps_per_epoch)
@@ -353,7 +356,7 @@ def test_the_next_folds_state_runs_the_compiled_step_and_init_compiles_once(sche
         sizes.append(step._cache_size())
     assert sizes[0] <= start + 1 and sizes[1] == sizes[0]
     assert sizes[2] == sizes[1] + (0 if schedule is None else 1)
-    from training.loop.steps import _initializer
+    from training.loop.state import _initializer
 
     assert _initializer(model, tuple(x.shape[1:]))._cache_size() == 1  # three keys, one compiled initializer
     assert state.step.dtype == jnp.int32 and np.isfinite(float(step(state, batch, jax.random.PRNGKey(1))[1]["loss"]))
@@ -387,7 +390,8 @@ def test_refit_trains_the_chosen_epochs_on_the_whole_training_part_and_keeps_tha
     from training.data.dataset import Dataset
     from training.data.labels import Grouping
     from training.data.loading import LoadReport
-    from training.runs.folds import run_folds, splits_for
+    from training.loop.scoring import splits_for
+    from training.runs.folds import run_folds
 
     x, y = tiny_problem(n=30)
     names = ["dark", "bright"]
@@ -415,7 +419,7 @@ def test_refit_trains_the_chosen_epochs_on_the_whole_training_part_and_keeps_tha
 def test_a_training_photo_is_drawn_from_its_own_map_its_mirror_and_all_its_views():
     """``Maps.training``: what ``fit`` draws each epoch's map of a photo from, the photo's and its mirror
     image's maps and those of every view, of that photo only, in that order."""
-    from training.runs.folds import Maps
+    from training.transfer.strategy import Maps
 
     plain = np.arange(5 * 2 * 3, dtype=np.float32).reshape(5, 2, 3, 1, 1)
     views = -np.arange(5 * 6 * 3, dtype=np.float32).reshape(5, 6, 3, 1, 1) - 1
@@ -491,12 +495,14 @@ FOUR_DEVICES = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     from tests.test_training import tiny_problem, small_config
     from training.loop.devices import DataParallel
-    from training.loop.steps import create_model, create_state, make_batch, make_batch_loss, make_train_step
+    from training.loop.registry import build_model
+    from training.loop.state import create_state
+    from training.loop.steps import make_batch, make_batch_loss, make_train_step
     assert len(jax.devices()) == 4, jax.devices()
     x, y = tiny_problem(n=8)
     x = x.astype(np.float64)  # float64 arithmetic; the parameters (and so their gradients) stay float32
     config = small_config()
-    model = create_model(config, 2)
+    model = build_model(config, 2)
     out = {}
     for n_dev in (1, 4):
         dp = DataParallel(jax.devices()[:n_dev])

@@ -21,11 +21,9 @@ from training.loop.devices import resolve_engine
 def choose_engine(requested: str, model) -> str:
     """``"jax"`` or ``"onnxruntime"`` for ``requested`` (one of ``training.loop.devices.ENGINES``); an impossible
     request raises."""
-    from models.model1 import Model1
-    from models.transfer import TransferClassifier
+    from models.registry import kind_of
 
-    return resolve_engine(requested, exportable=isinstance(model, Model1 | TransferClassifier),
-                          what=type(model).__name__)
+    return resolve_engine(requested, exportable=kind_of(model).onnx is not None, what=type(model).__name__)
 
 
 def onnxruntime_probs(model, params, *, image_size: int, channels: int, tta_flip: bool,
@@ -62,15 +60,16 @@ def probs_function(model, params, config, engine: str = "auto", *, calibration=N
     same function, one pass fewer per layer). ONNX Runtime: the graph holds the weights and the calibration
     (``its_params`` is None; NumPy input)."""
     from models.efficientnet_lite import fold_batchnorm
-    from models.transfer import TransferClassifier
+    from models.registry import kind_of
+    from training.loop.registry import mirror_average
     from training.loop.steps import make_eval_step
 
     used = choose_engine(engine, model)
-    tta_flip = config.pretrained and config.tta_flip
+    tta_flip = mirror_average(config)
     if used == "onnxruntime":
         return onnxruntime_probs(model, params, image_size=config.image_size, channels=3 if config.rgb else 1,
                                  tta_flip=tta_flip, calibration=calibration), None, used
-    if isinstance(model, TransferClassifier) and not model.folded:
+    if kind_of(model).pretrained and not model.folded:
         model, params = model.clone(folded=True), {**params, "backbone": fold_batchnorm(params["backbone"])}
     step = make_eval_step(model, tta_flip=tta_flip)
     if calibration is None or calibration.method == "none":

@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 
 from models.model1 import ACTIVATIONS
-from models.transfer import BACKBONES
+from models.registry import KINDS
 from training.data.augment import Augment
 from training.data.decoding import CROPS
 from training.loop.presets import REGISTRY, presets, recipe_for
 
-MODELS = ("model1", "resnet50", "googlenet", *BACKBONES)
+MODELS = tuple(KINDS)  # the model registry's kinds (models.registry)
 GRADS = ("autodiff", "manual")
 FINETUNE = ("head", "top", "all")
 
@@ -132,7 +132,9 @@ class TrainConfig:
 
     @property
     def pretrained(self) -> bool:
-        return self.model in BACKBONES
+        """A pretrained backbone (:attr:`models.registry.ModelKind.pretrained`): its strategy follows ``finetune``
+        (:func:`training.loop.registry.strategy`)."""
+        return self.model in KINDS and KINDS[self.model].pretrained
 
 
 _FLAT_AUGMENT = {"augment_crop_pad": "crop_pad", "augment_flip": "flip", "augment_degrees": "max_degrees",

@@ -93,8 +93,8 @@ def fold_probabilities(data: DataSpec, options: BackboneOptions = BackboneOption
     from training.data.dataset import load_dataset
     from training.data.decoding import Preprocess
     from training.loop.config import get_config
-    from training.runs.folds import head_cv_probs
     from training.transfer.features import backbone_for, extract_features
+    from training.transfer.strategy import head_cv_probs
 
     _check(options)
     names = list(options.backbones)

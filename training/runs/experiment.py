@@ -20,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 
 from training.loop.config import TrainConfig
-from training.runs.folds import FoldResult
+from training.loop.records import FoldResult
 
 log = logging.getLogger(__name__)  # shown by the commands (experiments.cli); silent in library use
 
@@ -84,6 +84,7 @@ def train_and_evaluate(config: TrainConfig, data_spec: DataSpec, workdir: str | 
 def _run(config: TrainConfig, spec: DataSpec, out_path: Path, options: RunOptions) -> RunSummary:
     from training.data.dataset import load_dataset
     from training.data.decoding import Preprocess
+    from training.loop.registry import strategy
     from training.runs.folder import RunFolder
     from training.runs.results import describe
 
@@ -97,8 +98,7 @@ def _run(config: TrainConfig, spec: DataSpec, out_path: Path, options: RunOption
                         grouping_file=spec.grouping, skip_bad=options.skip_bad, cache_dir=options.cache_dir,
                         workers=options.workers, progress=options.progress,
                         # a frozen backbone needs only features: photos are read in chunks, never all at once
-                        decode=not (config.pretrained and (config.finetune == "head" or config.top_views))
-                        or options.skip_bad)
+                        decode=strategy(config).decodes_photos or options.skip_bad)
     counts = {name: int(np.sum(data.y == i)) for i, name in enumerate(data.class_names)}
     log.info(f"{data.source}: {data.report.summary()}; classes {counts}")
     log.info(f"configuration: {describe(config)}")

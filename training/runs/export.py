@@ -36,6 +36,8 @@ class ExportReport(NamedTuple):
 def export_metadata(config, class_names: list[str], op: dict | None, calibration=None,
                     referral: dict | None = None) -> dict[str, str]:
     """What a user of the file needs besides the graph, as strings (ONNX ``metadata_props``)."""
+    from training.loop.registry import mirror_average
+
     calibrated = calibration is not None and calibration.method != "none"
     shift_note = (f" after log(p) − shift, shift = {list(calibration.shift)} (the calibration's shift, left out of "
                   "the decision)" if calibrated and any(calibration.shift) else "")
@@ -46,7 +48,7 @@ def export_metadata(config, class_names: list[str], op: dict | None, calibration
         "preprocessing": (f"decode, apply the EXIF orientation, {'take the largest centred square' if config.crop == 'center' else 'use the whole photo (squashed)'}, "  # noqa: E501
                           f"bicubic resize to {config.image_size}×{config.image_size}, divide by 255"),
         "output": "probabilities: float32 (N, classes), softmax" + (
-            "; the mean of the image's and its mirror image's" if (config.pretrained and config.tta_flip) else "")
+            "; the mean of the image's and its mirror image's" if mirror_average(config) else "")
             + ("; then calibrated inside the graph: softmax(scale * log(max(p, 1e-12)) + shift)" if calibrated else ""),
         "calibration": json.dumps(calibration.to_json() if calibrated else None),
         "referral": json.dumps(None if referral is None else {
@@ -84,6 +86,7 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike,
     except ImportError:
         raise ValueError("experiments.export needs the onnx package: pip install -e '.[deploy]'") from None
     from models.onnx_graph import classifier_to_onnx
+    from training.loop.registry import mirror_average
     from training.runs.saved import load_trained, read_saved_run
 
     saved = read_saved_run(checkpoint)  # the run is read once, here
@@ -91,7 +94,7 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike,
     op = saved.operating_point.as_json() if saved.operating_point else None
     channels = 3 if config.rgb else 1
     proto = classifier_to_onnx(model, params, image_size=config.image_size, channels=channels,
-                               tta_flip=config.pretrained and config.tta_flip, calibration=saved.calibration,
+                               tta_flip=mirror_average(config), calibration=saved.calibration,
                                metadata=export_metadata(config, class_names, op, saved.calibration,
                                                         saved.referral.as_json() if saved.referral else None))
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -58,8 +58,9 @@ def train_mnist_cnn(data: str | os.PathLike, out: str | os.PathLike,
     from training.data.arrays import load_mnist_npz
     from training.evaluation.metrics import classification_metrics
     from training.loop.config import get_config
+    from training.loop.fit import fit
     from training.loop.presets import preset
-    from training.loop.steps import fit, make_eval_step, predict_proba
+    from training.loop.steps import make_eval_step, predict_proba
     from training.runs.saved import load_trained
 
     mnist = load_mnist_npz(data)

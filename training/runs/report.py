@@ -12,7 +12,7 @@ from common.tables import plain_text, pyplot, save_figure, write_table
 from training.evaluation.metrics import beats_baseline
 
 if TYPE_CHECKING:
-    from training.runs.records import FoldResult
+    from training.loop.records import FoldResult
 
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "roc_auc",
             # ordered classes only (Improbable < Possible < Probable): training.evaluation.ordinal

@@ -24,9 +24,10 @@ import numpy as np
 from training.evaluation.metrics import beats_baseline
 from training.loop.config import TrainConfig, get_config
 from training.loop.presets import presets
+from training.loop.registry import Strategy, strategy
 
 if TYPE_CHECKING:
-    from training.runs.records import FoldResult
+    from training.loop.records import FoldResult
 
 CONFIGS = presets("table")  # defined in training.loop.presets: the training presets with their folds
 
@@ -40,9 +41,9 @@ def config_for(name: str, image_size: int, *, rgb: bool = False, seed: int = 0, 
     if name == "improved":
         settings["rgb"] = rgb
     if name == "pretrained":
-        from models.efficientnet_lite import native_size
+        from models.registry import model_kind
 
-        settings["image_size"] = native_size(overrides.get("model", settings["model"]))
+        settings["image_size"] = model_kind(overrides.get("model", settings["model"])).native_size
     settings.update(overrides)
     return get_config("lab-2020", **settings)
 
@@ -176,9 +177,9 @@ def describe(config: TrainConfig) -> dict:
     """The settings a run actually uses, as a reader of its report needs them: fine-tuning's own only when it
     fine-tunes; for a frozen backbone's head (``finetune head``), which trains by Adam steps chosen by inner CV
     (λ from ``head_l2_grid``, at most ``head_steps``), not by epochs, none of the epoch-based settings."""
-    head = config.pretrained and config.finetune == "head"
+    head = strategy(config) is Strategy.HEAD
     tuning = ("top_blocks", "warmup_epochs", "weight_decay", "head_init", "block_lr_decay", "top_views") \
-        if config.pretrained and config.finetune != "head" else ()
+        if config.pretrained and not head else ()
     if head:
         tuning = ("head_steps", "head_l2_grid", "inner_folds", *(("head_views",) if config.head_views else ()))
     unused = ("epochs", "lr_schedule", "patience", "augment", "standardize", "selection", "refit") if head else ()

@@ -27,7 +27,8 @@ from common.layout import RunLayout
 from training.evaluation.calibration import Calibration, Referral
 from training.loop.checkpoints import Checkpoints
 from training.loop.config import TrainConfig, is_int, is_real
-from training.loop.steps import create_model, state_template
+from training.loop.registry import build_model
+from training.loop.state import state_template
 
 MAX_CLASSES = 10_000
 MAX_CHANNELS = 1 << 16
@@ -198,7 +199,7 @@ def load_trained(run: str | Path | SavedRun, which: str = "best"):
     read); a damaged one raises naming the file."""
     saved = run if isinstance(run, SavedRun) else read_saved_run(run)
     config, class_names = saved.config, list(saved.class_names)
-    model = create_model(config, len(class_names), saved.normalization.as_json() if saved.normalization else None)
+    model = build_model(config, len(class_names), saved.normalization.as_json() if saved.normalization else None)
     shape = (config.image_size, config.image_size, 3 if config.rgb else 1)
     template = state_template(model, config, shape)
     if saved.normalization is not None:  # one statistic per input channel, or per feature of a frozen backbone

@@ -26,30 +26,58 @@ class HeadChoice(NamedTuple):
 MAX_WIDEN = 8  # at most this many λ added beyond either end of the given grid
 
 
-def _head_run(F, A, y1h, cw, train_mask, val_mask, l2, lr, steps: int, keep_step, grad: str = "autodiff"):
-    """Full-batch Adam on one head; returns (val loss after each step, params at ``keep_step``, val probs).
+class HeadData(NamedTuple):
+    """What every run of a head reads, whatever its λ or fold: ``F`` (n, V, D) features of each photo and its
+    mirror image, ``A`` (n, V', D) features of augmented views of it that only train (V' may be 0), ``y1h``
+    (n, K) one-hot labels, ``class_weights`` (K,)."""
+
+    F: jax.Array
+    A: jax.Array
+    y1h: jax.Array
+    class_weights: jax.Array
+
+
+class HeadSplit(NamedTuple):
+    """Which rows train and which validate: masks (n,) in {0, 1} (one row per inner fold when stacked)."""
+
+    train: jax.Array
+    val: jax.Array
+
+
+class HeadHyper(NamedTuple):
+    """The run's regularisation λ (``l2``), Adam's rate ``lr``, and the step whose parameters are kept
+    (``keep_step``; -1: none, only the curve is wanted)."""
+
+    l2: jax.Array
+    lr: float
+    keep_step: int
+
+
+def _head_run(data: HeadData, split: HeadSplit, hyper: HeadHyper, steps: int, grad: str = "autodiff"):
+    """Full-batch Adam on one head; returns (val loss after each step, params at ``keep_step``, val probs,
+    the standardization ``(μ, σ)``).
 
     ``grad="manual"``: each step's gradient is the hand-written one (:func:`manual_backprop.efficientnet.head_grads`).
 
-    ``F`` (n, V, D) features of each photo and its mirror image, ``A`` (n, V', D) features of augmented views
-    of it that only train (V' may be 0), ``y1h`` (n, K) one-hot, ``cw`` (K,) class weights, masks (n,) in
-    {0, 1}. The training loss averages over all V + V' views; validation and the returned probabilities use
+    The training loss averages over all V + V' views of ``data``; validation and the returned probabilities use
     ``F``'s views only, as prediction does. Standardization μ, σ come from the training rows' V + V' views.
     """
-    T = jnp.concatenate([F, A], axis=1)
+    F, y1h = data.F, data.y1h
+    T = jnp.concatenate([F, data.A], axis=1)
     n, v, d = T.shape
     k = y1h.shape[1]
-    tm = train_mask[:, None, None]
-    count = jnp.maximum(jnp.sum(train_mask) * v, 1.0)
+    tm = split.train[:, None, None]
+    count = jnp.maximum(jnp.sum(split.train) * v, 1.0)
     mu = jnp.sum(T * tm, axis=(0, 1)) / count
     sd = jnp.sqrt(jnp.sum(((T - mu[None, None, :]) ** 2) * tm, axis=(0, 1)) / count) + 1e-6
     Fs = (F - mu[None, None, :]) / sd[None, None, :]
     Ts = (T - mu[None, None, :]) / sd[None, None, :]
-    w_ex = jnp.sum(y1h * cw[None, :], axis=1)
-    w_tr = w_ex * train_mask
-    w_va = w_ex * val_mask
+    w_ex = jnp.sum(y1h * data.class_weights[None, :], axis=1)
+    w_tr = w_ex * split.train
+    w_va = w_ex * split.val
+    l2 = hyper.l2
     params = {"W": jnp.zeros((d, k), F.dtype), "b": jnp.zeros((k,), F.dtype)}
-    tx = optax.adam(lr)
+    tx = optax.adam(hyper.lr)
 
     def probs_of(p):
         return jax.nn.softmax(Fs @ p["W"] + p["b"][None, None, :], axis=-1)  # (n, V, K)
@@ -67,19 +95,20 @@ def _head_run(F, A, y1h, cw, train_mask, val_mask, l2, lr, steps: int, keep_step
         g = head_grads(p, Ts, y1h, w_tr, l2)[1] if grad == "manual" else jax.grad(loss)(p)
         updates, s = tx.update(g, s, p)
         p = optax.apply_updates(p, updates)
-        kept = jax.tree_util.tree_map(lambda a, b: jnp.where(t + 1 == keep_step, a, b), p, kept)
+        kept = jax.tree_util.tree_map(lambda a, b: jnp.where(t + 1 == hyper.keep_step, a, b), p, kept)
         return (p, s, kept), val_loss(p)
 
     (_, _, kept), curve = jax.lax.scan(step, (params, tx.init(params), params), jnp.arange(steps))
     return curve, kept, probs_of(kept).mean(axis=1), (mu, sd)
 
 
-_head_grid = jax.jit(jax.vmap(jax.vmap(_head_run, in_axes=(None,) * 6 + (0,) + (None,) * 4),  # over λ
-                              in_axes=(None,) * 4 + (0, 0) + (None,) * 5),  # over inner folds
-                     static_argnums=(8, 10))
+# (steps, grad) are static: one program per step count and gradient
+_head_grid = jax.jit(jax.vmap(jax.vmap(_head_run, in_axes=(None, None, HeadHyper(0, None, None), None, None)),  # λ
+                              in_axes=(None, HeadSplit(0, 0), None, None, None)),  # over inner folds
+                     static_argnums=(3, 4))
 
 
-_head_one = jax.jit(_head_run, static_argnums=(8, 10))
+_head_one = jax.jit(_head_run, static_argnums=(3, 4))
 
 
 def _widen(grid: list[float], mean: np.ndarray) -> float | None:
@@ -119,9 +148,10 @@ def select_head(F: np.ndarray, y: np.ndarray, n_classes: int, class_weights: np.
     val_masks = np.zeros_like(train_masks)
     for j, (tr, va) in enumerate(folds):
         train_masks[j, tr], val_masks[j, va] = 1, 1
+    data, split = HeadData(F, A, y1h, class_weights), HeadSplit(train_masks, val_masks)
+
     def mean_curves(lams: Sequence[float]) -> np.ndarray:
-        curves, _, _, _ = _head_grid(F, A, y1h, class_weights, train_masks, val_masks, jnp.asarray(lams, jnp.float32),
-                                     lr, steps, -1, grad)
+        curves, _, _, _ = _head_grid(data, split, HeadHyper(jnp.asarray(lams, jnp.float32), lr, -1), steps, grad)
         curves = np.asarray(curves)  # (folds, n_l2, steps)
         if not np.all(np.isfinite(curves)):
             raise FloatingPointError(f"the head's inner-validation loss became non-finite (learning rate {lr})")
@@ -139,8 +169,8 @@ def select_head(F: np.ndarray, y: np.ndarray, n_classes: int, class_weights: np.
         else:
             grid, mean = [new, *grid], np.concatenate([row, mean])
     i, t = np.unravel_index(np.argmin(mean), mean.shape)
-    _, _, oof, _ = _head_grid(F, A, y1h, class_weights, train_masks, val_masks, jnp.asarray(grid[i:i + 1], jnp.float32),
-                              lr, steps, int(t) + 1, grad)
+    _, _, oof, _ = _head_grid(data, split, HeadHyper(jnp.asarray(grid[i:i + 1], jnp.float32), lr, int(t) + 1),
+                              steps, grad)
     oof = np.asarray(oof)[:, 0]  # (folds, n, K)
     oof_probs = np.sum(oof * val_masks[:, :, None], axis=0)[:n]
     return HeadChoice(grid[i], int(t) + 1, mean, oof_probs, tuple(grid))
@@ -164,8 +194,8 @@ def fit_head(F: np.ndarray, y: np.ndarray, n_classes: int, class_weights: np.nda
     ones = _pad_rows(np.ones(len(y), np.float32), len(y))
     A = _pad_rows(_no_views(F) if views is None else views, len(y))
     F = _pad_rows(F, len(y))
-    _, p, _, (mu, sd) = _head_one(F, A, y1h, class_weights, ones, np.zeros_like(ones), jnp.float32(l2), lr, steps,
-                                  steps, grad)
+    _, p, _, (mu, sd) = _head_one(HeadData(F, A, y1h, class_weights), HeadSplit(ones, np.zeros_like(ones)),
+                                  HeadHyper(jnp.float32(l2), lr, steps), steps, grad)
     if not all(np.all(np.isfinite(np.asarray(a))) for a in (p["W"], p["b"])):
         raise FloatingPointError(f"the head's weights became non-finite (learning rate {lr}, λ {l2})")
     return ({"kernel": np.asarray(p["W"]), "bias": np.asarray(p["b"])},

@@ -1,6 +1,7 @@
-"""The typed records a run's stages pass on: built by :mod:`training.runs.folds`, read by
-:mod:`training.runs.report` and :mod:`training.runs.results` (which is why they stand in a module of their own:
-the fold loop writes the report, so the report may not import the fold loop)."""
+"""The typed records a run's stages pass on: built by the fold loop (:mod:`training.runs.folds`) and the transfer
+strategy (:mod:`training.transfer.strategy`), read by :mod:`training.runs.report` and :mod:`training.runs.results`
+(which is why they stand in a module of their own, below both: the fold loop writes the report, so the report may
+not import the fold loop)."""
 
 from __future__ import annotations
 
