@@ -35,7 +35,6 @@ the run folder (the others compute the same and keep nothing).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from typing import TYPE_CHECKING
 
 from experiments.cli import (
@@ -53,7 +52,7 @@ from experiments.names import FINETUNE, MODELS, PRESETS, SCENARIOS
 
 if TYPE_CHECKING:
     from training.loop.config import TrainConfig
-    from training.runs.experiment import RunSummary
+    from training.runs.experiment import DataSpec, RunSummary
 
 
 def _target_recall(text: str) -> tuple[str, float]:
@@ -149,15 +148,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The preset with every flag the user gave on top."""
-    from models.registry import model_kind
-    from training.data.augment import Augment
-    from training.loop.config import get_config
+    """The preset with every flag the user gave on top (:func:`training.runs.experiment.training_config`)."""
+    from training.runs.experiment import training_config
 
     flags = {"model": args.model, "finetune": args.finetune, "weights": args.weights, "image_size": args.image_size,
              "rgb": args.rgb, "crop": args.crop, "epochs": args.epochs, "batch_size": args.batch_size,
-             "learning_rate": args.lr, "standardize": args.standardize,
-             "augment": Augment() if args.augment else None,
+             "learning_rate": args.lr, "standardize": args.standardize, "augment": args.augment,
              "lr_schedule": args.lr_schedule, "patience": args.patience, "val_fraction": args.val_fraction,
              "folds": args.folds, "target_recall": args.target_recall, "grad": args.grad,
              "head_views": args.head_views, "top_views": args.top_views, "block_lr_decay": args.block_lr_decay,
@@ -170,25 +166,23 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         overrides["class_weights"] = None if args.class_weights == "none" else args.class_weights
     if args.no_tta:
         overrides["tta_flip"] = False
-    config = get_config(args.preset, seed=args.seed, **overrides)  # with fine-tuning's recipe; the user's flags win
-    native = model_kind(config.model).native_size
-    if native is not None and args.image_size is None:  # a pretrained backbone at the size its weights expect
-        config = dataclasses.replace(config, image_size=native)
-    if args.data is None and args.image_size is None and not config.pretrained:
-        config = dataclasses.replace(config, image_size=32)  # the 8×8 digits, upscaled
-    return config
+    return training_config(args.preset, data_spec(args), seed=args.seed, **overrides)  # the user's flags win
+
+
+def data_spec(args: argparse.Namespace) -> DataSpec:
+    from training.runs.experiment import DataSpec
+
+    return DataSpec(args.data, args.scenario, args.grouping)
 
 
 def run(args: argparse.Namespace) -> RunSummary:
-    from training.loop.distributed import process_index
-    from training.runs.experiment import DataSpec, RunOptions, train_and_evaluate
+    from training.runs.experiment import RunOptions, train_and_evaluate
 
     options = RunOptions(resume=args.resume, overwrite=args.overwrite, skip_bad=args.skip_bad,
                          cache_dir=args.cache_dir, workers=args.workers, progress=not args.no_progress,
                          engine=args.engine)
-    summary = train_and_evaluate(config_from_args(args), DataSpec(args.data, args.scenario, args.grouping), args.out,
-                                 options)
-    if process_index() == 0:
+    summary = train_and_evaluate(config_from_args(args), data_spec(args), args.out, options)
+    if summary.process_index == 0:
         folds = len(summary.results)
         where = f"{args.out}/fold_1 … fold_{folds}" if folds > 1 else str(args.out)
         print(f"run written to {args.out}: summary {args.out}/summary.md, report (metrics.md, plots) and "
@@ -198,28 +192,14 @@ def run(args: argparse.Namespace) -> RunSummary:
 
 def validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Checks that need the preset and the flags together (argparse's one-line error, exit 2)."""
+    from training.runs.experiment import SettingError, check_settings
+
     try:
-        config = config_from_args(args)
+        check_settings(config_from_args(args), data_spec(args))
+    except SettingError as exc:  # a flag that cannot run: named
+        p.error(f"argument --{exc.setting}: {exc}")
     except ValueError as exc:  # flags that do not go together (TrainConfig's own checks)
         p.error(str(exc))
-    if args.data is not None:
-        from training.data.discovery import discover
-        from training.data.labels import require_two_classes
-
-        try:
-            items = discover(args.data)  # lists files, decodes nothing
-        except (ValueError, OSError):
-            items = None  # a missing or malformed source: reported by the run, naming it
-        if items is not None:
-            try:
-                require_two_classes((label for _, label in items), args.data)
-            except ValueError as exc:
-                p.error(f"argument --data: {exc}")
-    from models.registry import model_kind
-
-    if config.grad == "manual" and not model_kind(config.model).manual_activations:
-        p.error(f"argument --grad: manual gradients are written for Model 1 and the EfficientNet-Lite models, "
-                f"not {config.model}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -51,8 +51,9 @@ class RunOptions:
 
 class RunSummary(NamedTuple):
     """What :func:`train_and_evaluate` gives back: the run folder, the configuration used, the classes, each
-    outer fold's :class:`~training.runs.folds.FoldResult`, the pooled metrics of every scored photo and
-    the stratified bootstrap 95 % interval of their balanced accuracy."""
+    outer fold's :class:`~training.loop.records.FoldResult`, the pooled metrics of every scored photo, the
+    stratified bootstrap 95 % interval of their balanced accuracy, and this process's place in the job (0: the
+    one that wrote the run folder)."""
 
     out: str
     config: TrainConfig
@@ -60,6 +61,65 @@ class RunSummary(NamedTuple):
     results: list[FoldResult]
     pooled: dict
     balanced_accuracy_ci95: tuple[float, float]
+    process_index: int = 0
+
+
+class SettingError(ValueError):
+    """A setting that cannot run as given, named by ``setting`` (a :class:`TrainConfig` field, or ``data``)."""
+
+    def __init__(self, setting: str, message: str):
+        super().__init__(message)
+        self.setting = setting
+
+
+DIGITS_SIZE = 32  # the embedded 8×8 digits, upscaled for Model 1's five convolutions and three poolings
+
+
+def training_config(preset: str, data_spec: DataSpec, *, seed: int = 0, **overrides) -> TrainConfig:
+    """The configuration ``experiments.train`` runs: the ``preset`` (with fine-tuning's recipe for a fine-tuned
+    backbone) and ``overrides`` on top. Unless ``image_size`` is given, a pretrained backbone runs at the size
+    its weights expect (the registry's native size) and a network from scratch on the embedded digits at
+    :data:`DIGITS_SIZE`. ``augment=True`` means the default :class:`~training.data.augment.Augment`.
+    Raises ``ValueError`` for settings that do not go together (:class:`TrainConfig`'s own checks)."""
+    import dataclasses
+
+    from models.registry import model_kind
+    from training.data.augment import Augment
+    from training.loop.config import get_config
+
+    if overrides.get("augment") is True:
+        overrides["augment"] = Augment()
+    config = get_config(preset, seed=seed, **overrides)
+    if "image_size" not in overrides:
+        native = model_kind(config.model).native_size
+        if native is not None:
+            config = dataclasses.replace(config, image_size=native)
+        elif data_spec.source is None and not config.pretrained:
+            config = dataclasses.replace(config, image_size=DIGITS_SIZE)
+    return config
+
+
+def check_settings(config: TrainConfig, data_spec: DataSpec) -> None:
+    """Refuse, before any work, what cannot run: ``grad="manual"`` for a model without a hand-written backward,
+    and photos of fewer than two classes (the files are listed, none decoded). A source that is missing or
+    malformed is left to the run, which names it. Raises :class:`SettingError` naming the setting."""
+    from models.registry import model_kind
+    from training.data.discovery import discover
+    from training.data.labels import require_two_classes
+
+    if config.grad == "manual" and not model_kind(config.model).manual_activations:
+        raise SettingError("grad", f"manual gradients are written for Model 1 and the EfficientNet-Lite models, "
+                                   f"not {config.model}")
+    if data_spec.source is None:
+        return
+    try:
+        items = discover(data_spec.source)  # lists files, decodes nothing
+    except (ValueError, OSError):
+        return  # a missing or malformed source: reported by the run, naming it
+    try:
+        require_two_classes((label for _, label in items), data_spec.source)
+    except ValueError as exc:
+        raise SettingError("data", str(exc)) from None
 
 
 def data_record(data) -> dict:
@@ -72,13 +132,13 @@ def data_record(data) -> dict:
 def train_and_evaluate(config: TrainConfig, data_spec: DataSpec, workdir: str | Path,
                        options: RunOptions = RunOptions()) -> RunSummary:
     """Train ``config`` on ``data_spec``'s photos into the run folder ``workdir`` and score it (see the module)."""
-    from training.loop.distributed import outputs_of_this_process, process_count
+    from training.loop.distributed import outputs_of_this_process, process_count, process_index
 
     if options.resume and process_count() > 1:
         raise ValueError("--resume: a job of several processes cannot resume (process 0 alone holds the run); "
                          "resume it as one process, or start again with --overwrite")
     with outputs_of_this_process(workdir) as out:
-        return _run(config, data_spec, out, options)
+        return _run(config, data_spec, out, options)._replace(process_index=process_index())
 
 
 def _run(config: TrainConfig, spec: DataSpec, out_path: Path, options: RunOptions) -> RunSummary:
