@@ -210,16 +210,10 @@ def test_explain_cli_writes_heat_map_pngs(tmp_path):
 
 @pytest.fixture
 def small_photo_folder(tmp_path):
-    from PIL import Image
+    from tests.helpers import make_photos
 
-    rng = np.random.default_rng(0)
-    root = tmp_path / "photos"
-    for label, shade in [("Probable", 40), ("Possible", 120), ("Improbable", 200)]:
-        (root / label).mkdir(parents=True)
-        for i in range(6):
-            arr = np.clip(rng.normal(shade, 30, (30, 30, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(root / label / f"{label}{i}.png")
-    return root
+    return make_photos(tmp_path / "photos", ("Probable", "Possible", "Improbable"), n=6, size=30, seed=0,
+                       shades=(40, 120, 200))
 
 
 @pytest.mark.slow

@@ -8,30 +8,16 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
 
-from experiments import predict, train
+from experiments import predict
 from tests.helpers import read_predictions
 from training.data import prefetch
 
 
-def _photos(root, n=7, size=12):
-    rng = np.random.default_rng(1)
-    for k, label in enumerate("ab"):
-        (root / label).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            arr = np.clip(rng.normal(60 + 120 * k, 30, (size, size, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(root / label / f"{label}{i}.png")
-    return root
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("stream")
-    root = _photos(tmp / "photos")
-    train.main(["--data", str(root), "--preset", "lab-2020", "--image-size", "16", "--epochs", "1", "--out",
-                str(tmp / "run"), "--cache-dir", str(tmp / "c"), "--no-progress"])
-    return tmp / "run", root
+@pytest.fixture
+def trained(tiny_run):
+    """The session's tiny Model 1 run (conftest.py): 14 photos, ``a0.png``–``a6.png`` and ``b0.png``–``b6.png``."""
+    return tiny_run
 
 
 def _predict(run, root, out, *extra):

@@ -14,7 +14,7 @@ from models.pretrained import load_backbone, packaged_weights_file
 from models.torch_weights import WeightsFileError, load_state_dict
 from models.transfer import TransferClassifier
 from tests.conftest import shared_path
-from tests.helpers import read_predictions, relative_errors
+from tests.helpers import make_photos, read_predictions, relative_errors
 from training.evaluation.decision import decide, recall_threshold
 from training.loop.config import get_config
 from training.loop.optimizer import trainable_mask
@@ -479,8 +479,6 @@ def test_target_recall_threshold_is_saved_and_applied_by_predict(tmp_path, monke
     it sees are exactly the training part's, never a scored photo's."""
     import json
 
-    from PIL import Image
-
     from experiments import predict, train
     from training.runs import folds
 
@@ -493,13 +491,8 @@ def test_target_recall_threshold_is_saved_and_applied_by_predict(tmp_path, monke
     choose = folds.choose_calibration
     monkeypatch.setattr(folds, "choose_calibration", recording)
 
-    rng = np.random.default_rng(0)
-    root = tmp_path / "photos"
-    for label, colour in [("Probable", (200, 40, 40)), ("Improbable", (40, 160, 40))]:
-        (root / label).mkdir(parents=True)
-        for i in range(10):
-            arr = np.clip(rng.normal(colour, 40, (24, 24, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(root / label / f"{i}.png")
+    root = make_photos(tmp_path / "photos", ("Probable", "Improbable"), n=10, size=24, seed=0,
+                       shades=((200, 40, 40), (40, 160, 40)), spread=40, name="{i}.png")
     out = tmp_path / "run"
     result = train.run(train.parser().parse_args([
         "--data", str(root), "--model", "efficientnet_lite0", "--image-size", "32", "--target-recall", "Probable=0.9",

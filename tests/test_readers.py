@@ -572,11 +572,9 @@ def _commands(tmp: Path) -> dict[str, tuple[str, list[str], Path]]:
     (tmp / "run" / "checkpoints").mkdir(parents=True)
     config = tmp / "run" / "checkpoints" / "config.json"
     config.write_text(json.dumps(saved))
-    from PIL import Image
+    from tests.helpers import make_photos
 
-    for label in ("a", "b"):
-        (tmp / "photos" / label).mkdir(parents=True)
-        Image.new("RGB", (8, 8), (40, 90 if label == "a" else 200, 10)).save(tmp / "photos" / label / "x.png")
+    make_photos(tmp / "photos", n=1, size=8, shades=((40, 90, 10), (40, 200, 10)), spread=0, name="x.png")
     manifest = tmp / "manifest.csv"
     manifest.write_text("path,label\nx.jpg,a,extra\n")
     grouping = tmp / "g.toml"
