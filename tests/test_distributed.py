@@ -116,9 +116,10 @@ def test_train_as_two_processes_gives_the_one_process_run(model1_run, tmp_path, 
     """``experiments.train`` as 2 processes: process 0 alone writes the run folder, and its metrics and
     parameters are the one-process run's.
 
-    default (frozen EfficientNet-Lite, here Lite0 at 64 px, softmax head): each process computes the features
-    of a contiguous shard of the photos, in the chunks one process uses, and they are gathered; the head is
-    then fitted on the same numbers in the same order, so the parameters are equal bit for bit.
+    default (frozen EfficientNet-Lite, here Lite0 at 32 px as in the other transfer tests, softmax head): each
+    process computes the features of a contiguous shard of the photos, in the chunks one process uses, and they
+    are gathered; the head is then fitted on the same numbers in the same order, so the parameters are equal bit
+    for bit.
 
     Model 1 (lab-2020, one Adam step per epoch here): the batch is split over the 2 processes' devices, so
     only the order of the float32 sums differs. The loss, a weighted mean over m = 11 rows, then differs by at
@@ -131,7 +132,7 @@ def test_train_as_two_processes_gives_the_one_process_run(model1_run, tmp_path, 
     _, photos = model1_run
     args = ["--data", str(photos), "--preset", preset, "--epochs", "2", "--folds", "1", "--cache-dir",
             str(tmp_path / "c"), "--no-progress"]
-    args += ["--image-size", "16"] if preset == "lab-2020" else ["--model", "efficientnet_lite0", "--image-size", "64"]
+    args += ["--image-size", "16"] if preset == "lab-2020" else ["--model", "efficientnet_lite0", "--image-size", "32"]
     train.main([*args, "--out", str(tmp_path / "one")])
     results = _wait(_job("experiments.train", [*args, "--out", str(tmp_path / "two"), "--cache-dir",
                                                str(tmp_path / "c2")]))
