@@ -34,7 +34,7 @@ from tests.hostile_weights import (
     zip_bytes,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _is_payload(name: str) -> bool:

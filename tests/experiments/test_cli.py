@@ -349,7 +349,7 @@ def test_a_truncated_checkpoint_array_gives_one_line_and_nothing_after_it(tiny_r
 
     run, root = tiny_run_copy
     _truncate_biggest_array(run)
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     proc = subprocess.run([sys.executable, "-m", "experiments.predict", "--checkpoint", str(run), "--images",  # noqa: S603 (argv is this interpreter and paths the test made; no shell)
                            str(root), "--out", str(tmp_path / "p.csv"), "--no-progress"],
                           cwd=repo, capture_output=True, text=True, timeout=300)
@@ -451,7 +451,7 @@ def test_sigkill_at_a_random_point_then_resume_gives_the_uninterrupted_losses(tm
     import time
 
     root = make_photos(tmp_path / "photos", n=8)
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = {**os.environ, "PYTHONPATH": repo, "JAX_PLATFORMS": "cpu"}
 
     def command(out, *extra):
@@ -550,7 +550,7 @@ heavy = ("jax", "flax", "optax", "orbax", "sklearn", "matplotlib", "models", "tr
          "training.data.images", "manual_backprop")
 print(sorted(m for m in heavy if m in sys.modules))
 """
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60,  # noqa: S603
                           env={**os.environ, "PYTHONPATH": repo})
     assert done.returncode == 0, done.stderr
@@ -589,7 +589,7 @@ def test_agreement_matching_a_deep_path_stays_linear():
             "deep = 'a/' * 40_000 + 'x.jpg'\n"
             "got = match_paths(['x.jpg', 'a/x.jpg', 'b/y.jpg'], [deep, 'b/y.jpg'], 'r.csv', strict=False)\n"
             "assert got == [deep, deep, 'b/y.jpg'], got\n")
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120,  # noqa: S603 (this interpreter, the test's own code; no shell)
                           env={**os.environ, "PYTHONPATH": repo})
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -115,7 +115,7 @@ def test_default_train_and_predict_on_real_tree_photos(tmp_path):
     from experiments import predict, train
 
     trees = shared_path("trees")
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     out = tmp_path / "run"
     argv = ["--data", str(trees), "--grouping", str(repo / "examples" / "tree_vs_not.toml"),
             "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]

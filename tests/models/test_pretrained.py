@@ -155,8 +155,8 @@ def test_finetune_modes_train_what_they_say_and_batchnorm_stays_frozen(finetune,
     """One float32 Adam step of the project's train step: what the mode names moves, nothing else does, and the
     BatchNorm statistics never do. (``top`` is checked so after its 4 steps on the photos in
     :func:`test_fine_tuning_the_top_on_cached_maps_is_fine_tuning_it_on_the_photos`, and ``all`` in
-    tests/test_manual_efficientnet.py, on the 4 float64 steps it takes there with the same optimizer mask:
-    more compilations of Lite0's backward here would check nothing more.)"""
+    tests/manual_backprop/test_manual_efficientnet.py, on the 4 float64 steps it takes there with the same
+    optimizer mask: more compilations of Lite0's backward here would check nothing more.)"""
     import optax
 
     from training.loop.config import get_config

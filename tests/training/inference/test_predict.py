@@ -147,7 +147,7 @@ def test_chunks_sharded_over_four_devices_give_the_same_csv(trained, tmp_path):
 
     run, root = trained
     _predict(run, root, tmp_path / "one.csv")
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[3]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": str(repo)}
     code = ("import jax, sys; assert len(jax.local_devices()) == 4; from experiments import predict; "
@@ -416,7 +416,8 @@ def test_processes_that_were_given_different_plans_are_named():
 
 def test_a_job_whose_processes_disagree_stops_before_any_work(trained, tmp_path, monkeypatch, capsys):
     """Process 0 of a 2-process job whose peer was given another --batch-size (the exchange faked): one line,
-    nothing written. (tests/test_distributed.py runs real jobs; a real mismatched one says the same line.)"""
+    nothing written. (tests/training/loop/test_distributed.py runs real jobs; a real mismatched one says the same
+    line.)"""
     from training.inference import stream
 
     run, root = trained

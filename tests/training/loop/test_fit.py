@@ -23,7 +23,7 @@ from training.loop.config import get_config
 from training.loop.steps import create_model, create_state, fit, make_batch, make_train_step
 from training.runs.saved import load_trained
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 # --- helpers: small real image files of every kind ---
