@@ -77,7 +77,7 @@ REGISTRY: dict[str, str] = {
                                                           "tests/experiments/test_cli.py::test_a_damaged_checkpoint_*"),
     "training/loop/checkpoints.py::Checkpoints.meta": ("orbax: "
                                                        "tests/experiments/test_cli.py::test_a_damaged_checkpoint_*"),
-    "training/loop/steps.py::fit": "orbax, resuming its own run: tests/test_training.py::test_resume_*",
+    "training/loop/steps.py::fit": "orbax, resuming its own run: tests/training/loop/test_fit.py::test_resume_*",
     "training/evaluation/review.py::_csv_rows": ("review's CSVs: "
                                                  "tests/training/evaluation/test_review.py (hostile CSV cases, FIFO)"),
     "training/evaluation/review.py::make_thumbnail": ("photos: tests/training/evaluation/test_review.py "
@@ -353,7 +353,7 @@ def _cases() -> list[tuple[str, str, object]]:
     for reader, kind in READER_KINDS.items():
         for name, content in COMMON.items():
             if reader == "manifest" and content == "FOLDER":
-                continue  # --data given a folder reads it as class folders: tests/test_training.py
+                continue  # --data given a folder reads it as class folders: tests/training/data/test_images.py
             cases.append((reader, name, content))
         cases.append((reader, "missing", None))
         for name, content in SPECIFIC.get(reader, {}).items():
