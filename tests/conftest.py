@@ -84,6 +84,14 @@ def tiny_run_copy(tiny_run, tmp_path) -> tuple[Path, Path]:
     return tmp_path / "run", tmp_path / "photos"
 
 
+@pytest.fixture(scope="session")
+def lite0(tmp_path_factory):
+    """(params, digest) of EfficientNet-Lite0's packaged ImageNet weights, converted once per test process."""
+    from models.pretrained import load_backbone
+
+    return load_backbone("efficientnet_lite0", cache_dir=tmp_path_factory.mktemp("lite0-cache"))
+
+
 def shared_path(*parts: str) -> Path:
     """A path under ../shared/data, or skip the test with the reason."""
     path = SHARED_DATA.joinpath(*parts)

@@ -1,4 +1,4 @@
-"""Helpers shared by the test files: pytree comparisons, a synthetic photo folder, predictions CSVs."""
+"""Helpers shared by the test files: pytree comparisons, a synthetic photo folder, predictions CSVs, features."""
 
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +31,11 @@ def assert_tree_close(actual, expected, rtol: float) -> None:
     """Per-array relative error of two pytrees at most ``rtol``."""
     errors = relative_errors(actual, expected)
     assert max(errors) <= rtol, f"per-array relative errors {errors} exceed {rtol}"
+
+
+def jitted_features(model):
+    """``(params, images) -> pooled features`` of an EfficientNetLite, vmapped and jitted."""
+    return jax.jit(jax.vmap(lambda p, im: model.apply({"params": p}, im, features_only=True), (None, 0)))
 
 
 def read_predictions(path) -> list[dict]:
