@@ -2,7 +2,7 @@
 
 A command parses its arguments before it imports JAX, Flax, scikit-learn or the library (a bad flag is
 reported at once); the library keeps the definitions behind these names, and
-``tests/test_cli.py::test_the_parsers_offer_the_library_s_names`` checks that each tuple here equals its
+``tests/experiments/test_cli.py::test_the_parsers_offer_the_library_s_names`` checks that each tuple here equals its
 source's keys.
 """
 

@@ -59,6 +59,39 @@ def _precision(request):
     assert jax.dtypes.canonicalize_dtype(np.float64) == np.float32, "a test left 64-bit arithmetic switched on"
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(run folder, its photos): one tiny finished run, trained once per test process and shared by every test
+    that needs "a trained run": Model 1 (``--preset lab-2020``, 16 px grayscale, 1 epoch) through
+    ``experiments.train`` on ``make_photos``' default folder (two classes ``a`` and ``b``, 7 photos each).
+    Read-only: a test that changes the run or its photos works on a copy (``tiny_run_copy``)."""
+    from experiments import train
+    from tests.helpers import make_photos
+
+    tmp = tmp_path_factory.mktemp("tiny_run")
+    root = make_photos(tmp / "photos")
+    train.main(["--data", str(root), "--preset", "lab-2020", "--image-size", "16", "--epochs", "1",
+                "--out", str(tmp / "run"), "--cache-dir", str(tmp / "cache"), "--no-progress"])
+    return tmp / "run", root
+
+
+@pytest.fixture
+def tiny_run_copy(tiny_run, tmp_path) -> tuple[Path, Path]:
+    """A copy of ``tiny_run``'s run folder and photos under the test's own ``tmp_path``, to change at will."""
+    run, root = tiny_run
+    shutil.copytree(run, tmp_path / "run", symlinks=True)
+    shutil.copytree(root, tmp_path / "photos", symlinks=True)
+    return tmp_path / "run", tmp_path / "photos"
+
+
+@pytest.fixture(scope="session")
+def lite0(tmp_path_factory):
+    """(params, digest) of EfficientNet-Lite0's packaged ImageNet weights, converted once per test process."""
+    from models.pretrained import load_backbone
+
+    return load_backbone("efficientnet_lite0", cache_dir=tmp_path_factory.mktemp("lite0-cache"))
+
+
 def shared_path(*parts: str) -> Path:
     """A path under ../shared/data, or skip the test with the reason."""
     path = SHARED_DATA.joinpath(*parts)

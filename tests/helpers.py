@@ -1,4 +1,7 @@
-"""Comparison helpers shared by the test files."""
+"""Helpers shared by the test files: pytree comparisons, a synthetic photo folder, predictions CSVs, features."""
+
+from collections.abc import Sequence
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -28,6 +31,11 @@ def assert_tree_close(actual, expected, rtol: float) -> None:
     """Per-array relative error of two pytrees at most ``rtol``."""
     errors = relative_errors(actual, expected)
     assert max(errors) <= rtol, f"per-array relative errors {errors} exceed {rtol}"
+
+
+def jitted_features(model):
+    """``(params, images) -> pooled features`` of an EfficientNetLite, vmapped and jitted."""
+    return jax.jit(jax.vmap(lambda p, im: model.apply({"params": p}, im, features_only=True), (None, 0)))
 
 
 def read_predictions(path) -> list[dict]:
@@ -66,3 +74,28 @@ def unwritable_folder(tmp_path):
     else:  # pragma: no cover - a writable sysfs: leave nothing behind
         kernel.joinpath(".tree-risk-write-probe").unlink()
     pytest.skip("running as root and no folder refuses root's writes (/sys/kernel is absent or writable)")
+def make_photos(root: Path, labels: Sequence[str] = ("a", "b"), n: int = 7, size: int | tuple[int, int] = 12, *,
+                seed: int = 1, shades: Sequence | bool | None = None, spread: float = 30.0,
+                name: str = "{label}{i}.png") -> Path:
+    """A synthetic photo folder, ``root/<label>/<name>``: ``n`` RGB PNGs a class, ``size`` px (or (height, width)).
+
+    Class k's pixels are drawn from N(shadeₖ, spread²), clipped to 0–255 (shadeₖ = 60 + 120·k unless
+    ``shades`` gives one number or RGB triple a class), so a tiny model separates the classes;
+    ``shades=False`` draws uniform noise instead (no class signal). ``name`` is formatted with ``label``
+    and ``i``. One NumPy generator from ``seed`` draws every photo in order: the folder is the same
+    bit for bit each time. Returns ``root``.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    h, w = (size, size) if isinstance(size, int) else size
+    for k, label in enumerate(labels):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            if shades is False:
+                arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            else:
+                shade = np.asarray(shades[k] if shades else 60 + 120 * k, np.float64)
+                arr = np.clip(rng.normal(shade, spread, (h, w, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(root / label / name.format(label=label, i=i))
+    return root

@@ -84,7 +84,7 @@ def all_maps(model, params, x: jax.Array, cls: jax.Array, methods: tuple[str, ..
 
     The score y_c is differentiated once with respect to both the image (saliency) and the zero added to
     the feature maps A (Grad-CAM, Grad-CAM++), and A is that same forward pass's ``intermediates``: the
-    maps equal :func:`saliency`, :func:`grad_cam` and :func:`grad_cam_plus_plus` (tests/test_models.py),
+    maps equal :func:`saliency`, :func:`grad_cam` and :func:`grad_cam_plus_plus` (tests/models/test_models.py),
     which pay a pass each. ``cls`` may be traced (one compilation for every class)."""
     cams = [m for m in methods if m != "saliency"]
     shapes = jax.eval_shape(lambda: model.apply({"params": params}, x, mutable=["perturbations"])[1])

@@ -5,7 +5,7 @@ On CPU, ONNX Runtime runs this project's ONNX export of EfficientNet-Lite1 (``mo
 alone, benchmarks/RESULTS.md, issue 37 item 3), so ``"auto"`` still picks it there when ``onnx`` and
 ``onnxruntime`` are installed (``pip install -e '.[deploy]'``) and the model has an ONNX form (Model 1,
 EfficientNet-Lite); otherwise, and on GPU or TPU, JAX. Both give the same probabilities to 1e-4
-(``tests/test_matrix.py``). Either way the result is one ``probs_fn(params, x)``.
+(``tests/experiments/test_matrix.py``). Either way the result is one ``probs_fn(params, x)``.
 """
 
 from __future__ import annotations

@@ -33,16 +33,10 @@ KINDS = {
 
 @pytest.fixture(scope="session")
 def photos(tmp_path_factory):
-    from PIL import Image
+    from tests.helpers import make_photos
 
-    root = tmp_path_factory.mktemp("matrix") / "photos"
-    rng = np.random.default_rng(0)
-    for label, shade in [("Probable", 50), ("Improbable", 200)]:
-        (root / label).mkdir(parents=True)
-        for i in range(8):
-            arr = np.clip(rng.normal(shade, 30, (36, 40, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(root / label / f"{label[:3]}{i}.png")
-    return root
+    return make_photos(tmp_path_factory.mktemp("matrix") / "photos", ("Probable", "Improbable"), n=8, size=(36, 40),
+                       seed=0, shades=(50, 200), name="{label:.3}{i}.png")
 
 
 # (pytest-xdist runs a module's tests on one worker: each kind is trained once)

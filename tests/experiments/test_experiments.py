@@ -116,7 +116,7 @@ def test_default_train_and_predict_on_real_tree_photos(tmp_path):
     from experiments import predict, train
 
     trees = shared_path("trees")
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     out = tmp_path / "run"
     argv = ["--data", str(trees), "--grouping", str(repo / "examples" / "tree_vs_not.toml"),
             "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
@@ -190,9 +190,10 @@ def test_explain_cli_writes_heat_map_pngs(tmp_path):
     from training.runs.explain import ExplainOptions, explain_photos
 
     rng = np.random.default_rng(0)
-    x = rng.uniform(0, 1, (12, 24, 24, 1)).astype(np.float32)
+    x = rng.uniform(0, 1, (12, 16, 16, 1)).astype(np.float32)
     y = (np.arange(12) % 2).astype(np.int32)
-    fit(get_config("lab-2020", image_size=24, epochs=1, batch_size=4, head_units=(8, 4)), x[:8], y[:8], x[8:], y[8:],
+    # the setting of test_matrix's model1 run (16 px grayscale, batch 4): its compiled programs are shared
+    fit(get_config("lab-2020", image_size=16, epochs=1, batch_size=4), x[:8], y[:8], x[8:], y[8:],
         ["a", "b"], tmp_path / "run", progress=False)
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -207,16 +208,10 @@ def test_explain_cli_writes_heat_map_pngs(tmp_path):
 
 @pytest.fixture
 def small_photo_folder(tmp_path):
-    from PIL import Image
+    from tests.helpers import make_photos
 
-    rng = np.random.default_rng(0)
-    root = tmp_path / "photos"
-    for label, shade in [("Probable", 40), ("Possible", 120), ("Improbable", 200)]:
-        (root / label).mkdir(parents=True)
-        for i in range(6):
-            arr = np.clip(rng.normal(shade, 30, (30, 30, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(root / label / f"{label}{i}.png")
-    return root
+    return make_photos(tmp_path / "photos", ("Probable", "Possible", "Improbable"), n=6, size=30, seed=0,
+                       shades=(40, 120, 200))
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "backprop_by_hand.ipynb"
+NOTEBOOK = Path(__file__).resolve().parents[2] / "examples" / "backprop_by_hand.ipynb"
 
 
 @pytest.mark.slow

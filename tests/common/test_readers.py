@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 
 from common.files import FileFormatError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # ---- the registry ----------------------------------------------------------------------------------------------
 # "file::function" → how it is tested: a reader key of tests/read_files.py (hostile and fuzzed files here),
@@ -55,7 +55,8 @@ REGISTRY: dict[str, str] = {
     # readers of the user's files and of files the project wrote earlier
     "training/runs/saved.py::read_saved_run": "saved_run",
     "training/runs/saved.py::_parse_bytes": "saved_run",
-    "training/runs/saved.py::load_trained": "saved_run; orbax: tests/test_cli.py::test_a_damaged_checkpoint_*",
+    "training/runs/saved.py::load_trained": ("saved_run; orbax: "
+                                             "tests/experiments/test_cli.py::test_a_damaged_checkpoint_*"),
     "training/runs/folder.py::read_run": "run_record",
     "training/runs/results.py::read_result_row": "result_row",
     "training/data/labels.py::load_grouping": "grouping",
@@ -65,24 +66,32 @@ REGISTRY: dict[str, str] = {
     "training/transfer/features.py::_load_cached": "feature_cache",
     "training/data/cache.py::ImageCache.get": "image_cache",
     "models/pretrained.py::read_cached_backbone": "weights_cache",
-    "models/pretrained.py::load_backbone": "weights_cache; the weights: tests/test_security.py",
-    "training/data/decoding.py::load_image": "photos: tests/test_security.py::test_mutated_photos_*",
+    "models/pretrained.py::load_backbone": "weights_cache; the weights: tests/common/test_security.py",
+    "training/data/decoding.py::load_image": "photos: tests/common/test_security.py::test_mutated_photos_*",
     "training/data/loading.py::_digest_or_error": "photos: stat as a regular file before hashing",
-    "models/torch_weights.py::load_state_dict": "weights: tests/test_security.py (hostile corpus, forked)",
-    "models/torch_weights.py::_load_zip": "weights: tests/test_security.py",
-    "models/torch_weights.py::_read_entry": "weights: tests/test_security.py",
-    "models/torch_weights.py::_load_pickle": "weights: tests/test_security.py",
-    "training/loop/checkpoints.py::Checkpoints.restore": "orbax: tests/test_cli.py::test_a_damaged_checkpoint_*",
-    "training/loop/checkpoints.py::Checkpoints.meta": "orbax: tests/test_cli.py::test_a_damaged_checkpoint_*",
-    "training/loop/fit.py::fit": "orbax, resuming its own run: tests/test_training.py::test_resume_*",
-    "training/loop/fit.py::_resumed": "orbax, resuming its own run: tests/test_training.py::test_resume_*",
-    "training/evaluation/review.py::_csv_rows": "review's CSVs: tests/test_review.py (hostile CSV cases, FIFO)",
-    "training/evaluation/review.py::make_thumbnail": "photos: tests/test_review.py (missing and broken photos)",
-    # predict's partial and shard files (helper io-writer's; tests/test_predict.py)
-    "training/inference/stream.py::_json_object": "partial record and shard reports: tests/test_predict.py",
-    "training/inference/stream.py::RowChecker.rows": "partial and shard rows: tests/test_predict.py (hostile, fuzz)",
-    # predict's own finished CSV, read back to add the refer column (helper calibration's; tests/test_predict.py)
-    "training/inference/refer.py::_confidences": "predict's finished CSV: tests/test_predict.py (hostile)",
+    "models/torch_weights.py::load_state_dict": "weights: tests/common/test_security.py (hostile corpus, forked)",
+    "models/torch_weights.py::_load_zip": "weights: tests/common/test_security.py",
+    "models/torch_weights.py::_read_entry": "weights: tests/common/test_security.py",
+    "models/torch_weights.py::_load_pickle": "weights: tests/common/test_security.py",
+    "training/loop/checkpoints.py::Checkpoints.restore": ("orbax: "
+                                                          "tests/experiments/test_cli.py::test_a_damaged_checkpoint_*"),
+    "training/loop/checkpoints.py::Checkpoints.meta": ("orbax: "
+                                                       "tests/experiments/test_cli.py::test_a_damaged_checkpoint_*"),
+    "training/loop/fit.py::fit": "orbax, resuming its own run: tests/training/loop/test_fit.py::test_resume_*",
+    "training/loop/fit.py::_resumed": "orbax, resuming its own run: tests/training/loop/test_fit.py::test_resume_*",
+    "training/evaluation/review.py::_csv_rows": ("review's CSVs: "
+                                                 "tests/training/evaluation/test_review.py (hostile CSV cases, FIFO)"),
+    "training/evaluation/review.py::make_thumbnail": ("photos: tests/training/evaluation/test_review.py "
+                                                      "(missing and broken photos)"),
+    # predict's partial and shard files (helper io-writer's; tests/training/inference/test_predict.py)
+    "training/inference/stream.py::_json_object": ("partial record and shard reports: "
+                                                   "tests/training/inference/test_predict.py"),
+    "training/inference/stream.py::RowChecker.rows": ("partial and shard rows: "
+                                                      "tests/training/inference/test_predict.py (hostile, fuzz)"),
+    # predict's own finished CSV, read back to add the refer column
+    # (helper calibration's; tests/training/inference/test_predict.py)
+    "training/inference/refer.py::_confidences": ("predict's finished CSV: "
+                                                  "tests/training/inference/test_predict.py (hostile)"),
     "training/inference/refer.py::add_refer_column": "the same file copied row by row once _confidences checked it",
     # not file readers
     "common/files.py::umask": "not a user file: the process's /proc/self/status",
@@ -135,7 +144,7 @@ def reading_functions() -> dict[str, list[int]]:
 def test_every_reader_is_registered():
     found = reading_functions()
     unregistered = {k: v for k, v in found.items() if k not in REGISTRY}
-    assert not unregistered, (f"functions that read files but are not in tests/test_readers.py's REGISTRY (add "
+    assert not unregistered, (f"functions that read files but are not in tests/common/test_readers.py's REGISTRY (add "
                               f"them with their hostile and fuzz tests): {unregistered}")
     stale = sorted(set(REGISTRY) - set(found))
     assert not stale, f"registered readers that no longer read a file (remove or rename them): {stale}"
@@ -342,7 +351,7 @@ def _cases() -> list[tuple[str, str, object]]:
     for reader, kind in READER_KINDS.items():
         for name, content in COMMON.items():
             if reader == "manifest" and content == "FOLDER":
-                continue  # --data given a folder reads it as class folders: tests/test_training.py
+                continue  # --data given a folder reads it as class folders: tests/training/data/test_images.py
             cases.append((reader, name, content))
         cases.append((reader, "missing", None))
         for name, content in SPECIFIC.get(reader, {}).items():
@@ -570,11 +579,9 @@ def _commands(tmp: Path) -> dict[str, tuple[str, list[str], Path]]:
     (tmp / "run" / "checkpoints").mkdir(parents=True)
     config = tmp / "run" / "checkpoints" / "config.json"
     config.write_text(json.dumps(saved))
-    from PIL import Image
+    from tests.helpers import make_photos
 
-    for label in ("a", "b"):
-        (tmp / "photos" / label).mkdir(parents=True)
-        Image.new("RGB", (8, 8), (40, 90 if label == "a" else 200, 10)).save(tmp / "photos" / label / "x.png")
+    make_photos(tmp / "photos", n=1, size=8, shades=((40, 90, 10), (40, 200, 10)), spread=0, name="x.png")
     manifest = tmp / "manifest.csv"
     manifest.write_text("path,label\nx.jpg,a,extra\n")
     grouping = tmp / "g.toml"

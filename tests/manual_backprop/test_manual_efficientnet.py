@@ -117,13 +117,11 @@ def test_mean_pool_backward_spreads_delta_evenly():
 
 
 @pytest.fixture(scope="module")
-def lite0_case(tmp_path_factory):
+def lite0_case(lite0):
     """Lite0 with its packaged ImageNet weights (float64) and a 3-class head on 3 odd-sized images, with
     standardized features, dropout, class weights and one padding row: every part of the classifier."""
-    from models.pretrained import load_backbone
-
     with jax.enable_x64(True):
-        backbone, _ = load_backbone("efficientnet_lite0", cache_dir=tmp_path_factory.mktemp("cache"))
+        backbone, _ = lite0  # the session's (conftest.py), float32: converted to float64 below
         rng = np.random.default_rng(0)
         model = TransferClassifier("efficientnet_lite0", 3, feature_mean=tuple(rng.uniform(0, 1, 1280)),
                                    feature_std=tuple(rng.uniform(0.5, 2, 1280)), dropout_rate=0.3)
@@ -241,8 +239,8 @@ def test_adam_steps_on_the_manual_backward_equal_autodiffs(lite0_case, autodiff_
     np.testing.assert_allclose(losses["manual"], losses["autodiff"], rtol=1e-12)
     assert losses["manual"][-1] < losses["manual"][0]
     assert_tree_close(manual.params, reference.params, 1e-9)
-    # what trains (tests/test_pretrained.py checks head and top in float32): every weight but the BatchNorm
-    # statistics, which stay frozen in both trajectories
+    # what trains (tests/training/transfer/test_transfer.py checks head and top in float32): every weight but the
+    # BatchNorm statistics, which stay frozen in both trajectories
     trains = dict(jax.tree_util.tree_leaves_with_path(trainable_mask(params, finetune, config.top_blocks)))
     for new in (manual.params, reference.params):
         for (path, after), before in zip(jax.tree_util.tree_leaves_with_path(new), jax.tree_util.tree_leaves(params)):

@@ -8,30 +8,16 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
 
-from experiments import predict, train
+from experiments import predict
 from tests.helpers import read_predictions, unwritable_folder
 from training.data import prefetch
 
 
-def _photos(root, n=7, size=12):
-    rng = np.random.default_rng(1)
-    for k, label in enumerate("ab"):
-        (root / label).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            arr = np.clip(rng.normal(60 + 120 * k, 30, (size, size, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(root / label / f"{label}{i}.png")
-    return root
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("stream")
-    root = _photos(tmp / "photos")
-    train.main(["--data", str(root), "--preset", "lab-2020", "--image-size", "16", "--epochs", "1", "--out",
-                str(tmp / "run"), "--cache-dir", str(tmp / "c"), "--no-progress"])
-    return tmp / "run", root
+@pytest.fixture
+def trained(tiny_run):
+    """The session's tiny Model 1 run (conftest.py): 14 photos, ``a0.png``–``a6.png`` and ``b0.png``–``b6.png``."""
+    return tiny_run
 
 
 def _predict(run, root, out, *extra):
@@ -162,7 +148,7 @@ def test_chunks_sharded_over_four_devices_give_the_same_csv(trained, tmp_path):
 
     run, root = trained
     _predict(run, root, tmp_path / "one.csv")
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[3]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": str(repo)}
     code = ("import jax, sys; assert len(jax.local_devices()) == 4; from experiments import predict; "
@@ -431,7 +417,8 @@ def test_processes_that_were_given_different_plans_are_named():
 
 def test_a_job_whose_processes_disagree_stops_before_any_work(trained, tmp_path, monkeypatch, capsys):
     """Process 0 of a 2-process job whose peer was given another --batch-size (the exchange faked): one line,
-    nothing written. (tests/test_distributed.py runs real jobs; a real mismatched one says the same line.)"""
+    nothing written. (tests/training/loop/test_distributed.py runs real jobs; a real mismatched one says the same
+    line.)"""
     from training.inference import stream
 
     run, root = trained
@@ -535,6 +522,8 @@ def test_a_hostile_prediction_csv_given_to_referral_is_one_error_and_left_as_it_
 def test_a_model_whose_probabilities_are_not_finite_is_refused_naming_the_photo(tmp_path):
     """Broken weights (NaN out of the network) stop predict with one line naming the first such photo; no row
     of it is written, and the finished CSV is not made."""
+    from PIL import Image
+
     from training.data.decoding import Preprocess
     from training.inference.stream import Classifier, StreamOptions, predict_folder
 

@@ -9,16 +9,7 @@ import pytest
 from PIL import Image
 
 from experiments import predict, train
-
-
-def _photos(root, labels=("a", "b"), n=3, size=12):
-    rng = np.random.default_rng(0)
-    for k, label in enumerate(labels):
-        (root / label).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            arr = np.clip(rng.normal(60 + 120 * k, 20, (size, size, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(root / label / f"{label}{i}.png")
-    return root
+from tests.helpers import make_photos
 
 
 @pytest.mark.parametrize(("flag", "value"), [("--epochs", "0"), ("--batch-size", "0"), ("--lr", "nan"),
@@ -65,7 +56,7 @@ def test_user_errors_print_one_line_without_traceback_and_debug_shows_it(tmp_pat
 
 
 def test_an_image_too_small_for_model1_is_named(tmp_path, capsys):
-    root = _photos(tmp_path / "photos")
+    root = make_photos(tmp_path / "photos")
     with pytest.raises(SystemExit):
         train.main(["--data", str(root), "--preset", "lab-2020", "--image-size", "8", "--out", str(tmp_path / "r"),
                     "--cache-dir", str(tmp_path / "c"), "--no-progress"])
@@ -73,7 +64,7 @@ def test_an_image_too_small_for_model1_is_named(tmp_path, capsys):
 
 
 def test_a_single_class_data_set_is_refused_before_any_work(tmp_path, capsys):
-    root = _photos(tmp_path / "photos", labels=("only",))
+    root = make_photos(tmp_path / "photos", labels=("only",))
     with pytest.raises(SystemExit) as info:
         train.main(["--data", str(root), "--preset", "lab-2020", "--image-size", "8", "--out", str(tmp_path / "r"),
                     "--cache-dir", str(tmp_path / "c"), "--no-progress"])
@@ -85,7 +76,7 @@ def test_a_single_class_data_set_is_refused_before_any_work(tmp_path, capsys):
 def test_spreadsheet_manifest_with_bom_is_read(newline, tmp_path):
     from training.data.discovery import discover
 
-    _photos(tmp_path / "photos")
+    make_photos(tmp_path / "photos", n=3)
     manifest = tmp_path / "ratings.csv"
     lines = ["path,label"] + [f"photos/{lab}/{lab}{i}.png,{lab}" for lab in "ab" for i in range(3)]
     manifest.write_bytes(("\ufeff" + newline.join(lines) + newline).encode("utf-8"))
@@ -93,11 +84,8 @@ def test_spreadsheet_manifest_with_bom_is_read(newline, tmp_path):
     assert len(items) == 6 and {label for _, label in items} == {"a", "b"}
 
 
-def test_predict_rows_for_copies_atomic_csv_and_odd_names(tmp_path, capsys):
-    root = _photos(tmp_path / "photos")
-    run = tmp_path / "run"
-    train.main(["--data", str(root), "--preset", "lab-2020", "--image-size", "16", "--epochs", "1", "--out", str(run),
-                "--cache-dir", str(tmp_path / "c"), "--no-progress"])
+def test_predict_rows_for_copies_atomic_csv_and_odd_names(tiny_run, tmp_path, capsys):
+    run, root = tiny_run
     new = tmp_path / "new"
     (new / "siteA").mkdir(parents=True)
     (new / "siteB").mkdir()
@@ -132,26 +120,8 @@ def _snapshot(folder):
     return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """One tiny finished run (Model 1, 16 px, 1 epoch) and its photos; tests copy it before changing it."""
-    tmp = tmp_path_factory.mktemp("finished")
-    root = _photos(tmp / "photos")
-    train.main(_train_args(root, tmp / "run", tmp))
-    return tmp / "run", root
-
-
-@pytest.fixture
-def run_copy(finished_run, tmp_path):
-    import shutil
-
-    run, root = finished_run
-    shutil.copytree(run, tmp_path / "run", symlinks=True)
-    return tmp_path / "run", root
-
-
-def test_a_folder_holding_a_run_is_refused_without_resume_and_nothing_is_written(run_copy, tmp_path, capsys):
-    run, root = run_copy
+def test_a_folder_holding_a_run_is_refused_without_resume_and_nothing_is_written(tiny_run_copy, tmp_path, capsys):
+    run, root = tiny_run_copy
     before = _snapshot(run)
     with pytest.raises(SystemExit) as info:
         train.main(_train_args(root, run, tmp_path, "--image-size", "20"))
@@ -161,8 +131,8 @@ def test_a_folder_holding_a_run_is_refused_without_resume_and_nothing_is_written
     assert _snapshot(run) == before
 
 
-def test_resume_with_changed_settings_names_the_fields_and_changes_nothing(run_copy, tmp_path, capsys):
-    run, root = run_copy
+def test_resume_with_changed_settings_names_the_fields_and_changes_nothing(tiny_run_copy, tmp_path, capsys):
+    run, root = tiny_run_copy
     before = _snapshot(run)
     with pytest.raises(SystemExit):
         train.main(_train_args(root, run, tmp_path, "--image-size", "20", "--lr", "0.01", "--resume"))
@@ -171,22 +141,20 @@ def test_resume_with_changed_settings_names_the_fields_and_changes_nothing(run_c
     assert _snapshot(run) == before
 
 
-def test_resume_with_other_data_is_refused(run_copy, tmp_path, capsys):
-    run, root = run_copy
-    (root / "a" / "a0.png").rename(root / "b" / "moved.png")  # one photo relabelled
-    try:
-        with pytest.raises(SystemExit):
-            train.main(_train_args(root, run, tmp_path, "--resume"))
-        assert "data fingerprint" in capsys.readouterr().err
-    finally:
-        (root / "b" / "moved.png").rename(root / "a" / "a0.png")
+def test_resume_with_other_data_is_refused(tiny_run_copy, tmp_path, capsys):
+    run, root = tiny_run_copy
+    (root / "a" / "a0.png").rename(root / "b" / "moved.png")  # one photo relabelled (in the test's own copy)
+    with pytest.raises(SystemExit):
+        train.main(_train_args(root, run, tmp_path, "--resume"))
+    assert "data fingerprint" in capsys.readouterr().err
 
 
-def test_overwrite_replaces_the_run_whole_and_a_failure_keeps_the_old_one(run_copy, tmp_path, monkeypatch, capsys):
+def test_overwrite_replaces_the_run_whole_and_a_failure_keeps_the_old_one(tiny_run_copy, tmp_path, monkeypatch,
+                                                                          capsys):
     from experiments import predict
     from training.runs import folds
 
-    run, root = run_copy
+    run, root = tiny_run_copy
     (run / "notes-from-the-old-run.txt").write_text("old")
     before = _snapshot(run)
 
@@ -195,21 +163,21 @@ def test_overwrite_replaces_the_run_whole_and_a_failure_keeps_the_old_one(run_co
 
     monkeypatch.setattr(folds, "run_folds", crash)  # the command imports it when it runs
     with pytest.raises(SystemExit):
-        train.main(_train_args(root, run, tmp_path, "--image-size", "20", "--overwrite"))
+        train.main(_train_args(root, run, tmp_path, "--seed", "1", "--overwrite"))
     assert _snapshot(run) == before  # the old run, untouched
     assert not list(run.parent.glob(".run.new-*"))  # no staging folder left
     monkeypatch.undo()
-    train.main(_train_args(root, run, tmp_path, "--image-size", "20", "--overwrite"))
+    train.main(_train_args(root, run, tmp_path, "--seed", "1", "--overwrite"))
     assert not (run / "notes-from-the-old-run.txt").exists()
     record = json.loads((run / "run.json").read_text())
-    assert record["status"] == "complete" and record["config"]["image_size"] == 20
+    assert record["status"] == "complete" and record["config"]["seed"] == 1
     predict.main(["--checkpoint", str(run), "--images", str(root), "--out", str(tmp_path / "p.csv"),
                   "--no-progress"])
-    assert (tmp_path / "p.csv").read_text().count("\n") == 1 + 6
+    assert (tmp_path / "p.csv").read_text().count("\n") == 1 + 14
 
 
 def test_a_non_empty_folder_without_a_run_is_refused(tmp_path, capsys):
-    root = _photos(tmp_path / "photos")
+    root = make_photos(tmp_path / "photos")
     out = tmp_path / "documents"
     out.mkdir()
     (out / "thesis.md").write_text("mine")
@@ -226,7 +194,7 @@ def test_class_folders_are_read_recursively_and_every_left_out_entry_is_reported
     from training.data.dataset import load_dataset
     from training.data.decoding import Preprocess
 
-    root = _photos(tmp_path / "photos", n=2)
+    root = make_photos(tmp_path / "photos", n=2)
     (root / "a" / "2021").mkdir()
     (root / "a" / "a0.png").rename(root / "a" / "2021" / "a0.png")  # Probable/2021/*.jpg
     (root / "a" / "x.jpg").mkdir()  # a folder named like a photo
@@ -350,13 +318,13 @@ def _truncate_biggest_array(run):
 
 
 @pytest.mark.parametrize("damage", ["garbage-config", "missing-step", "normalization-width"])
-def test_a_damaged_checkpoint_is_named_in_one_line(damage, run_copy, tmp_path, capsys):
+def test_a_damaged_checkpoint_is_named_in_one_line(damage, tiny_run_copy, tmp_path, capsys):
     import json
     import shutil
 
     from experiments import predict
 
-    run, root = run_copy
+    run, root = tiny_run_copy
     if damage == "garbage-config":
         (run / "checkpoints" / "config.json").write_text('{"config": ')
         named = "config.json"
@@ -375,14 +343,14 @@ def test_a_damaged_checkpoint_is_named_in_one_line(damage, run_copy, tmp_path, c
     assert not (tmp_path / "p.csv").exists()
 
 
-def test_a_truncated_checkpoint_array_gives_one_line_and_nothing_after_it(run_copy, tmp_path):
+def test_a_truncated_checkpoint_array_gives_one_line_and_nothing_after_it(tiny_run_copy, tmp_path):
     """As a user runs it, in its own process: orbax's reader threads also fail on the truncated file, and
     nothing of theirs may follow the one-line error (not even at interpreter exit)."""
     import subprocess
 
-    run, root = run_copy
+    run, root = tiny_run_copy
     _truncate_biggest_array(run)
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     proc = subprocess.run([sys.executable, "-m", "experiments.predict", "--checkpoint", str(run), "--images",  # noqa: S603 (argv is this interpreter and paths the test made; no shell)
                            str(root), "--out", str(tmp_path / "p.csv"), "--no-progress"],
                           cwd=repo, capture_output=True, text=True, timeout=300)
@@ -483,8 +451,8 @@ def test_sigkill_at_a_random_point_then_resume_gives_the_uninterrupted_losses(tm
     import subprocess
     import time
 
-    root = _photos(tmp_path / "photos", n=8)
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = make_photos(tmp_path / "photos", n=8)
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = {**os.environ, "PYTHONPATH": repo, "JAX_PLATFORMS": "cpu"}
 
     def command(out, *extra):
@@ -519,13 +487,13 @@ ALL_COMMANDS = ("agreement", "architectures", "backbones", "backprop_depth", "co
                 "main", "mnist_cnn", "predict", "results_table", "train", "train_mlp")
 
 
-def test_predict_and_explain_take_a_photo_file_or_folders_and_agree(finished_run, tmp_path, capsys):
+def test_predict_and_explain_take_a_photo_file_or_folders_and_agree(tiny_run, tmp_path, capsys):
     """One photo file gives one row named as given; a folder's photos are named relative to it; explain's
     probabilities, decisions and paths are predict's (the same function, on the same photos)."""
     from experiments import explain
     from tests.helpers import read_predictions
 
-    run, root = finished_run
+    run, root = tiny_run
     one = root / "a" / "a0.png"
     predict.main(["--checkpoint", str(run), "--images", str(one), "--out", str(tmp_path / "one.csv"),
                   "--no-progress"])
@@ -537,7 +505,7 @@ def test_predict_and_explain_take_a_photo_file_or_folders_and_agree(finished_run
     images = ["--images", str(root / "b"), str(extra)]
     predict.main(["--checkpoint", str(run), *images, "--out", str(tmp_path / "mix.csv"), "--no-progress"])
     predicted = read_predictions(tmp_path / "mix.csv")
-    assert [r["path"] for r in predicted] == ["b0.png", "b1.png", "b2.png", extra.as_posix()]
+    assert [r["path"] for r in predicted] == [f"b{i}.png" for i in range(7)] + [extra.as_posix()]
     rows = explain.main(["--checkpoint", str(run), *images, "--out", str(tmp_path / "x"), "--no-progress",
                          "--methods", "grad_cam", "saliency"])
     assert [r["path"] for r in rows] == [r["path"] for r in predicted]
@@ -550,14 +518,14 @@ def test_predict_and_explain_take_a_photo_file_or_folders_and_agree(finished_run
         with Image.open(r["png"]) as png:
             assert png.size[0] > 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last.startswith("4 photos explained") and str(tmp_path / "x" / "explanations.csv") in last
+    assert last.startswith("8 photos explained") and str(tmp_path / "x" / "explanations.csv") in last
 
 
 def test_two_photos_with_one_name_are_refused_and_a_file_given_twice_is_one_row(tmp_path):
     from training.data.discovery import photo_inputs
 
-    _photos(tmp_path / "site1", labels=("x",), n=1)
-    _photos(tmp_path / "site2", labels=("x",), n=1)
+    make_photos(tmp_path / "site1", labels=("x",), n=1)
+    make_photos(tmp_path / "site2", labels=("x",), n=1)
     (tmp_path / "site2" / "x" / "x0.png").write_bytes(b"other bytes")
     with pytest.raises(ValueError, match="'x0.png'.*common parent folder"):
         photo_inputs([tmp_path / "site1" / "x", tmp_path / "site2" / "x"])
@@ -583,7 +551,7 @@ heavy = ("jax", "flax", "optax", "orbax", "sklearn", "matplotlib", "models", "tr
          "training.data.decoding", "training.data.discovery", "training.data.loading", "manual_backprop")
 print(sorted(m for m in heavy if m in sys.modules))
 """
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60,  # noqa: S603
                           env={**os.environ, "PYTHONPATH": repo})
     assert done.returncode == 0, done.stderr
@@ -622,7 +590,7 @@ def test_agreement_matching_a_deep_path_stays_linear():
             "deep = 'a/' * 40_000 + 'x.jpg'\n"
             "got = match_paths(['x.jpg', 'a/x.jpg', 'b/y.jpg'], [deep, 'b/y.jpg'], 'r.csv', strict=False)\n"
             "assert got == [deep, deep, 'b/y.jpg'], got\n")
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120,  # noqa: S603 (this interpreter, the test's own code; no shell)
                           env={**os.environ, "PYTHONPATH": repo})
     assert proc.returncode == 0, proc.stderr[-2000:]

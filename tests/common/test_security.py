@@ -34,7 +34,7 @@ from tests.hostile_weights import (
     zip_bytes,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _is_payload(name: str) -> bool:
@@ -186,15 +186,10 @@ for path in sys.argv[3:]:
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    from PIL import Image
+    from tests.helpers import make_photos
 
-    root = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(0)
-    for label in ("tree", "not_a_tree"):
-        (root / label).mkdir()
-        for i in range(2):
-            Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(root / label / f"{i}.png")
-    return root
+    return make_photos(tmp_path_factory.mktemp("photos"), ("tree", "not_a_tree"), n=2, size=24, seed=0, shades=False,
+                       name="{i}.png")
 
 
 @pytest.mark.parametrize("model", ["efficientnet_lite0", "resnet50"])
