@@ -63,15 +63,17 @@ def _precision(request):
 def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
     """(run folder, its photos): one tiny finished run, trained once per test process and shared by every test
     that needs "a trained run": Model 1 (``--preset lab-2020``, 16 px grayscale, 1 epoch) through
-    ``experiments.train`` on ``make_photos``' default folder (two classes ``a`` and ``b``, 7 photos each).
-    Read-only: a test that changes the run or its photos works on a copy (``tiny_run_copy``)."""
-    from experiments import train
+    the library's ``train_and_evaluate`` (what ``experiments.train`` calls) on ``make_photos``' default folder (two
+    classes ``a`` and ``b``, 7 photos each). Read-only: a test that changes the run or its photos works on a copy
+    (``tiny_run_copy``)."""
     from tests.helpers import make_photos
+    from training.runs.experiment import DataSpec, RunOptions, train_and_evaluate, training_config
 
     tmp = tmp_path_factory.mktemp("tiny_run")
     root = make_photos(tmp / "photos")
-    train.main(["--data", str(root), "--preset", "lab-2020", "--image-size", "16", "--epochs", "1",
-                "--out", str(tmp / "run"), "--cache-dir", str(tmp / "cache"), "--no-progress"])
+    data = DataSpec(str(root))
+    train_and_evaluate(training_config("lab-2020", data, image_size=16, epochs=1), data, tmp / "run",
+                       RunOptions(cache_dir=str(tmp / "cache"), progress=False))
     return tmp / "run", root
 
 

@@ -11,7 +11,7 @@ import pytest
 from common.files import FileFormatError, write_json_atomic
 from training.runs.results import COLUMNS, ResultRow, read_result_row
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 SCORED = ResultRow(key="Pr_Im-16-lab-2020", classes="Probable vs Improbable", size=16, config="lab-2020",
                    n_images=12, positive_class="Probable", folds=1, precision="50.0", recall="100.0",

@@ -17,29 +17,21 @@ def _photo(path, shade, rng, size=12):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A tiny finished run, trained as tests/test_predict.py's ``trained`` (Model 1, 16 px, 1 epoch, 7 photos a
-    class: the same shapes, so its programs come from the session's compilation cache), and a folder of photos
-    whose names collide once made safe: by case, by an unsafe character, by a path flattened."""
-    from experiments import train
-
-    tmp = tmp_path_factory.mktemp("explain-run")
+def odd_photos(tiny_run, tmp_path_factory):
+    """The session's tiny run, and a folder of photos whose names collide once made safe: by case, by an unsafe
+    character, by a path flattened."""
+    tmp = tmp_path_factory.mktemp("explain-odd")
     rng = np.random.default_rng(1)
-    for k, label in enumerate("ab"):
-        for i in range(7):
-            _photo(tmp / "photos" / label / f"{label}{i}.png", 60 + 120 * k, rng)
-    train.main(["--data", str(tmp / "photos"), "--preset", "lab-2020", "--image-size", "16", "--epochs", "1",
-                "--out", str(tmp / "run"), "--cache-dir", str(tmp / "c"), "--no-progress"])
     names = ["Tree.png", "tree.png", "a b.png", "a_b.png", "site/x.png", "site__x.png", "Tree.PNG"]
     for i, name in enumerate(names):
         _photo(tmp / "odd" / name, 40 * i, rng)
-    return tmp / "run", tmp / "odd", names
+    return tiny_run[0], tmp / "odd", names
 
 
-def test_explain_photos_report_matches_its_files_and_png_names_are_distinct(tiny_run, tmp_path):
+def test_explain_photos_report_matches_its_files_and_png_names_are_distinct(odd_photos, tmp_path):
     from training.runs.explain import ExplainOptions, explain_photos
 
-    run, odd, names = tiny_run
+    run, odd, names = odd_photos
     (odd / "notes.txt").write_text("not a photo")
     (odd / "broken.png").write_bytes(b"not a png")
     try:
