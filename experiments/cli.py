@@ -83,7 +83,7 @@ def run_command(p: argparse.ArgumentParser, run: Callable[[argparse.Namespace], 
 
 def _one_line_error(p: argparse.ArgumentParser, message: str) -> NoReturn:
     """argparse's error, as one line (``PROG: error: …``; no usage block above it) and exit status 2."""
-    p.exit(2, f"{p.prog}: error: {' '.join(message.split())} (--help lists the flags)\n")
+    p.exit(2, f"{p.prog}: error: {' '.join(message.split())}\n")
 
 
 def _leaving_no_empty_folder(run: Callable[[argparse.Namespace], Any],
