@@ -51,7 +51,7 @@ CALLS_PER_SAMPLE = 10
 CONTROL = "jax.grad again (control)"
 
 
-def mlp_problem(sizes: Sequence[int], dtype, batch: int, cost: str, seed: int = 0):
+def mlp_problem(sizes: Sequence[int], dtype, batch: int, cost: str, seed: int = 0) -> tuple[list, jax.Array, jax.Array]:
     """Parameters (fan-in scaled), inputs X ~ U[0, 1) and targets Y ~ U[0.05, 0.95) (rows summing to 1 for
     the softmax cost), from ``seed``: one compiled program per architecture, not one per drawn shape."""
     key_p, key_x, key_y = jax.random.split(jax.random.PRNGKey(seed), 3)
@@ -134,14 +134,14 @@ def mlp_timing_rows(batch: int = 64, repeats: int = 21, calls: int = CALLS_PER_S
 
 # ---- Model 1: errors per parameter, timings per layer ---------------------------------------------------------
 
-def flax_cross_entropy(model, params, X, y, keys):
+def flax_cross_entropy(model: Model1, params, X: jax.Array, y: jax.Array, keys: jax.Array) -> jax.Array:
     """The mean cross-entropy of the Flax ``model`` on the batch ``X``, ``y`` (dropout keys ``keys``, one per
     example): the loss whose ``jax.grad`` the hand-written backward is compared with."""
     logits = jax.vmap(lambda x, k: model.apply({"params": params}, x, train=True, key=k))(X, keys)
     return jnp.mean(jax.nn.logsumexp(logits, axis=1) - logits[jnp.arange(X.shape[0]), y])
 
 
-def model1_problem(image_size: int, channels: int, batch: int, dtype, seed: int = 0):
+def model1_problem(image_size: int, channels: int, batch: int, dtype, seed: int = 0) -> tuple:
     """Model 1 for two classes, its initial parameters in ``dtype``, a batch of inputs U[0, 1), alternating
     labels and one dropout key per example: ``(model, params, X, y, keys)``."""
     model = Model1(2)
