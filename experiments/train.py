@@ -182,12 +182,17 @@ def run(args: argparse.Namespace) -> RunSummary:
                          cache_dir=args.cache_dir, workers=args.workers, progress=not args.no_progress,
                          engine=args.engine)
     summary = train_and_evaluate(config_from_args(args), data_spec(args), args.out, options)
+    print_summary(summary, args.out)
+    return summary
+
+
+def print_summary(summary: RunSummary, out: str) -> None:
+    """The closing line, where the run was written (process 0 only; ``experiments.main`` prints it too)."""
     if summary.process_index == 0:
         folds = len(summary.results)
-        where = f"{args.out}/fold_1 … fold_{folds}" if folds > 1 else str(args.out)
-        print(f"run written to {args.out}: summary {args.out}/summary.md, report (metrics.md, plots) and "
-              f"checkpoints/ in {where}")
-    return summary
+        where = f"{out}/fold_1 … fold_{folds}" if folds > 1 else str(out)
+        print(f"run written to {out}: summary {out}/summary.md, report (metrics.md, plots) and checkpoints/ in "
+              f"{where}")
 
 
 def validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -35,13 +35,19 @@ def run(args: argparse.Namespace) -> MlpReport:
                          batch_size=args.batch_size, epochs=args.epochs, weight_scale=args.weight_scale,
                          seed=args.seed, progress=not args.no_progress)
     report = train_mlp(args.data, args.out, options)
+    print_report(report)
+    return report
+
+
+def print_report(report: MlpReport) -> None:
+    """The closing lines: the accuracy, then where the tables and the plot are (``experiments.main`` prints them
+    too)."""
     out = Path(report.out)
     print(f"final test accuracy {100 * report.final_test_accuracy:.2f}% "
           f"(best {100 * report.best_test_accuracy:.2f}% at epoch {report.best_epoch}), "
           f"{report.train_seconds:.1f} s")
     print(f"trained {'-'.join(map(str, report.sizes))} for {report.settings['epochs']} epochs: tables "
           f"{out / 'history.md'}, {out / 'summary.md'} (and .csv), plot {out / 'learning_curve.png'}")
-    return report
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,7 +1,7 @@
 """How close a hand-written gradient is to a reference: ‖Δ‖/‖ref‖ per array, the project's one measure.
 
-Used by the commands that compare the manual backward with ``jax.grad`` (``experiments.compare_gradients``,
-``experiments.compare_cnn``). Computed in NumPy in float64, so no program is compiled per shape.
+Used where the manual backward is compared with ``jax.grad`` (``training.evaluation.gradients``, behind
+``experiments.compare_gradients``) and by the tests. Computed in NumPy in float64, so no program is compiled per shape.
 """
 
 from __future__ import annotations

@@ -97,7 +97,6 @@ REGISTRY: dict[str, str] = {
     "common/files.py::umask": "not a user file: the process's /proc/self/status",
     "training/runs/folder.py::_plain": "not a file: json.loads(json.dumps(value)) normalises a value",
     "training/runs/folder.py::RunFolder.writing": "not a file: calls the method RunFolder.open",
-    "experiments/compare_gradients.py::run_cnn": "prints the reports this command just wrote",
 }
 
 CHECKED_READERS = {"parse_document", "read_csv_checked", "read_npz_checked", "read_npy_member", "read_text_checked",

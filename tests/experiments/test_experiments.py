@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from common.tables import markdown_table
-from experiments import backprop_depth, compare_gradients
 from tests.conftest import shared_path
 from tests.helpers import read_predictions
 from training.data.arrays import load_mnist_npz
@@ -49,7 +48,9 @@ def compiled_dot_count(fn, L: int, width: int = 8, batch: int = 4) -> int:
 
 def test_naive_chain_work_grows_quadratically_and_backprop_linearly():
     """Counted, not timed: matrix products in the compiled programs as depth doubles."""
-    fns = backprop_depth.gradient_functions()
+    from training.evaluation.gradients import depth_gradient_functions
+
+    fns = depth_gradient_functions()
     naive = [compiled_dot_count(fns["naive chain"], L) for L in (4, 8, 16)]
     cached = [compiled_dot_count(fns["cached backprop"], L) for L in (4, 8, 16)]
     assert naive[2] / naive[1] > 3.0 and naive[1] / naive[0] > 2.5  # ≈ 4× per doubling
@@ -57,26 +58,31 @@ def test_naive_chain_work_grows_quadratically_and_backprop_linearly():
 
 
 def test_backprop_depth_writes_its_table_and_plot(tmp_path):
-    result = backprop_depth.run(str(tmp_path), depths=(2, 4, 8), width=16, batch=8, repeats=2)
+    from training.evaluation.gradients import DEPTH_METHODS
+    from training.runs.gradients import DepthOptions, backprop_depth
+
+    result = backprop_depth(tmp_path, DepthOptions(depths=(2, 4, 8), width=16, batch_size=8, repeats=2))
     assert (tmp_path / "depth_timings.png").stat().st_size > 0
     rows = read_csv(tmp_path / "depth_timings.csv")
     assert [int(r["depth_L"]) for r in rows] == [2, 4, 8]
     assert all(float(r["naive chain ms"]) > 0 for r in rows)
-    assert set(result["deep_slopes"]) == set(backprop_depth.METHODS)
+    assert set(result.deep_slopes) == set(DEPTH_METHODS)
 
 
 @pytest.mark.slow
-def test_compare_gradients_errors_are_tiny_in_float64(tmp_path, monkeypatch):
-    monkeypatch.setattr(compare_gradients, "ARCHITECTURES", {"3-2-3-5": [3, 2, 3, 5]})
-    monkeypatch.setattr(compare_gradients, "TIMED", {"3-2-3-5": [3, 2, 3, 5]})
-    result = compare_gradients.run(str(tmp_path), quick=True)
-    assert result["worst_float64"] <= 1e-12
-    assert result["worst_float32"] <= 1e-4
+def test_compare_gradients_errors_are_tiny_in_float64(tmp_path):
+    from training.evaluation.gradients import CONTROL
+    from training.runs.gradients import GradientOptions, compare_gradients
+
+    one = {"3-2-3-5": [3, 2, 3, 5]}
+    result = compare_gradients(tmp_path, GradientOptions(quick=True, architectures=one, timed=one))
+    assert result.worst_float64 <= 1e-12
+    assert result.worst_float32 <= 1e-4
     rows = read_csv(tmp_path / "gradient_errors.csv")
     assert len(rows) == 16  # 4 activations × 4 costs
     assert (tmp_path / "gradient_comparison.png").stat().st_size > 0
     timings = {r["method"]: r for r in read_csv(tmp_path / "gradient_timings.csv")}
-    assert set(timings) == {"manual (matrix)", "manual (vmap)", "jax.grad", compare_gradients.CONTROL,
+    assert set(timings) == {"manual (matrix)", "manual (vmap)", "jax.grad", CONTROL,
                             "naive chain (vmap)"}
     assert float(timings["jax.grad"]["ratio_vs_jax_grad"]) == 1.0
     assert all(float(r["ms"]) > 0 and int(float(r["calls per sample"])) >= 10 for r in timings.values())
@@ -149,8 +155,10 @@ def test_default_train_and_predict_on_real_tree_photos(tmp_path):
 
 @pytest.mark.slow
 def test_compare_gradients_cnn_writes_per_layer_tables(tmp_path):
-    result = compare_gradients.run_cnn(str(tmp_path), image_size=20, batch=2, quick=True)
-    assert result["worst_float64"] <= 1e-10
+    from training.runs.gradients import CnnGradientOptions, compare_cnn_gradients
+
+    result = compare_cnn_gradients(tmp_path, CnnGradientOptions(image_size=20, batch_size=2, quick=True))
+    assert result.worst_float64 <= 1e-10
     errors = read_csv(tmp_path / "cnn_gradient_errors.csv")
     assert [r["parameter"] for r in errors][:2] == ["conv1/kernel", "conv1/bias"] and len(errors) == 16
     timings = read_csv(tmp_path / "cnn_backward_timings.csv")
