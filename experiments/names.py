@@ -19,3 +19,4 @@ MLP_PRESETS = ("network", "network2")  # training.loop.config.MLP_PRESETS
 ACTIVATIONS = ("identity", "relu", "sigmoid", "tanh")  # manual_backprop.ACTIVATIONS
 COSTS = ("cross_entropy", "half_sse", "softmax_cross_entropy", "sse")  # manual_backprop.COSTS
 EXPLAIN_METHODS = ("saliency", "grad_cam", "grad_cam_plus_plus")  # training.evaluation.explain.METHODS
+THUMB_SIZE = 192  # training.evaluation.review.THUMB_SIZE: the review page's thumbnails, pixels

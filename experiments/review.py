@@ -15,9 +15,13 @@ An existing page is replaced only with --overwrite. Library: training.evaluation
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from experiments.cli import add_common, mapping, positive_int, run_command
-from training.evaluation.review import THUMB_SIZE, ReviewSummary, write_review
+from experiments.names import THUMB_SIZE
+
+if TYPE_CHECKING:
+    from training.evaluation.review import ReviewSummary
 
 
 def _shown(text: str) -> str:
@@ -26,6 +30,8 @@ def _shown(text: str) -> str:
 
 
 def run(args: argparse.Namespace) -> ReviewSummary:
+    from training.evaluation.review import write_review
+
     s = write_review(args.predictions, args.images, args.out, explain=args.explain, ratings=args.ratings,
                      rater=args.rater, relabel=dict(args.map or []), overwrite=args.overwrite,
                      thumb_size=args.thumb_size, workers=args.workers, title=args.title)

@@ -566,6 +566,7 @@ def test_the_parsers_offer_the_library_s_names_and_old_spellings_warn(capsys):
     from training.data.labels import SCENARIOS
     from training.evaluation.agreement import ORDER
     from training.evaluation.explain import METHODS
+    from training.evaluation.review import THUMB_SIZE
     from training.loop.config import FINETUNE, MLP_PRESETS, MODELS, PRESETS
     from training.loop.devices import ENGINES
     from training.runs.results import CONFIGS
@@ -575,11 +576,13 @@ def test_the_parsers_offer_the_library_s_names_and_old_spellings_warn(capsys):
     assert names.BACKBONES == tuple(VARIANTS) and names.TABLE_CONFIGS == tuple(CONFIGS)
     assert names.MLP_PRESETS == tuple(MLP_PRESETS) and names.EXPLAIN_METHODS == tuple(METHODS)
     assert names.ACTIVATIONS == tuple(sorted(mb.ACTIVATIONS)) and names.COSTS == tuple(sorted(mb.COSTS))
-    assert CLI_ORDER == ORDER
+    assert CLI_ORDER == ORDER and names.THUMB_SIZE == THUMB_SIZE
     args = results_table.parser().parse_args(["--data", "d", "--scenarios", "Pr_Im", "Pr_Po_Im"])
     assert args.scenario == ["Pr_Im", "Pr_Po_Im"]
     assert "--scenarios is deprecated" in capsys.readouterr().err
     assert "pretrained" in results_table.parser().format_help()
+
+
 def test_agreement_matching_a_deep_path_stays_linear():
     # every suffix of every predicted path was a dict key: one path of 40,000 components ('a/a/…', 80 KB, a legal
     # CSV cell) cost ~8e8 tuple slots (GBs) before the first rating was matched; here in a process limited to 3 GiB

@@ -1,7 +1,7 @@
 """``experiments.main`` is three library calls, each step's closing line printed as its own command prints it.
 
 The calls are replaced by fakes that record their arguments and give back a report (no work is done: the real
-calls are tested in tests/test_experiments.py and by the commands' tests)."""
+calls are tested in tests/experiments/test_experiments.py and by the commands' tests)."""
 
 from pathlib import Path
 
