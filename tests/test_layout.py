@@ -156,3 +156,13 @@ def test_no_import_cycles_among_the_project_modules():
     assert "training.runs.gradients" in graph["experiments.compare_gradients"]  # a lazy import is an edge too
     cycles = import_cycles(graph)
     assert cycles == [], "import cycles: " + "; ".join(" ↔ ".join(c) for c in cycles)
+
+
+@pytest.mark.parametrize("path", [p for p in modules("training") if p.name != "__init__.py"],
+                         ids=lambda p: str(p.relative_to(REPO)))
+def test_the_readme_names_every_room_of_the_library(path):
+    """The README's Layout (and its table of commands' library calls) names each module of training/, by file
+    name or dotted path, so a newcomer finds every room."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    dotted = ".".join(path.relative_to(REPO / "training").with_suffix("").parts)
+    assert path.name in readme or dotted in readme, f"README does not name training/{dotted.replace('.', '/')}.py"
