@@ -9,10 +9,11 @@ hang or a large allocation fails that file instead of the caller. One JSON line 
 import importlib.util
 import json
 import os
-import resource
 import signal
 import sys
 from pathlib import Path
+
+from forked import in_forked_child  # tests/forked.py: a script's own folder is on its sys.path
 
 MEMORY_LIMIT = 3 << 30  # address space of each child: a bounded reader stays far below it
 TIMEOUT_S = 20
@@ -27,11 +28,7 @@ def _load_reader():
 
 
 def open_in_child(reader, path: str) -> dict:
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        os.close(read_fd)
-        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+    def body(write_fd: int) -> None:
         signal.alarm(TIMEOUT_S)
         try:
             state = reader.load_state_dict(path)
@@ -41,19 +38,14 @@ def open_in_child(reader, path: str) -> dict:
         except BaseException as exc:  # noqa: BLE001 - reported to the test, which fails on it
             result = {"outcome": "exception", "detail": f"{type(exc).__name__}: {exc}"[:1000]}
         os.write(write_fd, json.dumps(result).encode())
-        os._exit(0)
-    os.close(write_fd)
-    chunks = []
-    while chunk := os.read(read_fd, 1 << 16):
-        chunks.append(chunk)
-    os.close(read_fd)
-    _, status = os.waitpid(pid, 0)
+
+    written, status = in_forked_child(body, MEMORY_LIMIT)
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         return {"outcome": "timeout" if sig == signal.SIGALRM else "crash", "detail": f"signal {sig}"}
-    if not chunks:
+    if not written:
         return {"outcome": "crash", "detail": f"exit status {os.WEXITSTATUS(status)}, no result"}
-    return json.loads(b"".join(chunks))
+    return json.loads(written)
 
 
 def main(paths: list[str]) -> None:

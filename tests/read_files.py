@@ -15,6 +15,8 @@ import signal
 import sys
 from pathlib import Path
 
+from forked import in_forked_child  # tests/forked.py: a script's own folder is on its sys.path
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 HEADROOM = 1 << 30  # address space each child may add: a bounded reader stays far below it
@@ -85,24 +87,16 @@ def read_in_child(read, cases: list[dict]) -> list[dict]:
     """Each case read in turn in one forked child (a fork costs tens of milliseconds with JAX imported), its result
     written as soon as it is known: a case that crashes or hangs the child is reported, and so are those after it."""
     vm = int(Path("/proc/self/statm").read_text().split()[0]) * resource.getpagesize()
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        os.close(read_fd)
-        resource.setrlimit(resource.RLIMIT_AS, (vm + HEADROOM, vm + HEADROOM))
+
+    def body(write_fd: int) -> None:
         for case in cases:
             signal.alarm(TIMEOUT_S)
             line = json.dumps({"id": case["id"], **_outcome(read, case["path"])}) + "\n"
             signal.alarm(0)
             os.write(write_fd, line.encode())
-        os._exit(0)
-    os.close(write_fd)
-    chunks = []
-    while chunk := os.read(read_fd, 1 << 16):
-        chunks.append(chunk)
-    os.close(read_fd)
-    _, status = os.waitpid(pid, 0)
-    results = [json.loads(line) for line in b"".join(chunks).decode().splitlines()]
+
+    written, status = in_forked_child(body, vm + HEADROOM)
+    results = [json.loads(line) for line in written.decode().splitlines()]
     if len(results) < len(cases):
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
         outcome = "timeout" if sig == signal.SIGALRM else "crash"
