@@ -539,15 +539,19 @@ def _mutated(good: bytes, patch: bytes, at: int, cut: bool) -> bytes:
     return good[:at] if cut else good[:at] + patch + good[at + len(patch):]
 
 
+def _mutated_file(fuzz_dir: Path, kind: str, name: str, patch: bytes, at: int, cut: bool) -> Path:
+    """``VALID[kind]`` mutated (:func:`_mutated`), written as ``name`` in a folder of its own."""
+    path = Path(tempfile.mkdtemp(dir=fuzz_dir)) / name
+    path.write_bytes(_mutated(VALID[kind], patch, at, cut))
+    return path
+
+
 @FUZZ
 @given(st.binary(max_size=8), st.integers(0, 10_000), st.booleans())
 def test_fuzzed_npz_files_give_the_arrays_or_one_line(fuzz_dir, patch, at, cut):
     from common.files import read_npz_checked
 
-    good = VALID["npz"]
-    raw = _mutated(good, patch, at, cut)
-    path = Path(tempfile.mkdtemp(dir=fuzz_dir)) / "a.npz"
-    path.write_bytes(raw)
+    path = _mutated_file(fuzz_dir, "npz", "a.npz", patch, at, cut)
     result = _read_or_format_error(lambda p: read_npz_checked(p, "an .npz", max_bytes=1 << 20), path)
     if isinstance(result, dict):
         assert all(v.nbytes <= 1 << 20 for v in result.values())
@@ -558,10 +562,7 @@ def test_fuzzed_npz_files_give_the_arrays_or_one_line(fuzz_dir, patch, at, cut):
 def test_fuzzed_feature_cache_entries_are_used_whole_or_computed_again(fuzz_dir, patch, at, cut):
     from training.transfer.features import _load_cached
 
-    good = VALID["feature_cache"]
-    raw = _mutated(good, patch, at, cut)
-    path = Path(tempfile.mkdtemp(dir=fuzz_dir)) / "f.npy"
-    path.write_bytes(raw)
+    path = _mutated_file(fuzz_dir, "feature_cache", "f.npy", patch, at, cut)
     entry = _load_cached(path, (2, 8))
     assert entry is None or entry.shape == (2, 8) and entry.dtype == np.float32 and np.isfinite(entry).all()
 
