@@ -109,6 +109,14 @@ def test_predict_rows_for_copies_atomic_csv_and_odd_names(tiny_run, tmp_path, ca
     assert "error: photo or folder not found" in capsys.readouterr().err
 
 
+def test_predict_prints_how_many_photos_it_referred(tiny_run, tmp_path, capsys):
+    """The closing line counts the photos --refer marked (tests/training/inference/test_predict.py checks which)."""
+    run, root = tiny_run
+    predict.main(["--checkpoint", str(run), "--images", str(root), "--out", str(tmp_path / "r.csv"), "--batch-size",
+                  "3", "--no-progress", "--refer", "0.25"])
+    assert "4 of 14 referred to a person" in capsys.readouterr().out
+
+
 # ---- run folders: refused, resumed or replaced whole ----------------------------------------------------------
 
 def _train_args(root, out, tmp_path, *extra):
@@ -430,8 +438,9 @@ def test_every_command_names_a_missing_file_in_one_line(command, tmp_path, capsy
     ("compare_gradients", ["--batch-size", "-3"]), ("backprop_depth", ["--depths", "0"]),
     ("architectures", ["--data", "x", "--image-size", "4"]), ("results_table", ["--data", "x", "--image-size", "0"]),
     ("backbones", ["--data", "x", "--folds", "1"]),
+    ("predict", ["--checkpoint", "x", "--images", "y", "--refer", "1.5"]),
 ], ids=["mlp-eta-nan", "mlp-batch-0", "mnist-epochs-0", "compare-batch-negative", "depth-0", "arch-size-4",
-        "table-size-0", "backbones-folds-1"])
+        "table-size-0", "backbones-folds-1", "predict-refer-1.5"])
 def test_bad_arguments_of_every_command_exit_2_before_any_work(command, argv, tmp_path, capsys):
     import importlib
 
