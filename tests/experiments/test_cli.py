@@ -9,7 +9,9 @@ import pytest
 from PIL import Image
 
 from experiments import predict, train
-from tests.helpers import make_photos
+from tests.helpers import make_photos, review_photos, write_csv
+from tests.helpers import review_predictions_csv as predictions_csv
+from training.evaluation.review import PAGE
 
 
 @pytest.mark.parametrize(("flag", "value"), [("--epochs", "0"), ("--batch-size", "0"), ("--lr", "nan"),
@@ -640,3 +642,36 @@ def test_agreement_with_a_column_that_is_not_utf8_or_a_bad_label(tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert info.value.code == 1 and len(err) == 1 and str(ratings) in err[0] and "'Dead'" in err[0]
     assert not (tmp_path / "o2").exists()
+
+
+# ---- review ----------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def photos(tmp_path):
+    """Four tiny photos (tests/helpers.py ``review_photos``)."""
+    return review_photos(tmp_path / "photos")
+
+
+def test_the_command_prints_one_line_where_the_page_is_and_one_line_for_a_bad_file(tmp_path, photos, capsys):
+    from experiments import review
+
+    out = tmp_path / "r"
+    review.main(["--predictions", str(predictions_csv(tmp_path)), "--images", str(photos), "--out", str(out)])
+    assert f"review page written to {out / PAGE}" in capsys.readouterr().out
+    bad = write_csv(tmp_path / "bad.csv", ["path", "predicted", "p_A"], [["a.jpg", "A", "nan"]])
+    with pytest.raises(SystemExit) as info:
+        review.main(["--predictions", str(bad), "--images", str(photos), "--out", str(tmp_path / "r2")])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 1 and err.startswith("error:") and str(bad) in err and "p_A" in err
+    assert "\n" not in err and not (tmp_path / "r2").exists()
+
+
+def test_a_missing_photo_named_with_control_characters_is_printed_on_one_line(tmp_path, photos, capsys):
+    # a path from the CSV was printed raw: a newline split the line, an ESC sequence reached the terminal
+    from experiments import review
+
+    name = "x\n\x1b]0;pwned\x07.jpg"
+    csv_path = write_csv(tmp_path / "p.csv", ["path", "predicted", "p_A", "p_B"], [[name, "A", 1, 0]])
+    review.main(["--predictions", str(csv_path), "--images", str(photos), "--out", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and len(out.strip().splitlines()) == 2
