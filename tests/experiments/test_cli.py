@@ -12,6 +12,7 @@ from experiments import predict, train
 from tests.helpers import make_photos, review_photos, write_csv
 from tests.helpers import review_predictions_csv as predictions_csv
 from training.evaluation.review import PAGE
+from training.loop.config import get_config
 
 
 @pytest.mark.parametrize(("flag", "value"), [("--epochs", "0"), ("--batch-size", "0"), ("--lr", "nan"),
@@ -675,3 +676,37 @@ def test_a_missing_photo_named_with_control_characters_is_printed_on_one_line(tm
     review.main(["--predictions", str(csv_path), "--images", str(photos), "--out", str(tmp_path / "r")])
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out and len(out.strip().splitlines()) == 2
+
+
+# ---- train's flags and the library's configuration --------------------------------------------------------
+
+@pytest.mark.parametrize("finetune", ["top", "all"])
+def test_a_fine_tuned_preset_from_python_gets_the_recipe_the_command_gets(finetune):
+    from experiments import train
+
+    config = get_config("pretrained", finetune=finetune)
+    assert config == train.config_from_args(train.parser().parse_args(["--finetune", finetune]))
+    assert (config.learning_rate, config.head_init, config.top_views) == (3e-4, True, 8 if finetune == "top" else 0)
+    assert get_config("pretrained", finetune=finetune, learning_rate=1e-3).learning_rate == 1e-3  # overrides win
+    assert get_config("pretrained", finetune=finetune, recipe=False).learning_rate == 1e-2  # the preset alone
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--finetune", "top"], {"learning_rate": 3e-4, "lr_schedule": "cosine", "warmup_epochs": 1, "head_init": True,
+                             "top_views": 8, "grad": "manual"}),
+    (["--finetune", "top", "--top-views", "0"], {"learning_rate": 3e-4, "top_views": 0}),
+    (["--finetune", "all", "--lr", "1e-3", "--epochs", "3"], {"learning_rate": 1e-3, "epochs": 3, "head_init": True,
+                                                            "top_views": 0, "grad": "manual"}),
+    (["--finetune", "all", "--grad", "autodiff"], {"learning_rate": 3e-4, "grad": "autodiff"}),
+    ([], {"learning_rate": 1e-2, "lr_schedule": None, "head_init": False, "augment": None, "top_views": 0,
+          "grad": "autodiff"}),
+    (["--finetune", "head"], {"learning_rate": 1e-2, "head_init": False, "grad": "autodiff"}),
+    (["--preset", "lab-2020"], {"learning_rate": 1e-3, "head_init": False, "grad": "manual"}),
+    (["--preset", "lab-2020", "--model", "resnet50", "--finetune", "all"], {"grad": "autodiff"}),
+], ids=["top", "top-without-cached-maps", "all-with-flags", "all-autodiff", "no-flag", "head", "lab-2020",
+        "resnet50-all"])
+def test_finetune_gets_its_own_recipe_and_the_users_flags_win(flags, expected):
+    from experiments import train
+
+    config = train.config_from_args(train.parser().parse_args(flags))
+    assert {k: getattr(config, k) for k in expected} == expected
