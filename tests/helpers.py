@@ -139,3 +139,33 @@ def review_predictions_csv(folder: Path, refer: bool = True) -> Path:
             ["sideways.jpg", "Probable", 0.0, 0.02, 0.98, "false"]]
     header = ["path", "predicted", *[f"p_{c}" for c in REVIEW_CLASSES]] + (["refer"] if refer else [])
     return write_csv(folder / "predictions.csv", header, [r if refer else r[:-1] for r in rows])
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a job's coordinator)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def job_env() -> dict[str, str]:
+    """The environment of a job's test process: this checkout on PYTHONPATH, JAX on one CPU device."""
+    import os
+
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("XLA_FLAGS", None)  # one CPU device per process
+    return env
+
+
+def saved_run_record(**changes) -> dict:
+    """A valid run record (``checkpoints/config.json``) of the default configuration and two classes, with
+    ``changes`` replacing whole fields."""
+    import json
+
+    from training.loop.config import get_config
+
+    record = {"config": json.loads(json.dumps(get_config().to_json())), "class_names": ["not_a_tree", "tree"],
+              "normalization": None, "operating_point": {"class": "tree", "class_index": 1, "threshold": 0.4}}
+    return {**record, **changes}

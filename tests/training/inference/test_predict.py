@@ -413,7 +413,7 @@ def test_processes_that_were_given_different_plans_are_named():
 
 def test_a_job_whose_processes_disagree_stops_before_any_work(trained, tmp_path, monkeypatch):
     """Process 0 of a 2-process job whose peer was given another --batch-size (the exchange faked): one line,
-    nothing written. (tests/training/loop/test_distributed.py runs real jobs; a real mismatched one says the same
+    nothing written. (tests/experiments/test_jobs.py runs real jobs; a real mismatched one says the same
     line.)"""
     from training.inference import stream
 
