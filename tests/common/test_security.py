@@ -26,7 +26,6 @@ from tests.helpers import saved_run_record
 from tests.hostile_weights import (
     POSITIONS,
     example_state,
-    hostile_corpus,
     is_payload,
     legacy_bytes,
     reference_decode,
@@ -45,11 +44,6 @@ def open_each_in_a_child(paths: list[Path]) -> dict[str, dict]:
     results = {Path(r["file"]).stem: r for r in map(json.loads, proc.stdout.splitlines())}
     assert len(results) == len(paths)
     return results
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return hostile_corpus(tmp_path_factory.mktemp("hostile"))
 
 
 @pytest.mark.parametrize("position", [*POSITIONS, "structural"])

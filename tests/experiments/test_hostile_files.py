@@ -12,15 +12,10 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import saved_run_record
-from tests.hostile_weights import hostile_corpus, is_payload, write_corpus
+from tests.hostile_weights import is_payload, write_corpus
 
 REPO = Path(__file__).resolve().parents[2]
 _good_saved_run = saved_run_record
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return hostile_corpus(tmp_path_factory.mktemp("hostile"))
 
 
 # --- hostile weights through experiments.train --weights ------------------------------------------------------------
