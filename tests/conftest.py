@@ -87,6 +87,16 @@ def tiny_run_copy(tiny_run, tmp_path) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> tuple[Path, Path, dict[str, bytes]]:
+    """(folder, sentinel, files by name): the hostile weights corpus (tests/hostile_weights.py), built once per test
+    process for tests/common/test_security.py and tests/experiments/test_hostile_files.py; a test writes the files
+    it needs into ``folder`` (``write_corpus``); a payload that ran would create ``sentinel``."""
+    from tests.hostile_weights import hostile_corpus
+
+    return hostile_corpus(tmp_path_factory.mktemp("hostile"))
+
+
+@pytest.fixture(scope="session")
 def lite0(tmp_path_factory):
     """(params, digest) of EfficientNet-Lite0's packaged ImageNet weights, converted once per test process."""
     from models.pretrained import load_backbone

@@ -99,3 +99,73 @@ def make_photos(root: Path, labels: Sequence[str] = ("a", "b"), n: int = 7, size
                 arr = np.clip(rng.normal(shade, spread, (h, w, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(arr).save(root / label / name.format(label=label, i=i))
     return root
+
+
+HOSTILE_PHOTO_NAME = "<img src=x onerror=alert(1)> & \"q\" 'x'.jpg"  # a legal file name on Linux
+REVIEW_CLASSES = ["Improbable", "Possible", "Probable"]
+
+
+def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
+    """A CSV of ``header`` and ``rows`` at ``path`` (UTF-8, csv module quoting); returns ``path``."""
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def review_photos(root: Path) -> Path:
+    """Four tiny photos under ``root``: one in a subfolder, one named :data:`HOSTILE_PHOTO_NAME`, one stored
+    sideways (EXIF orientation 6). Returns ``root``."""
+    from PIL import Image
+
+    (root / "siteA").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("a.jpg", "siteA/b.jpg", HOSTILE_PHOTO_NAME):
+        Image.fromarray(rng.integers(0, 255, (12, 24, 3), dtype=np.uint8)).save(root / name)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° on display: a 24×12 stored image shows 12 wide, 24 high
+    Image.fromarray(rng.integers(0, 255, (12, 24, 3), dtype=np.uint8)).save(root / "sideways.jpg", exif=exif)
+    return root
+
+
+def review_predictions_csv(folder: Path, refer: bool = True) -> Path:
+    """``folder/predictions.csv`` as predict writes it for :func:`review_photos` (with a refer column)."""
+    rows = [["a.jpg", "Probable", 0.05, 0.15, 0.80, "false"],
+            ["siteA/b.jpg", "Possible", 0.30, 0.40, 0.30, "true"],  # the least certain
+            [HOSTILE_PHOTO_NAME, "Improbable", 0.60, 0.30, 0.10, "false"],
+            ["sideways.jpg", "Probable", 0.0, 0.02, 0.98, "false"]]
+    header = ["path", "predicted", *[f"p_{c}" for c in REVIEW_CLASSES]] + (["refer"] if refer else [])
+    return write_csv(folder / "predictions.csv", header, [r if refer else r[:-1] for r in rows])
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a job's coordinator)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def job_env() -> dict[str, str]:
+    """The environment of a job's test process: this checkout on PYTHONPATH, JAX on one CPU device."""
+    import os
+
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("XLA_FLAGS", None)  # one CPU device per process
+    return env
+
+
+def saved_run_record(**changes) -> dict:
+    """A valid run record (``checkpoints/config.json``) of the default configuration and two classes, with
+    ``changes`` replacing whole fields."""
+    import json
+
+    from training.loop.config import get_config
+
+    record = {"config": json.loads(json.dumps(get_config().to_json())), "class_names": ["not_a_tree", "tree"],
+              "normalization": None, "operating_point": {"class": "tree", "class_index": 1, "threshold": 0.4}}
+    return {**record, **changes}

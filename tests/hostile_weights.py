@@ -428,3 +428,14 @@ def write_corpus(folder: Path, corpus: dict[str, bytes]) -> list[Path]:
         paths.append(path)
     return paths
 
+
+def is_payload(name: str) -> bool:
+    """Whether a corpus file's name is one of :func:`payload_corpus`'s (a payload in pickle 0 … 5)."""
+    return any(f"-p{p}-" in name for p in range(6))
+
+
+def hostile_corpus(folder: Path) -> tuple[Path, Path, dict[str, bytes]]:
+    """``(folder, sentinel, files)``: every payload (each would create ``sentinel``) and structural file, by name;
+    the files are written under ``folder`` by :func:`write_corpus` as a test needs them."""
+    sentinel = folder / "SENTINEL"
+    return folder, sentinel, {**payload_corpus(sentinel), **structural_corpus()}

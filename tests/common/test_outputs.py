@@ -121,21 +121,26 @@ def _agreement_inputs(tmp_path, rater="rater1"):
 
 
 def test_agreement_reads_back_escaped_names_and_keeps_a_hostile_rater_column_inside_out(tmp_path):
-    from experiments import agreement
+    from training.runs.agreement import compare_ratings
 
     preds, ratings = _agreement_inputs(tmp_path, rater="/../../victim")
     out = tmp_path / "deep" / "er" / "out"
-    rows = agreement.main(["--predictions", str(preds), "--ratings", str(ratings), "--out", str(out)])
-    assert rows[0]["agreement"] == 1.0  # the escaped '=a.jpg matched the rating's =a.jpg
+    rows = compare_ratings(preds, ratings, out).rows
+    assert rows[0].agreement == 1.0  # the escaped '=a.jpg matched the rating's =a.jpg
     written = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
     assert written - {"p.csv", "r.csv"} == {f"deep/er/out/{n}" for n in (
         "agreement.md", "agreement.csv", "confusion_model_vs__.._.._victim.md",
         "confusion_model_vs__.._.._victim.csv")}
 
 
-@pytest.mark.parametrize("kind", ["symlink", "fifo", "unwritable", "out-is-a-file"])
-def test_agreement_refuses_a_link_fifo_or_unwritable_output_in_one_line(tmp_path, capsys, kind):
-    from experiments import agreement
+_AGREEMENT_REFUSES = {"symlink": UnsafeOutputError, "fifo": FileExistsError, "unwritable": PermissionError,
+                      "out-is-a-file": UnsafeOutputError}
+
+
+@pytest.mark.parametrize("kind", list(_AGREEMENT_REFUSES))
+def test_agreement_refuses_a_link_fifo_or_unwritable_output_in_one_line(tmp_path, kind):
+    """A user's error (the command prints it as one ``error:`` line: tests/experiments/test_cli.py), one line."""
+    from training.runs.agreement import compare_ratings
 
     preds, ratings = _agreement_inputs(tmp_path)
     out = output_dir(tmp_path / "out")
@@ -150,20 +155,24 @@ def test_agreement_refuses_a_link_fifo_or_unwritable_output_in_one_line(tmp_path
     else:
         out = unwritable_folder(tmp_path)  # for root (as CI runs), a folder root cannot write in either
     try:
-        with pytest.raises(SystemExit):
-            agreement.main(["--predictions", str(preds), "--ratings", str(ratings), "--out", str(out)])
+        with pytest.raises(_AGREEMENT_REFUSES[kind]) as err:
+            compare_ratings(preds, ratings, out)
     finally:
         for folder in tmp_path.iterdir():
             if folder.is_dir() and not folder.is_symlink():
                 folder.chmod(0o700)
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert "\n" not in str(err.value), err.value
     assert victim.read_text() == "theirs"
 
 
-@pytest.mark.parametrize("kind", ["symlink", "dangling-symlink", "fifo", "folder-is-a-file"])
-def test_export_refuses_a_link_or_fifo_at_out_before_any_work(tmp_path, capsys, kind):
-    from experiments import export
+_EXPORT_REFUSES = {"symlink": UnsafeOutputError, "dangling-symlink": UnsafeOutputError, "fifo": UnsafeOutputError,
+                   "folder-is-a-file": NotADirectoryError}
+
+
+@pytest.mark.parametrize("kind", list(_EXPORT_REFUSES))
+def test_export_refuses_a_link_or_fifo_at_out_before_any_work(tmp_path, kind):
+    """Refused before the (missing) run is read, as a user's error naming the output, in one line."""
+    from training.runs.export import ExportOptions, export_onnx
 
     out = tmp_path / "model.onnx"
     if kind == "folder-is-a-file":
@@ -174,10 +183,9 @@ def test_export_refuses_a_link_or_fifo_at_out_before_any_work(tmp_path, capsys, 
     else:
         out.symlink_to(tmp_path / ("victim" if kind == "symlink" else "nowhere"))
         (tmp_path / "victim").write_text("theirs") if kind == "symlink" else None
-    with pytest.raises(SystemExit):
-        export.main(["--checkpoint", str(tmp_path / "no-run"), "--out", str(out), "--overwrite"])
-    err = capsys.readouterr().err
-    assert "model.onnx" in err and err.startswith("error: ") and err.count("\n") == 1
+    with pytest.raises(_EXPORT_REFUSES[kind], match="model.onnx") as err:
+        export_onnx(tmp_path / "no-run", out, ExportOptions(overwrite=True))
+    assert "\n" not in str(err.value) and "no-run" not in str(err.value)
     assert not (tmp_path / "nowhere").exists()
 
 

@@ -32,6 +32,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from common.files import FileFormatError
+from tests.helpers import saved_run_record
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -179,11 +180,8 @@ FILE_NAMES = {"grouping": "g.toml", "manifest": "m.csv", "ratings": "r.csv", "np
 
 
 def _good_saved_run() -> dict:
-    from training.loop.config import get_config
-
-    return {"config": json.loads(json.dumps(get_config().to_json())), "class_names": ["not_a_tree", "tree"],
-            "normalization": {"mean": [0.5], "std": [0.25]},
-            "operating_point": {"class": "tree", "class_index": 1, "threshold": 0.4, "target_recall": 0.9}}
+    return saved_run_record(normalization={"mean": [0.5], "std": [0.25]},
+                            operating_point={"class": "tree", "class_index": 1, "threshold": 0.4, "target_recall": 0.9})
 
 
 def _deep(n: int) -> str:
@@ -568,52 +566,6 @@ def test_fuzzed_feature_cache_entries_are_used_whole_or_computed_again(fuzz_dir,
 
 
 FUZZED = ["saved_run", "run_record", "result_row", "grouping", "manifest", "ratings", "npz", "feature_cache"]
-
-
-# ---- through the commands: one `error:` line naming the file, exit 1, nothing else --------------------------------
-def _commands(tmp: Path) -> dict[str, tuple[str, list[str], Path]]:
-    """name → (command module, argv, the hostile file it must name); every file is refused before any model is
-    built, so this costs no compilation."""
-    saved = _good_saved_run()
-    saved["operating_point"].pop("class")  # predict and export hit a KeyError on this before
-    (tmp / "run" / "checkpoints").mkdir(parents=True)
-    config = tmp / "run" / "checkpoints" / "config.json"
-    config.write_text(json.dumps(saved))
-    from tests.helpers import make_photos
-
-    make_photos(tmp / "photos", n=1, size=8, shades=((40, 90, 10), (40, 200, 10)), spread=0, name="x.png")
-    manifest = tmp / "manifest.csv"
-    manifest.write_text("path,label\nx.jpg,a,extra\n")
-    grouping = tmp / "g.toml"
-    grouping.write_text('exclude = "palm"\n[classes]\na = ["a"]\nb = ["b"]\n')
-    ratings = tmp / "ratings.csv"
-    ratings.write_text("path,rater\nx.jpg,Probable,Possible\n")
-    predictions = tmp / "predictions.csv"
-    predictions.write_text("path,predicted\nx.jpg,Probable\n")
-    return {
-        "predict": ("experiments.predict", ["--checkpoint", str(tmp / "run"), "--images", str(tmp / "photos"),
-                                            "--out", str(tmp / "p.csv")], config),
-        "export": ("experiments.export", ["--checkpoint", str(tmp / "run"), "--out", str(tmp / "m.onnx")], config),
-        "train-manifest": ("experiments.train", ["--data", str(manifest), "--out", str(tmp / "t1")], manifest),
-        "train-grouping": ("experiments.train", ["--data", str(tmp / "photos"), "--grouping", str(grouping),
-                                                 "--out", str(tmp / "t2")], grouping),
-        "agreement": ("experiments.agreement", ["--predictions", str(predictions), "--ratings", str(ratings),
-                                                "--out", str(tmp / "agree")], ratings),
-    }
-
-
-@pytest.mark.parametrize("command", ["predict", "export", "train-manifest", "train-grouping", "agreement"])
-def test_each_command_given_a_hostile_file_prints_one_line_naming_it(tmp_path, capsys, command):
-    import importlib
-
-    module, argv, bad = _commands(tmp_path)[command]
-    if command == "export":
-        pytest.importorskip("onnx")
-    with pytest.raises(SystemExit) as info:
-        importlib.import_module(module).main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert info.value.code == 1 and len(err) == 1, err
-    assert err[0].startswith(f"error: {bad}: "), err
 
 
 def test_a_manifest_error_names_the_line_it_is_on(tmp_path):

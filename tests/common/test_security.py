@@ -2,8 +2,8 @@
 
 The corpus (tests/hostile_weights.py) is generated here, byte by byte. Each file is opened in a
 forked child with an address-space limit (tests/open_weights.py), so a crash or a runaway
-allocation fails its test rather than pytest. The same files then go through the user's
-command, ``experiments.train --weights``, for the default backbone and for ResNet-50.
+allocation fails its test rather than pytest. The same files given to the user's command,
+``experiments.train --weights``, are tested in tests/experiments/test_hostile_files.py.
 """
 
 from __future__ import annotations
@@ -22,23 +22,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from models.torch_weights import WeightsFileError, load_state_dict
+from tests.helpers import saved_run_record
 from tests.hostile_weights import (
     POSITIONS,
     example_state,
+    is_payload,
     legacy_bytes,
-    payload_corpus,
     reference_decode,
     state_pickle,
-    structural_corpus,
     write_corpus,
     zip_bytes,
 )
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _is_payload(name: str) -> bool:
-    return any(f"-p{p}-" in name for p in range(6))
 
 
 def open_each_in_a_child(paths: list[Path]) -> dict[str, dict]:
@@ -50,19 +46,11 @@ def open_each_in_a_child(paths: list[Path]) -> dict[str, dict]:
     return results
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("hostile")
-    sentinel = folder / "SENTINEL"
-    files = {**payload_corpus(sentinel), **structural_corpus()}
-    return folder, sentinel, files
-
-
 @pytest.mark.parametrize("position", [*POSITIONS, "structural"])
 def test_every_hostile_file_gives_one_weights_file_error_and_runs_nothing(corpus, position):
     folder, sentinel, files = corpus
     subset = {k: v for k, v in files.items()
-              if (k.startswith(f"{position}-p") if position != "structural" else not _is_payload(k))}
+              if (k.startswith(f"{position}-p") if position != "structural" else not is_payload(k))}
     assert len(subset) >= (50 if position == "structural" else 100)
     results = open_each_in_a_child(write_corpus(folder, subset))
     bad = {name: (r["outcome"], r["detail"]) for name, r in results.items() if r["outcome"] != "WeightsFileError"}
@@ -165,70 +153,6 @@ def test_mutated_weights_files_give_the_tensors_or_one_error(tmp_path_factory, t
             assert got[k].shape == want[k].shape and got[k].tobytes() == want[k].astype(got[k].dtype).tobytes()
 
 
-# --- through the user's command -----------------------------------------------------------------------------------
-
-_DRIVER = """
-import contextlib, io, json, sys
-from experiments.train import main
-for path in sys.argv[3:]:
-    err = io.StringIO()
-    code = 0
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            main(["--data", sys.argv[1], "--out", sys.argv[2] + "/" + path.rsplit("/", 1)[-1], "--weights", path,
-                  "--no-progress", *(["--model", "resnet50", "--image-size", "32"] if sys.argv[2].endswith("resnet50")
-                                     else [])])
-        except SystemExit as exc:
-            code = exc.code
-    print(json.dumps({"file": path, "code": code, "stderr": err.getvalue()}), flush=True)
-"""
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    from tests.helpers import make_photos
-
-    return make_photos(tmp_path_factory.mktemp("photos"), ("tree", "not_a_tree"), n=2, size=24, seed=0, shades=False,
-                       name="{i}.png")
-
-
-@pytest.mark.parametrize("model", ["efficientnet_lite0", "resnet50"])
-def test_train_with_hostile_weights_prints_one_line_and_runs_nothing(corpus, photos, tmp_path, model):
-    """A sample of the corpus through ``experiments.train --weights`` (in one child process per model)."""
-    folder, sentinel, files = corpus
-    chosen = [k for k in files if "-p2-" in k and "GLOBAL-system" in k] + [
-        k for k in files if not _is_payload(k) and any(w in k for w in ("stride", "bomb", "36TiB", "pid-", "memo"))]
-    paths = write_corpus(folder, {k: files[k] for k in chosen})
-    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"}
-    out = tmp_path / model
-    proc = subprocess.run([sys.executable, "-c", _DRIVER, str(photos), str(out), *map(str, paths)], cwd=REPO,  # noqa: S603 (argv is this interpreter and paths the caller made; no shell)
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert len(rows) == len(paths) >= 15
-    for row in rows:
-        lines = row["stderr"].strip().splitlines()
-        assert row["code"] == 1 and len(lines) == 1 and lines[0].startswith("error: ") and row["file"] in lines[0], row
-        assert not (out / Path(row["file"]).name).exists()  # nothing written for a refused run
-    assert not sentinel.exists()
-
-
-def test_the_issue_payload_through_the_command_line(tmp_path, photos):
-    """The reported exploit: a legacy .pth whose first pickle reduces to os.system, given to experiments.train."""
-    from tests.hostile_weights import payload_file, payload_pickle
-
-    sentinel = tmp_path / "pwned"
-    evil = tmp_path / "evil.pth"
-    evil.write_bytes(payload_file("legacy-magic", payload_pickle(2, "REDUCE", "system", False, sentinel)))
-    proc = subprocess.run([sys.executable, "-m", "experiments.train", "--data", str(photos), "--weights", str(evil),  # noqa: S603 (argv is this interpreter and paths the caller made; no shell)
-                           "--out", str(tmp_path / "run"), "--no-progress"], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 1 and not sentinel.exists()
-    assert proc.stderr.strip().splitlines() == [f"error: {evil}: refused to load os.system: only tensors and dicts "
-                                                "are allowed"] or "refused to load posix.system" in proc.stderr
-    assert proc.stdout == ""  # refused before any photo was read
-
-
 def test_weights_for_a_model_trained_from_scratch_are_refused(tmp_path):
     from models.pretrained import check_weights_file
 
@@ -296,11 +220,7 @@ def test_mutated_photos_give_an_image_or_one_bad_image_error(tmp_path_factory, f
 
 # --- run folders from someone else --------------------------------------------------------------------------------
 
-def _good_saved_run() -> dict:
-    from training.loop.config import get_config
-
-    return {"config": json.loads(json.dumps(get_config().to_json())), "class_names": ["not_a_tree", "tree"],
-            "normalization": None, "operating_point": {"class": "tree", "class_index": 1, "threshold": 0.4}}
+_good_saved_run = saved_run_record
 
 
 HOSTILE_CONFIGS = {
@@ -343,22 +263,6 @@ def test_a_hostile_run_config_is_refused_naming_the_file_and_field(tmp_path, cas
         with pytest.raises(ValueError, match=r"config\.json: ") as info:
             read(tmp_path)
         assert str(run_config_path) in str(info.value)
-
-
-def test_predict_on_a_hostile_run_folder_prints_one_line(tmp_path, capsys):
-    saved = _good_saved_run()
-    saved["config"]["model"] = "__import__('os').system('touch pwned')"
-    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
-    (tmp_path / "run" / "checkpoints" / "config.json").write_text(json.dumps(saved))
-    (tmp_path / "photos").mkdir()
-    from experiments.predict import main
-
-    with pytest.raises(SystemExit) as info:
-        main(["--checkpoint", str(tmp_path / "run"), "--images", str(tmp_path / "photos"),
-              "--out", str(tmp_path / "p.csv")])
-    assert info.value.code == 1 and not (tmp_path / "pwned").exists() and not Path("pwned").exists()
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and "config.json: config: unknown model" in err[0]
 
 
 def test_the_coordinator_listens_only_on_the_address_given(monkeypatch):

@@ -9,7 +9,10 @@ import pytest
 from PIL import Image
 
 from experiments import predict, train
-from tests.helpers import make_photos
+from tests.helpers import make_photos, review_photos, write_csv
+from tests.helpers import review_predictions_csv as predictions_csv
+from training.evaluation.review import PAGE
+from training.loop.config import get_config
 
 
 @pytest.mark.parametrize(("flag", "value"), [("--epochs", "0"), ("--batch-size", "0"), ("--lr", "nan"),
@@ -107,6 +110,14 @@ def test_predict_rows_for_copies_atomic_csv_and_odd_names(tiny_run, tmp_path, ca
                       "--overwrite"])
     assert out.read_bytes() == before
     assert "error: photo or folder not found" in capsys.readouterr().err
+
+
+def test_predict_prints_how_many_photos_it_referred(tiny_run, tmp_path, capsys):
+    """The closing line counts the photos --refer marked (tests/training/inference/test_predict.py checks which)."""
+    run, root = tiny_run
+    predict.main(["--checkpoint", str(run), "--images", str(root), "--out", str(tmp_path / "r.csv"), "--batch-size",
+                  "3", "--no-progress", "--refer", "0.25"])
+    assert "4 of 14 referred to a person" in capsys.readouterr().out
 
 
 # ---- run folders: refused, resumed or replaced whole ----------------------------------------------------------
@@ -430,8 +441,9 @@ def test_every_command_names_a_missing_file_in_one_line(command, tmp_path, capsy
     ("compare_gradients", ["--batch-size", "-3"]), ("backprop_depth", ["--depths", "0"]),
     ("architectures", ["--data", "x", "--image-size", "4"]), ("results_table", ["--data", "x", "--image-size", "0"]),
     ("backbones", ["--data", "x", "--folds", "1"]),
+    ("predict", ["--checkpoint", "x", "--images", "y", "--refer", "1.5"]),
 ], ids=["mlp-eta-nan", "mlp-batch-0", "mnist-epochs-0", "compare-batch-negative", "depth-0", "arch-size-4",
-        "table-size-0", "backbones-folds-1"])
+        "table-size-0", "backbones-folds-1", "predict-refer-1.5"])
 def test_bad_arguments_of_every_command_exit_2_before_any_work(command, argv, tmp_path, capsys):
     import importlib
 
@@ -631,3 +643,70 @@ def test_agreement_with_a_column_that_is_not_utf8_or_a_bad_label(tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert info.value.code == 1 and len(err) == 1 and str(ratings) in err[0] and "'Dead'" in err[0]
     assert not (tmp_path / "o2").exists()
+
+
+# ---- review ----------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def photos(tmp_path):
+    """Four tiny photos (tests/helpers.py ``review_photos``)."""
+    return review_photos(tmp_path / "photos")
+
+
+def test_the_command_prints_one_line_where_the_page_is_and_one_line_for_a_bad_file(tmp_path, photos, capsys):
+    from experiments import review
+
+    out = tmp_path / "r"
+    review.main(["--predictions", str(predictions_csv(tmp_path)), "--images", str(photos), "--out", str(out)])
+    assert f"review page written to {out / PAGE}" in capsys.readouterr().out
+    bad = write_csv(tmp_path / "bad.csv", ["path", "predicted", "p_A"], [["a.jpg", "A", "nan"]])
+    with pytest.raises(SystemExit) as info:
+        review.main(["--predictions", str(bad), "--images", str(photos), "--out", str(tmp_path / "r2")])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 1 and err.startswith("error:") and str(bad) in err and "p_A" in err
+    assert "\n" not in err and not (tmp_path / "r2").exists()
+
+
+def test_a_missing_photo_named_with_control_characters_is_printed_on_one_line(tmp_path, photos, capsys):
+    # a path from the CSV was printed raw: a newline split the line, an ESC sequence reached the terminal
+    from experiments import review
+
+    name = "x\n\x1b]0;pwned\x07.jpg"
+    csv_path = write_csv(tmp_path / "p.csv", ["path", "predicted", "p_A", "p_B"], [[name, "A", 1, 0]])
+    review.main(["--predictions", str(csv_path), "--images", str(photos), "--out", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and len(out.strip().splitlines()) == 2
+
+
+# ---- train's flags and the library's configuration --------------------------------------------------------
+
+@pytest.mark.parametrize("finetune", ["top", "all"])
+def test_a_fine_tuned_preset_from_python_gets_the_recipe_the_command_gets(finetune):
+    from experiments import train
+
+    config = get_config("pretrained", finetune=finetune)
+    assert config == train.config_from_args(train.parser().parse_args(["--finetune", finetune]))
+    assert (config.learning_rate, config.head_init, config.top_views) == (3e-4, True, 8 if finetune == "top" else 0)
+    assert get_config("pretrained", finetune=finetune, learning_rate=1e-3).learning_rate == 1e-3  # overrides win
+    assert get_config("pretrained", finetune=finetune, recipe=False).learning_rate == 1e-2  # the preset alone
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--finetune", "top"], {"learning_rate": 3e-4, "lr_schedule": "cosine", "warmup_epochs": 1, "head_init": True,
+                             "top_views": 8, "grad": "manual"}),
+    (["--finetune", "top", "--top-views", "0"], {"learning_rate": 3e-4, "top_views": 0}),
+    (["--finetune", "all", "--lr", "1e-3", "--epochs", "3"], {"learning_rate": 1e-3, "epochs": 3, "head_init": True,
+                                                            "top_views": 0, "grad": "manual"}),
+    (["--finetune", "all", "--grad", "autodiff"], {"learning_rate": 3e-4, "grad": "autodiff"}),
+    ([], {"learning_rate": 1e-2, "lr_schedule": None, "head_init": False, "augment": None, "top_views": 0,
+          "grad": "autodiff"}),
+    (["--finetune", "head"], {"learning_rate": 1e-2, "head_init": False, "grad": "autodiff"}),
+    (["--preset", "lab-2020"], {"learning_rate": 1e-3, "head_init": False, "grad": "manual"}),
+    (["--preset", "lab-2020", "--model", "resnet50", "--finetune", "all"], {"grad": "autodiff"}),
+], ids=["top", "top-without-cached-maps", "all-with-flags", "all-autodiff", "no-flag", "head", "lab-2020",
+        "resnet50-all"])
+def test_finetune_gets_its_own_recipe_and_the_users_flags_win(flags, expected):
+    from experiments import train
+
+    config = train.config_from_args(train.parser().parse_args(flags))
+    assert {k: getattr(config, k) for k in expected} == expected

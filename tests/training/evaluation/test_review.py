@@ -1,11 +1,11 @@
-"""The review page (training.evaluation.review, experiments.review): parsed, every link resolved, hostile input.
+"""The review page (training.evaluation.review): parsed, every link resolved, hostile input.
 
-Synthetic CSVs and tiny generated photos only: no model is built or compiled here.
+Synthetic CSVs and tiny generated photos only: no model is built or compiled here. The command's printing
+(experiments.review) is tested in tests/experiments/test_cli.py.
 """
 
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 import subprocess
@@ -19,6 +19,10 @@ import pytest
 from PIL import Image
 
 from common.files import FileFormatError
+from tests.helpers import HOSTILE_PHOTO_NAME as HOSTILE
+from tests.helpers import REVIEW_CLASSES as CLASSES
+from tests.helpers import review_photos, write_csv
+from tests.helpers import review_predictions_csv as predictions_csv
 from training.evaluation.review import (
     PAGE,
     Prediction,
@@ -26,9 +30,6 @@ from training.evaluation.review import (
     review_order,
     write_review,
 )
-
-HOSTILE = "<img src=x onerror=alert(1)> & \"q\" 'x'.jpg"  # a legal file name on Linux
-CLASSES = ["Improbable", "Possible", "Probable"]
 
 
 class Page(HTMLParser):
@@ -50,35 +51,10 @@ class Page(HTMLParser):
         return [a for t, a in self.elements if t == tag]
 
 
-def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-    return path
-
-
 @pytest.fixture
 def photos(tmp_path) -> Path:
-    """Four tiny photos: one in a subfolder, one with a hostile name, one stored sideways (EXIF orientation 6)."""
-    root = tmp_path / "photos"
-    (root / "siteA").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for name in ("a.jpg", "siteA/b.jpg", HOSTILE):
-        Image.fromarray(rng.integers(0, 255, (12, 24, 3), dtype=np.uint8)).save(root / name)
-    exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90° on display: a 24×12 stored image shows 12 wide, 24 high
-    Image.fromarray(rng.integers(0, 255, (12, 24, 3), dtype=np.uint8)).save(root / "sideways.jpg", exif=exif)
-    return root
-
-
-def predictions_csv(tmp_path: Path, refer: bool = True) -> Path:
-    rows = [["a.jpg", "Probable", 0.05, 0.15, 0.80, "false"],
-            ["siteA/b.jpg", "Possible", 0.30, 0.40, 0.30, "true"],  # the least certain
-            [HOSTILE, "Improbable", 0.60, 0.30, 0.10, "false"],
-            ["sideways.jpg", "Probable", 0.0, 0.02, 0.98, "false"]]
-    header = ["path", "predicted", *[f"p_{c}" for c in CLASSES]] + (["refer"] if refer else [])
-    return write_csv(tmp_path / "predictions.csv", header, [r if refer else r[:-1] for r in rows])
+    """Four tiny photos (tests/helpers.py ``review_photos``)."""
+    return review_photos(tmp_path / "photos")
 
 
 def resolves(page_dir: Path, url: str) -> bool:
@@ -231,31 +207,6 @@ def test_five_thousand_predictions_make_a_small_page_quickly(tmp_path):
     assert seconds < 30, seconds  # a bound against a quadratic blow-up, not a speed measurement
     assert (tmp_path / "r" / PAGE).read_text(encoding="utf-8").count("<figure ") == 5000  # (parsed: above)
 
-
-def test_the_command_prints_one_line_where_the_page_is_and_one_line_for_a_bad_file(tmp_path, photos, capsys):
-    from experiments import review
-
-    out = tmp_path / "r"
-    review.main(["--predictions", str(predictions_csv(tmp_path)), "--images", str(photos), "--out", str(out)])
-    assert f"review page written to {out / PAGE}" in capsys.readouterr().out
-    bad = write_csv(tmp_path / "bad.csv", ["path", "predicted", "p_A"], [["a.jpg", "A", "nan"]])
-    with pytest.raises(SystemExit) as info:
-        review.main(["--predictions", str(bad), "--images", str(photos), "--out", str(tmp_path / "r2")])
-    err = capsys.readouterr().err.strip()
-    assert info.value.code == 1 and err.startswith("error:") and str(bad) in err and "p_A" in err
-    assert "\n" not in err and not (tmp_path / "r2").exists()
-
-
-
-def test_a_missing_photo_named_with_control_characters_is_printed_on_one_line(tmp_path, photos, capsys):
-    # a path from the CSV was printed raw: a newline split the line, an ESC sequence reached the terminal
-    from experiments import review
-
-    name = "x\n\x1b]0;pwned\x07.jpg"
-    csv_path = write_csv(tmp_path / "p.csv", ["path", "predicted", "p_A", "p_B"], [[name, "A", 1, 0]])
-    review.main(["--predictions", str(csv_path), "--images", str(photos), "--out", str(tmp_path / "r")])
-    out = capsys.readouterr().out
-    assert "\x1b" not in out and "\x07" not in out and len(out.strip().splitlines()) == 2
 
 BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome", "chrome") if shutil.which(b)), None)
 

@@ -9,9 +9,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from experiments import predict
+from common.files import FileFormatError, UnsafeOutputError
 from tests.helpers import read_predictions, unwritable_folder
 from training.data import prefetch
+from training.data.decoding import BadImageError
+from training.runs.predict import PredictOptions, predict_photos
 
 
 @pytest.fixture
@@ -20,9 +22,9 @@ def trained(tiny_run):
     return tiny_run
 
 
-def _predict(run, root, out, *extra):
-    return predict.main(["--checkpoint", str(run), "--images", str(root), "--out", str(out), "--batch-size", "3",
-                         "--no-progress", *extra])
+def _predict(run, root, out, **options):
+    """The library call ``experiments.predict --batch-size 3 --no-progress`` makes (``options``: the other flags)."""
+    return predict_photos(run, [str(root)], out, PredictOptions(batch_size=3, progress=False, **options))
 
 
 def test_streamed_rows_equal_in_memory_prediction(trained, tmp_path):
@@ -46,7 +48,7 @@ def test_streamed_rows_equal_in_memory_prediction(trained, tmp_path):
     assert not list(tmp_path.glob("*.partial*"))
 
 
-def test_a_crash_then_resume_gives_the_uninterrupted_csv(trained, tmp_path, monkeypatch, capsys):
+def test_a_crash_then_resume_gives_the_uninterrupted_csv(trained, tmp_path, monkeypatch):
     run, root = trained
     _predict(run, root, tmp_path / "whole.csv")
     calls, real = {"n": 0}, prefetch.load_image
@@ -65,16 +67,15 @@ def test_a_crash_then_resume_gives_the_uninterrupted_csv(trained, tmp_path, monk
     assert partial.exists() and not (tmp_path / "p.csv").exists()
     with open(partial, "ab") as f:  # a chunk cut short by the crash, after the last complete one
         f.write(b"a/a5.png,b,0.3")
-    with pytest.raises(SystemExit):  # not without --resume
+    with pytest.raises(FileExistsError, match="pass --resume"):  # not without resume
         _predict(run, root, tmp_path / "p.csv")
-    assert "pass --resume" in capsys.readouterr().err
-    result = _predict(run, root, tmp_path / "p.csv", "--resume")
-    assert 0 < calls["n"] and result["rows"] == 14
+    report = _predict(run, root, tmp_path / "p.csv", resume=True)
+    assert 0 < calls["n"] and report.rows == 14
     assert (tmp_path / "p.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
-    assert not partial.exists() and "from the interrupted run" in capsys.readouterr().out
+    assert not partial.exists() and 0 < report.resumed < 14  # rows kept from the interrupted run
 
 
-def test_resume_with_another_checkpoint_or_folder_is_refused(trained, tmp_path, monkeypatch, capsys):
+def test_resume_with_another_checkpoint_or_folder_is_refused(trained, tmp_path, monkeypatch):
     import shutil
 
     run, root = trained
@@ -84,35 +85,33 @@ def test_resume_with_another_checkpoint_or_folder_is_refused(trained, tmp_path, 
     monkeypatch.undo()
     other = tmp_path / "other"
     shutil.copytree(root, other)
-    with pytest.raises(SystemExit):
-        _predict(run, other, tmp_path / "p.csv", "--resume")
-    assert "written with other settings: images:" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="written with other settings: images:"):
+        _predict(run, other, tmp_path / "p.csv", resume=True)
 
 
-def test_an_existing_csv_is_replaced_only_with_overwrite(trained, tmp_path, capsys):
+def test_an_existing_csv_is_replaced_only_with_overwrite(trained, tmp_path):
     run, root = trained
     out = tmp_path / "p.csv"
     out.write_text("mine\n")
-    with pytest.raises(SystemExit):
+    with pytest.raises(FileExistsError, match="exists: pass --overwrite"):
         _predict(run, root, out)
-    assert "exists: pass --overwrite" in capsys.readouterr().err and out.read_text() == "mine\n"
-    _predict(run, root, out, "--overwrite")
+    assert out.read_text() == "mine\n"
+    _predict(run, root, out, overwrite=True)
     with open(out, newline="") as f:
         assert len(list(csv.reader(f))) == 1 + 14
 
 
-def test_bad_photos_stop_the_stream_or_are_counted(trained, tmp_path, capsys):
+def test_bad_photos_stop_the_stream_or_are_counted(trained, tmp_path):
     import shutil
 
     run, root = trained
     images = tmp_path / "images"
     shutil.copytree(root, images)
     (images / "a" / "a3.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    with pytest.raises(SystemExit):
+    with pytest.raises(BadImageError, match="a3.png"):
         _predict(run, images, tmp_path / "p.csv")
-    assert "a3.png" in capsys.readouterr().err
-    result = _predict(run, images, tmp_path / "q.csv", "--skip-bad")
-    assert result["rows"] == 13 and len(result["skipped"]) == 1 and "a3.png" in result["skipped"][0][0]
+    report = _predict(run, images, tmp_path / "q.csv", skip_bad=True)
+    assert report.rows == 13 and len(report.skipped) == 1 and "a3.png" in report.skipped[0][0]
 
 
 def test_decoding_stays_a_bounded_number_of_chunks_ahead(tmp_path, monkeypatch):
@@ -151,30 +150,28 @@ def test_chunks_sharded_over_four_devices_give_the_same_csv(trained, tmp_path):
     repo = Path(__file__).resolve().parents[3]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": str(repo)}
-    code = ("import jax, sys; assert len(jax.local_devices()) == 4; from experiments import predict; "
-            "predict.main(sys.argv[1:])")
-    subprocess.run([sys.executable, "-c", code, "--checkpoint", str(run), "--images", str(root), "--out",  # noqa: S603 (argv is this interpreter and paths the caller made; no shell)
-                    str(tmp_path / "four.csv"), "--batch-size", "3", "--no-progress"], env=env, cwd=repo, check=True,
-                   capture_output=True)
+    code = ("import jax, sys; assert len(jax.local_devices()) == 4; "
+            "from training.runs.predict import PredictOptions, predict_photos; "
+            "predict_photos(sys.argv[1], [sys.argv[2]], sys.argv[3], PredictOptions(batch_size=3, progress=False))")
+    subprocess.run([sys.executable, "-c", code, str(run), str(root), str(tmp_path / "four.csv")],  # noqa: S603 (argv is this interpreter and paths the caller made; no shell)
+                   env=env, cwd=repo, check=True, capture_output=True)
     one, four = read_predictions(tmp_path / "one.csv"), read_predictions(tmp_path / "four.csv")
     assert [r["path"] for r in one] == [r["path"] for r in four]
     np.testing.assert_allclose([[v for k, v in r.items() if k.startswith("p_")] for r in four],
                                [[v for k, v in r.items() if k.startswith("p_")] for r in one], atol=1e-5)
 
 
-def test_refer_marks_the_least_confident_fraction_and_the_summary_counts_them(trained, tmp_path, capsys):
+def test_refer_marks_the_least_confident_fraction_and_the_report_counts_them(trained, tmp_path):
     run, root = trained  # lab-2020: no calibration, no saved referral threshold: no refer column by default
     _predict(run, root, tmp_path / "plain.csv")
     assert "refer" not in read_predictions(tmp_path / "plain.csv")[0]
-    result = _predict(run, root, tmp_path / "r.csv", "--refer", "0.25")
+    report = _predict(run, root, tmp_path / "r.csv", refer=0.25)
     rows = read_predictions(tmp_path / "r.csv")
     conf = sorted(r[f"p_{r['predicted']}"] for r in rows)
     referred = [r for r in rows if r["refer"] == 1]
-    assert result["referred"] == len(referred) == 4 == int(np.ceil(0.25 * len(rows)))  # of 14
+    assert report.referred == len(referred) == 4 == int(np.ceil(0.25 * len(rows)))  # of 14
+    assert report.referral_rows == 14  # (the command prints "4 of 14 referred to a person": tests/experiments)
     assert max(r[f"p_{r['predicted']}"] for r in referred) <= conf[3]
-    assert "4 of 14 referred to a person" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        predict.parser().parse_args(["--checkpoint", "x", "--images", "y", "--refer", "1.5"])
 
 
 def test_calibration_inside_the_onnx_graph_equals_the_jax_one(trained):
@@ -280,7 +277,6 @@ _HOSTILE_PARTIALS = {
 
 @pytest.mark.parametrize("case", list(_HOSTILE_PARTIALS))
 def test_a_hostile_partial_output_is_one_error_naming_the_file_and_field(tmp_path, case):
-    from common.files import FileFormatError
 
     partial = _partial(tmp_path)
     edit, expected = _HOSTILE_PARTIALS[case]
@@ -415,9 +411,9 @@ def test_processes_that_were_given_different_plans_are_named():
     assert "process 2's file list, options differ" in message
 
 
-def test_a_job_whose_processes_disagree_stops_before_any_work(trained, tmp_path, monkeypatch, capsys):
+def test_a_job_whose_processes_disagree_stops_before_any_work(trained, tmp_path, monkeypatch):
     """Process 0 of a 2-process job whose peer was given another --batch-size (the exchange faked): one line,
-    nothing written. (tests/training/loop/test_distributed.py runs real jobs; a real mismatched one says the same
+    nothing written. (tests/experiments/test_jobs.py runs real jobs; a real mismatched one says the same
     line.)"""
     from training.inference import stream
 
@@ -429,47 +425,51 @@ def test_a_job_whose_processes_disagree_stops_before_any_work(trained, tmp_path,
     monkeypatch.setattr(distributed, "process_count", lambda: 2)  # (predict imports them when it runs)
     monkeypatch.setattr(distributed, "process_index", lambda: 0)
     monkeypatch.setattr(stream, "gather_rows", lambda mine: np.concatenate([mine, mine[:, ::-1]]))
-    with pytest.raises(SystemExit):
+    with pytest.raises(ValueError, match="process 1's file list, chunking, model, options differ") as err:
         _predict(run, root, tmp_path / "p.csv")
-    err = capsys.readouterr().err
-    assert "process 1's file list, chunking, model, options differ" in err and err.count("\n") == 1
+    assert "\n" not in str(err.value)
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("kind", ["link-at-out", "dangling-link-at-partial", "fifo-at-record-with-resume",
-                                  "finished-out-with-resume", "unwritable-folder", "folder-is-a-file"])
-def test_predict_refuses_a_link_fifo_or_finished_output_in_one_line(trained, tmp_path, capsys, kind):
+_REFUSED = {"link-at-out": UnsafeOutputError, "dangling-link-at-partial": UnsafeOutputError,
+            "fifo-at-record-with-resume": UnsafeOutputError, "finished-out-with-resume": FileExistsError,
+            "unwritable-folder": PermissionError, "folder-is-a-file": NotADirectoryError}
+
+
+@pytest.mark.parametrize("kind", list(_REFUSED))
+def test_predict_refuses_a_link_fifo_or_finished_output_in_one_line(trained, tmp_path, kind):
+    """Each is a user's error (one ``error:`` line from the command: tests/experiments/test_cli.py), raised as such
+    before anything is written, its message one line."""
     run, root = trained
     out = tmp_path / "p.csv"
     victim = tmp_path / "victim.csv"
     victim.write_text("theirs\n")
-    extra = []
+    extra = {}
     if kind == "unwritable-folder":
         out = unwritable_folder(tmp_path) / "p.csv"  # for root (as CI runs), a folder root cannot write in either
     elif kind == "folder-is-a-file":
         out = victim / "p.csv"
     elif kind == "link-at-out":
         out.symlink_to(victim)
-        extra = ["--overwrite"]
+        extra = {"overwrite": True}
     elif kind == "dangling-link-at-partial":
         (tmp_path / "p.csv.partial").symlink_to(tmp_path / "elsewhere")
-        extra = ["--overwrite"]
+        extra = {"overwrite": True}
     elif kind == "fifo-at-record-with-resume":
         os.mkfifo(tmp_path / "p.csv.partial.json")
-        extra = ["--resume"]
+        extra = {"resume": True}
     else:
         out.write_text("finished\n")
-        extra = ["--resume"]
-    with pytest.raises(SystemExit):
-        _predict(run, root, out, *extra)
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1, err
+        extra = {"resume": True}
+    with pytest.raises(_REFUSED[kind]) as err:
+        _predict(run, root, out, **extra)
+    assert "\n" not in str(err.value), err.value
     assert victim.read_text() == "theirs\n" and not (tmp_path / "elsewhere").exists()
     if kind == "finished-out-with-resume":
-        assert "never replaces it" in err and out.read_text() == "finished\n"
+        assert "never replaces it" in str(err.value) and out.read_text() == "finished\n"
 
 
-def test_a_partial_output_with_a_row_for_another_file_is_never_merged(trained, tmp_path, monkeypatch, capsys):
+def test_a_partial_output_with_a_row_for_another_file_is_never_merged(trained, tmp_path, monkeypatch):
     run, root = trained
     real = prefetch.load_image
     monkeypatch.setattr(prefetch, "load_image", lambda p, pre: (_ for _ in ()).throw(RuntimeError("stop"))
@@ -481,10 +481,9 @@ def test_a_partial_output_with_a_row_for_another_file_is_never_merged(trained, t
     data = partial.read_bytes()
     assert b"a/a1.png" in data
     partial.write_bytes(data.replace(b"a/a1.png", b"a/z1.png"))  # the same length: within the recorded bytes
-    with pytest.raises(SystemExit):
-        _predict(run, root, tmp_path / "p.csv", "--resume")
-    err = capsys.readouterr().err
-    assert "p.csv.partial: line 3, path: 'a/z1.png' is not a file of this prediction" in err
+    with pytest.raises(FileFormatError, match="p.csv.partial: line 3, path: 'a/z1.png' is not a file of this "
+                                              "prediction"):
+        _predict(run, root, tmp_path / "p.csv", resume=True)
     assert not (tmp_path / "p.csv").exists() and partial.exists()
 
 
@@ -509,7 +508,6 @@ def test_names_a_spreadsheet_would_run_are_escaped_in_the_csv(trained, tmp_path)
     ("path,predicted,p_a,p_b,refer\nx.png,a,0.5,0.5,0\n", "refer")],
     ids=["class-column-missing", "predicted-not-a-class", "probability-nan", "probability-missing", "refer-again"])
 def test_a_hostile_prediction_csv_given_to_referral_is_one_error_and_left_as_it_was(tmp_path, text, field):
-    from common.files import FileFormatError
     from training.inference.refer import add_refer_column
 
     path = tmp_path / "p.csv"

@@ -52,17 +52,6 @@ def test_every_preset_is_one_typed_registry_entry_and_the_old_names_are_its_view
     assert results.config_for("pretrained", 240).calibration == defaults.calibration
 
 
-@pytest.mark.parametrize("finetune", ["top", "all"])
-def test_a_fine_tuned_preset_from_python_gets_the_recipe_the_command_gets(finetune):
-    from experiments import train
-
-    config = get_config("pretrained", finetune=finetune)
-    assert config == train.config_from_args(train.parser().parse_args(["--finetune", finetune]))
-    assert (config.learning_rate, config.head_init, config.top_views) == (3e-4, True, 8 if finetune == "top" else 0)
-    assert get_config("pretrained", finetune=finetune, learning_rate=1e-3).learning_rate == 1e-3  # overrides win
-    assert get_config("pretrained", finetune=finetune, recipe=False).learning_rate == 1e-2  # the preset alone
-
-
 @pytest.mark.parametrize("preset", ["lab-2020", "improved", "pretrained"])
 def test_a_config_survives_its_json_and_the_augmentation_is_one_object(preset):
 
@@ -135,27 +124,6 @@ def test_warmup_then_cosine_and_weight_decay_of_kernels_only():
     expected = np.asarray([optax.warmup_cosine_decay_schedule(0.0, 1e-2, 10, 40)(t) for t in range(40)])
     np.testing.assert_allclose(rates, expected, rtol=1e-5, atol=1e-9)
     assert rates[0] == 0 and np.argmax(rates) == 10 and rates[-1] < rates[20] < rates[10]
-
-
-@pytest.mark.parametrize("flags, expected", [
-    (["--finetune", "top"], {"learning_rate": 3e-4, "lr_schedule": "cosine", "warmup_epochs": 1, "head_init": True,
-                             "top_views": 8, "grad": "manual"}),
-    (["--finetune", "top", "--top-views", "0"], {"learning_rate": 3e-4, "top_views": 0}),
-    (["--finetune", "all", "--lr", "1e-3", "--epochs", "3"], {"learning_rate": 1e-3, "epochs": 3, "head_init": True,
-                                                            "top_views": 0, "grad": "manual"}),
-    (["--finetune", "all", "--grad", "autodiff"], {"learning_rate": 3e-4, "grad": "autodiff"}),
-    ([], {"learning_rate": 1e-2, "lr_schedule": None, "head_init": False, "augment": None, "top_views": 0,
-          "grad": "autodiff"}),
-    (["--finetune", "head"], {"learning_rate": 1e-2, "head_init": False, "grad": "autodiff"}),
-    (["--preset", "lab-2020"], {"learning_rate": 1e-3, "head_init": False, "grad": "manual"}),
-    (["--preset", "lab-2020", "--model", "resnet50", "--finetune", "all"], {"grad": "autodiff"}),
-], ids=["top", "top-without-cached-maps", "all-with-flags", "all-autodiff", "no-flag", "head", "lab-2020",
-        "resnet50-all"])
-def test_finetune_gets_its_own_recipe_and_the_users_flags_win(flags, expected):
-    from experiments import train
-
-    config = train.config_from_args(train.parser().parse_args(flags))
-    assert {k: getattr(config, k) for k in expected} == expected
 
 
 @pytest.mark.parametrize("overrides", [dict(finetune="all"), dict(finetune="head"), dict(model="model1")],

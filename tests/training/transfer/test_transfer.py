@@ -276,13 +276,15 @@ def test_augmented_views_join_the_heads_training_as_more_views():
 
 
 def test_target_recall_threshold_is_saved_and_applied_by_predict(tmp_path, monkeypatch):
-    """--target-recall chooses the threshold on inner data, reports the scored fold's recall, and predict uses it.
-    The calibration (``auto`` here) is fitted on the inner out-of-fold predictions of the training part: the labels
-    it sees are exactly the training part's, never a scored photo's."""
+    """``target_recall`` (--target-recall) chooses the threshold on inner data, reports the scored fold's recall, and
+    predict uses it. The calibration (``auto`` here) is fitted on the inner out-of-fold predictions of the training
+    part: the labels it sees are exactly the training part's, never a scored photo's. (A malformed --target-recall
+    is refused by the command: tests/experiments/test_cli.py, ``recall-no-equals``.)"""
     import json
 
-    from experiments import predict, train
     from training.loop import scoring
+    from training.runs.experiment import DataSpec, RunOptions, train_and_evaluate, training_config
+    from training.runs.predict import PredictOptions, predict_photos
 
     seen = []
 
@@ -296,9 +298,10 @@ def test_target_recall_threshold_is_saved_and_applied_by_predict(tmp_path, monke
     root = make_photos(tmp_path / "photos", ("Probable", "Improbable"), n=10, size=24, seed=0,
                        shades=((200, 40, 40), (40, 160, 40)), spread=40, name="{i}.png")
     out = tmp_path / "run"
-    result = train.run(train.parser().parse_args([
-        "--data", str(root), "--model", "efficientnet_lite0", "--image-size", "32", "--target-recall", "Probable=0.9",
-        "--calibration", "auto", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]))
+    data = DataSpec(str(root))
+    config = training_config("pretrained", data, model="efficientnet_lite0", image_size=32,
+                             target_recall=("Probable", 0.9), calibration="auto")
+    result = train_and_evaluate(config, data, out, RunOptions(cache_dir=str(tmp_path / "cache"), progress=False))
     split = json.loads((out / "split.json").read_text())
     names = result.class_names
     (y_fit,) = seen
@@ -310,13 +313,10 @@ def test_target_recall_threshold_is_saved_and_applied_by_predict(tmp_path, monke
     assert op["class"] == "Probable" and op["target_recall"] == 0.9 and 0 <= op["threshold"] <= 1
     saved = json.loads((out / "checkpoints" / "config.json").read_text())["operating_point"]
     assert saved["threshold"] == op["threshold"]
-    predict.main(["--checkpoint", str(out), "--images", str(root), "--out", str(tmp_path / "p.csv"),
-                  "--no-progress"])
+    predict_photos(out, [str(root)], tmp_path / "p.csv", PredictOptions(progress=False))
     rows = read_predictions(tmp_path / "p.csv")
     for r in rows:
         assert (r["predicted"] == "Probable") == (r["p_Probable"] >= saved["threshold"])
-    with pytest.raises(SystemExit):
-        train.parser().parse_args(["--target-recall", "Probable"])  # no "=R"
 
 
 
