@@ -136,11 +136,11 @@ def test_default_train_and_predict_on_real_tree_photos(tmp_path):
         assert (out / name).stat().st_size > 0, name
     run = result.results[0]
     metrics = run.metrics
-    assert metrics["n"] == 81 and run.baseline["balanced_accuracy"] == 0.5
+    assert metrics.n == 81 and run.baseline.balanced_accuracy == 0.5
     # measured 0.78 on this split (5-fold CV: 0.79-0.82); Model 1 from scratch: 0.50-0.65
-    assert metrics["balanced_accuracy"] > 0.70
+    assert metrics.balanced_accuracy > 0.70
     lo, hi = result.balanced_accuracy_ci95
-    assert lo < metrics["balanced_accuracy"] < hi
+    assert lo < metrics.balanced_accuracy < hi
     predict.main(["--checkpoint", str(out), "--images", str(shared_path("tree-risk-examples")), "--out",
                   str(tmp_path / "p.csv"), "--no-progress"])
     rows = read_predictions(tmp_path / "p.csv")
@@ -150,7 +150,7 @@ def test_default_train_and_predict_on_real_tree_photos(tmp_path):
         assert abs(r["p_tree"] + r["p_not_a_tree"] - 1.0) < 1e-5
     # a second run reads the cached features: the same figures
     again = train.run(train.parser().parse_args([*argv[:4], "--out", str(tmp_path / "again"), *argv[6:]]))
-    assert again.results[0].metrics["balanced_accuracy"] == metrics["balanced_accuracy"]
+    assert again.results[0].metrics.balanced_accuracy == metrics.balanced_accuracy
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from common.files import output_dir, write_json_atomic
 from common.layout import RunLayout
 from common.tables import write_table
 from models.registry import kind_of
-from training.evaluation.metrics import classification_metrics, majority_baseline
+from training.evaluation.metrics import Metrics, classification_metrics, majority_baseline
 from training.loop.checkpoints import Checkpoints
 from training.loop.config import TrainConfig
 from training.loop.devices import DataParallel
@@ -44,9 +44,9 @@ class FitResult(NamedTuple):
     """What :func:`fit` returns: the chosen epoch, its parameters, and its predictions on ``x_val``."""
 
     history: list[dict]  # one row per epoch: losses and validation metrics
-    metrics: dict  # validation metrics of the chosen epoch
+    metrics: dict  # validation metrics of the chosen epoch, as saved in its checkpoint (Metrics.as_json)
     best_epoch: int
-    baseline: dict  # the majority predictor's metrics on the same validation rows
+    baseline: Metrics  # the majority predictor's metrics on the same validation rows
     best_params: Any
     val_probs: np.ndarray  # (len(x_val), classes), of the chosen epoch
     normalization: dict | None  # per-channel mean/std of the training inputs, or None
@@ -137,20 +137,20 @@ def _train_epoch(state: TrainState, train_step, x: np.ndarray, y: np.ndarray, we
     return state, float(sum(float(l) * n for l, n in losses) / max(sum(n for _, n in losses), 1))
 
 
-def _epoch_row(epoch: int, train_loss: float, y_val: np.ndarray, probs: np.ndarray, metrics: dict,
+def _epoch_row(epoch: int, train_loss: float, y_val: np.ndarray, probs: np.ndarray, metrics: Metrics,
                start: float) -> dict:
     """The history row of one epoch: its losses, validation metrics and seconds."""
     val_loss = float(np.mean(-np.log(np.clip(probs[np.arange(len(y_val)), y_val], 1e-12, 1.0))))
     return {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-            "val_accuracy": metrics["accuracy"], "val_balanced_accuracy": metrics["balanced_accuracy"],
-            "val_macro_f1": metrics["macro_f1"], "seconds": time.perf_counter() - start}
+            "val_accuracy": metrics.accuracy, "val_balanced_accuracy": metrics.balanced_accuracy,
+            "val_macro_f1": metrics.macro_f1, "seconds": time.perf_counter() - start}
 
 
-def _log_epoch(epoch: int, train_loss: float, metrics: dict, baseline: dict) -> None:
-    log.info(f"epoch {epoch}: loss {train_loss:.4f}, val acc {metrics['accuracy']:.3f}, "
-             f"balanced {metrics['balanced_accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f} "
-             f"(majority baseline: acc {baseline['accuracy']:.3f}, balanced {baseline['balanced_accuracy']:.3f}, "
-             f"macro-F1 {baseline['macro_f1']:.3f})")
+def _log_epoch(epoch: int, train_loss: float, metrics: Metrics, baseline: Metrics) -> None:
+    log.info(f"epoch {epoch}: loss {train_loss:.4f}, val acc {metrics.accuracy:.3f}, "
+             f"balanced {metrics.balanced_accuracy:.3f}, macro-F1 {metrics.macro_f1:.3f} "
+             f"(majority baseline: acc {baseline.accuracy:.3f}, balanced {baseline.balanced_accuracy:.3f}, "
+             f"macro-F1 {baseline.macro_f1:.3f})")
 
 
 def fit(
@@ -220,9 +220,9 @@ def fit(
         probs = predict_proba(eval_step, state.params, x_val, batch_size=config.batch_size, dp=dp)
         metrics = classification_metrics(y_val, probs, class_names)
         history.append(_epoch_row(epoch, train_loss, y_val, probs, metrics, start))
-        improved = choice.observe(epoch, metrics["macro_f1"], state.params, probs,
+        improved = choice.observe(epoch, metrics.macro_f1, state.params, probs,
                                   take_last=config.selection == "last")
-        meta = {"epoch": epoch, "history": history, "best_macro_f1": choice.f1, "metrics": metrics}
+        meta = {"epoch": epoch, "history": history, "best_macro_f1": choice.f1, "metrics": metrics.as_json()}
         if improved:
             ckpt.save("best", epoch, state, meta)
         ckpt.save("last", epoch, state, meta)

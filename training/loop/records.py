@@ -9,6 +9,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from training.evaluation.metrics import Metrics
+
 
 class FoldResult(NamedTuple):
     """One outer fold, scored once.
@@ -19,8 +21,8 @@ class FoldResult(NamedTuple):
 
     kind: str
     history: list[dict]
-    metrics: dict  # on the scored fold
-    baseline: dict  # the majority predictor on the scored fold
+    metrics: Metrics  # on the scored fold (with its calibration measures once the report is written)
+    baseline: Metrics  # the majority predictor on the scored fold
     best_epoch: int  # the epoch (or the head's step count) that was chosen
     val_probs: np.ndarray  # the scored fold's probabilities, rows in ``outer_index`` order
     normalization: dict | None

@@ -3,6 +3,8 @@ the training part (calibration, referral threshold), and the scoring of the oute
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from training.data.dataset import Dataset
@@ -14,7 +16,7 @@ from training.evaluation.calibration import (
     choose_referral,
 )
 from training.evaluation.decision import decide
-from training.evaluation.metrics import classification_metrics
+from training.evaluation.metrics import Metrics, classification_metrics
 from training.loop.config import TrainConfig
 
 
@@ -58,14 +60,14 @@ def referral_on_inner(config: TrainConfig, probs: np.ndarray, y: np.ndarray, op:
 
 
 def score(y: np.ndarray, probs: np.ndarray, y_train: np.ndarray, class_names: list[str], op: dict | None,
-          shift=None) -> dict:
+          shift=None) -> Metrics:
     """Metrics of the decisions (arg-max, or the operating point's rule; ``shift``: the calibration's, left out)
     on the scored fold."""
     metrics = classification_metrics(y, probs, class_names, y_pred=decide(probs, op, shift))
-    if op is not None:
-        m = metrics["per_class"][op["class"]]
-        metrics["operating_point"] = {**op, "recall": m["recall"], "precision": m["precision"]}
-    return metrics
+    if op is None:
+        return metrics
+    m = metrics.per_class[op["class"]]
+    return dataclasses.replace(metrics, operating_point={**op, "recall": m.recall, "precision": m.precision})
 
 
 def shift_of(calibration: dict | None):

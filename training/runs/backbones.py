@@ -162,8 +162,8 @@ def feature_row(name: str, data, folds: list[tuple[np.ndarray, np.ndarray]], see
     y_pred = np.concatenate([p.argmax(axis=1) for _, p in folds])
     pooled = classification_metrics(y_true, np.eye(len(data.class_names))[y_pred], data.class_names)
     lo, hi = bootstrap_interval(y_true, y_pred, key=jax.random.PRNGKey(seed))
-    per_fold = tuple(classification_metrics(data.y[va], p, data.class_names)["balanced_accuracy"] for va, p in folds)
-    return FeatureRow(name, round(pooled["balanced_accuracy"], 4), lo, hi, round(pooled["macro_f1"], 4), per_fold,
+    per_fold = tuple(classification_metrics(data.y[va], p, data.class_names).balanced_accuracy for va, p in folds)
+    return FeatureRow(name, round(pooled.balanced_accuracy, 4), lo, hi, round(pooled.macro_f1, 4), per_fold,
                       seconds)
 
 

@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from training.evaluation.metrics import Metrics
 from training.loop.config import TrainConfig
 from training.loop.records import FoldResult
 
@@ -59,7 +60,7 @@ class RunSummary(NamedTuple):
     config: TrainConfig
     class_names: list[str]
     results: list[FoldResult]
-    pooled: dict
+    pooled: Metrics
     balanced_accuracy_ci95: tuple[float, float]
     process_index: int = 0
 
@@ -182,38 +183,38 @@ def _train(config: TrainConfig, data, out: Path, counts: dict, options: RunOptio
     results = run_folds(data, config, out, resume=options.resume, progress=options.progress,
                         cache_dir=options.cache_dir, engine=options.engine)
     for r in results:
-        log.info(f"validation (scored once): accuracy {r.metrics['accuracy']:.3f}, balanced accuracy "
-                 f"{r.metrics['balanced_accuracy']:.3f}, macro-F1 {r.metrics['macro_f1']:.3f} "
-                 f"(majority baseline {r.baseline['accuracy']:.3f} / "
-                 f"{r.baseline['balanced_accuracy']:.3f} / {r.baseline['macro_f1']:.3f}): {r.verdict}")
-        if r.metrics.get("operating_point"):
-            op = r.metrics["operating_point"]
+        log.info(f"validation (scored once): accuracy {r.metrics.accuracy:.3f}, balanced accuracy "
+                 f"{r.metrics.balanced_accuracy:.3f}, macro-F1 {r.metrics.macro_f1:.3f} "
+                 f"(majority baseline {r.baseline.accuracy:.3f} / "
+                 f"{r.baseline.balanced_accuracy:.3f} / {r.baseline.macro_f1:.3f}): {r.verdict}")
+        if r.metrics.operating_point:
+            op = r.metrics.operating_point
             log.info(f"operating point: {op['class']} when p ≥ {op['threshold']:.4f}: recall {op['recall']:.3f}, "
                      f"precision {op['precision']:.3f} (target recall {op['target_recall']:g})")
     y_true, y_pred = pooled_predictions(results, data.y)
     lo, hi = bootstrap_interval(y_true, y_pred, key=jax.random.PRNGKey(config.seed))
     rows = []
     for key in HEADLINE:
-        vals = [r.metrics[key] for r in results if r.metrics.get(key) is not None]
-        base = [r.baseline[key] for r in results if r.baseline.get(key) is not None]
+        vals = [getattr(r.metrics, key) for r in results if getattr(r.metrics, key) is not None]
+        base = [getattr(r.baseline, key) for r in results if getattr(r.baseline, key) is not None]
         if vals:
             rows.append({"metric": key, "mean": float(np.mean(vals)), "std": float(np.std(vals)),
                          "baseline_mean": float(np.mean(base)) if base else ""})
     pooled = classification_metrics(y_true, np.eye(len(data.class_names))[y_pred], data.class_names)
     notes = (f"Every figure is from validation folds used for no choice. Balanced accuracy over all scored "
-             f"images: {pooled['balanced_accuracy']:.3f}, stratified bootstrap 95% interval [{lo:.3f}, {hi:.3f}] "
+             f"images: {pooled.balanced_accuracy:.3f}, stratified bootstrap 95% interval [{lo:.3f}, {hi:.3f}] "
              f"({len(y_true)} images).\n")
     calib, cal_notes = calibration_summary(results, data.y, out, config)
     notes += cal_notes
     title = (f"{len(results)}-fold cross-validation (mean ± std over folds)" if len(results) > 1
              else "Validation split (scored once)")
     write_table(rows, out, "summary", title=title, notes=notes)
-    log.info(f"balanced accuracy {pooled['balanced_accuracy']:.3f}, bootstrap 95% interval [{lo:.3f}, {hi:.3f}]")
+    log.info(f"balanced accuracy {pooled.balanced_accuracy:.3f}, bootstrap 95% interval [{lo:.3f}, {hi:.3f}]")
     log.info(cal_notes.strip())
     write_json_atomic(out / "summary.json", {
-        "config": config.to_json(), "balanced_accuracy": pooled["balanced_accuracy"],
+        "config": config.to_json(), "balanced_accuracy": pooled.balanced_accuracy,
         "balanced_accuracy_ci95": [lo, hi], "n_scored": int(len(y_true)), **calib,
-        "folds": [{"metrics": r.metrics, "baseline": r.baseline, "best_epoch": r.best_epoch,
+        "folds": [{"metrics": r.metrics.as_json(), "baseline": r.baseline.as_json(), "best_epoch": r.best_epoch,
                    "selection": r.selection, "seconds": r.seconds} for r in results]})
     return RunSummary(str(out), config, list(data.class_names), results, pooled, (lo, hi))
 

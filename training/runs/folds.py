@@ -171,8 +171,8 @@ def run_folds(data: Dataset, config: TrainConfig, out: str | Path, *, resume: bo
                   f"{'' if len(splits) == 1 else f', fold {k} of {len(splits)}'}). Image {config.image_size} px "
                   f"{'RGB' if config.rgb else 'grayscale'}. Selection: {result.selection}. "
                   f"Device: {device_description()}.")
-        results.append(result._replace(verdict=write_run_report(fold_out, result, data.class_names, header,
-                                                                    data.y[va], key=jax.random.PRNGKey(config.seed))))
+        results.append(write_run_report(fold_out, result, data.class_names, header, data.y[va],
+                                        key=jax.random.PRNGKey(config.seed)))
     return results
 
 

@@ -82,7 +82,7 @@ def train_mnist_cnn(data: str | os.PathLike, out: str | os.PathLike,
     model, params, _, _ = load_trained(out)
     probs = predict_proba(make_eval_step(model), params, x_test, batch_size=256)
     test = classification_metrics(mnist.test.y, probs, names)
-    report = MnistReport(test_accuracy=test["accuracy"], valid_accuracy_best_epoch=result.metrics["accuracy"],
+    report = MnistReport(test_accuracy=test.accuracy, valid_accuracy_best_epoch=result.metrics["accuracy"],
                          best_epoch=result.best_epoch, epochs=config.epochs, train_images=len(x_train),
                          test_images=len(x_test), train_seconds=seconds, grad=config.grad, out=str(out))
     write_table([report.summary()], out, "mnist_test", title="Model-1-style CNN on MNIST",

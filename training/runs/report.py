@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from common.tables import plain_text, pyplot, save_figure, write_table
-from training.evaluation.metrics import beats_baseline
+from training.evaluation.metrics import Metrics, beats_baseline
 
 if TYPE_CHECKING:
     from training.loop.records import FoldResult
@@ -19,15 +19,15 @@ HEADLINE = ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", 
             "linear_weighted_kappa", "quadratic_weighted_kappa", "mean_absolute_level_error")
 
 
-def metric_rows(result: dict, baseline: dict) -> list[dict]:
+def metric_rows(result: Metrics, baseline: Metrics) -> list[dict]:
     """One row per metric: model, majority baseline."""
-    rows = [{"metric": k, "model": result[k], "majority_baseline": baseline.get(k) if baseline.get(k) is not None
-             else "n/a"} for k in HEADLINE
-            if result.get(k) is not None]
-    for name, m in result["per_class"].items():
-        b = baseline["per_class"][name]
+    rows = [{"metric": k, "model": getattr(result, k), "majority_baseline": getattr(baseline, k)
+             if getattr(baseline, k) is not None else "n/a"} for k in HEADLINE
+            if getattr(result, k) is not None]
+    for name, m in result.per_class.items():
+        b = baseline.per_class[name]
         for k in ("precision", "recall", "f1"):
-            rows.append({"metric": f"{k} [{name}]", "model": m[k], "majority_baseline": b[k]})
+            rows.append({"metric": f"{k} [{name}]", "model": getattr(m, k), "majority_baseline": getattr(b, k)})
     return rows
 
 
@@ -164,11 +164,11 @@ def calibration_report(out: Path, probs, y, *, raw_probs=None, y_pred=None, key=
 
 
 def write_run_report(out: Path, result: FoldResult, class_names: Sequence[str], header: str,
-                     y_val: np.ndarray | None = None, *, key=None) -> str:
+                     y_val: np.ndarray | None = None, *, key=None) -> FoldResult:
     """``metrics.{md,csv}``, ``confusion_matrix.png``, and ``learning_curves.png`` (epochs) or
     ``head_selection.png`` and ``history.*`` (a head); with the scored labels ``y_val``, the calibration measures
-    (into ``result.metrics["calibration"]``), ``reliability_diagram.png`` and the risk-coverage curve
-    (:func:`calibration_report`). Returns the verdict line."""
+    (``Metrics.with_report``), ``reliability_diagram.png`` and the risk-coverage curve
+    (:func:`calibration_report`). Returns ``result`` with those measures in its metrics and its verdict line."""
     metrics, baseline = result.metrics, result.baseline
     cal_text = ""
     if y_val is not None:
@@ -180,7 +180,7 @@ def write_run_report(out: Path, result: FoldResult, class_names: Sequence[str], 
         conf = referral_confidence(result.val_probs, pred, cal["shift"] if cal else None)
         report = calibration_report(out, result.val_probs, y_val, raw_probs=result.raw_probs if cal else None,
                                     y_pred=pred, key=key, title="This fold (scored once).", conf=conf)
-        metrics.update(report)
+        metrics = metrics.with_report(report)
         cal_text = ("\n\nCalibration: " + (f"{cal['method']} (requested {cal['requested']}), fitted on "
                                              f"{cal['fitted_on']} inner predictions of the training part"
                                              if cal else "none (the raw softmax)") + ". On this fold:\n\n"
@@ -192,19 +192,19 @@ def write_run_report(out: Path, result: FoldResult, class_names: Sequence[str], 
     verdict = ("beats the majority baseline on balanced accuracy and macro-F1"
                if beats_baseline(metrics, baseline) else
                "does NOT beat the majority baseline on balanced accuracy and macro-F1")
-    op = metrics.get("operating_point")
+    op = metrics.operating_point
     op_line = (f"\n\nOperating point: predict {op['class']} when its probability ≥ {op['threshold']:.4f} (chosen "
                f"for recall ≥ {op['target_recall']:g} on inner data); on this fold recall {op['recall']:.3f}, "
                f"precision {op['precision']:.3f}.") if op else ""
-    notes = (f"{header}\n\nMajority class: {baseline['majority_class']}. The model {verdict}. The validation "
+    notes = (f"{header}\n\nMajority class: {baseline.majority_class}. The model {verdict}. The validation "
              f"fold was not used for any choice.{op_line}\n\nConfusion matrix (rows true, columns "
-             f"predicted; {', '.join(class_names)}): {metrics['confusion_matrix']}\n{cal_text}")
+             f"predicted; {', '.join(class_names)}): {metrics.confusion_matrix}\n{cal_text}")
     write_table(metric_rows(metrics, baseline), out, "metrics", title="Validation metrics", notes=notes)
     if result.kind == "head":
         plot_head_selection(result.curves, result.history, out / "head_selection.png")
         write_table(result.history, out, "history", title="Head selection: mean inner-validation loss")
     else:
         plot_history(result.history, out / "learning_curves.png")
-    plot_confusion(metrics["confusion_matrix"], class_names, out / "confusion_matrix.png",
+    plot_confusion(metrics.confusion_matrix, class_names, out / "confusion_matrix.png",
                    f"validation (scored once), {'step' if result.kind == 'head' else 'epoch'} {result.best_epoch}")
-    return verdict
+    return result._replace(metrics=metrics, verdict=verdict)

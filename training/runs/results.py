@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from training.evaluation.metrics import beats_baseline
+from training.evaluation.metrics import beats_majority
 from training.loop.config import TrainConfig, get_config
 from training.loop.presets import presets
 from training.loop.registry import Strategy, strategy
@@ -145,21 +145,21 @@ def table_row(results: list[FoldResult], class_names: list[str], *, positive: in
     name = class_names[positive]
     folds = len(results)
     m = {
-        "precision": [r.metrics["per_class"][name]["precision"] for r in results],
-        "recall": [r.metrics["per_class"][name]["recall"] for r in results],
-        "accuracy": [r.metrics["accuracy"] for r in results],
-        "balanced_accuracy": [r.metrics["balanced_accuracy"] for r in results],
-        "macro_f1": [r.metrics["macro_f1"] for r in results],
-        "roc_auc": [r.metrics["roc_auc"] for r in results],
-        "quadratic_weighted_kappa": [r.metrics.get("quadratic_weighted_kappa") for r in results],
-        "mean_absolute_level_error": [r.metrics.get("mean_absolute_level_error") for r in results],
-        "baseline_accuracy": [r.baseline["accuracy"] for r in results],
-        "baseline_balanced_accuracy": [r.baseline["balanced_accuracy"] for r in results],
-        "baseline_macro_f1": [r.baseline["macro_f1"] for r in results],
+        "precision": [r.metrics.per_class[name].precision for r in results],
+        "recall": [r.metrics.per_class[name].recall for r in results],
+        "accuracy": [r.metrics.accuracy for r in results],
+        "balanced_accuracy": [r.metrics.balanced_accuracy for r in results],
+        "macro_f1": [r.metrics.macro_f1 for r in results],
+        "roc_auc": [r.metrics.roc_auc for r in results],
+        "quadratic_weighted_kappa": [r.metrics.quadratic_weighted_kappa for r in results],
+        "mean_absolute_level_error": [r.metrics.mean_absolute_level_error for r in results],
+        "baseline_accuracy": [r.baseline.accuracy for r in results],
+        "baseline_balanced_accuracy": [r.baseline.balanced_accuracy for r in results],
+        "baseline_macro_f1": [r.baseline.macro_f1 for r in results],
     }
     stats = {k: _mean_std(v) for k, v in m.items()}
-    beats = beats_baseline({k: stats[k][0] for k in ("balanced_accuracy", "macro_f1")},
-                           {k: stats[f"baseline_{k}"][0] for k in ("balanced_accuracy", "macro_f1")})
+    beats = beats_majority(stats["balanced_accuracy"][0], stats["macro_f1"][0],
+                           stats["baseline_balanced_accuracy"][0], stats["baseline_macro_f1"][0])
     row = ResultRow(
         positive_class=name, folds=folds,
         **{k: fmt(*stats[k], folds) for k in ("precision", "recall", "accuracy", "balanced_accuracy", "macro_f1",
@@ -170,7 +170,7 @@ def table_row(results: list[FoldResult], class_names: list[str], *, positive: in
         quadratic_kappa=fmt_plain(*stats["quadratic_weighted_kappa"], folds),
         level_error=fmt_plain(*stats["mean_absolute_level_error"], folds),
         beats_majority="yes" if beats else "NO", train_seconds=round(sum(r.seconds for r in results), 1))
-    return row, np.sum([r.metrics["confusion_matrix"] for r in results], axis=0).tolist()
+    return row, np.sum([r.metrics.confusion_matrix for r in results], axis=0).tolist()
 
 
 def describe(config: TrainConfig) -> dict:

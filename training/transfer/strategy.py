@@ -103,7 +103,7 @@ def head_fold(data: Dataset, config: TrainConfig, feats: np.ndarray, backbone: d
                          backbone=backbone)
     state = state.replace(params={**state.params, "head": head})
     ckpt = Checkpoints(RunLayout(out).checkpoints)
-    meta = {"epoch": choice.steps, "history": [], "best_macro_f1": metrics["macro_f1"], "metrics": metrics}
+    meta = {"epoch": choice.steps, "history": [], "best_macro_f1": metrics.macro_f1, "metrics": metrics.as_json()}
     ckpt.save("best", choice.steps, state, meta)  # one model, no epochs: "best" is the refit head
     ckpt.close()
     history = [{"step": t + 1, **{f"inner_val_loss[l2={lam:g}]": float(choice.curves[i, t])

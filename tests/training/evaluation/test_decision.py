@@ -32,7 +32,7 @@ def test_bootstrap_interval_is_reproducible_and_brackets_the_estimate():
     pred = np.where(rng.uniform(size=300) < 0.8, y, 1 - y)
     lo, hi = bootstrap_interval(y, pred, key=jax.random.PRNGKey(0))
     assert (lo, hi) == bootstrap_interval(y, pred, key=jax.random.PRNGKey(0))
-    point = classification_metrics(y, np.eye(2)[pred], ["a", "b"])["balanced_accuracy"]
+    point = classification_metrics(y, np.eye(2)[pred], ["a", "b"]).balanced_accuracy
     assert lo < point < hi and hi - lo < 0.15
 
 

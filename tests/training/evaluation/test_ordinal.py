@@ -64,15 +64,16 @@ def test_run_metrics_carry_the_ordinal_ones_beside_the_nominal():
     y = np.array([index_of_level[r] for r in TRUE])
     y_pred = np.array([index_of_level[s] for s in PRED])
     m = classification_metrics(y, np.eye(3)[y_pred], names)
-    assert m["linear_weighted_kappa"] == pytest.approx(4 / 7)
-    assert m["quadratic_weighted_kappa"] == pytest.approx(2 / 3)
-    assert m["mean_absolute_level_error"] == pytest.approx(1 / 3)
+    assert m.linear_weighted_kappa == pytest.approx(4 / 7)
+    assert m.quadratic_weighted_kappa == pytest.approx(2 / 3)
+    assert m.mean_absolute_level_error == pytest.approx(1 / 3)
+    assert list(m.as_json())[-3:] == ["linear_weighted_kappa", "quadratic_weighted_kappa", "mean_absolute_level_error"]
     base = majority_baseline(y, y, names)
     rows = {r["metric"]: r for r in metric_rows(m, base)}
     assert rows["quadratic_weighted_kappa"]["model"] == pytest.approx(2 / 3)
     assert rows["quadratic_weighted_kappa"]["majority_baseline"] == pytest.approx(0.0)  # a constant: chance
     nominal = classification_metrics(np.array([0, 1, 2]), np.eye(3), ["cat", "dog", "tree"])
-    assert "quadratic_weighted_kappa" not in nominal
+    assert nominal.quadratic_weighted_kappa is None and "quadratic_weighted_kappa" not in nominal.as_json()
 
 
 def test_results_table_shows_the_ordinal_metrics_for_three_levels_only():

@@ -309,7 +309,7 @@ def test_target_recall_threshold_is_saved_and_applied_by_predict(tmp_path, monke
     assert len(y_fit) == 16 and len(split["validation"]) == 4
     cal = json.loads((out / "checkpoints" / "config.json").read_text())["calibration"]
     assert cal["requested"] == "auto" and cal["method"] in cal["cv_log_loss"] and cal["fitted_on"] == 16
-    op = result.results[0].metrics["operating_point"]
+    op = result.results[0].metrics.operating_point
     assert op["class"] == "Probable" and op["target_recall"] == 0.9 and 0 <= op["threshold"] <= 1
     saved = json.loads((out / "checkpoints" / "config.json").read_text())["operating_point"]
     assert saved["threshold"] == op["threshold"]
