@@ -95,7 +95,7 @@ def training_config(preset: str, data_spec: DataSpec, *, seed: int = 0, **overri
         native = model_kind(config.model).native_size
         if native is not None:
             config = dataclasses.replace(config, image_size=native)
-        elif data_spec.source is None and not config.pretrained:
+        elif data_spec.source is None:  # a network from scratch (every backbone has a native size)
             config = dataclasses.replace(config, image_size=DIGITS_SIZE)
     return config
 
@@ -108,9 +108,11 @@ def check_settings(config: TrainConfig, data_spec: DataSpec) -> None:
     from training.data.discovery import discover
     from training.data.labels import require_two_classes
 
-    if config.grad == "manual" and not model_kind(config.model).manual_activations:
-        raise SettingError("grad", f"manual gradients are written for Model 1 and the EfficientNet-Lite models, "
-                                   f"not {config.model}")
+    kind = model_kind(config.model)
+    if config.grad == "manual" and not kind.manual_backward(config):  # the rule the train step itself applies
+        raise SettingError("grad", f"manual gradients are written for Model 1 with ReLU and the EfficientNet-Lite "
+                                   f"models, not {config.model}"
+                                   + (f" with {config.activation}" if kind.manual_activations else ""))
     if data_spec.source is None:
         return
     try:
