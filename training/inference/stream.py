@@ -370,10 +370,7 @@ def predict_folder(files: Sequence[Path], root: Path | None, classifier: Classif
 
     def write(paths: list[Path], probs) -> None:
         p = np.asarray(probs)[: len(paths)]
-        bad = ~np.isfinite(p).all(axis=1)
-        if bad.any():  # broken weights: no row is written for them, and the partial file keeps what was good
-            raise FloatingPointError(f"the model's probabilities for {rel[paths[int(np.argmax(bad))]]!r:.200} are "
-                                     "not finite (NaN or infinite): the run's weights are broken; train it again")
+        require_finite(p, [rel[f] for f in paths])  # no row of a broken model; the partial file keeps what was good
         k = c.decide(p)
         partial.append([csv_row([rel[f], c.class_names[int(i)], *map(float, row)]) for f, row, i in zip(paths, p, k)],
                        report.skipped)
@@ -402,6 +399,15 @@ def predict_folder(files: Sequence[Path], root: Path | None, classifier: Classif
     bar.close()
     partial.finish()
     return report
+
+
+def require_finite(probs: np.ndarray, names: Sequence[str]) -> None:
+    """Refuse probabilities that are not finite (NaN or infinite: a run's broken weights), naming the first photo
+    (``names[i]`` is row i's), with one ``FloatingPointError`` line."""
+    bad = ~np.isfinite(probs).all(axis=1)
+    if bad.any():
+        raise FloatingPointError(f"the model's probabilities for {names[int(np.argmax(bad))]!r:.200} are not finite "
+                                 "(NaN or infinite): the run's weights are broken; train it again")
 
 
 def csv_header(class_names: Sequence[str]) -> list[str]:

@@ -100,7 +100,7 @@ def explain_photos(checkpoint: str | os.PathLike, images: list[str], out: str | 
     from training.data.prefetch import decode_chunks
     from training.evaluation.explain import METHODS, batched
     from training.inference.engine import trained_classifier
-    from training.inference.stream import csv_header
+    from training.inference.stream import csv_header, require_finite
     from training.loop.devices import DataParallel
     from training.runs.saved import load_trained, read_saved_run
 
@@ -155,6 +155,7 @@ def explain_photos(checkpoint: str | os.PathLike, images: list[str], out: str | 
             x = np.zeros(shape, np.float32)
             x[: len(good)] = np.stack([a for _, a in good])
             probs = np.asarray(c.probs_fn(probs_params, dp.put_batch(x) if c.on_device else x))[: len(good)]
+            require_finite(probs, [names[f] for f, _ in good])  # as predict: no row, no picture of a broken model
             k = np.zeros(size, np.int32)
             k[: len(good)] = c.decide(probs)
             maps = maps_fn(params, jnp.asarray(x), jnp.asarray(k))  # dispatched: runs while the last is drawn
