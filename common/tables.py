@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from common.files import atomic_open, csv_cell, csv_row, inside
 
@@ -36,6 +36,14 @@ def markdown_document(rows: Sequence[dict[str, Any]], *, title: str, notes: str 
     return f"# {title}\n\n{markdown_table(rows, columns)}\n{notes}".rstrip() + "\n"
 
 
+class TableFiles(NamedTuple):
+    """What :func:`write_table` wrote: the Markdown and CSV files, and the Markdown's text."""
+
+    md: Path
+    csv: Path
+    markdown: str
+
+
 def write_table(
     rows: Sequence[dict[str, Any]],
     out: Path,
@@ -44,20 +52,21 @@ def write_table(
     title: str,
     notes: str = "",
     columns: Sequence[str] | None = None,
-) -> tuple[Path, Path]:
-    """Write ``name.md`` (title, table, notes) and ``name.csv`` into ``out``; return both paths.
+) -> TableFiles:
+    """Write ``name.md`` (title, table, notes) and ``name.csv`` into ``out``; return both paths and the Markdown.
 
     ``name`` must be a plain file name (:func:`~common.files.inside`; one made from data goes through
     ``safe_name`` first); the CSV's text cells follow the project's formula rule (``csv_cell``)."""
     columns = list(columns or (rows[0].keys() if rows else []))
     md_path, csv_path = inside(out, f"{name}.md"), inside(out, f"{name}.csv")
+    text = markdown_document(rows, title=title, notes=notes, columns=columns)
     with atomic_open(md_path, encoding="utf-8") as f:
-        f.write(markdown_document(rows, title=title, notes=notes, columns=columns))
+        f.write(text)
     with atomic_open(csv_path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         writer = csv.writer(f)
         writer.writerow(csv_row(columns))
         writer.writerows([csv_cell(row.get(c, "")) for c in columns] for row in rows)
-    return md_path, csv_path
+    return TableFiles(md_path, csv_path, text)
 
 
 def save_figure(fig, path: Path, **kwargs: Any) -> Path:

@@ -92,7 +92,7 @@ def compare_ratings(predictions: str | os.PathLike, ratings: str | os.PathLike, 
     :class:`FileExistsError` naming the file or value.
     """
     from common.files import output_dir, safe_name
-    from common.tables import markdown_document, write_table
+    from common.tables import write_table
     from training.evaluation.agreement import ORDER, agreement, match_paths
 
     relabel = dict(options.relabel)
@@ -136,15 +136,14 @@ def compare_ratings(predictions: str | os.PathLike, ratings: str | os.PathLike, 
                                  mean_absolute_level_error=result["mean_absolute_level_error"]))
         table = [{a + " \\ " + b: lab, **{lab2: result["confusion"][i][j] for j, lab2 in enumerate(shown)}}
                  for i, lab in enumerate(shown)]
-        md, _ = write_table(table, out, f"confusion_{stems[first]}_vs_{stems[second]}",
-                            title=f"{a} (rows) vs {b} (columns)")
+        md = write_table(table, out, f"confusion_{stems[first]}_vs_{stems[second]}",
+                         title=f"{a} (rows) vs {b} (columns)").md
         confusion.append(str(md))
     title, notes = "Agreement with professional ratings", NOTES.format(order=" < ".join(shown))
     table_rows = [r.table_row() for r in rows]
-    md, _ = write_table(table_rows, out, "agreement", title=title, notes=notes)
-    return AgreementReport(rows=rows, rated=len(rated), out=str(out), table=str(md),
-                           markdown=markdown_document(table_rows, title=title, notes=notes),
-                           confusion_tables=confusion)
+    written = write_table(table_rows, out, "agreement", title=title, notes=notes)
+    return AgreementReport(rows=rows, rated=len(rated), out=str(out), table=str(written.md),
+                           markdown=written.markdown, confusion_tables=confusion)
 
 
 def _shown(name: str) -> str:

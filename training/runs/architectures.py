@@ -60,7 +60,7 @@ def compare_architectures(data: DataSpec, out: str | os.PathLike,
     """Train and score each of ``options.models`` on the same folds of ``data``'s photos into ``out`` (see the
     module); the folder is made only once the photos are read."""
     from common.files import output_dir
-    from common.tables import markdown_document, write_table
+    from common.tables import write_table
     from common.timing import device_description
     from training.data.dataset import load_dataset
     from training.data.decoding import Preprocess
@@ -85,6 +85,5 @@ def compare_architectures(data: DataSpec, out: str | os.PathLike,
     notes = (f"Data: {data.source} ({photos.grouping.name}, {len(photos.y)} images), {options.image_size} px "
              f"{'RGB' if options.rgb else 'grayscale'}, {options.folds} folds, up to {options.epochs} epochs. "
              f"Device: {device_description()}.\n")
-    write_table(cells, out, "architectures", title=title, notes=notes, columns=COLUMNS)
-    return ArchitectureReport(rows, len(photos.y), str(out), markdown_document(cells, title=title, notes=notes,
-                                                                                columns=COLUMNS))
+    written = write_table(cells, out, "architectures", title=title, notes=notes, columns=COLUMNS)
+    return ArchitectureReport(rows, len(photos.y), str(out), written.markdown)

@@ -71,11 +71,11 @@ def compare_gradients(out: str | os.PathLike, options: GradientOptions = Gradien
     timings = mlp_timing_rows(repeats=5 if options.quick else 21, architectures=options.timed)
     worst64 = max(r["max_rel_err_float64"] for r in errors)
     worst32 = max(r["max_rel_err_float32"] for r in errors)
-    errors_table, _ = write_table(
+    errors_table = write_table(
         errors, out_path, "gradient_errors", title="Manual backprop vs jax.grad: max per-array relative error",
         notes=f"Worst case: float64 {worst64:.2e}, float32 {worst32:.2e}. Device: {device_description()}.\n",
     )
-    timings_table, _ = write_table(
+    timings_table = write_table(
         timings, out_path, "gradient_timings", title="Jitted minibatch gradient timings (float32, sigmoid, ½‖a−y‖²)",
         notes="Median (and fastest) per call of interleaved samples, after compilation: the hand-written rules and "
               f"jax.grad take turns, each sample at least {CALLS_PER_SAMPLE} calls and about 10 ms; the naive chain "
@@ -85,7 +85,7 @@ def compare_gradients(out: str | os.PathLike, options: GradientOptions = Gradien
     )
     plot = out_path / "gradient_comparison.png"
     _plot_comparison(errors, timings, plot)
-    return GradientReport(worst64, worst32, errors, timings, errors_table, timings_table, plot)
+    return GradientReport(worst64, worst32, errors, timings, errors_table.md, timings_table.md, plot)
 
 
 def _plot_comparison(errors: list[dict], timings: list[dict], path: Path) -> None:
@@ -148,7 +148,7 @@ def compare_cnn_gradients(out: str | os.PathLike,
     """Compare Model 1's hand-written backward with ``jax.grad`` of the Flax model, per parameter (float64 and
     float32, dropout on) and per layer (times, float32), and write both tables into ``out``."""
     from common.files import output_dir
-    from common.tables import markdown_document, write_table
+    from common.tables import write_table
     from common.timing import device_description
     from training.evaluation.gradients import model1_error_rows, model1_timing_rows
     from training.loop.devices import float64
@@ -168,8 +168,9 @@ def compare_cnn_gradients(out: str | os.PathLike,
     }
     paths, texts = [], []
     for name, (rows, title, notes) in tables.items():
-        paths.append(write_table(rows, out_path, name, title=title, notes=notes)[0])
-        texts.append(markdown_document(rows, title=title, notes=notes))
+        written = write_table(rows, out_path, name, title=title, notes=notes)
+        paths.append(written.md)
+        texts.append(written.markdown)
     return CnnGradientReport(worst, errors, timings, *paths, *texts)
 
 
@@ -224,7 +225,7 @@ def backprop_depth(out: str | os.PathLike, options: DepthOptions = DepthOptions(
         + f".\nOn L ≥ {deep[0]}: " + ", ".join(f"{m} {s:.2f}" for m, s in deep_slopes.items())
         + f".\nExpected: naive ≈ 2 (L − l products for each layer l), cached ≈ 1.\nDevice: {device_description()}.\n"
     )
-    table, _ = write_table(rows, out_path, "depth_timings", title="Gradient time against depth", notes=notes)
+    table = write_table(rows, out_path, "depth_timings", title="Gradient time against depth", notes=notes).md
     plot = out_path / "depth_timings.png"
     _plot_depth(rows, depths, deep_slopes, options, plot)
     return DepthReport(rows, slopes, deep_slopes, deep[0], notes, table, plot)

@@ -78,7 +78,7 @@ def results_grid(data: str | os.PathLike, out: str | os.PathLike, options: GridO
 
 def _grid(data_path: str, out: Path, options: GridOptions) -> tuple[list[ResultRow], str]:
     from common.files import write_json_atomic
-    from common.tables import markdown_document, write_table
+    from common.tables import write_table
     from common.timing import device_description
     from training.data.dataset import load_dataset
     from training.data.decoding import Preprocess
@@ -133,8 +133,7 @@ def _grid(data_path: str, out: Path, options: GridOptions) -> tuple[list[ResultR
              "compares balanced accuracy and macro-F1 with always answering the "
              "training set's majority class.\n")
     cells = [r.cells(COLUMNS) for r in rows]
-    write_table(cells, out, "results", title="Results table", notes=notes, columns=COLUMNS)
-    return rows, markdown_document(cells, title="Results table", notes=notes, columns=COLUMNS)
+    return rows, write_table(cells, out, "results", title="Results table", notes=notes, columns=COLUMNS).markdown
 
 
 def _row(data, config, cfg_name: str, key: str, out: Path, options: GridOptions) -> ResultRow:
