@@ -83,8 +83,10 @@ def safe_name(text: str, *, limit: int = 100) -> str:
     """``text`` (a rater column, a class or file name: anything taken from data) as one file-name component:
     every character other than letters, digits and ``_ . + = @ -`` becomes ``_`` (so ``/``, ``\\``, NUL and
     control characters cannot make a path), a leading ``.`` is prefixed with ``_`` (no ``..``, no hidden
-    file), cut to ``limit`` characters; never empty."""
-    name = _SAFE.sub("_", str(text))[:limit] or "_"
+    file), cut to ``limit`` characters and to ``limit`` bytes of UTF-8 (letters of other scripts are kept and
+    take 2–4 bytes each, and file systems count a name's bytes: 255 at most); never empty."""
+    name = _SAFE.sub("_", str(text))[:limit]
+    name = name.encode("utf-8", errors="surrogateescape")[:limit].decode("utf-8", errors="ignore") or "_"
     return "_" + name if name.startswith(".") else name
 
 

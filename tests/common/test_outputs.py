@@ -4,6 +4,7 @@ FIFOs and devices refused before anything opens, names from data made safe, one 
 import csv
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -131,6 +132,23 @@ def test_agreement_reads_back_escaped_names_and_keeps_a_hostile_rater_column_ins
     assert written - {"p.csv", "r.csv"} == {f"deep/er/out/{n}" for n in (
         "agreement.md", "agreement.csv", "confusion_model_vs__.._.._victim.md",
         "confusion_model_vs__.._.._victim.csv")}
+
+
+def test_names_from_data_fit_a_file_name_in_bytes_whatever_their_script(tmp_path):
+    """Two raters named in 90 Chinese characters each (270 bytes of UTF-8): their confusion table's name, built
+    from both, is still a name the file system takes (≤ 255 bytes), where it once stopped agreement with
+    'File name too long'."""
+    from training.runs.agreement import compare_ratings
+
+    assert len(safe_name("树" * 90, limit=60).encode()) <= 60 and safe_name("a" * 90, limit=60) == "a" * 60
+    preds, _ = _agreement_inputs(tmp_path)
+    ratings = tmp_path / "r2.csv"
+    with open(ratings, "w", newline="") as f:
+        csv.writer(f).writerows([["path", "树" * 90, "林" * 90], ["=a.jpg", "Probable", "Possible"],
+                                 ["b.jpg", "Improbable", "Improbable"], ["-c.jpg", "Possible", "Possible"]])
+    report = compare_ratings(preds, ratings, tmp_path / "out")
+    assert len(report.confusion_tables) == 3
+    assert all(len(Path(t).name.encode()) <= 255 and Path(t).is_file() for t in report.confusion_tables)
 
 
 _AGREEMENT_REFUSES = {"symlink": UnsafeOutputError, "fifo": FileExistsError, "unwritable": PermissionError,

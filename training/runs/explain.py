@@ -180,8 +180,8 @@ class PngNames:
 
     The path's suffix is dropped and its ``/`` become ``__`` (``siteA/IMG_1.jpg`` → ``siteA__IMG_1``), then
     :func:`~common.files.safe_name` makes it one plain file-name part (no separator, ``..``, NUL or control
-    character); its last :data:`CHARS` characters are kept, at most :data:`BYTES` bytes in UTF-8, so that the whole
-    name stays far below the file systems' 255 bytes. Two photos whose names differ only by case, by Unicode
+    character) of its last :data:`CHARS` characters, cut to :data:`BYTES` bytes of UTF-8, so that the whole name
+    stays far below the file systems' 255 bytes. Two photos whose names differ only by case, by Unicode
     normalization or by characters made safe get distinct files (``…_2``, ``…_3``): a case-insensitive file system
     (macOS, Windows) would otherwise write one over the other."""
 
@@ -194,9 +194,7 @@ class PngNames:
         from common.files import inside, safe_name
 
         flat = name.rsplit(".", 1)[0].replace("/", "__")[-self.CHARS:]
-        stem = safe_name(flat, limit=self.CHARS).strip("._") or "photo"
-        while len(stem.encode("utf-8")) > self.BYTES:
-            stem = stem[1:]
+        stem = safe_name(flat, limit=self.BYTES).strip("._") or "photo"  # ≤ CHARS characters, ≤ BYTES bytes
         candidate, n = stem, 1
         while self._key(candidate) in self.used:
             n += 1
