@@ -89,7 +89,7 @@ def _check(options: BackboneOptions) -> None:
 
 def fold_probabilities(data: DataSpec, options: BackboneOptions = BackboneOptions()) -> FoldProbabilities:
     """Every backbone's features (cached), then each row's heads on the same outer folds."""
-    from models.efficientnet_lite import native_size
+    from models.registry import model_kind
     from training.data.dataset import load_dataset
     from training.data.decoding import Preprocess
     from training.loop.config import get_config
@@ -99,7 +99,7 @@ def fold_probabilities(data: DataSpec, options: BackboneOptions = BackboneOption
     _check(options)
     names = list(options.backbones)
     configs = {v: get_config("pretrained", model=v, seed=options.seed, folds=options.folds,
-                             image_size=options.image_size or native_size(v)) for v in names}
+                             image_size=options.image_size or model_kind(v).native_size) for v in names}
     first = configs[names[0]]
     # every backbone's weights before any photo: a missing package stops the command before any work
     weights = {v: backbone_for(config, cache_dir=options.cache_dir) for v, config in configs.items()}
